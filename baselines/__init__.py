@@ -1,0 +1,1 @@
+"""Classic anonymization baselines (blur, pixelate, mask, noise) with the shared Anonymizer interface."""

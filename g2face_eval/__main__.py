@@ -1,0 +1,3 @@
+from g2face_eval.cli import main
+
+raise SystemExit(main())

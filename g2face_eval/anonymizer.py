@@ -1,0 +1,104 @@
+"""The one anonymizer interface, shared by classic baselines and learned models (DeepPrivacy2 style).
+
+Every method is a registry entry ``METHODS[name] = factory(**config) -> Anonymizer``. Inputs and outputs are
+``(B, 3, H, W)`` float32 RGB batches in [0, 1] (see ``g2face_eval.imaging``). Randomness is per image: the
+harness derives one key per image from the run's key and the image id, so results do not depend on batching
+or on how images are sharded across processes.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from g2face_eval.imaging import RANGE, check_batch
+from g2face_eval.registry import Registry
+
+Key = bytes
+
+
+def derive_keys(master: str | bytes, ids: Sequence[str]) -> list[Key]:
+    """Per-image keys: SHA-256(master || 0x00 || id). Stable across batching and sharding."""
+    m = master.encode() if isinstance(master, str) else master
+    return [hashlib.sha256(m + b"\x00" + i.encode()).digest() for i in ids]
+
+
+def key_seed(key: Key) -> int:
+    """A 63-bit integer seed from a key (for methods that draw randomness from their key)."""
+    return int.from_bytes(hashlib.sha256(b"seed" + key).digest()[:8], "big") >> 1
+
+
+@dataclass
+class Output:
+    """What ``anonymize`` and ``recover`` return.
+
+    images: (B,3,H,W) float in [0,1].
+    ok:     per-image bool; for ``recover``, whether the payload authenticated under the key (None when the
+            method has no such notion).
+    bits:   (B, n) float {0,1}: the payload bits hidden (anonymize) or read back (recover), where exposed.
+    info:   free-form per-batch diagnostics (never metrics).
+    """
+
+    images: torch.Tensor
+    ok: torch.Tensor | None = None
+    bits: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+
+class Anonymizer(abc.ABC):
+    """Base class. Subclasses set the class attributes and implement ``_anonymize`` (and ``_recover``)."""
+
+    name: str = "anonymizer"
+    reversible: bool = False
+    input_size: int | None = None  # None: any size; else square side the method works at
+    value_range: tuple[float, float] = RANGE
+    needs_gpu: bool = False  # True only when CPU inference is impractical (it must still work on CPU)
+    uses_face_mask: bool = False  # consumes the per-image face-region masks the harness passes
+
+    def config(self) -> dict:
+        """Flat, JSON-serialisable configuration (logged as MLflow params)."""
+        return {"name": self.name}
+
+    def anonymize(self, images: torch.Tensor, keys: Sequence[Key], *, face_masks: torch.Tensor | None = None
+                  ) -> Output:
+        self._check(images, keys, face_masks)
+        out = self._anonymize(images, keys, face_masks)
+        check_batch(out.images)
+        return out
+
+    def recover(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
+        if not self.reversible:
+            raise NotImplementedError(f"{self.name} is not reversible")
+        self._check(images, keys, None)
+        out = self._recover(images, keys)
+        check_batch(out.images)
+        return out
+
+    @abc.abstractmethod
+    def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
+                   ) -> Output: ...
+
+    def _recover(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
+        raise NotImplementedError
+
+    def _check(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None) -> None:
+        check_batch(images)
+        if len(keys) != images.shape[0]:
+            raise ValueError(f"{self.name}: got {len(keys)} keys for a batch of {images.shape[0]} images")
+        if any(not isinstance(k, bytes) or not k for k in keys):
+            raise TypeError(f"{self.name}: keys must be non-empty bytes")
+        if self.input_size is not None and tuple(images.shape[-2:]) != (self.input_size, self.input_size):
+            raise ValueError(f"{self.name} works at {self.input_size}x{self.input_size}, "
+                             f"got {tuple(images.shape[-2:])}")
+        if face_masks is not None and (face_masks.shape[0] != images.shape[0]
+                                       or face_masks.shape[-2:] != images.shape[-2:]):
+            raise ValueError(f"{self.name}: face_masks shape {tuple(face_masks.shape)} does not match images")
+
+
+METHODS: Registry = Registry("method")
+"""name -> factory(**config) -> Anonymizer. Populated by ``g2face_eval.methods`` (imports baselines and
+learned models)."""

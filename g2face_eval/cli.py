@@ -1,0 +1,34 @@
+"""``g2face-eval <command> [args]``: each command is owned by one module exposing ``cli(argv) -> int``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "weights": ("g2face_eval.zoo", "model zoo: `weights list` shows every weight file, available or missing"),
+    "validate": ("g2face_eval.oracles.validation", "validate face oracles on LFW View 2 (published numbers)"),
+    "evaluate": ("g2face_eval.harness.evaluate", "evaluate methods x datasets, log to MLflow"),
+    "report": ("g2face_eval.reports.build", "build figures, tables and the HTML report from an evaluation"),
+    "train": ("g2face_eval.training.train", "train G2Face or a learned baseline (torchrun-compatible)"),
+    "bench": ("g2face_eval.bench", "latency / throughput / memory benchmark"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: g2face-eval <command> [args]\n\ncommands:")
+        for name, (_, doc) in COMMANDS.items():
+            print(f"  {name:<10} {doc}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"g2face-eval: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.cli(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

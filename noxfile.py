@@ -1,0 +1,89 @@
+"""Sessions of g2face-eval. All sessions share one environment, ``.nox/g2face-env``, built once by
+``scripts/install_env.py`` and rebuilt only when pyproject.toml or that script changes, so torch is never
+reinstalled on an ordinary run. Arguments after ``--`` pass through to the underlying command."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests"]
+
+ROOT = Path(__file__).resolve().parent
+ENV = Path(os.environ.get("G2FACE_NOX_ENV", ROOT / ".nox" / "g2face-env"))
+BIN = ENV / ("Scripts" if os.name == "nt" else "bin")
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in ("pyproject.toml", "scripts/install_env.py"):
+        h.update((ROOT / name).read_bytes())
+    return h.hexdigest()
+
+
+def _python(session: nox.Session) -> str:
+    """The shared environment's interpreter, created or updated when needed."""
+    py = BIN / "python"
+    stamp = ENV / ".g2face-installed"
+    if not py.exists():
+        session.run(sys.executable, "-m", "venv", str(ENV), external=True)
+    if not stamp.exists() or stamp.read_text() != _fingerprint():
+        session.run(str(py), str(ROOT / "scripts" / "install_env.py"), external=True)
+        stamp.write_text(_fingerprint())
+    return str(py)
+
+
+def _g2face(session: nox.Session, *args: str) -> None:
+    session.run(_python(session), "-m", "g2face_eval", *args, *session.posargs, external=True)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (uses ../shared/datasets or $G2FACE_DATASETS)."""
+    args = session.posargs or ["-x", "-q", "-p", "no:cacheprovider", "-m", "not bench"]
+    session.run(_python(session), "-m", "pytest", *args, external=True)
+
+
+@nox.session
+def evaluate(session: nox.Session) -> None:
+    """Run the evaluation; with no arguments, the embedded default dataset and every default method."""
+    _g2face(session, "evaluate")
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Build the report (figures, tables, HTML) under reports/ from the latest evaluation."""
+    _g2face(session, "report")
+
+
+@nox.session
+def train(session: nox.Session) -> None:
+    """Train G2Face (or a learned baseline); torchrun-compatible script, one CPU process by default."""
+    _g2face(session, "train")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Latency benchmarks (g2face-eval bench) and the pytest-benchmark CPU hot paths."""
+    py = _python(session)
+    session.run(py, "-m", "g2face_eval", "bench", *session.posargs, external=True)
+    session.run(py, "-m", "pytest", "-q", "-m", "bench", "--benchmark-only", "tests", external=True)
+
+
+@nox.session
+def validate(session: nox.Session) -> None:
+    """Validate the face oracles against published numbers (full LFW View 2)."""
+    _g2face(session, "validate")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the code base."""
+    py = _python(session)
+    session.run(py, "-m", "ruff", "check", "g2face_eval", "baselines", "tests", "noxfile.py", "scripts",
+                *session.posargs, external=True)

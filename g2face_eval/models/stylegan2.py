@@ -1,0 +1,433 @@
+"""StyleGAN2 building blocks in pure PyTorch (no custom CUDA ops).
+
+Our own implementation of the layers of Karras et al. (StyleGAN2) with the module/attribute layout of the
+widely used "rosinality" port, so that state-dict names equal those of the official G2Face checkpoint
+(see /work/shared/reference/g2face_official_state_dicts.json).
+
+Design for fast inference:
+* every constant (FIR kernels) is a registered buffer built once in ``__init__``;
+* ``upfirdn2d`` is reshape + pad + depthwise conv (no host sync, no data-dependent shapes), so it fuses under
+  torch.compile and runs in bf16/fp16 (the kernel is cast to the activation dtype);
+* modulated convolution uses the "input scaling" formulation (scale activations by the style, convolve with the
+  shared weight, scale outputs by the demodulation coefficients), which is mathematically identical to the
+  per-sample weight formulation but is one dense conv for the whole batch. The demodulation coefficients are
+  computed in float32 even under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SQRT2 = math.sqrt(2.0)
+
+
+# ----------------------------------------------------------------------------------------------- FIR ops
+def make_kernel(k: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Separable FIR kernel from 1-D taps, normalised to sum 1 (2-D input is normalised as given)."""
+    k = torch.as_tensor(k, dtype=torch.float32)
+    if k.ndim == 1:
+        k = k[None, :] * k[:, None]
+    return k / k.sum()
+
+
+def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
+              pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """Upsample (zero insertion) -> pad -> FIR filter (true convolution, kernel flipped) -> downsample.
+
+    ``pad`` = (pad0, pad1) is applied to both spatial axes, negative values crop. Pure PyTorch; the kernel is
+    cast to ``x.dtype`` (so it works under autocast and for half-precision modules).
+    """
+    b, c, h, w = x.shape
+    if up > 1:
+        x = x.reshape(b, c, h, 1, w, 1)
+        x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
+        x = x.reshape(b, c, h * up, w * up)
+    p0, p1 = pad
+    if p0 > 0 or p1 > 0:
+        x = F.pad(x, (max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)))
+    if p0 < 0 or p1 < 0:
+        hh, ww = x.shape[-2:]
+        x = x[:, :, max(-p0, 0): hh - max(-p1, 0), max(-p0, 0): ww - max(-p1, 0)]
+    kh, kw = kernel.shape
+    weight = torch.flip(kernel, [0, 1]).to(x.dtype).view(1, 1, kh, kw).expand(c, 1, kh, kw)
+    return F.conv2d(x, weight, stride=down, groups=c)
+
+
+class Blur(nn.Module):
+    """FIR blur with a persistent ``kernel`` buffer (scaled by upsample_factor**2 when after an upsampling)."""
+
+    def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1):
+        super().__init__()
+        k = make_kernel(kernel)
+        if upsample_factor > 1:
+            k = k * (upsample_factor ** 2)
+        self.register_buffer("kernel", k)
+        self.pad = tuple(pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, pad=self.pad)
+
+
+class Upsample(nn.Module):
+    """x2 (or factor) FIR upsampling (used on the ToRGB skip path)."""
+
+    def __init__(self, kernel: Sequence[float], factor: int = 2):
+        super().__init__()
+        self.factor = factor
+        k = make_kernel(kernel) * (factor ** 2)
+        self.register_buffer("kernel", k)
+        p = k.shape[0] - factor
+        self.pad = ((p + 1) // 2 + factor - 1, p // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+
+
+# ------------------------------------------------------------------------------------- equalised layers
+def fused_leaky_relu(x: torch.Tensor, bias: torch.Tensor | None, negative_slope: float = 0.2,
+                     scale: float = SQRT2) -> torch.Tensor:
+    if bias is not None:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        x = x + bias.to(x.dtype).view(shape)
+    return F.leaky_relu(x, negative_slope) * scale
+
+
+class FusedLeakyReLU(nn.Module):
+    """bias + leaky ReLU(0.2) * sqrt(2); parameter ``bias`` of shape (channels,)."""
+
+    def __init__(self, channels: int, negative_slope: float = 0.2, scale: float = SQRT2):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.negative_slope = negative_slope
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused_leaky_relu(x, self.bias, self.negative_slope, self.scale)
+
+
+class ScaledLeakyReLU(nn.Module):
+    def __init__(self, negative_slope: float = 0.2):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, self.negative_slope) * SQRT2
+
+
+class EqualLinear(nn.Module):
+    """Equalised-learning-rate linear layer.
+
+    Weight stored as randn/lr_mul and scaled at runtime by lr_mul/sqrt(in_dim). With ``activation="fused_lrelu"``
+    the bias (times lr_mul) is applied once inside the fused leaky ReLU; ``double_bias=True`` reproduces
+    G2Face's model/mlp.py variant that adds the bias in the linear op *and* again in the activation.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, bias: bool = True, bias_init: float = 0.0, lr_mul: float = 1.0,
+                 activation: str | None = None, double_bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim).div_(lr_mul))
+        self.bias = nn.Parameter(torch.zeros(out_dim).fill_(bias_init)) if bias else None
+        self.scale = (1.0 / math.sqrt(in_dim)) * lr_mul
+        self.lr_mul = lr_mul
+        self.activation = activation
+        self.double_bias = double_bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activation:
+            out = F.linear(x, self.weight * self.scale, b if self.double_bias else None)
+            return fused_leaky_relu(out, b)
+        return F.linear(x, self.weight * self.scale, b)
+
+
+class EqualConv2d(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size ** 2)
+        self.stride = stride
+        self.padding = padding
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+
+
+class PixelNorm(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(torch.mean(x * x, dim=1, keepdim=True) + 1e-8)
+
+
+# ------------------------------------------------------------------------------------ synthesis layers
+class ModulatedConv2d(nn.Module):
+    """Modulated (optionally demodulated) conv; ``upsample`` = stride-2 transposed conv + Blur (pad (1,1)).
+
+    Parameters: ``weight`` (1,out,in,k,k), ``modulation`` (EqualLinear style_dim->in, bias init 1),
+    ``blur.kernel`` buffer when upsampling.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, demodulate: bool = True,
+                 upsample: bool = False, blur_kernel: Sequence[float] = (1, 3, 3, 1), eps: float = 1e-8):
+        super().__init__()
+        self.in_channel, self.out_channel, self.kernel_size = in_ch, out_ch, kernel_size
+        self.upsample = upsample
+        self.demodulate = demodulate
+        self.eps = eps
+        if upsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) - (kernel_size - 1)
+            self.blur = Blur(blur_kernel, pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
+        self.scale = 1.0 / math.sqrt(in_ch * kernel_size ** 2)
+        self.padding = kernel_size // 2
+        self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
+        self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        s = self.modulation(style)                                      # (B, in)
+        w = self.weight[0] * self.scale                                 # (out, in, k, k)
+        xs = x * s.to(x.dtype)[:, :, None, None]
+        if self.upsample:
+            out = F.conv_transpose2d(xs, w.transpose(0, 1).to(x.dtype), stride=2)
+        else:
+            out = F.conv2d(xs, w.to(x.dtype), padding=self.padding)
+        if self.demodulate:
+            # demod[b,o] = rsqrt(sum_i s[b,i]^2 * sum_kk w[o,i,kk]^2 + eps), in float32
+            wsq = w.float().pow(2).sum(dim=(2, 3))                      # (out, in)
+            d = torch.rsqrt(s.float().pow(2) @ wsq.t() + self.eps)      # (B, out)
+            out = out * d.to(out.dtype)[:, :, None, None]
+        if self.upsample:
+            out = self.blur(out)
+        return out
+
+
+class NoiseInjection(nn.Module):
+    """x + weight * noise; noise is (B,1,H,W). When ``noise`` is None a fresh N(0,1) map is drawn (official)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            b, _, h, w = x.shape
+            noise = torch.randn(b, 1, h, w, device=x.device, dtype=x.dtype)
+        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
+
+
+class ConstantInput(nn.Module):
+    def __init__(self, channels: int, size: int = 4):
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, channels, size, size))
+
+    def forward(self, batch: int) -> torch.Tensor:
+        return self.input.expand(batch, -1, -1, -1)
+
+
+class StyledConv(nn.Module):
+    """ModulatedConv2d (demodulated) -> NoiseInjection -> FusedLeakyReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, upsample: bool = False,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), demodulate: bool = True):
+        super().__init__()
+        self.conv = ModulatedConv2d(in_ch, out_ch, kernel_size, style_dim, demodulate=demodulate,
+                                    upsample=upsample, blur_kernel=blur_kernel)
+        self.noise = NoiseInjection()
+        self.activate = FusedLeakyReLU(out_ch)
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.activate(self.noise(self.conv(x, style), noise))
+
+
+class ToRGB(nn.Module):
+    """Non-demodulated 1x1 modulated conv + bias (1,3,1,1) + FIR-upsampled previous skip."""
+
+    def __init__(self, in_ch: int, style_dim: int, upsample: bool = True,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+        super().__init__()
+        if upsample:
+            self.upsample = Upsample(blur_kernel)
+        self.conv = ModulatedConv2d(in_ch, 3, 1, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(x, style) + self.bias.to(x.dtype)
+        if skip is not None:
+            out = out + self.upsample(skip).to(out.dtype)
+        return out
+
+
+def default_channels(channel_multiplier: int = 2, base: int = 512, max_res: int = 1024) -> dict[int, int]:
+    """rosinality channel table; ``base`` scales it for small configs (base=512 is the official table)."""
+    f = base / 512
+    table = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256 * channel_multiplier, 128: 128 * channel_multiplier,
+             256: 64 * channel_multiplier, 512: 32 * channel_multiplier, 1024: 16 * channel_multiplier}
+    return {r: max(1, int(round(c * f))) for r, c in table.items() if r <= max_res}
+
+
+def num_latents(size: int) -> int:
+    return int(math.log2(size)) * 2 - 2
+
+
+class SynthesisNetwork(nn.Module):
+    """Constant input + StyledConvs + ToRGBs (rosinality attribute names: input, conv1, to_rgb1, convs, to_rgbs).
+
+    W+ layout (n_latent = 2*log2(size)-2): index 0 -> conv1, 1 -> to_rgb1 and first upsampling conv, and for
+    level k (k=1..): 2k-1 upsampling conv, 2k second conv, 2k+1 ToRGB.
+    """
+
+    def __init__(self, size: int = 256, style_dim: int = 512, channels: dict[int, int] | None = None,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+        super().__init__()
+        self.size = size
+        self.style_dim = style_dim
+        self.channels = channels or default_channels(2)
+        self.log_size = int(math.log2(size))
+        self.n_latent = num_latents(size)
+        ch = self.channels
+        self.input = ConstantInput(ch[4])
+        self.conv1 = StyledConv(ch[4], ch[4], 3, style_dim, blur_kernel=blur_kernel)
+        self.to_rgb1 = ToRGB(ch[4], style_dim, upsample=False)
+        self.convs = nn.ModuleList()
+        self.to_rgbs = nn.ModuleList()
+        in_ch = ch[4]
+        for i in range(3, self.log_size + 1):
+            out_ch = ch[2 ** i]
+            self.convs.append(StyledConv(in_ch, out_ch, 3, style_dim, upsample=True, blur_kernel=blur_kernel))
+            self.convs.append(StyledConv(out_ch, out_ch, 3, style_dim, blur_kernel=blur_kernel))
+            self.to_rgbs.append(ToRGB(out_ch, style_dim, blur_kernel=blur_kernel))
+            in_ch = out_ch
+
+    def noise_shapes(self) -> list[tuple[int, int]]:
+        """(H, W) of the noise map each StyledConv uses, in call order (conv1, convs.0, convs.1, ...)."""
+        shapes = [(4, 4)]
+        for i in range(3, self.log_size + 1):
+            shapes += [(2 ** i, 2 ** i)] * 2
+        return shapes
+
+    def forward(self, latent: torch.Tensor, noise: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """latent: (B, n_latent, style_dim) W+ codes. Returns the ToRGB skip sum (no tanh/clamp)."""
+        noise = list(noise) if noise is not None else [None] * (1 + len(self.convs))
+        out = self.input(latent.shape[0])
+        out = self.conv1(out, latent[:, 0], noise[0])
+        skip = self.to_rgb1(out, latent[:, 1])
+        i = 1
+        for k, to_rgb in enumerate(self.to_rgbs):
+            out = self.convs[2 * k](out, latent[:, i], noise[1 + 2 * k])
+            out = self.convs[2 * k + 1](out, latent[:, i + 1], noise[2 + 2 * k])
+            skip = to_rgb(out, latent[:, i + 2], skip)
+            i += 2
+        return skip
+
+
+class Generator(SynthesisNetwork):
+    """Plain StyleGAN2 generator (mapping + synthesis) for the project's own generative prior.
+
+    State-dict layout equals rosinality's (``style.*`` mapping MLP, ``input``, ``conv1``, ``to_rgb1``,
+    ``convs``, ``to_rgbs``; no noise buffers, so ``noises.*`` of a rosinality checkpoint are dropped by
+    ``load_rosinality``). Resolution and widths are config (``channel_base`` scales the channel table; 512 =
+    official widths).
+    """
+
+    def __init__(self, size: int = 256, style_dim: int = 512, n_mlp: int = 8, channel_multiplier: int = 2,
+                 channel_base: int = 512, blur_kernel: Sequence[float] = (1, 3, 3, 1), lr_mlp: float = 0.01):
+        super().__init__(size, style_dim, default_channels(channel_multiplier, channel_base, size), blur_kernel)
+        layers: list[nn.Module] = [PixelNorm()]
+        for _ in range(n_mlp):
+            layers.append(EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activation="fused_lrelu"))
+        self.style = nn.Sequential(*layers)
+
+    def load_rosinality(self, state_dict: dict, strict: bool = True):
+        return self.load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("noises.")},
+                                    strict=strict)
+
+    def mapping(self, z: torch.Tensor) -> torch.Tensor:
+        return self.style(z)
+
+    @torch.no_grad()
+    def mean_latent(self, n: int = 4096) -> torch.Tensor:
+        z = torch.randn(n, self.style_dim, device=self.input.input.device)
+        return self.style(z).mean(0, keepdim=True)
+
+    def forward(self, z: torch.Tensor, truncation: float = 1.0,  # type: ignore[override]
+                truncation_latent: torch.Tensor | None = None,
+                noise: Sequence[torch.Tensor | None] | None = None, input_is_latent: bool = False) -> torch.Tensor:
+        """z: (B, style_dim), or W (B, style_dim) / W+ (B, n_latent, style_dim) when ``input_is_latent``."""
+        w = z if input_is_latent else self.style(z)
+        if truncation < 1 and truncation_latent is not None:
+            w = truncation_latent + truncation * (w - truncation_latent)
+        if w.ndim == 2:
+            w = w[:, None].expand(-1, self.n_latent, -1)
+        return super().forward(w, noise)
+
+
+# --------------------------------------------------------------------------------------- discriminator
+class ConvLayer(nn.Sequential):
+    """[Blur] -> EqualConv2d -> [FusedLeakyReLU | ScaledLeakyReLU]; rosinality index layout."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, downsample: bool = False,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), bias: bool = True, activate: bool = True):
+        layers: list[nn.Module] = []
+        if downsample:
+            factor = 2
+            p = (len(blur_kernel) - factor) + (kernel_size - 1)
+            layers.append(Blur(blur_kernel, pad=((p + 1) // 2, p // 2)))
+            stride, padding = 2, 0
+        else:
+            stride, padding = 1, kernel_size // 2
+        layers.append(EqualConv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding,
+                                  bias=bias and not activate))
+        if activate:
+            layers.append(FusedLeakyReLU(out_ch) if bias else ScaledLeakyReLU(0.2))
+        super().__init__(*layers)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, blur_kernel: Sequence[float] = (1, 3, 3, 1)):
+        super().__init__()
+        self.conv1 = ConvLayer(in_ch, in_ch, 3)
+        self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True, blur_kernel=blur_kernel)
+        self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, activate=False, bias=False,
+                              blur_kernel=blur_kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.conv2(self.conv1(x)) + self.skip(x)) / SQRT2
+
+
+class Discriminator(nn.Module):
+    """StyleGAN2 ResNet discriminator (minibatch stddev, group min(B,4), 1 feature); rosinality names."""
+
+    def __init__(self, size: int = 256, channel_multiplier: int = 2, channel_base: int = 512,
+                 blur_kernel: Sequence[float] = (1, 3, 3, 1), stddev_group: int = 4, stddev_feat: int = 1):
+        super().__init__()
+        ch = default_channels(channel_multiplier, channel_base, max(size, 4))
+        convs: list[nn.Module] = [ConvLayer(3, ch[size], 1)]
+        log_size = int(math.log2(size))
+        in_ch = ch[size]
+        for i in range(log_size, 2, -1):
+            out_ch = ch[2 ** (i - 1)]
+            convs.append(ResBlock(in_ch, out_ch, blur_kernel))
+            in_ch = out_ch
+        self.convs = nn.Sequential(*convs)
+        self.stddev_group, self.stddev_feat = stddev_group, stddev_feat
+        self.final_conv = ConvLayer(in_ch + 1, ch[4], 3)
+        self.final_linear = nn.Sequential(EqualLinear(ch[4] * 4 * 4, ch[4], activation="fused_lrelu"),
+                                          EqualLinear(ch[4], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.convs(x)
+        b, c, h, w = out.shape
+        group = min(b, self.stddev_group)
+        while b % group:  # official code requires divisibility; fall back to the largest divisor
+            group -= 1
+        f = self.stddev_feat
+        y = out.float().view(group, -1, f, c // f, h, w)
+        y = torch.sqrt(y.var(0, unbiased=False) + 1e-8).mean([2, 3, 4], keepdim=True).squeeze(2)
+        y = y.repeat(group, 1, h, w).to(out.dtype)
+        out = self.final_conv(torch.cat([out, y], 1))
+        return self.final_linear(out.reshape(b, -1))

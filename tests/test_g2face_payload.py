@@ -1,0 +1,143 @@
+"""float2bit/bit2float per the official facts; keyed payload round trip, bit errors, wrong key, tampering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from g2face_eval.models.payload import (
+    KeyedPayload,
+    OfficialPayload,
+    bit2float,
+    float2bit,
+    logits_to_bits,
+    make_payload,
+)
+
+
+def test_float2bit_exact_ieee_layout():
+    x = torch.randn(10000) * 10
+    x[0] = -3.5
+    bits = float2bit(x)
+    ref = np.unpackbits(x.numpy().astype(">f4").view(np.uint8)).reshape(-1, 32)
+    assert np.array_equal(bits.numpy(), ref)
+    assert bits[0, 0] == 1  # sign bit 1 = negative
+    assert torch.equal(bit2float(bits), x)
+
+
+def test_float2bit_zero_and_strict_range():
+    b = float2bit(torch.zeros(3))
+    assert torch.equal(bit2float(b), torch.full((3,), 1e-8))
+    with pytest.raises(IndexError):
+        float2bit(torch.tensor([600.0]), strict=True)
+    with pytest.raises(IndexError):
+        float2bit(torch.tensor([2.0 ** -110]), strict=True)
+
+
+def test_bit2float_no_special_cases():
+    b = torch.zeros(32)
+    b[1:9] = 1  # all-ones exponent
+    assert torch.isinf(bit2float(b))
+    b = torch.zeros(32)
+    b[9] = 1  # E = 0: 2^-127 * 1.5, not a denormal interpretation
+    assert float(bit2float(b)) == pytest.approx(2.0 ** -127 * 1.5, rel=1e-6)
+
+
+def test_official_payload_recovery_zeroing_and_rounding():
+    p = OfficialPayload(4)
+    x = torch.tensor([[1.5, -60.0, 49.0, -2.0]])
+    bits = p.encode(x)
+    assert bits.shape == (1, 128)
+    d = p.decode(bits * 2 - 1)
+    assert d.ok is None
+    assert d.embeddings.tolist() == [[1.5, 0.0, 49.0, -2.0]]  # |x| > 50 -> 0
+    assert logits_to_bits(torch.tensor([0.0, 1e-3, -1e-3])).tolist() == [0.0, 1.0, 0.0]  # half-to-even at 0
+    with pytest.raises(ValueError):
+        make_payload("official", 16384, 100)
+
+
+@pytest.fixture(scope="module")
+def keyed():
+    return KeyedPayload(16384, 512)
+
+
+@pytest.fixture(scope="module")
+def batch(keyed):
+    torch.manual_seed(0)
+    emb = torch.randn(3, 512) * 2
+    keys = [bytes([i + 1]) * 32 for i in range(3)]
+    return emb, keys, keyed.encode(emb, keys)
+
+
+def test_keyed_layout_and_roundtrip(keyed, batch):
+    emb, keys, bits = batch
+    assert bits.shape == (3, 16384) and set(bits.unique().tolist()) <= {0.0, 1.0}
+    assert 0.45 < float(bits.mean()) < 0.55  # looks uniform
+    assert bits.view(3, 512, 32).shape == (3, 512, 32)
+    d = keyed.decode(bits * 8 - 4, keys)
+    assert d.ok.tolist() == [True] * 3
+    cos = torch.nn.functional.cosine_similarity(d.embeddings, emb)
+    assert float(cos.min()) > 0.9999
+    assert torch.equal(d.bits, bits)
+    # deterministic per (key, embedding) with the synthetic nonce
+    assert torch.equal(keyed.encode(emb, keys), bits)
+    # the raw embedding is not readable from the bits
+    assert not torch.equal(bits, float2bit(emb).reshape(3, -1))
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.03])
+def test_keyed_survives_random_bit_flips(keyed, batch, rate):
+    emb, keys, bits = batch
+    g = torch.Generator().manual_seed(int(rate * 1000))
+    flips = torch.rand(bits.shape, generator=g) < rate
+    noisy = torch.where(flips, 1 - bits, bits)
+    d = keyed.decode(noisy, keys, is_bits=True)
+    assert d.ok.all()
+    assert float(torch.nn.functional.cosine_similarity(d.embeddings, emb).min()) > 0.9999
+    assert torch.equal(d.bits, bits)  # corrected codeword = what was hidden
+
+
+def test_keyed_soft_erasures_extend_correction(keyed, batch):
+    emb, keys, bits = batch
+    g = torch.Generator().manual_seed(7)
+    flips = torch.rand(bits.shape, generator=g) < 0.06
+    mag = torch.where(flips, torch.full_like(bits, 0.1), torch.full_like(bits, 3.0))
+    logits = torch.where(flips, -(bits * 2 - 1), bits * 2 - 1) * mag
+    hard = keyed.decode(logits, keys, is_bits=False)
+    assert hard.ok.all()  # 6% flips, decoded thanks to reliability-based erasures
+
+
+def test_keyed_wrong_key_fails_closed(keyed, batch):
+    emb, keys, bits = batch
+    d = keyed.decode(bits * 2 - 1, [b"wrong-key"] * 3)
+    assert d.ok.tolist() == [False] * 3
+    assert torch.count_nonzero(d.embeddings) == 0
+
+
+def test_keyed_tampered_payload_fails(keyed, batch):
+    emb, keys, bits = batch
+    # valid RS codewords around a modified ciphertext: RS decodes, authentication must fail
+    cws = keyed.encode_bytes(emb[0].numpy(), keys[0])
+    msg = bytearray(b"".join(bytes(keyed.rs.decode(bytearray(c))[0]) for c in cws))
+    msg[20] ^= 0x01
+    forged = [bytes(keyed.rs.encode(bytes(msg[c * keyed.k:(c + 1) * keyed.k]))) for c in range(keyed.n_cw)]
+    stream = torch.from_numpy(keyed._layout(forged, keys[0]))[None]
+    tampered = torch.empty_like(stream)
+    tampered[:, keyed._perm_cpu] = stream
+    assert not torch.equal(tampered, bits[:1])
+    d = keyed.decode(tampered, keys[:1], is_bits=True)
+    assert d.ok.tolist() == [False]
+    # far too many errors: fails, never returns garbage
+    g = torch.Generator().manual_seed(3)
+    d = keyed.decode(torch.where(torch.rand(bits.shape, generator=g) < 0.3, 1 - bits, bits), keys, is_bits=True)
+    assert d.ok.tolist() == [False] * 3
+
+
+def test_keyed_capacity_check():
+    with pytest.raises(ValueError):
+        KeyedPayload(256, 512)
+    p = KeyedPayload(1024, 32)  # tiny config (64 px)
+    e = torch.randn(1, 32)
+    d = p.decode(p.encode(e, [b"k"]), [b"k"], is_bits=True)
+    assert d.ok.all()

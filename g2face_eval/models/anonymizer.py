@@ -13,6 +13,10 @@ Fail-closed recovery (keyed mode): for an image whose payload does not decode or
 given key (wrong key, tampering, too many bit errors) ``ok`` is False and the returned image is the input
 (anonymised) image unchanged; the decoded bytes are never used, so no original identity is exposed.
 
+Precision: ``amp_dtype`` (e.g. torch.bfloat16) runs the G2Face networks under autocast; the identity and geometry
+priors stay in float32 unless ``amp_priors=True``, so the hidden payload (hence the output) does not depend on
+the generator's precision.
+
 Randomness: per-image and batch-independent. ``noise="keyed"`` (default) draws Map2ID's z and every StyledConv
 noise map with a counter-based generator seeded by ``key_seed(key)`` on the model's device (no host random
 draws); ``noise="random"`` is the official behaviour (fresh torch.randn for noise maps; z still keyed).
@@ -60,7 +64,7 @@ class G2FaceAnonymizer(Anonymizer):
     def __init__(self, model: G2Face | None = None, *, identity, geometry, cfg: G2FaceConfig | None = None,
                  payload: str | OfficialPayload | KeyedPayload = "keyed", noise: str = "keyed",
                  device: str | torch.device | None = None, amp_dtype: torch.dtype | None = None,
-                 name: str | None = None):
+                 amp_priors: bool = False, name: str | None = None):
         if model is None:
             model = G2Face(cfg or G2FaceConfig(), with_discriminator=False)
         self.model = model.eval()
@@ -79,6 +83,7 @@ class G2FaceAnonymizer(Anonymizer):
             raise ValueError("noise must be 'keyed' or 'random'")
         self.noise = noise
         self.amp_dtype = amp_dtype
+        self.amp_priors = amp_priors
         self.input_size = self.cfg.size
         if name:
             self.name = name
@@ -88,8 +93,8 @@ class G2FaceAnonymizer(Anonymizer):
                 "id_dim": self.cfg.id_dim, "identity": getattr(self.identity, "name", type(self.identity).__name__),
                 "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None}
 
-    def _amp(self):
-        if self.amp_dtype is None:
+    def _amp(self, prior: bool = False):
+        if self.amp_dtype is None or (prior and not self.amp_priors):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
@@ -107,7 +112,7 @@ class G2FaceAnonymizer(Anonymizer):
         x = images.to(self.device, torch.float32) * 2 - 1
         b = x.shape[0]
         seeds = key_seeds(keys, self.device)
-        with self._amp():
+        with self._amp(prior=True):
             coeffs = self._geometry(x)
             ident = self.identity(x).float()
         bits = self.payload.encode(ident, keys)                              # (B, n_bits) on device
@@ -125,6 +130,7 @@ class G2FaceAnonymizer(Anonymizer):
         seeds = key_seeds(keys, self.device)
         with self._amp():
             logits = self.model.extract_logits(y).float().reshape(b, -1)
+        with self._amp(prior=True):
             coeffs = self._geometry(y)
         dec = self.payload.decode(logits, keys)
         with self._amp():

@@ -1,0 +1,191 @@
+"""Face recognizers behind one interface. Embeddings are float32, L2-normalised; similarity is cosine.
+
+* "sface" (offline default): cv2.FaceRecognizerSF on 112x112 BGR crops aligned to the ArcFace template with
+  our own Umeyama alignment (pixel-identical to SFace's alignCrop up to rounding).
+* "dlib" (offline default): dlib ResNet on its own 150x150 chip: shape_predictor_5 run on a face rectangle
+  derived from the detector's 5 landmarks, then dlib.get_face_chip(size=150, padding=0.25).
+* "arcface_r50", "arcface_r100": insightface iresnet (user weights), 112x112 RGB in [-1, 1].
+* "facenet_vggface2": facenet-pytorch InceptionResnetV1 (user weights), 160x160 crops aligned to the ArcFace
+  template scaled to 160, standardised (x - 127.5) / 128.
+
+``Recognizer.threshold`` is the cosine-similarity threshold at FAR 1e-3 measured on LFW View 2 by
+``g2face-eval validate`` and stored in ``oracles/thresholds.json`` (None when never validated).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .. import zoo
+from ..registry import Registry
+from .alignment import align_arcface
+from .detectors import Face
+
+THRESHOLDS_FILE = Path(__file__).resolve().parent / "thresholds.json"
+DEFAULT_RECOGNIZERS = ("sface", "dlib")
+
+
+def load_thresholds() -> dict:
+    try:
+        return json.loads(THRESHOLDS_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+class Recognizer:
+    name = "base"
+    dim = 0
+    weights: tuple[str, ...] = ()
+
+    def align(self, image: np.ndarray, face: Face) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed(self, images: list[np.ndarray], faces: list[Face]) -> np.ndarray:
+        if len(images) != len(faces):
+            raise ValueError(f"{len(images)} images but {len(faces)} faces")
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed_aligned([self.align(im, f) for im, f in zip(images, faces)])
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Row-wise cosine similarity of two (N,D) embedding arrays."""
+        a, b = _l2(np.atleast_2d(a)), _l2(np.atleast_2d(b))
+        if a.shape != b.shape:
+            raise ValueError(f"shape mismatch {a.shape} vs {b.shape}")
+        return (a * b).sum(1)
+
+    @property
+    def threshold(self) -> float | None:
+        entry = load_thresholds().get("recognizers", {}).get(self.name)
+        return None if entry is None else float(entry["threshold"])
+
+    def __repr__(self) -> str:
+        return f"<Recognizer {self.name} dim={self.dim}>"
+
+
+RECOGNIZERS: Registry[type[Recognizer]] = Registry("recognizer")
+
+
+@RECOGNIZERS.register("sface")
+class SFaceRecognizer(Recognizer):
+    name, dim, weights = "sface", 128, ("sface",)
+
+    def __init__(self) -> None:
+        self._net = zoo.load("sface")
+        self._lock = threading.Lock()
+
+    def align(self, image: np.ndarray, face: Face) -> np.ndarray:
+        return align_arcface(image, face.landmarks5, 112)
+
+    def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
+        out = np.zeros((len(crops), self.dim), np.float32)
+        with self._lock:
+            for i, c in enumerate(crops):
+                bgr = np.ascontiguousarray(c[:, :, ::-1])
+                if bgr.shape[:2] != (112, 112):
+                    import cv2
+
+                    bgr = cv2.resize(bgr, (112, 112), interpolation=cv2.INTER_LINEAR)
+                out[i] = self._net.feature(bgr).reshape(-1)
+        return _l2(out)
+
+
+def landmarks_to_dlib_rect(landmarks5: np.ndarray) -> tuple[int, int, int, int]:
+    """A dlib-HOG-like square (left, top, right, bottom) from 5 ArcFace-order landmarks."""
+    lm = np.asarray(landmarks5, dtype=np.float64)
+    eye_mid, mouth_mid = lm[:2].mean(0), lm[3:].mean(0)
+    side = 1.25 * (np.linalg.norm(lm[1] - lm[0]) + np.linalg.norm(mouth_mid - eye_mid))
+    c = (eye_mid + mouth_mid) / 2 + np.array([0.0, 0.03 * side])
+    l, t = c - side / 2
+    return int(round(l)), int(round(t)), int(round(l + side)), int(round(t + side))
+
+
+@RECOGNIZERS.register("dlib")
+class DlibRecognizer(Recognizer):
+    name, dim, weights = "dlib", 128, ("dlib_resnet", "dlib_shape5")
+
+    def __init__(self) -> None:
+        self._net = zoo.load("dlib_resnet")
+        self._sp = zoo.load("dlib_shape5")
+
+    def align(self, image: np.ndarray, face: Face) -> np.ndarray:
+        import dlib
+
+        img = np.ascontiguousarray(image)
+        rect = dlib.rectangle(*landmarks_to_dlib_rect(face.landmarks5))
+        shape = self._sp(img, rect)
+        return np.asarray(dlib.get_face_chip(img, shape, size=150, padding=0.25))
+
+    def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
+        if not crops:
+            return np.zeros((0, self.dim), np.float32)
+        chips = [np.ascontiguousarray(c) for c in crops]
+        desc = self._net.compute_face_descriptor(chips)
+        return _l2(np.array([np.asarray(d) for d in desc]))
+
+
+class _TorchRecognizer(Recognizer):
+    size = 112
+    mean, std = 127.5, 127.5
+
+    def __init__(self) -> None:
+        self._net = zoo.load(self.weights[0])
+
+    def align(self, image: np.ndarray, face: Face) -> np.ndarray:
+        return align_arcface(image, face.landmarks5, self.size)
+
+    def embed_aligned(self, crops: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(crops), batch_size):
+            x = np.stack(crops[i : i + batch_size]).astype(np.float32)
+            t = torch.from_numpy((x - self.mean) / self.std).permute(0, 3, 1, 2).contiguous()
+            with torch.no_grad():
+                out.append(self._net(t).float().numpy())
+        return _l2(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+
+@RECOGNIZERS.register("arcface_r50")
+class ArcFaceR50(_TorchRecognizer):
+    name, dim, weights = "arcface_r50", 512, ("arcface_iresnet50",)
+
+
+@RECOGNIZERS.register("arcface_r100")
+class ArcFaceR100(_TorchRecognizer):
+    name, dim, weights = "arcface_r100", 512, ("arcface_iresnet100",)
+
+
+@RECOGNIZERS.register("facenet_vggface2")
+class FaceNetVGGFace2(_TorchRecognizer):
+    name, dim, weights, size = "facenet_vggface2", 512, ("facenet_vggface2",), 160
+    mean, std = 127.5, 128.0
+
+
+def available_recognizers() -> list[str]:
+    """Recognizers whose weights are all present and verified."""
+    return [n for n, cls in RECOGNIZERS.items() if all(zoo.available(w) for w in cls.weights)]
+
+
+_cache: dict[str, Recognizer] = {}
+
+
+def get_recognizer(name: str) -> Recognizer:
+    """A (shared) recognizer by name; raises zoo.WeightMissingError when its weights are absent."""
+    if name not in _cache:
+        _cache[name] = RECOGNIZERS.get(name)()
+    return _cache[name]

@@ -1,0 +1,354 @@
+"""LFW View 2 validation of the face oracles (``g2face-eval validate``).
+
+Protocol (standard "unrestricted, labeled outside data" verification):
+  * pairs from ``lfw/pairs.txt`` (10 folds x (300 same + 300 different) pairs), deep-funneled images;
+  * every image: our own YuNet detection (the face nearest the image centre, weighted by score) and our own
+    5-point alignment; when YuNet finds nothing, a fixed centre crop is used (the average LFW-deepfunneled
+    landmark positions) and counted as ``fallback_centre_crop``;
+  * cosine similarity of L2-normalised embeddings; 10-fold accuracy: for each fold the threshold maximising
+    accuracy on the other 9 folds (searched over the midpoints of their sorted similarities; ties: the middle
+    of the best candidates) is applied to the held-out fold; mean and std over folds are reported (a subset
+    with fewer than 10 official folds is split into 10 balanced sub-folds);
+  * threshold at FAR 1e-3: over all negative pairs (3000 on the full set), the threshold t is the
+    (floor(FAR * N) + 1)-th largest negative similarity, with the rule "same person iff similarity > t",
+    so at most floor(FAR * N) negatives (3 of 3000) are accepted; TAR at t over the positive pairs is reported.
+The full run writes ``oracles/thresholds.json`` which ``Recognizer.threshold`` reads.
+Embeddings and detections are cached under ``settings.cache_dir()/lfw`` (keyed by image path, size, mtime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import settings
+
+CACHE_VERSION = "v1"
+PUBLISHED = {"sface": 99.40, "dlib": 99.38}
+FAR = 1e-3
+# mean landmark positions of the face in a 250x250 LFW deep-funneled image (centre-crop fallback)
+_LFW_CENTRE_LANDMARKS_250 = np.array(
+    [[103.5, 112.0], [146.5, 112.0], [125.0, 136.0], [107.5, 157.0], [142.5, 157.0]], dtype=np.float32
+)
+
+
+@dataclass
+class Pair:
+    a: str  # relative image path
+    b: str
+    same: bool
+    fold: int
+
+
+def lfw_root(datasets_root: str | os.PathLike | None = None) -> Path:
+    root = Path(datasets_root) if datasets_root else settings.datasets_root()
+    if root is None:
+        raise FileNotFoundError("no datasets root: set G2FACE_DATASETS or pass --datasets-root")
+    lfw = Path(root) / "lfw"
+    if not (lfw / "pairs.txt").is_file():
+        raise FileNotFoundError(f"LFW not found: expected {lfw / 'pairs.txt'} and {lfw / 'lfw-deepfunneled'}")
+    return lfw
+
+
+def _img(name: str, idx: str) -> str:
+    return f"lfw-deepfunneled/{name}/{name}_{int(idx):04d}.jpg"
+
+
+def read_pairs(lfw: Path) -> list[Pair]:
+    lines = (lfw / "pairs.txt").read_text().split("\n")
+    n_folds, n = (int(x) for x in lines[0].split())
+    rows = [ln.split() for ln in lines[1:] if ln.strip()]
+    if len(rows) != n_folds * 2 * n:
+        raise ValueError(f"pairs.txt: expected {n_folds * 2 * n} pairs, found {len(rows)}")
+    pairs = []
+    for i, r in enumerate(rows):
+        fold = i // (2 * n)
+        if len(r) == 3:
+            pairs.append(Pair(_img(r[0], r[1]), _img(r[0], r[2]), True, fold))
+        elif len(r) == 4:
+            pairs.append(Pair(_img(r[0], r[1]), _img(r[2], r[3]), False, fold))
+        else:
+            raise ValueError(f"pairs.txt line {i + 2}: {' '.join(r)!r}")
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------------------
+def best_threshold(sims: np.ndarray, same: np.ndarray) -> float:
+    """Threshold maximising accuracy of the rule "sim > t" on (sims, same): candidates are the midpoints of
+    the sorted unique similarities; among equally good candidates the middle one of the best run is taken."""
+    sims, same = np.asarray(sims, dtype=np.float64), np.asarray(same, dtype=bool)
+    s = np.unique(sims)
+    cands = np.concatenate([[s[0] - 1e-6], (s[1:] + s[:-1]) / 2, [s[-1] + 1e-6]])
+    acc = _acc_fast(sims, same, cands)
+    best = np.flatnonzero(acc >= acc.max() - 1e-12)
+    return float(cands[best[len(best) // 2]])
+
+
+def _acc_fast(sims: np.ndarray, same: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    order = np.argsort(sims)
+    s, y = sims[order], same[order].astype(np.int64)
+    k = np.searchsorted(s, cands, side="right")  # number predicted negative
+    neg_below = np.concatenate([[0], np.cumsum(1 - y)])[k]
+    pos_above = y.sum() - np.concatenate([[0], np.cumsum(y)])[k]
+    return (neg_below + pos_above) / len(s)
+
+
+def kfold_accuracy(sims: np.ndarray, same: np.ndarray, folds: np.ndarray) -> tuple[float, float, list[float]]:
+    accs, ths = [], []
+    for f in np.unique(folds):
+        test = folds == f
+        t = best_threshold(sims[~test], same[~test])
+        ths.append(t)
+        accs.append(float(((sims[test] > t) == same[test]).mean()))
+    return float(np.mean(accs)), float(np.std(accs)), ths
+
+
+def threshold_at_far(neg_sims: np.ndarray, far: float = FAR) -> float:
+    """Threshold t such that at most floor(far*N) negatives satisfy sim > t (see module doc)."""
+    s = np.sort(np.asarray(neg_sims))[::-1]
+    k = int(np.floor(far * len(s)))
+    return float(s[min(k, len(s) - 1)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# features
+# ---------------------------------------------------------------------------------------------------------
+def _pick_face(faces, shape):
+    h, w = shape[:2]
+    c = np.array([w / 2, h / 2])
+    best, best_s = None, -np.inf
+    for f in faces:
+        centre = f.box[:2] + f.box[2:] / 2
+        s = f.score - np.linalg.norm(centre - c) / max(h, w)
+        if s > best_s:
+            best, best_s = f, s
+    return best
+
+
+def centre_face(shape) -> object:
+    from .detectors import Face
+
+    h, w = shape[:2]
+    lm = _LFW_CENTRE_LANDMARKS_250 * np.array([w / 250.0, h / 250.0], dtype=np.float32)
+    return Face(box=np.array([w * 0.3, h * 0.25, w * 0.4, h * 0.5], np.float32), landmarks5=lm, score=0.0)
+
+
+def _cache_path(lfw: Path, what: str) -> Path:
+    return settings.cache_dir() / "lfw" / f"{what}_{CACHE_VERSION}.npz"
+
+
+def _load_cache(p: Path) -> dict:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(p: Path, d: dict) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **d)
+    os.replace(tmp, p)
+
+
+def _key(lfw: Path, rel: str) -> str:
+    st = (lfw / rel).stat()
+    return f"{rel}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _worker_init(names):
+    global _W
+    from .detectors import get_detector
+    from .recognizers import get_recognizer
+
+    _W = (get_detector("yunet"), {n: get_recognizer(n) for n in names})
+
+
+def _process(path: str, names: list[str]):
+    import cv2
+
+    det, recs = _W
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise OSError(f"cannot read {path}")
+    img = np.ascontiguousarray(bgr[:, :, ::-1])
+    face = _pick_face(det.detect(img), img.shape)
+    fallback = face is None
+    if fallback:
+        face = centre_face(img.shape)
+    out = {n: recs[n].embed([img], [face])[0] for n in names}
+    return path, fallback, face.landmarks5, out
+
+
+def compute_embeddings(lfw: Path, rels: list[str], names: list[str], workers: int = 1, progress: bool = True):
+    """{recognizer: {rel: embedding}}, fallbacks set, using and extending the on-disk cache."""
+    caches = {n: _load_cache(_cache_path(lfw, f"emb_yunet_{n}")) for n in names}
+    fbs = {n: _load_cache(_cache_path(lfw, f"fallback_yunet_{n}")) for n in names}
+    keys = {r: _key(lfw, r) for r in rels}
+    todo = [r for r in rels if any(keys[r] not in caches[n] or keys[r] not in fbs[n] for n in names)]
+    if todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc=f"LFW embeddings ({'+'.join(names)})", disable=not progress,
+                   file=sys.stderr)
+        last_save = time.time()
+
+        def save():
+            for n in names:
+                _save_cache(_cache_path(lfw, f"emb_yunet_{n}"), caches[n])
+                _save_cache(_cache_path(lfw, f"fallback_yunet_{n}"), fbs[n])
+
+        args = [str(lfw / r) for r in todo]
+        rel_of = {str(lfw / r): r for r in todo}
+        if workers > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork")
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(names,)) as pool:
+                it = pool.imap_unordered(_star, [(a, names) for a in args], chunksize=8)
+                for path, fb, _, out in it:
+                    r = rel_of[path]
+                    for n in names:
+                        caches[n][keys[r]] = out[n]
+                    for n in names:
+                        fbs[n][keys[r]] = np.array(fb)
+                    bar.update(1)
+                    if time.time() - last_save > 60:
+                        save()
+                        last_save = time.time()
+        else:
+            _worker_init(names)
+            for a in args:
+                path, fb, _, out = _process(a, names)
+                r = rel_of[path]
+                for n in names:
+                    caches[n][keys[r]] = out[n]
+                for n in names:
+                    fbs[n][keys[r]] = np.array(fb)
+                bar.update(1)
+                if time.time() - last_save > 60:
+                    save()
+                    last_save = time.time()
+        bar.close()
+        save()
+    emb = {n: {r: caches[n][keys[r]] for r in rels} for n in names}
+    fallbacks = {r for r in rels if any(bool(fbs[n][keys[r]]) for n in names)}
+    return emb, fallbacks
+
+
+def _star(a):
+    return _process(*a)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------------------------
+def validate(
+    datasets_root=None,
+    recognizers=("sface", "dlib"),
+    folds: list[int] | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Run the protocol on the given folds (default all 10). Returns a results dict."""
+    t0 = time.time()
+    lfw = lfw_root(datasets_root)
+    pairs = read_pairs(lfw)
+    if folds is not None:
+        pairs = [p for p in pairs if p.fold in set(folds)]
+    rels = list(dict.fromkeys(r for p in pairs for r in (p.a, p.b)))  # fold order: partial runs are usable
+    emb, fallbacks = compute_embeddings(lfw, rels, list(recognizers), workers=workers, progress=progress)
+    same = np.array([p.same for p in pairs])
+    fold_ids = np.array([p.fold for p in pairs])
+    if len(np.unique(fold_ids)) < 10:  # fewer than 10 official folds: split into 10 balanced sub-folds
+        idx_pos, idx_neg = np.flatnonzero(same), np.flatnonzero(~same)
+        fold_ids = np.zeros(len(pairs), int)
+        fold_ids[idx_pos] = np.arange(len(idx_pos)) * 10 // len(idx_pos)
+        fold_ids[idx_neg] = np.arange(len(idx_neg)) * 10 // len(idx_neg)
+    results: dict = {
+        "dataset": "LFW View 2 (pairs.txt), deep-funneled 250x250",
+        "n_pairs": len(pairs),
+        "n_images": len(rels),
+        "folds": sorted({p.fold for p in pairs}),
+        "detector": "yunet",
+        "fallback_centre_crop": len(fallbacks),
+        "protocol": (
+            "10-fold verification: threshold maximising accuracy on 9 folds applied to the held-out fold "
+            "(mean over folds); cosine similarity of L2-normalised embeddings, same iff similarity > threshold; "
+            "threshold at FAR 1e-3 = (floor(FAR*N)+1)-th largest similarity of the N negative pairs"
+        ),
+        "recognizers": {},
+    }
+    for n in recognizers:
+        a = np.stack([emb[n][p.a] for p in pairs])
+        b = np.stack([emb[n][p.b] for p in pairs])
+        sims = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        mean, std, _ = kfold_accuracy(sims, same, fold_ids)
+        t = threshold_at_far(sims[~same], FAR)
+        results["recognizers"][n] = {
+            "accuracy": round(100 * mean, 3),
+            "accuracy_std": round(100 * std, 3),
+            "published_accuracy": PUBLISHED.get(n),
+            "threshold": round(t, 6),
+            "far": FAR,
+            "far_measured": float(((sims[~same]) > t).mean()),
+            "tar_at_threshold": round(float((sims[same] > t).mean()), 6),
+            "n_negatives": int((~same).sum()),
+        }
+    results["seconds"] = round(time.time() - t0, 1)
+    return results
+
+
+def write_thresholds(results: dict, path: Path | None = None) -> Path:
+    from .recognizers import THRESHOLDS_FILE
+
+    path = path or THRESHOLDS_FILE
+    old = {}
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    recs = dict(old.get("recognizers", {}))
+    recs.update(results["recognizers"])
+    out = {k: v for k, v in results.items() if k not in ("recognizers", "seconds")}
+    out["command"] = "g2face-eval validate --datasets-root <root>"
+    out["recognizers"] = recs
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return path
+
+
+def cli(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="g2face-eval validate", description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets-root", default=None, help="root holding lfw/ (default: $G2FACE_DATASETS)")
+    ap.add_argument("--recognizers", default="sface,dlib")
+    ap.add_argument("--folds", default=None, help="comma-separated fold indices 0-9 (default: all)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true", help="do not update oracles/thresholds.json")
+    args = ap.parse_args(argv or [])
+    folds = [int(x) for x in args.folds.split(",")] if args.folds else None
+    try:
+        res = validate(args.datasets_root, args.recognizers.split(","), folds, workers=args.workers)
+    except FileNotFoundError as e:
+        print(f"g2face-eval validate: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(res, indent=2))
+    ok = True
+    for n, r in res["recognizers"].items():
+        pub = r.get("published_accuracy")
+        if pub is not None and folds is None and abs(r["accuracy"] - pub) > 0.5:
+            ok = False
+            print(f"WARNING: {n} accuracy {r['accuracy']:.2f}% is > 0.5 points from published {pub}%",
+                  file=sys.stderr)
+    if folds is None and not args.no_write:
+        print(f"wrote {write_thresholds(res)}", file=sys.stderr)
+    return 0 if ok else 1

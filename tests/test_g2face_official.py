@@ -95,3 +95,18 @@ def test_arcface_and_d3dfr_loaders(ref):
     bad.pop("backbone.conv1.weight")
     with pytest.raises(ValueError):
         official.load_d3dfr_state({"net_recon": bad})
+
+
+def test_param_groups_and_stylegan2_init():
+    from g2face_eval.models.stylegan2 import Generator
+
+    cfg = G2FaceConfig.tiny()
+    m = G2Face(cfg)
+    groups = m.param_groups()
+    n_all = sum(p.numel() for n, p in m.named_parameters() if not n.startswith("discriminator"))
+    assert sum(p.numel() for g in groups for p in g["params"]) == n_all
+    torch.manual_seed(1)
+    g = Generator(size=cfg.size, style_dim=cfg.style_dim, n_mlp=2, channel_base=cfg.channel_base)
+    left = official.init_from_stylegan2(m, {"g_ema": {**g.state_dict(), "noises.noise_0": torch.zeros(1)}})
+    assert left and all(k.split(".")[0] in G2Face.NEW_GENERATOR_PARTS for k in left)
+    assert torch.equal(m.anonymous_net.convs[0].conv.weight, g.convs[0].conv.weight)

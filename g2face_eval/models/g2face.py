@@ -236,7 +236,7 @@ class FusionMask(nn.Module):
     def forward(self, gen: torch.Tensor, pyr: torch.Tensor, inj: torch.Tensor | None = None) -> torch.Tensor:
         parts = [gen, pyr] if inj is None else [gen, pyr, inj]
         mask = torch.sigmoid(F.instance_norm(self.conv(torch.cat(parts, 1)), eps=1e-5))
-        return pyr + mask * (gen - pyr)
+        return mask * gen + (1 - mask) * pyr
 
 
 class HidingInjection(nn.Module):
@@ -429,6 +429,18 @@ class G2Face(nn.Module):
 
     def extract_logits(self, y: torch.Tensor) -> torch.Tensor:
         return self.hiding_extractor(y)
+
+    NEW_GENERATOR_PARTS = ("pyramid", "fusion_mask", "hiding_injects")
+
+    def param_groups(self, lr: float = 1e-3, lr_pretrained: float = 1e-4) -> list[dict]:
+        """Official optimiser grouping (discriminator excluded): pyramid, fusion_mask, hiding_injects, style_mlp,
+        map_2_id and hiding_extractor at ``lr``; the pretrained StyleGAN2 synthesis part at ``lr_pretrained``."""
+        new, pre = [], []
+        for n, p in self.anonymous_net.named_parameters():
+            (new if n.split(".")[0] in self.NEW_GENERATOR_PARTS else pre).append(p)
+        new += [*self.style_mlp.parameters(), *self.map_2_id.parameters(), *self.hiding_extractor.parameters()]
+        return [{"params": new, "lr": lr, "name": "g2face_new"},
+                {"params": pre, "lr": lr_pretrained, "name": "stylegan2_synthesis"}]
 
     def checkpoint_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """{anonymous_net: sd, style_mlp: sd, ...} exactly as in the official G2Face.pth."""

@@ -94,12 +94,15 @@ class IResNet(nn.Module):
 
 
 def iresnet50(**kw) -> nn.Module:
-    try:  # prefer the zoo engineer's module when present
+    """iresnet50; uses the zoo engineer's ``g2face_eval.oracles.arcface`` when present (same names), else ours."""
+    try:
         mod = importlib.import_module("g2face_eval.oracles.arcface")
-        if hasattr(mod, "iresnet50"):
-            return mod.iresnet50(**kw)
     except ImportError:
-        pass
+        mod = None
+    if mod is not None and hasattr(mod, "iresnet50"):
+        return mod.iresnet50(**kw)
+    if mod is not None and hasattr(mod, "iresnet"):
+        return mod.iresnet(50, **kw)
     return IResNet((3, 4, 14, 3), **kw)
 
 

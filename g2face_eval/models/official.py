@@ -75,6 +75,21 @@ def save_g2face(model: G2Face, path: str | Path, *, epoch: int = 0, iteration: i
     torch.save(ckpt, str(path))
 
 
+def init_from_stylegan2(model: G2Face, g_ema_state: Mapping[str, torch.Tensor]) -> list[str]:
+    """As the official train.py: load a rosinality StyleGAN2 ``g_ema`` state dict into ``anonymous_net`` with
+    strict=False (overlap: input, conv1, to_rgb1, convs, to_rgbs incl. kernel buffers; ``style.*`` and
+    ``noises.*`` ignored). Also accepts our ``stylegan2.Generator`` state dict. Returns the keys left at init
+    (pyramid, fusion_mask, hiding_injects)."""
+    sd = map_official_keys(g_ema_state.get("g_ema", g_ema_state) if isinstance(g_ema_state, Mapping) else g_ema_state)
+    own = model.anonymous_net.state_dict()
+    use = {k: v for k, v in sd.items() if k in own and not k.startswith(("style.", "noises."))}
+    bad = [k for k, v in use.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise ValueError(f"StyleGAN2 weights do not fit this G2Face config: {bad[:5]}")
+    model.anonymous_net.load_state_dict(use, strict=False)
+    return sorted(set(own) - set(use))
+
+
 def load_arcface(path_or_dict) -> ArcFaceIdentity:
     return ArcFaceIdentity(state_dict=map_official_keys(_load(path_or_dict)))
 

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 OFFICIAL_ZERO_THRESHOLD = 50.0
-_EXP_W = torch.tensor([2.0 ** (7 - k) for k in range(8)])
 
 
 # ------------------------------------------------------------------------------------- float2bit / bit2float
@@ -66,10 +65,10 @@ def bit2float(bits: torch.Tensor) -> torch.Tensor:
     (E = 255 gives +-inf, E = 0 gives 2^-127 * (1 + m)), as the official decoder."""
     b = bits.float()
     s = b[..., 0]
-    e = (b[..., 1:9] * _EXP_W.to(b.device)).sum(-1)
-    mw = torch.pow(2.0, -torch.arange(1, 24, device=b.device, dtype=torch.float32))
-    m = 1.0 + (b[..., 9:] * mw).sum(-1)
-    return (1.0 - 2.0 * s) * torch.pow(torch.tensor(2.0, device=b.device), e - 127.0) * m
+    ar = torch.arange(32, device=b.device, dtype=torch.float32)        # device-side constants, no H2D copy
+    e = (b[..., 1:9] * torch.exp2(7.0 - ar[:8])).sum(-1)
+    m = 1.0 + (b[..., 9:] * torch.exp2(-(ar[:23] + 1.0))).sum(-1)
+    return (1.0 - 2.0 * s) * torch.exp2(e - 127.0) * m
 
 
 def logits_to_bits(logits: torch.Tensor) -> torch.Tensor:

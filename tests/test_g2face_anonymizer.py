@@ -156,3 +156,24 @@ def test_input_checks(images):
         anon.anonymize(torch.rand(1, 3, 32, 32), [b"k"])
     with pytest.raises(ValueError):
         _make(payload=KeyedPayload(4096, 32))
+
+
+class _Geo150:
+    """Mimics models.geometry.GeometryPrior's interface: 150 coefficients + style_condition."""
+
+    def coefficients(self, x):
+        return torch.arange(150.0).expand(x.shape[0], 150).clone()
+
+    @staticmethod
+    def style_condition(c):
+        return c[:, :147]
+
+
+def test_geometry_prior_with_style_condition(images):
+    anon = _make()
+    anon.geometry = _Geo150()
+    cond = anon._geometry(images * 2 - 1)
+    assert cond.shape == (3, 147) and cond[0, -1] == 146
+    anon.geometry = ConstantGeometry(n_coef=150)  # no style_condition and not D3DFR-ordered -> clear error
+    with pytest.raises(ValueError):
+        anon.anonymize(images, [b"a", b"b", b"c"])

@@ -21,8 +21,10 @@ Randomness: per-image and batch-independent. ``noise="keyed"`` (default) draws M
 noise map with a counter-based generator seeded by ``key_seed(key)`` on the model's device (no host random
 draws); ``noise="random"`` is the official behaviour (fresh torch.randn for noise maps; z still keyed).
 
-``geometry`` is any object with ``coefficients(images_m11) -> (B, n_coef)`` (Deep3DFaceRecon order, n_coef >=
-227, or the 147-d condition directly); ``ConstantGeometry`` is a stub for shape tests only.
+``geometry`` is any object with ``coefficients(images_m11) -> (B, n_coef)``: if it also has
+``style_condition(coeffs) -> (B, 147)`` (the project's ``models.geometry.GeometryPrior``) that is used, else the
+coefficients must be in Deep3DFaceRecon order (n_coef >= 227) or already the 147-d condition.
+``ConstantGeometry`` is a stub for shape tests only.
 ``identity`` is any callable ``images_m11 -> (B, id_dim)`` (see ``g2face_eval.models.identity``).
 """
 
@@ -34,7 +36,7 @@ from contextlib import nullcontext
 import torch
 
 from g2face_eval.anonymizer import Anonymizer, Key, Output, key_seed
-from g2face_eval.models.g2face import G2Face, G2FaceConfig, keyed_noise, keyed_normal
+from g2face_eval.models.g2face import G2Face, G2FaceConfig, geometry_condition, keyed_noise, keyed_normal
 from g2face_eval.models.payload import KeyedPayload, OfficialPayload, logits_to_bits, make_payload
 
 Z_STREAM, ANON_NOISE_STREAM, REC_NOISE_STREAM = 1, 2, 3
@@ -104,8 +106,13 @@ class G2FaceAnonymizer(Anonymizer):
         return keyed_noise(seeds, self.model.anonymous_net, stream)
 
     def _geometry(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 147) style condition: the prior's own ``style_condition(coeffs)`` when it has one (e.g. the
+        project's 150-coefficient GeometryPrior), else Deep3DFaceRecon slices [0:144] + [224:227]."""
         c = self.geometry.coefficients(x)
-        return c.to(x.device, torch.float32)
+        cond = getattr(self.geometry, "style_condition", None)
+        if cond is not None and c.shape[-1] != 147:
+            c = cond(c)
+        return geometry_condition(c.to(x.device, torch.float32))
 
     @torch.no_grad()
     def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None) -> Output:

@@ -147,6 +147,9 @@ def geometry_condition(coeffs: torch.Tensor) -> torch.Tensor:
     """3DMM coefficients (B, >=227; Deep3DFaceRecon order) -> (B, 147) = [id+exp 0:144, angles 224:227]."""
     if coeffs.shape[-1] == GEO_DIM:
         return coeffs
+    if coeffs.shape[-1] < GEO_ANGLE.stop:
+        raise ValueError(f"expected Deep3DFaceRecon-ordered coefficients (>= 227) or the 147-d condition, got "
+                         f"{tuple(coeffs.shape)}; priors with another layout must provide style_condition()")
     return torch.cat([coeffs[:, GEO_ID_EXP], coeffs[:, GEO_ANGLE]], dim=1)
 
 

@@ -1,0 +1,210 @@
+"""Metric declarations (lm-evaluation-harness style): every number the harness logs has a ``MetricSpec`` in
+``METRICS`` saying which direction is better and how per-sample values are aggregated.
+
+Aggregations
+  * ``"mean"``   per-sample real values, reported as their mean (bootstrap CI over samples).
+  * ``"rate"``   per-sample 0/1 outcomes, reported as the share of ones (bootstrap CI over samples).
+  * ``"median"`` per-sample (or per-run) values, reported as their median (bootstrap CI over samples).
+  * ``"set"``    one number computed from a whole set (FID, KID, peak memory): there are no per-sample values,
+                 so ``bootstrap.ci`` does not apply (extension of the three aggregations in ARCHITECTURE.md).
+
+Per-recognizer / per-detector families (``deid_success_rate_<recognizer>``, ``detection_rate_<detector>``) are
+declared once in ``FAMILIES``; ``metric_name(family, suffix)`` returns the concrete name and registers its
+spec on first use, and ``spec(name)`` resolves any concrete or family name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from g2face_eval.registry import Registry
+
+AGGREGATIONS = ("mean", "rate", "median", "set")
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot be computed here (typically a user weight file is absent). The harness reports the
+    metric as "unavailable" with ``reason``; it never substitutes a number."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    higher_is_better: bool | None
+    aggregation: str
+    unit: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"metric {self.name!r}: aggregation must be one of {AGGREGATIONS}")
+
+
+METRICS: Registry[MetricSpec] = Registry("metric")
+FAMILIES: Registry[MetricSpec] = Registry("metric family")
+
+# Names of the recognizers / detectors in ARCHITECTURE.md: their family members are registered up front so
+# that
+# METRICS.names() lists them; other names are registered on first use by metric_name().
+KNOWN_RECOGNIZERS = ("sface", "dlib", "arcface_r50", "arcface_r100", "facenet_vggface2")
+KNOWN_DETECTORS = ("yunet", "mtcnn", "dlib_hog")
+
+
+def _add(name: str, hib: bool | None, agg: str, unit: str, desc: str) -> MetricSpec:
+    return METRICS.add(name, MetricSpec(name, hib, agg, unit, desc))
+
+
+def _family(prefix: str, hib: bool | None, agg: str, unit: str, desc: str, members: tuple[str, ...]) -> None:
+    FAMILIES.add(prefix, MetricSpec(prefix, hib, agg, unit, desc))
+    for m in members:
+        metric_name(prefix, m)
+
+
+def metric_name(family: str, suffix: str) -> str:
+    """Concrete metric name for a family member, e.g. ``metric_name("deid_success_rate", "sface")`` ->
+    ``"deid_success_rate_sface"``; registers its spec (copied from the family) on first use."""
+    fam = FAMILIES.get(family)
+    if not suffix or not suffix.replace("_", "").isalnum():
+        raise ValueError(f"bad metric name suffix {suffix!r}")
+    name = f"{family}_{suffix}"
+    if name not in METRICS:
+        METRICS.add(name, replace(fam, name=name, description=f"{fam.description} [{suffix}]"))
+    return name
+
+
+def per_recognizer(family: str, recognizer: str) -> str:
+    """Alias of metric_name for recognizer families (deid_success_rate, deid_mean_similarity,
+    recovered_id_success, wrongkey_similarity, diversity_similarity)."""
+    return metric_name(family, recognizer)
+
+
+def spec(name: str) -> MetricSpec:
+    """The spec of a concrete metric name; family members not yet used are resolved (and registered)."""
+    if name in METRICS:
+        return METRICS.get(name)
+    for fam in sorted(FAMILIES.names(), key=len, reverse=True):
+        if name.startswith(fam + "_"):
+            return METRICS.get(metric_name(fam, name[len(fam) + 1 :]))
+    return METRICS.get(name)  # raises UnknownNameError listing known names
+
+
+# ---- declarations ------------------------------------------------------------------------------------------
+_family(
+    "deid_success_rate",
+    True,
+    "rate",
+    "fraction",
+    "share of anonymized faces whose similarity to their original is below the recognizer's FAR-1e-3 "
+    "threshold",
+    KNOWN_RECOGNIZERS,
+)
+_family(
+    "deid_mean_similarity",
+    False,
+    "mean",
+    "cosine",
+    "cosine similarity between anonymized face and its original",
+    KNOWN_RECOGNIZERS,
+)
+_family(
+    "recovered_id_success",
+    True,
+    "rate",
+    "fraction",
+    "share of recovered faces whose similarity to the original reaches the FAR-1e-3 threshold",
+    KNOWN_RECOGNIZERS,
+)
+_family(
+    "wrongkey_similarity",
+    False,
+    "mean",
+    "cosine",
+    "similarity to the original of a face 'recovered' with a wrong key (lower: the key protects)",
+    KNOWN_RECOGNIZERS,
+)
+_family(
+    "diversity_similarity",
+    False,
+    "mean",
+    "cosine",
+    "similarity between anonymizations of one face under different keys (lower: more diverse)",
+    KNOWN_RECOGNIZERS,
+)
+_family(
+    "detection_rate",
+    True,
+    "rate",
+    "fraction",
+    "share of (anonymized) images in which the detector finds a face",
+    KNOWN_DETECTORS,
+)
+
+_add(
+    "id_rank1",
+    False,
+    "rate",
+    "fraction",
+    "rank-1 identification of anonymized probes against the original gallery (lower: better privacy)",
+)
+_add(
+    "id_rank5",
+    False,
+    "rate",
+    "fraction",
+    "rank-5 identification of anonymized probes against the original gallery (lower: better privacy)",
+)
+_add("recovery_psnr", True, "mean", "dB", "PSNR between recovered and original image")
+_add("recovery_ssim", True, "mean", "", "SSIM (gaussian, sigma 1.5) between recovered and original image")
+_add("recovery_lpips_alex", False, "mean", "", "LPIPS (AlexNet) between recovered and original image")
+_add("recovery_lpips_vgg", False, "mean", "", "LPIPS (VGG16) between recovered and original image")
+_add(
+    "payload_ber",
+    False,
+    "mean",
+    "fraction",
+    "bit error rate of the payload decoded from the anonymized image",
+)
+_add("fid", False, "set", "", "Frechet Inception distance (torch-fidelity InceptionV3, pool3 2048-d)")
+_add("kid", False, "set", "", "kernel Inception distance (unbiased poly-kernel MMD^2, mean over subsets)")
+_add(
+    "fd_effnet_lite0",
+    False,
+    "set",
+    "",
+    "Frechet distance on EfficientNet-lite0 ImageNet pooled 1280-d features (not FID)",
+)
+_add(
+    "kid_effnet_lite0",
+    False,
+    "set",
+    "",
+    "KID on EfficientNet-lite0 pooled 1280-d features (not KID-Inception)",
+)
+_add(
+    "pose_error_deg",
+    False,
+    "mean",
+    "deg",
+    "mean absolute yaw/pitch/roll difference between anonymized and original face",
+)
+_add("expression_distance", False, "mean", "", "L2 distance between face-mesh expression descriptors")
+_add(
+    "landmark_nme",
+    False,
+    "mean",
+    "fraction",
+    "mean 2-D landmark error normalised by outer-eye-corner distance (mesh points 33, 263)",
+)
+_add("latency_ms_per_image", False, "median", "ms", "wall time per image (median over timed runs)")
+_add("images_per_second", True, "median", "1/s", "throughput (batch size / median batch time)")
+_add(
+    "peak_memory_mb",
+    False,
+    "set",
+    "MiB",
+    "peak memory: torch.cuda.max_memory_allocated on GPU, process peak RSS on CPU",
+)

@@ -1,0 +1,164 @@
+"""Per-image fidelity metrics on (B,3,H,W) float batches: PSNR, SSIM and LPIPS.
+
+* ``psnr(a, b, data_range)`` -> (B,) float64 tensor: 10 log10(R^2 / MSE), MSE over all pixels and channels
+  (as ``skimage.metrics.peak_signal_noise_ratio``); identical images give +inf.
+* ``ssim(a, b, data_range)`` -> (B,) float64 tensor, equal to
+  ``skimage.metrics.structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+  data_range=R, channel_axis=-1)``: 11x11 gaussian window (sigma 1.5, truncate 3.5 -> radius 5), K1 0.01,
+  K2 0.03, population covariance, SSIM map averaged per channel over the interior (skimage crops a 5-pixel
+  border, which is exactly the set of positions whose window lies inside the image, so a 'valid'
+  convolution reproduces it without any padding choice), then averaged over channels. Computed in float64.
+* ``LPIPS(net="alex"|"vgg")``: the ``lpips`` package's linear heads (shipped inside it) on a backbone loaded
+  from  the zoo's user file ("lpips_alex" / "lpips_vgg": a torchvision alexnet / vgg16 state dict) — never
+  downloaded. A missing backbone raises ``MetricUnavailable``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+
+from g2face_eval.imaging import check_batch
+from g2face_eval.metrics.base import MetricUnavailable
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    check_batch(a, allow_out_of_range=True)
+    check_batch(b, allow_out_of_range=True)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
+
+
+def _check_range(data_range: float) -> float:
+    if data_range is None or not (float(data_range) > 0):
+        raise ValueError("data_range must be given explicitly and be > 0")
+    return float(data_range)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
+    r = _check_range(data_range)
+    _pair(a, b)
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    return (10.0 * torch.log10(r * r / mse)).detach()  # mse == 0 -> +inf, as skimage
+
+
+def _gaussian_1d(sigma: float, truncate: float, dtype, device) -> torch.Tensor:
+    radius = int(truncate * sigma + 0.5)  # as scipy.ndimage
+    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    w = torch.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()
+
+
+def ssim(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    data_range: float,
+    *,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    r = _check_range(data_range)
+    _pair(a, b)
+    B, C, H, W = a.shape
+    g = _gaussian_1d(sigma, 3.5, torch.float64, a.device)
+    win = g.numel()
+    if H < win or W < win:
+        raise ValueError(f"ssim needs images of at least {win}x{win}, got {H}x{W}")
+    x = a.detach().double().reshape(B * C, 1, H, W)
+    y = b.detach().double().reshape(B * C, 1, H, W)
+    kh = g.view(1, 1, win, 1)
+    kw = g.view(1, 1, 1, win)
+
+    def filt(t: torch.Tensor) -> torch.Tensor:  # separable gaussian, 'valid' region only
+        return F.conv2d(F.conv2d(t, kh), kw)
+
+    ux, uy = filt(x), filt(y)
+    uxx, uyy, uxy = filt(x * x), filt(y * y), filt(x * y)
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    c1, c2 = (k1 * r) ** 2, (k2 * r) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3)).view(B, C).mean(1)
+
+
+# ---- LPIPS -------------------------------------------------------------------------------------------------
+_ZOO_NAME = {"alex": "lpips_alex", "vgg": "lpips_vgg"}
+
+
+def _backbone_state(raw: dict, net_module: torch.nn.Module) -> dict:
+    """Map a torchvision ``alexnet``/``vgg16`` state dict (``features.<i>.weight``; ``classifier.*`` ignored)
+    — or    one already keyed like lpips' ``slice<k>.<i>.weight`` — onto lpips' sliced backbone."""
+    if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
+        raw = raw["state_dict"]
+    target = net_module.state_dict()
+    index = {}  # features index -> slice key prefix
+    for k in target:
+        m = re.match(r"(slice\d+)\.(\d+)\.(.+)$", k)
+        if m:
+            index[(m.group(2), m.group(3))] = k
+    out = {}
+    for k, v in raw.items():
+        k2 = k[len("module.") :] if k.startswith("module.") else k
+        k2 = k2[len("net.") :] if k2.startswith("net.") else k2
+        m = re.match(r"features\.(\d+)\.(.+)$", k2)
+        if m and (m.group(1), m.group(2)) in index:
+            out[index[(m.group(1), m.group(2))]] = v
+        elif k2 in target:
+            out[k2] = v
+    missing = sorted(set(target) - set(out))
+    if missing:
+        raise ValueError(f"backbone file lacks {len(missing)} tensors, e.g. {missing[:3]}")
+    return out
+
+
+class LPIPS(torch.nn.Module):
+    """``LPIPS(net)(a, b, data_range) -> (B,)``; inputs in [0, data_range] are mapped to lpips' [-1, 1]."""
+
+    def __init__(
+        self, net: str = "alex", device: str | torch.device = "cpu", weights_path: str | None = None
+    ) -> None:
+        super().__init__()
+        if net not in _ZOO_NAME:
+            raise ValueError(f"LPIPS net must be 'alex' or 'vgg', got {net!r}")
+        self.net_name = net
+        if weights_path is None:  # normal route: the zoo's verified user file
+            from g2face_eval import zoo
+
+            name = _ZOO_NAME[net]
+            try:
+                path = zoo.path(name)
+            except Exception as e:  # WeightMissingError / WeightIntegrityError / unknown entry
+                raise MetricUnavailable(f"LPIPS-{net} backbone unavailable ({name}): {e}") from e
+        else:  # explicit file (tests, custom backbones): same loading code, no digest check
+            path = weights_path
+        import warnings
+
+        import lpips
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torchvision 'pretrained' deprecation inside lpips
+            # pnet_rand=True: torchvision builds the backbone without downloading; the linear heads come from
+            # the weights shipped inside the lpips package (pretrained=True).
+            model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        model.net.load_state_dict(_backbone_state(raw, model.net), strict=True)
+        model.eval().requires_grad_(False)
+        self.model = model.to(device)
+        self.weights_path = str(path)
+
+    @torch.no_grad()
+    def forward(self, a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
+        r = _check_range(data_range)
+        _pair(a, b)
+        dev = next(self.model.parameters()).device
+        x = (a.to(dev).float() / r) * 2 - 1
+        y = (b.to(dev).float() / r) * 2 - 1
+        return self.model(x, y).flatten().double().cpu()
+
+
+def psnr_value(mse: float, data_range: float) -> float:
+    """PSNR for a precomputed MSE (helper for callers that aggregate MSE themselves)."""
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range**2 / mse)

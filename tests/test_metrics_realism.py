@@ -1,0 +1,222 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from g2face_eval.metrics import realism as R
+from g2face_eval.metrics.base import MetricUnavailable
+
+
+def _faces(root, n):
+    files = sorted((root / "celebahq256" / "images").glob("*.jpg"))[:n]
+    arr = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _blur(x, sigma):
+    import torchvision.transforms.functional as TF
+
+    return TF.gaussian_blur(x, kernel_size=2 * int(3 * sigma) + 1, sigma=sigma)
+
+
+@pytest.fixture(scope="module")
+def effnet():
+    return R.get_extractor("effnet_lite0")
+
+
+# ---- statistics -------------------------------------------------------------------------------------------
+def test_streaming_stats_match_numpy_and_merge():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(301, 7))
+    parts = [x[:1], x[1:100], x[100:250], x[250:]]
+    s = R.FrechetStats(7)
+    for p in parts[:2]:
+        s.update(p)
+    other = R.FrechetStats(7).update(parts[2]).update(parts[3])
+    # as if gathered from two processes: state dicts round-trip and merge
+    m = R.FrechetStats.merged([s.state(), other.state()])
+    for st in (m, R.FrechetStats(7).update(x)):
+        assert st.n == 301
+        np.testing.assert_allclose(st.mean, x.mean(0), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(st.cov, np.cov(x, rowvar=False), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError):
+        R.FrechetStats(7).update(np.full((2, 7), np.nan))
+
+
+@pytest.mark.parametrize("n", [30, 200])  # rank-deficient (n < d) and full-rank covariances
+def test_frechet_distance_matches_torch_fidelity(n):
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    rng = np.random.default_rng(n)
+    d = 48
+    f1 = rng.normal(size=(n, d)).astype(np.float32)
+    f2 = (0.8 * rng.normal(size=(n, d)) + 0.3 + 0.2 * f1).astype(np.float32)
+    ref = fid_statistics_to_metric(
+        fid_features_to_statistics(torch.from_numpy(f1).double()),
+        fid_features_to_statistics(torch.from_numpy(f2).double()),
+        False,
+    )
+    ref = ref["frechet_inception_distance"]
+    a, b = R.FrechetStats(d).update(f1), R.FrechetStats(d).update(f2)
+    assert R.frechet_distance_stats(a, b) == pytest.approx(ref, rel=1e-6)
+    assert R.frechet_distance_features(f1, f2) == pytest.approx(ref, rel=1e-6)
+    assert abs(R.frechet_distance_features(f1, f1)) < 1e-6
+    assert abs(R.frechet_distance_stats(a, a)) < 1e-6
+
+
+def test_kid_matches_torch_fidelity():
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    rng = np.random.default_rng(1)
+    f1 = rng.normal(size=(60, 32)).astype(np.float32)
+    f2 = (rng.normal(size=(50, 32)) + 0.2).astype(np.float32)
+    ref = kid_features_to_metric(
+        torch.from_numpy(f1).double(),
+        torch.from_numpy(f2).double(),
+        kid_subsets=20,
+        kid_subset_size=40,
+        verbose=False,
+    )
+    mean, std = R.kid(f1, f2, subsets=20, subset_size=40)
+    assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
+    assert std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-9)
+    assert R.kid_details(f1, f2, subsets=2, subset_size=1000)["subset_size"] == 50
+
+
+# ---- EfficientNet-lite0 -----------------------------------------------------------------------------------
+def test_effnet_normalisation_matches_bn_stats(datasets_root):
+    """The stem BatchNorm running statistics tell which input scaling the weights were trained with."""
+    import torch.nn.functional as F
+
+    net = R.load_effnet_lite0()  # strict state-dict load of the package weights
+    x = F.interpolate(_faces(datasets_root, 8), size=(224, 224), mode="bilinear", antialias=True)
+
+    def var_ratio(mean, std):
+        h = net._conv_stem((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+        return float((h.var((0, 2, 3)) / net._bn0.running_var).median())
+
+    with torch.no_grad():
+        lite, imnet = (
+            var_ratio(R.EFFNET_LITE_MEAN, R.EFFNET_LITE_STD),
+            var_ratio(R.IMAGENET_MEAN, R.IMAGENET_STD),
+        )
+    assert abs(np.log(lite)) < 0.7 < abs(np.log(imnet))
+
+
+@pytest.mark.slow
+def test_fd_effnet_grows_with_blur_and_matches_torch_fidelity_kid(datasets_root, effnet):
+    import torch_fidelity
+
+    x = _faces(datasets_root, 8)
+    f0 = effnet(x)
+    assert f0.shape == (8, 1280) and np.isfinite(f0).all()
+    fds = [
+        R.realism_metrics("effnet_lite0", f0, effnet(_blur(x, s)), kid_subset_size=8, kid_subsets=3)
+        for s in (1.0, 3.0)
+    ]
+    self_fd = R.frechet_distance_features(f0, f0)
+    assert abs(self_fd) < 1e-6 * fds[0]["fd_effnet_lite0"]
+    assert 0 < fds[0]["fd_effnet_lite0"] < fds[1]["fd_effnet_lite0"]
+    assert fds[0]["kid_effnet_lite0"] < fds[1]["kid_effnet_lite0"]
+    assert set(fds[0]) == {"fd_effnet_lite0", "kid_effnet_lite0"}
+
+    # torch-fidelity's own pipeline, through the registered custom extractor, on uint8 datasets
+    class DS(torch.utils.data.Dataset):
+        def __init__(self, t):
+            self.t = R.quantize(t)
+
+        def __len__(self):
+            return len(self.t)
+
+        def __getitem__(self, i):
+            return self.t[i]
+
+    xb = _blur(x[:6], 1.0)
+    ref = torch_fidelity.calculate_metrics(
+        input1=DS(x[:6]),
+        input2=DS(xb),
+        cuda=False,
+        kid=True,
+        feature_extractor=R.TF_EFFNET_NAME,
+        kid_subsets=4,
+        kid_subset_size=5,
+        cache=False,
+        verbose=False,
+        batch_size=6,
+        save_cpu_ram=True,
+    )
+    mine, _ = R.kid(f0[:6], effnet(xb), subsets=4, subset_size=5)
+    assert mine == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-4, abs=1e-7)
+
+
+# ---- Inception (FID) path ---------------------------------------------------------------------------------
+def _fabricated_inception(path):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    empty = path.parent / "empty.pth"
+    torch.save({}, empty)
+    orig = FeatureExtractorInceptionV3.load_state_dict
+    FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, strict=True: None  # keys only, random init
+    try:
+        m = FeatureExtractorInceptionV3(
+            "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty)
+        )
+    finally:
+        FeatureExtractorInceptionV3.load_state_dict = orig
+    torch.save(m.state_dict(), path)
+
+
+def test_fabricated_inception_weights_load_through_fid_path(tmp_path, monkeypatch):
+    f = tmp_path / "fake-inception.pth"
+    _fabricated_inception(f)
+    ext = R.get_extractor("inception_fid", weights_path=str(f))
+    assert ext.dim == 2048 and ext.spec.fd_metric == "fid" and ext.spec.kid_metric == "kid"
+    feats = ext(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    assert feats.shape == (1, 2048) and np.isfinite(feats).all()
+    # through the zoo: missing file -> unavailable; right name, wrong digest -> unavailable (never a fake FID)
+    monkeypatch.setenv("G2FACE_WEIGHTS_DIR", str(tmp_path / "w"))
+    with pytest.raises(MetricUnavailable):
+        R.get_extractor("inception_fid")
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "weights-inception-2015-12-05-6726825d.pth").write_bytes(f.read_bytes())
+    with pytest.raises(MetricUnavailable):
+        R.get_extractor("inception_fid")
+
+
+# ---- content hashing and cache ----------------------------------------------------------------------------
+class _Stub(torch.nn.Module):
+    def forward(self, x):
+        return (x.float().mean((2, 3)),)
+
+
+def test_reference_cache_atomic_and_keyed(tmp_path, monkeypatch):
+    monkeypatch.setenv("G2FACE_CACHE_DIR", str(tmp_path))
+    spec = R.ExtractorSpec("stub", "v1", 3, "none", "fd_stub", "kid_stub", "stub", "3")
+    ext = R.FeatureExtractor(spec, _Stub(), torch.device("cpu"), "ab" * 32)
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    ids = [f"img{i}" for i in range(5)]
+    key = R.content_key(ids, x)
+    assert key == R.content_key(ids, R.quantize(x).numpy())  # float batch hashes as its uint8 quantisation
+    assert key == R.ContentHasher().update(ids[:2], x[:2]).update(ids[2:], x[2:]).hexdigest()
+    assert key != R.content_key(ids[::-1], x)
+    y = x.clone()
+    y[0, 0, 0, 0] = 1.0 - y[0, 0, 0, 0]
+    assert key != R.content_key(ids, y)
+    assert R.tensor_key(x) != R.tensor_key(y)
+
+    calls = []
+
+    def batches():
+        calls.append(1)
+        return [x[:3], x[3:]]
+
+    f1 = R.reference_features(ext, key, batches)
+    f2 = R.reference_features(ext, key, batches)
+    assert len(calls) == 1 and np.array_equal(f1, f2) and f1.shape == (5, 3)
+    files = list((tmp_path / "realism").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npz" and "stub" in files[0].name
+    with np.load(files[0]) as z:
+        assert int(z["stats_n"]) == 5
+    R.reference_features(ext, R.content_key(ids, y), lambda: [y])
+    assert len(list((tmp_path / "realism").glob("*.npz"))) == 2
+    assert not list((tmp_path / "realism").glob("*.tmp"))

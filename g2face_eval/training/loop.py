@@ -1,0 +1,569 @@
+"""G2Face training loop (and the StyleGAN2 pre-training used to initialise G2Face's decoder).
+
+One step (official train.py, see the reference manifest's ``forward_facts``):
+
+  anonymisation:  c_x = geo(x), id_x = ID(x) (frozen priors), rand_id = Map2ID(z), bits_a = float2bit(randn),
+                  y = G(x, style_mlp(rand_id, [c_x id, exp, angles]), bits_a), logits_a = E(y + 0.01 n)
+  recovery:       x_rec = G(y.detach(), style_mlp(id_x, cond(geo(y))), bits_r), logits_r = E(x_rec + 0.01 n)
+  G losses:       L1 + perceptual (y vs x, x_rec vs x); id: cos(rand_id, ID(y), +1), cos(id_x, ID(x_rec), +1),
+                  cos(id_x, ID(y), -1) (CosineEmbeddingLoss margin 0); diversity(rand_id); geometry (y vs x and
+                  x_rec vs x); hiding BCE x10 (both phases); non-saturating adversarial on y and x_rec
+  D:              logistic loss on x vs (x_rec.detach() on even steps, y.detach() on odd steps);
+                  R1 x5 on every 16th step (step % 16 == 0), no lazy scaling
+  optimisers:     Adam betas (0, 0.999); G groups lr 1e-3 (new parts) / 1e-4 (StyleGAN synthesis part);
+                  D lr 1e-3 constant; G lr x (epoch / warmup) during warm-up, then x 0.95^(epoch - warmup)
+
+All randomness of a step (z, payload bits, StyledConv noise maps, extractor noise, flips) is drawn from
+generators seeded by (seed, step, shard), so resuming is exact and W ranks x A micro-batches equal one process
+with W*A micro-batches (same samples, same draws, gradients averaged).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from g2face_eval.training import ddp
+from g2face_eval.training.data import ShardedBatches, generator, load_train_images
+from g2face_eval.training.losses import (
+    LossWeights,
+    d_logistic,
+    g_nonsaturating,
+    hiding_bce,
+    id_cosine,
+    id_diversity,
+    make_perceptual,
+    r1_penalty,
+)
+
+SYNTHESIS_PREFIXES = ("input.", "conv1.", "to_rgb1.", "convs.", "to_rgbs.")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "g2face"  # "g2face" | "stylegan" (pre-training of the project's StyleGAN2)
+    size: int = 256
+    tiny_width: int | None = None  # None: official widths (G2FaceConfig()); else G2FaceConfig.tiny(size, width)
+    batch: int = 8  # per rank and step (official batch_size_per_gpu 8)
+    accum: int = 1  # micro-batches per rank and step
+    steps: int = 100000  # official num_iter
+    steps_per_epoch: int | None = None  # None: len(train split) // global batch
+    lr: float = 1e-3
+    lr_pretrained: float = 1e-4
+    lr_d: float = 1e-3
+    betas: tuple[float, float] = (0.0, 0.999)
+    warmup_epochs: int = 10
+    gamma: float = 0.95
+    seed: int = 2024
+    identity: str = "auto"  # "arcface" (user weights via the zoo) | "sface" (offline) | "auto"
+    geometry: str = "mediapipe_lmm"  # | "none"
+    perceptual: str = "auto"  # "lpips_vgg" | "effnet" | "auto" | "none"
+    init_generator: str | None = None  # stylegan pre-train checkpoint dir / safetensors / "zoo:stylegan2_ffhq256"
+    extractor_noise: float = 0.01
+    weights: LossWeights = field(default_factory=LossWeights)
+    data_root: str | None = None
+    limit: int | None = None  # use only the first N train images
+    fixed_batch: bool = False  # always the same global batch (overfitting checks)
+    flip: bool = True
+    out: str = "results/train/g2face"
+    ckpt_every: int = 1000
+    log_every: int = 50
+    sample_every: int = 1000
+    mlflow: bool = True
+    mlflow_uri: str | None = None
+    experiment: str = "g2face-train"
+    device: str = "auto"
+    amp: str = "auto"  # "bf16" on CUDA when auto, "off" on CPU
+    # stylegan pre-training
+    sg_style_dim: int | None = None
+    sg_n_mlp: int = 8
+    sg_lr: float = 2e-3
+    sg_r1: float = 10.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["weights"] = LossWeights(**d.get("weights", {}))
+        d["betas"] = tuple(d.get("betas", (0.0, 0.999)))
+        return cls(**d)
+
+
+def g2face_config(cfg: TrainConfig, id_dim: int):
+    from g2face_eval.models.g2face import G2FaceConfig
+
+    if cfg.tiny_width:
+        return G2FaceConfig.tiny(cfg.size, cfg.tiny_width, id_dim=id_dim)
+    return G2FaceConfig(size=cfg.size, id_dim=id_dim)
+
+
+def make_identity(name: str) -> nn.Module:
+    from g2face_eval.models.identity import get_identity_prior
+
+    if name == "auto":
+        try:
+            from g2face_eval import zoo
+
+            name = "arcface" if zoo.available("arcface_iresnet50") else "sface"
+        except ImportError:
+            name = "sface"
+    if name == "arcface":
+        from g2face_eval import zoo
+
+        return get_identity_prior("arcface", state_dict=zoo.load("arcface_iresnet50"))
+    return get_identity_prior(name)
+
+
+class _NoGeometry(nn.Module):
+    """Geometry disabled (ablation/tests): zero coefficients and zero loss."""
+
+    n_cond = 147
+
+    def coefficients(self, x):
+        return x.new_zeros(x.shape[0], 150)
+
+    def style_condition(self, c):
+        return c[:, :147]
+
+    def geometry_loss(self, a, b, **kw):
+        return a.new_zeros(())
+
+
+def make_geometry(name: str) -> nn.Module:
+    if name == "none":
+        return _NoGeometry()
+    from g2face_eval.models.geometry import load_geometry_prior
+
+    return load_geometry_prior(name)
+
+
+def lr_factor(epoch: int, warmup: int, gamma: float) -> float:
+    """GradualWarmupScheduler(multiplier=1, total_epoch=warmup) then ExponentialLR(gamma), per epoch."""
+    if warmup > 0 and epoch <= warmup:
+        return epoch / warmup
+    return gamma ** (epoch - max(warmup, 0))
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, cfg: TrainConfig, info: ddp.DistInfo | None = None, images: torch.Tensor | None = None,
+                 log=print):
+        self.cfg, self.log = cfg, log
+        self.info = info or ddp.DistInfo()
+        self.dev = self.info.device
+        torch.manual_seed(cfg.seed)  # parameter init (then broadcast from rank 0)
+        self.amp = (cfg.amp == "bf16") or (cfg.amp == "auto" and self.dev.type == "cuda")
+        imgs = images if images is not None else load_train_images(cfg.size, cfg.data_root, cfg.limit, log=log)
+        self.global_batch = cfg.batch * cfg.accum * self.info.world
+        self.data = ShardedBatches(imgs, self.global_batch, cfg.seed, flip=cfg.flip, fixed=cfg.fixed_batch)
+        self.spe = cfg.steps_per_epoch or self.data.steps_per_epoch
+        self.step = 0
+        if cfg.mode == "g2face":
+            self._build_g2face()
+        elif cfg.mode == "stylegan":
+            self._build_stylegan()
+        else:
+            raise ValueError(f"unknown mode {cfg.mode!r}")
+        for m in self.trainable_modules():
+            ddp.broadcast_module(m, self.info)
+        self._mlflow = None
+
+    # ---------------------------------------------------------------- build
+    def _build_g2face(self):
+        from g2face_eval.models.g2face import G2Face
+
+        cfg = self.cfg
+        self.idp = make_identity(cfg.identity).to(self.dev).eval().requires_grad_(False)
+        self.geo = make_geometry(cfg.geometry).to(self.dev).eval().requires_grad_(False)
+        self.perc = make_perceptual(cfg.perceptual).to(self.dev)
+        self.perc_name = getattr(self.perc, "name", type(self.perc).__name__)
+        self.gcfg = g2face_config(cfg, int(self.idp.dim))
+        self.model = G2Face(self.gcfg).to(self.dev)
+        if cfg.init_generator:
+            self._init_generator(cfg.init_generator)
+        net = self.model.anonymous_net
+        pre, new = [], []
+        for n, p in net.named_parameters():
+            (pre if n.startswith(SYNTHESIS_PREFIXES) else new).append(p)
+        new += list(self.model.style_mlp.parameters()) + list(self.model.map_2_id.parameters())
+        new += list(self.model.hiding_extractor.parameters())
+        self.g_params = new + pre
+        self.opt_g = torch.optim.Adam([{"params": new, "lr": cfg.lr}, {"params": pre, "lr": cfg.lr_pretrained}],
+                                      betas=cfg.betas)
+        self.d_params = list(self.model.discriminator.parameters())
+        self.opt_d = torch.optim.Adam(self.d_params, lr=cfg.lr_d, betas=cfg.betas)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_g, lambda e: lr_factor(e, cfg.warmup_epochs, cfg.gamma))
+        if self.info.is_main:
+            self.log(f"[train] g2face {self.gcfg.to_dict()}; identity={type(self.idp).__name__} "
+                     f"geometry={type(self.geo).__name__} perceptual={self.perc_name}; global batch "
+                     f"{self.global_batch} ({self.info.world} rank(s) x {cfg.accum} x {cfg.batch}), "
+                     f"{self.spe} steps/epoch, device {self.dev}, amp={'bf16' if self.amp else 'off'}")
+
+    def _build_stylegan(self):
+        from g2face_eval.models.stylegan2 import Discriminator, Generator
+
+        cfg = self.cfg
+        width = cfg.tiny_width or 512
+        style_dim = cfg.sg_style_dim or (32 if cfg.tiny_width else 512)
+        self.gen = Generator(cfg.size, style_dim, n_mlp=cfg.sg_n_mlp, channel_base=width).to(self.dev)
+        self.disc = Discriminator(cfg.size, 2, width).to(self.dev)
+        self.g_params = list(self.gen.parameters())
+        self.d_params = list(self.disc.parameters())
+        self.opt_g = torch.optim.Adam(self.g_params, lr=cfg.sg_lr, betas=(0.0, 0.99))
+        self.opt_d = torch.optim.Adam(self.d_params, lr=cfg.sg_lr, betas=(0.0, 0.99))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda e: 1.0)
+        self.perc_name = "none"
+        if self.info.is_main:
+            self.log(f"[train] stylegan2 pre-training: size {cfg.size}, channel_base {width}, style_dim "
+                     f"{style_dim}, global batch {self.global_batch}, device {self.dev}")
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.model] if self.cfg.mode == "g2face" else [self.gen, self.disc]
+
+    def _init_generator(self, src: str):
+        """Copy StyleGAN2 synthesis weights (input, conv1, to_rgb1, convs, to_rgbs) into anonymous_net."""
+        sd = load_generator_state(src)
+        net = self.model.anonymous_net
+        own = net.state_dict()
+        take = {k: v for k, v in sd.items() if k.startswith(SYNTHESIS_PREFIXES)}
+        bad = [k for k, v in take.items() if k not in own or own[k].shape != v.shape]
+        if bad or not take:
+            raise ValueError(f"--init-generator {src}: {len(bad)} synthesis tensors do not match the G2Face "
+                             f"config (e.g. {bad[:3]}); pre-train with the same --size/--tiny")
+        own.update(take)
+        net.load_state_dict(own)
+        if self.info.is_main:
+            self.log(f"[train] initialised {len(take)} synthesis tensors of anonymous_net from {src}")
+
+    # ---------------------------------------------------------------- randomness
+    def _draws(self, step: int, shard: int, b: int) -> dict:
+        from g2face_eval.models.payload import float2bit
+
+        g = generator(self.cfg.seed, 21, step, shard)
+        d: dict = {}
+        if self.cfg.mode == "g2face":
+            gc = self.gcfg
+            n_f = gc.n_bits // 32
+            d["z"] = torch.randn(b, gc.z_dim, generator=g)
+            d["bits_a"] = float2bit(torch.randn(b, n_f, generator=g))
+            d["bits_r"] = float2bit(torch.randn(b, n_f, generator=g))
+            shapes = self.model.noise_shapes()
+            d["noise_a"] = [torch.randn(b, 1, h, w, generator=g) for h, w in shapes]
+            d["noise_r"] = [torch.randn(b, 1, h, w, generator=g) for h, w in shapes]
+            d["ext_noise"] = torch.randn(b, 3, gc.size, gc.size, generator=g) * self.cfg.extractor_noise
+        else:
+            d["z"] = torch.randn(b, self.gen.style_dim, generator=g)
+            d["noise"] = [torch.randn(b, 1, h, w, generator=g) for h, w in self.gen.noise_shapes()]
+        return {k: ([t.to(self.dev) for t in v] if isinstance(v, list) else v.to(self.dev)) for k, v in d.items()}
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    # ---------------------------------------------------------------- one step
+    def train_step(self) -> dict[str, float]:
+        step = self.step
+        epoch, sie = divmod(step, self.spe)
+        self._set_epoch_lr(epoch)
+        shards = self.info.world * self.cfg.accum
+        if self.cfg.mode == "g2face":
+            logs = self._g2face_step(step, epoch, sie, shards)
+        else:
+            logs = self._stylegan_step(step, epoch, sie, shards)
+        self.step += 1
+        logs["lr_g"] = self.opt_g.param_groups[0]["lr"]
+        return ddp.all_mean(logs, self.info)
+
+    def _set_epoch_lr(self, epoch: int):
+        if self.sched.last_epoch != epoch:
+            for g, base in zip(self.opt_g.param_groups, self.sched.base_lrs):
+                g["lr"] = base * self.sched.lr_lambdas[0](epoch)
+            self.sched.last_epoch = epoch
+
+    def _g2face_step(self, step, epoch, sie, shards) -> dict[str, float]:
+        cfg, w, m = self.cfg, self.cfg.weights, self.model
+        acc = cfg.accum
+        m.discriminator.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        keep = []
+        for a in range(acc):
+            shard = self.info.rank * acc + a
+            x = self.data.batch(epoch, sie, shard, shards).to(self.dev)
+            r = self._draws(step, shard, x.shape[0])
+            with self._autocast():
+                parts, y, x_rec = self._g2face_losses(x, r)
+                total = sum(parts.values())
+            (total / acc).backward()
+            for k, v in parts.items():
+                logs[k] = logs.get(k, 0.0) + float(v.detach()) / acc
+            logs["g_total"] = logs.get("g_total", 0.0) + float(total.detach()) / acc
+            keep.append((x, y.detach(), x_rec.detach()))
+        ddp.average_gradients(self.g_params, self.info)
+        self.opt_g.step()
+        # discriminator
+        m.discriminator.requires_grad_(True)
+        self.opt_d.zero_grad(set_to_none=True)
+        for x, y, x_rec in keep:
+            fake = x_rec if step % 2 == 0 else y
+            with self._autocast():
+                dl = d_logistic(m.discriminator(x), m.discriminator(fake))
+            (dl / acc).backward()
+            logs["d_loss"] = logs.get("d_loss", 0.0) + float(dl.detach()) / acc
+            if w.r1 > 0 and step % w.r1_every == 0:
+                r1 = r1_penalty(m.discriminator, x)
+                (w.r1 * r1 / acc).backward()
+                logs["r1"] = logs.get("r1", 0.0) + float(r1.detach()) / acc
+        ddp.average_gradients(self.d_params, self.info)
+        self.opt_d.step()
+        self._last = keep[0]
+        return logs
+
+    def _g2face_losses(self, x, r):
+        w, m, geo, idp = self.cfg.weights, self.model, self.geo, self.idp
+        with torch.no_grad():
+            c_x = geo.coefficients(x)
+            id_x = idp(x)
+        rand_id = m.map_2_id(r["z"])
+        y = m.anonymous_net(x, m.style_mlp(rand_id, geo.style_condition(c_x)), r["bits_a"], r["noise_a"])
+        logits_a = m.hiding_extractor(y + r["ext_noise"])
+        id_y = idp(y)
+        c_y = geo.coefficients(y)
+        x_rec = m.anonymous_net(y.detach(), m.style_mlp(id_x, geo.style_condition(c_y.detach())), r["bits_r"],
+                                r["noise_r"])
+        logits_r = m.hiding_extractor(x_rec + r["ext_noise"])
+        id_rec = idp(x_rec)
+        c_rec = geo.coefficients(x_rec)
+        p: dict[str, torch.Tensor] = {}
+        p["l1"] = w.l1 * ((y.float() - x).abs().mean() + (x_rec.float() - x).abs().mean())
+        if w.perceptual:
+            p["perceptual"] = w.perceptual * (self.perc(y, x) + self.perc(x_rec, x))
+        p["id"] = w.id * (id_cosine(rand_id, id_y, 1) + id_cosine(id_x, id_rec, 1) + id_cosine(id_x, id_y, -1))
+        p["id_diversity"] = w.id_diversity * id_diversity(rand_id)
+        p["geometry"] = (geo.geometry_loss(c_y.float(), c_x.float(), w_shape=w.geometry_shape,
+                                           w_landmark=w.geometry_landmark)
+                         + geo.geometry_loss(c_rec.float(), c_x.float(), w_shape=w.geometry_shape,
+                                             w_landmark=w.geometry_landmark))
+        p["hiding"] = w.hiding * (hiding_bce(logits_a, r["bits_a"]) + hiding_bce(logits_r, r["bits_r"]))
+        p["adv"] = w.adversarial * (g_nonsaturating(m.discriminator(y)) + g_nonsaturating(m.discriminator(x_rec)))
+        with torch.no_grad():
+            ba = (logits_a.float() > 0).float()
+            self._bit_acc = float((ba == r["bits_a"]).float().mean())
+        return p, y, x_rec
+
+    def _stylegan_step(self, step, epoch, sie, shards) -> dict[str, float]:
+        cfg, acc = self.cfg, self.cfg.accum
+        logs: dict[str, float] = {}
+        keep = []
+        self.disc.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        for a in range(acc):
+            shard = self.info.rank * acc + a
+            x = self.data.batch(epoch, sie, shard, shards).to(self.dev)
+            r = self._draws(step, shard, x.shape[0])
+            with self._autocast():
+                fake = self.gen(r["z"], noise=r["noise"])
+                gl = g_nonsaturating(self.disc(fake))
+            (gl / acc).backward()
+            logs["g_adv"] = logs.get("g_adv", 0.0) + float(gl.detach()) / acc
+            keep.append((x, fake.detach()))
+        ddp.average_gradients(self.g_params, self.info)
+        self.opt_g.step()
+        self.disc.requires_grad_(True)
+        self.opt_d.zero_grad(set_to_none=True)
+        for x, fake in keep:
+            with self._autocast():
+                dl = d_logistic(self.disc(x), self.disc(fake))
+            (dl / acc).backward()
+            logs["d_loss"] = logs.get("d_loss", 0.0) + float(dl.detach()) / acc
+            if cfg.sg_r1 > 0 and step % 16 == 0:  # lazy R1 (rosinality: r1/2 * interval)
+                r1 = r1_penalty(self.disc, x)
+                (cfg.sg_r1 / 2 * 16 * r1 / acc).backward()
+                logs["r1"] = logs.get("r1", 0.0) + float(r1.detach()) / acc
+        ddp.average_gradients(self.d_params, self.info)
+        self.opt_d.step()
+        self._last = (keep[0][0], keep[0][1], keep[0][1])
+        return logs
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        if self.cfg.mode == "g2face":
+            sd = self.model.state_dict()
+        else:
+            sd = {f"generator.{k}": v for k, v in self.gen.state_dict().items()}
+            sd.update({f"discriminator.{k}": v for k, v in self.disc.state_dict().items()})
+        return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+    def save(self, path: str | Path) -> Path:
+        """Checkpoint dir: model.safetensors (all weights) + train_state.pt (optimisers, scheduler, step, RNG
+        states, config; load with weights_only=True) + config.json. Written atomically (tmp dir + rename)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        meta = {"step": str(self.step), "mode": self.cfg.mode, "config": json.dumps(self.cfg.to_dict())}
+        if self.cfg.mode == "g2face":
+            meta["g2face_config"] = json.dumps(self.gcfg.to_dict())
+        save_file(self.state_tensors(), str(tmp / "model.safetensors"), metadata=meta)
+        np_state = np.random.get_state()
+        state = {
+            "step": self.step,
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched": self.sched.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+            "rng_python": json.dumps(random.getstate()),
+            "config": json.dumps(self.cfg.to_dict()),
+        }
+        torch.save(state, tmp / "train_state.pt")
+        (tmp / "config.json").write_text(json.dumps({"step": self.step, **self.cfg.to_dict()}, indent=1))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        sd = load_file(str(path / "model.safetensors"), device=str(self.dev))
+        if self.cfg.mode == "g2face":
+            self.model.load_state_dict(sd)
+        else:
+            self.gen.load_state_dict({k[10:]: v for k, v in sd.items() if k.startswith("generator.")})
+            self.disc.load_state_dict({k[14:]: v for k, v in sd.items() if k.startswith("discriminator.")})
+        st = torch.load(path / "train_state.pt", map_location="cpu", weights_only=True)
+        self.opt_g.load_state_dict(st["opt_g"])
+        self.opt_d.load_state_dict(st["opt_d"])
+        self.sched.load_state_dict(st["sched"])
+        self.step = int(st["step"])
+        torch.set_rng_state(st["rng_torch"])
+        if torch.cuda.is_available() and st["rng_cuda"]:
+            torch.cuda.set_rng_state_all(st["rng_cuda"])
+        n = st["rng_numpy"]
+        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
+        py = json.loads(st["rng_python"])
+        random.setstate((py[0], tuple(py[1]), py[2]))
+
+    # ---------------------------------------------------------------- logging
+    def _mlflow_start(self):
+        if not (self.cfg.mlflow and self.info.is_main) or self._mlflow is not None:
+            return
+        import mlflow
+
+        from g2face_eval import settings
+
+        uri = self.cfg.mlflow_uri or f"sqlite:///{(settings.results_dir() / 'mlflow.db').resolve()}"
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True) if uri.startswith("sqlite") \
+            else None
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(self.cfg.experiment)
+        run = mlflow.start_run(run_name=f"{self.cfg.mode}-{self.cfg.size}px-step{self.step}")
+        flat = {k: v for k, v in self.cfg.to_dict().items() if k != "weights"}
+        flat.update({f"w_{k}": v for k, v in self.cfg.weights.to_dict().items()})
+        flat.update({"perceptual_loss": self.perc_name, "world_size": self.info.world,
+                     "global_batch": self.global_batch})
+        mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
+        self._mlflow = (mlflow, run)
+
+    def _log_samples(self):
+        if self._mlflow is None:
+            return
+        import torchvision
+
+        x, y, x_rec = (t[:8].float().clamp(-1, 1).cpu() * 0.5 + 0.5 for t in self._last)
+        grid = torchvision.utils.make_grid(torch.cat([x, y, x_rec]), nrow=len(x))
+        arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        self._mlflow[0].log_image(arr, f"samples/step_{self.step:08d}.png")
+
+    def fit(self, steps: int | None = None, ckpt_dir: str | Path | None = None) -> list[dict[str, float]]:
+        """Train until ``self.step == steps`` (default cfg.steps); returns the per-step logs."""
+        steps = self.cfg.steps if steps is None else steps
+        ckpt_dir = Path(ckpt_dir or self.cfg.out)
+        self._mlflow_start()
+        history = []
+        t0 = time.time()
+        while self.step < steps:
+            logs = self.train_step()
+            history.append(logs)
+            s = self.step
+            if self.info.is_main:
+                if s % self.cfg.log_every == 0 or s == steps:
+                    msg = " ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()))
+                    self.log(f"[train] step {s}/{steps} {msg} ({time.time() - t0:.1f}s)")
+                    if self._mlflow:
+                        self._mlflow[0].log_metrics({k: v for k, v in logs.items() if math.isfinite(v)}, step=s)
+                if self._mlflow and (s % self.cfg.sample_every == 0 or s == steps):
+                    self._log_samples()
+            if self.cfg.ckpt_every and (s % self.cfg.ckpt_every == 0 or s == steps):
+                if self.info.is_main:
+                    self.save(ckpt_dir / "last")
+                ddp.barrier(self.info)
+        if self._mlflow:
+            self._mlflow[0].end_run()
+            self._mlflow = None
+        return history
+
+
+def load_generator_state(src: str) -> dict[str, torch.Tensor]:
+    """Synthesis weights from a stylegan pre-training checkpoint (dir or model.safetensors: ``generator.*``),
+    a plain generator state dict, or ``zoo:stylegan2_ffhq256`` (rosinality checkpoint, ``g_ema``)."""
+    if src.startswith("zoo:"):
+        from g2face_eval import zoo
+
+        sd = zoo.load(src[4:])
+        sd = sd.get("g_ema", sd) if isinstance(sd, dict) else sd
+        return {k: v for k, v in sd.items() if not k.startswith("noises.")}
+    p = Path(src)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(p))
+    else:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    if any(k.startswith("generator.") for k in sd):
+        sd = {k[len("generator."):]: v for k, v in sd.items() if k.startswith("generator.")}
+    return sd
+
+
+def run(cfg: TrainConfig, resume: str | None = None, log=print) -> Trainer:
+    """Entry used by the CLI (one process or a torchrun rank)."""
+    info = ddp.init(cfg.device)
+    try:
+        tr = Trainer(cfg, info, log=log if info.is_main else (lambda *_: None))
+        if resume:
+            rp = Path(cfg.out) / "last" if resume == "auto" else Path(resume)
+            if rp.exists():
+                tr.load(rp)
+                if info.is_main:
+                    log(f"[train] resumed from {rp} at step {tr.step}")
+            elif resume != "auto":
+                raise FileNotFoundError(f"--resume {rp}: no checkpoint there")
+        tr.fit()
+        return tr
+    finally:
+        ddp.cleanup()
+
+
+os.environ.setdefault("GLOG_minloglevel", "2")

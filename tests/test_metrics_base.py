@@ -43,6 +43,10 @@ def test_family_helper_registers_new_members():
     assert n == "deid_success_rate_myrec" and METRICS.get(n).aggregation == "rate"
     assert metric_name("deid_success_rate", "myrec") == n  # idempotent
     assert spec("detection_rate_newdet").higher_is_better is True  # resolved through the family
+    # longest family prefix wins: id_rank1_original_<rec> is not an id_rank1 member
+    assert spec("id_rank1_sface").higher_is_better is False
+    assert spec("id_rank1_original_newrec").higher_is_better is None
+    assert spec("id_rank5_original_sface").name == "id_rank5_original_sface"
     with pytest.raises(KeyError):
         spec("no_such_metric")
     with pytest.raises(ValueError):

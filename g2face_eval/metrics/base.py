@@ -48,8 +48,7 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 FAMILIES: Registry[MetricSpec] = Registry("metric family")
 
 # Names of the recognizers / detectors in ARCHITECTURE.md: their family members are registered up front so
-# that
-# METRICS.names() lists them; other names are registered on first use by metric_name().
+# that METRICS.names() lists them; other names are registered on first use by metric_name().
 KNOWN_RECOGNIZERS = ("sface", "dlib", "arcface_r50", "arcface_r100", "facenet_vggface2")
 KNOWN_DETECTORS = ("yunet", "mtcnn", "dlib_hog")
 
@@ -132,6 +131,38 @@ _family(
     "mean",
     "cosine",
     "similarity between anonymizations of one face under different keys (lower: more diverse)",
+    KNOWN_RECOGNIZERS,
+)
+_family(
+    "id_rank1",
+    False,
+    "rate",
+    "fraction",
+    "rank-1 identification of anonymized probes against the original gallery (lower: better privacy)",
+    KNOWN_RECOGNIZERS,
+)
+_family(
+    "id_rank5",
+    False,
+    "rate",
+    "fraction",
+    "rank-5 identification of anonymized probes against the original gallery (lower: better privacy)",
+    KNOWN_RECOGNIZERS,
+)
+_family(
+    "id_rank1_original",
+    None,
+    "rate",
+    "fraction",
+    "rank-1 identification of the original (unprotected) probes: the recognizer's reference accuracy",
+    KNOWN_RECOGNIZERS,
+)
+_family(
+    "id_rank5_original",
+    None,
+    "rate",
+    "fraction",
+    "rank-5 identification of the original (unprotected) probes: the recognizer's reference accuracy",
     KNOWN_RECOGNIZERS,
 )
 _family(

@@ -1,0 +1,179 @@
+"""On-disk state of an evaluation: atomic writes, the image/embedding cache, and per-batch records.
+
+Layout of ``<results_dir>/<run>/``::
+
+    config.json                      the resolved configuration
+    batches/<method>/<dataset>/<batch key>.parquet   per-image records of one completed batch
+    batches/<method>/<dataset>/<batch key>.npz       per-image feature vectors of that batch (realism)
+    records.parquet, records.csv     all per-image records (written at the end)
+    aggregate.parquet, aggregate.csv aggregate table with bootstrap 95% CIs
+    set_metrics.json, latency.json, environment.json, samples/<method>__<dataset>.png
+
+The cache (``settings.cache_dir()``, shared between runs) keys anonymized images by (method config hash,
+dataset, image id, key digest) and embeddings by (recognizer, dataset, image id, content digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _atomic_via_tmp(path: Path, writer) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    """parquet (or csv by suffix), atomically."""
+    if Path(path).suffix == ".csv":
+        _atomic_via_tmp(path, lambda t: df.to_csv(t, index=False))
+    else:
+        _atomic_via_tmp(path, lambda t: df.to_parquet(t, index=False))
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def w(t):
+        with open(t, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic_via_tmp(path, w)
+
+
+def safe_name(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
+
+
+def digest(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class ImageCache:
+    """uint8 RGB images as lossless PNG files keyed by a digest (atomic writes)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, namespace: str, key: str) -> Path:
+        return self.root / safe_name(namespace) / key[:2] / f"{key}.png"
+
+    def get(self, namespace: str, key: str) -> np.ndarray | None:
+        p = self._path(namespace, key)
+        if not p.exists():
+            return None
+        import cv2
+
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:  # unreadable (should not happen with atomic writes): recompute
+            return None
+        return np.ascontiguousarray(img[:, :, ::-1])
+
+    def put(self, namespace: str, key: str, image: np.ndarray) -> None:
+        import cv2
+
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+        if not ok:
+            raise RuntimeError("PNG encoding failed")
+        atomic_write_bytes(self._path(namespace, key), buf.tobytes())
+
+
+class ArrayCache:
+    """Small float arrays (embeddings) as .npy keyed by a digest (atomic writes)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, namespace: str, key: str) -> Path:
+        return self.root / safe_name(namespace) / key[:2] / f"{key}.npy"
+
+    def get(self, namespace: str, key: str) -> np.ndarray | None:
+        p = self._path(namespace, key)
+        if not p.exists():
+            return None
+        try:
+            return np.load(p, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
+    def put(self, namespace: str, key: str, arr: np.ndarray) -> None:
+        def w(t):
+            with open(t, "wb") as f:
+                np.save(f, np.asarray(arr), allow_pickle=False)
+
+        _atomic_via_tmp(self._path(namespace, key), w)
+
+
+class BatchStore:
+    """Completed (method, dataset, batch) records of one run; a batch present here is skipped on rerun."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.root = Path(run_dir) / "batches"
+
+    @staticmethod
+    def batch_key(ids: list[str]) -> str:
+        return digest(*ids)[:16]
+
+    def _base(self, method: str, dataset: str, key: str) -> Path:
+        return self.root / safe_name(method) / safe_name(dataset) / key
+
+    def done(self, method: str, dataset: str, key: str) -> bool:
+        b = self._base(method, dataset, key)
+        return b.with_suffix(".parquet").exists() and b.with_suffix(".npz").exists()
+
+    def save(self, method: str, dataset: str, key: str, records: pd.DataFrame,
+             features: dict[str, np.ndarray]) -> None:
+        b = self._base(method, dataset, key)
+        write_npz(b.with_suffix(".npz"), features)  # features first: .parquet marks completion
+        write_table(records, b.with_suffix(".parquet"))
+
+    def load(self, method: str, dataset: str, key: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        b = self._base(method, dataset, key)
+        df = pd.read_parquet(b.with_suffix(".parquet"))
+        with np.load(b.with_suffix(".npz"), allow_pickle=False) as z:
+            feats = {k: z[k] for k in z.files}
+        return df, feats

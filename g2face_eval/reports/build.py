@@ -1,0 +1,136 @@
+"""``g2face-eval report [--results RUN_DIR] [--out DIR]``: figures, Markdown/LaTeX tables and one
+self-contained HTML page from an evaluation's results folder.
+
+Default input: the most recently modified run under ``settings.results_dir()``; default output:
+``<repo>/reports/out/<run name>/`` (``settings.DEFAULTS["reports_dir"]``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from g2face_eval import settings
+from g2face_eval.reports import figures, html, tables
+
+
+def latest_run(results_dir: Path | None = None) -> Path:
+    root = Path(results_dir or settings.results_dir())
+    runs = [p for p in root.glob("*/aggregate.parquet")] if root.is_dir() else []
+    if not runs:
+        raise FileNotFoundError(f"no evaluation results under {root} (run `g2face-eval evaluate` first)")
+    return max(runs, key=lambda p: p.stat().st_mtime).parent
+
+
+def default_out(run_dir: Path) -> Path:
+    base = Path(str(settings.DEFAULTS.get("reports_dir", "reports/out")))
+    if not base.is_absolute():
+        base = settings.REPO_ROOT / base
+    return base / Path(run_dir).name
+
+
+def _read(run_dir: Path, name: str) -> pd.DataFrame:
+    for suffix in (".parquet", ".csv"):
+        p = run_dir / (name + suffix)
+        if p.exists():
+            if suffix == ".parquet":
+                return pd.read_parquet(p)
+            try:
+                return pd.read_csv(p)
+            except pd.errors.EmptyDataError:
+                return pd.DataFrame()
+    return pd.DataFrame()
+
+
+def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) -> Path:
+    run_dir = Path(run_dir)
+    out = Path(out) if out else default_out(run_dir)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    agg = _read(run_dir, "aggregate")
+    if agg.empty:
+        raise FileNotFoundError(f"{run_dir}: no aggregate table")
+    demo = _read(run_dir, "demographics")
+    cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    unavailable = (json.loads((run_dir / "unavailable.json").read_text())
+                   if (run_dir / "unavailable.json").exists() else {})
+    datasets = [d for d in cfg.get("datasets", []) if d in set(agg["dataset"])] or sorted(
+        d for d in agg["dataset"].unique() if d != "all")
+
+    sections: list[tuple[str, list[str]]] = []
+    md = [f"# g2face-eval report: {run_dir.name}\n"]
+    tex = []
+    # tables
+    tparts = []
+    for d in datasets:
+        w = tables.wide(agg, d)
+        (out / f"table_{d}.md").write_text(tables.markdown(w))
+        (out / f"table_{d}.tex").write_text(tables.latex(w, caption=f"Results on {d} (95% bootstrap CIs)",
+                                                          label=f"tab:{d}"))
+        md += [f"## {d}\n", tables.markdown(w)]
+        tex.append(tables.latex(w, caption=f"Results on {d} (95% bootstrap CIs)", label=f"tab:{d}"))
+        tparts += [f"<h3>{d}</h3>", html.table_html(w)]
+    sections.append(("Results (value [95% CI])", tparts))
+    # figures
+    fparts = []
+    for d in datasets:
+        for p, cap in ((figures.privacy_utility(agg, d, fig_dir), f"privacy-utility trade-off, {d}"),
+                       (figures.metric_bars(agg, d, fig_dir), f"metrics with 95% CIs, {d}")):
+            if p is not None:
+                fparts.append(html.figure(p, cap))
+                md.append(f"![{cap}](figures/{p.name})\n")
+    lp = figures.latency(agg, fig_dir)
+    if lp is not None:
+        fparts.append(html.figure(lp, "latency per method"))
+        md.append(f"![latency](figures/{lp.name})\n")
+    sections.append(("Figures", fparts))
+    dparts = []
+    for p in figures.demographics(demo, fig_dir):
+        dparts.append(html.figure(p, p.stem.replace("_", " ")))
+        md.append(f"![{p.stem}](figures/{p.name})\n")
+    if not demo.empty:
+        dparts.append(html.table_html(demo.round(4)))
+    if dparts:
+        sections.append(("Demographic breakdown", dparts))
+    # qualitative grids (original / anonymized / recovered / wrong key)
+    gparts = ['<p class="muted">columns: original, anonymized, recovered, wrong-key recovery '
+              '(grey: not applicable, method not reversible)</p>', '<div class="grid">']
+    samples = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
+    for p in samples:
+        q = fig_dir / f"samples_{p.name}"
+        q.write_bytes(p.read_bytes())
+        gparts.append(html.figure(q, p.stem.replace("__", " on ")))
+    gparts.append("</div>")
+    if samples:
+        sections.append(("Qualitative samples", gparts))
+    if unavailable:
+        sections.append(("Unavailable metrics (reported, not faked)",
+                         ["<ul>" + "".join(f"<li><b>{html.html.escape(k)}</b>: {html.html.escape(str(v))}</li>"
+                                           for k, v in sorted(unavailable.items())) + "</ul>"]))
+    (out / "report.md").write_text("\n".join(md))
+    (out / "tables.tex").write_text("\n".join(tex))
+    meta = [f"run: {run_dir.name}", f"results: {run_dir.resolve()}",
+            f"methods: {', '.join(cfg.get('methods', []))}", f"datasets: {', '.join(datasets)}"]
+    (out / "report.html").write_text(html.page(f"g2face-eval report — {run_dir.name}", sections, meta))
+    if not quiet:
+        print(f"report: {(out / 'report.html').resolve()}")
+    return out
+
+
+def cli(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="g2face-eval report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", help="results folder of one run (default: the latest under results_dir)")
+    ap.add_argument("--out", help="output folder (default: reports/out/<run>)")
+    ns = ap.parse_args(argv)
+    try:
+        run_dir = Path(ns.results) if ns.results else latest_run()
+        if not (run_dir / "aggregate.parquet").exists() and not (run_dir / "aggregate.csv").exists():
+            run_dir = latest_run(run_dir)  # a results root was given
+        build_report(run_dir, Path(ns.out) if ns.out else None)
+    except FileNotFoundError as e:
+        print(f"g2face-eval report: {e}", file=sys.stderr)
+        return 2
+    return 0

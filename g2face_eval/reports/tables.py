@@ -1,0 +1,89 @@
+"""Markdown and LaTeX tables from an evaluation's aggregate table (value with 95% bootstrap CI)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+HEADLINE = (
+    "deid_success_rate_sface", "deid_success_rate_dlib", "deid_mean_similarity_sface", "id_rank1_sface",
+    "id_rank5_sface", "ssim", "psnr", "lpips_alex", "fd_effnet_lite0", "fid", "kid", "pose_error_deg",
+    "expression_distance", "landmark_nme", "detection_rate_yunet", "recovery_psnr", "recovery_ssim",
+    "recovered_id_success_sface", "wrongkey_similarity_sface", "payload_ber",
+)
+
+LABELS = {
+    "deid_success_rate_sface": "De-ID (SFace)", "deid_success_rate_dlib": "De-ID (dlib)",
+    "deid_mean_similarity_sface": "Sim. (SFace)", "id_rank1_sface": "Rank-1", "id_rank5_sface": "Rank-5",
+    "ssim": "SSIM", "psnr": "PSNR", "lpips_alex": "LPIPS", "fd_effnet_lite0": "FD-EffNet", "fid": "FID",
+    "kid": "KID", "pose_error_deg": "Pose err.", "expression_distance": "Expr. dist.", "landmark_nme": "NME",
+    "detection_rate_yunet": "Det. (YuNet)", "recovery_psnr": "Rec. PSNR", "recovery_ssim": "Rec. SSIM",
+    "recovered_id_success_sface": "Rec. ID", "wrongkey_similarity_sface": "Wrong-key sim.",
+    "payload_ber": "BER", "latency_ms_per_image": "ms/img",
+}
+
+
+def _fmt(v: float, lo: float, hi: float, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    s = f"{v:.{digits}f}"
+    if lo is not None and not (isinstance(lo, float) and math.isnan(lo)):
+        s += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return s
+
+
+def wide(agg: pd.DataFrame, dataset: str, metrics: tuple[str, ...] = HEADLINE) -> pd.DataFrame:
+    """Rows: methods; columns: metrics present for ``dataset`` (+ latency); cells: 'value [lo, hi]'."""
+    a = agg[agg["dataset"] == dataset]
+    present = [m for m in metrics if m in set(a["metric"])]
+    methods = sorted(a["method"].unique())
+    lat = agg[(agg["metric"] == "latency_ms_per_image")].set_index("method")["value"].to_dict()
+    rows = []
+    for m in methods:
+        r = {"method": m}
+        for k in present:
+            x = a[(a["method"] == m) & (a["metric"] == k)]
+            r[LABELS.get(k, k)] = _fmt(*x[["value", "ci_lo", "ci_hi"]].iloc[0]) if len(x) else "–"
+        if lat:
+            r[LABELS["latency_ms_per_image"]] = f"{lat[m]:.1f}" if m in lat else "–"
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|")
+
+
+def markdown(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(no rows)_\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(_md_escape(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_md_escape(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
+    return "".join(rep.get(c, c) for c in str(s))
+
+
+def latex(df: pd.DataFrame, caption: str = "", label: str = "") -> str:
+    if df.empty:
+        return "% (no rows)\n"
+    cols = list(df.columns)
+    out = [r"\begin{table}[t]", r"\centering", r"\scriptsize",
+           r"\begin{tabular}{l" + "c" * (len(cols) - 1) + "}", r"\toprule",
+           " & ".join(_tex_escape(c) for c in cols) + r" \\", r"\midrule"]
+    for _, r in df.iterrows():
+        out.append(" & ".join(_tex_escape(r[c]) for c in cols) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        out.append(r"\caption{" + _tex_escape(caption) + "}")
+    if label:
+        out.append(r"\label{" + label + "}")
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"

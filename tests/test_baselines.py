@@ -1,0 +1,118 @@
+"""Classic baselines: shape/range, only the face region changes, determinism for a key."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from baselines._region import box_mask, parsing_to_face_mask
+from baselines.blur import gaussian_blur
+from g2face_eval import methods as M
+from g2face_eval.anonymizer import derive_keys
+
+CLASSIC = list(M.CLASSIC_METHODS)
+
+
+def _batch(n=3, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=g)
+    masks = torch.zeros(n, 1, size, size)
+    masks[:, :, 16:48, 20:44] = 1.0  # an off-centre face region
+    masks[1, :, 10:30, 10:30] = 1.0
+    return x, masks
+
+
+def test_registry_lists_baselines_and_identity():
+    names = M.default_methods()
+    for n in ("blur_s4", "pixelate_8", "mask_black", "noise_s0.2", "identity"):
+        assert n in names
+    assert M.METHODS.get("identity")().reversible
+
+
+@pytest.mark.parametrize("name", CLASSIC)
+def test_shape_range_and_region_only(name):
+    x, masks = _batch()
+    keys = derive_keys("k", ["a", "b", "c"])
+    out = M.build(name).anonymize(x, keys, face_masks=masks)
+    y = out.images
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    outside = (masks == 0).expand_as(x)
+    assert torch.equal(y[outside], x[outside]), "pixels outside the face region changed"
+    inside = (masks > 0).expand_as(x)
+    assert (y[inside] - x[inside]).abs().mean() > 1e-3, "face region not modified"
+
+
+@pytest.mark.parametrize("name", CLASSIC)
+def test_deterministic_and_batch_independent(name):
+    x, masks = _batch()
+    keys = derive_keys("k", ["a", "b", "c"])
+    m = M.build(name)
+    a = m.anonymize(x, keys, face_masks=masks).images
+    b = m.anonymize(x, keys, face_masks=masks).images
+    assert torch.equal(a, b)
+    single = m.anonymize(x[1:2], keys[1:2], face_masks=masks[1:2]).images
+    assert torch.allclose(single[0], a[1], atol=1e-6)
+
+
+def test_noise_depends_on_key():
+    x, masks = _batch()
+    m = M.build("noise_s0.2")
+    a = m.anonymize(x, derive_keys("k1", ["a", "b", "c"]), face_masks=masks).images
+    b = m.anonymize(x, derive_keys("k2", ["a", "b", "c"]), face_masks=masks).images
+    assert not torch.equal(a, b)
+
+
+def test_strength_orders_change():
+    x, masks = _batch()
+    keys = derive_keys("k", ["a", "b", "c"])
+    d = [float((M.build(n).anonymize(x, keys, face_masks=masks).images - x).abs().mean())
+         for n in ("blur_s1", "blur_s4", "blur_s16")]
+    assert d[0] < d[1] < d[2]
+    p = [float((M.build(n).anonymize(x, keys, face_masks=masks).images - x).abs().mean())
+         for n in ("pixelate_32", "pixelate_8")]
+    assert p[0] < p[1]
+
+
+def test_identity_method_roundtrip():
+    x, _ = _batch()
+    keys = derive_keys("k", ["a", "b", "c"])
+    m = M.build("identity")
+    a = m.anonymize(x, keys)
+    r = m.recover(a.images, keys)
+    assert torch.equal(a.images, x) and torch.equal(r.images, x) and bool(r.ok.all())
+
+
+def test_gaussian_blur_large_sigma_and_constant():
+    c = torch.full((1, 3, 20, 20), 0.3)
+    assert torch.allclose(gaussian_blur(c, 64.0), c, atol=1e-5)  # kernel larger than the image
+
+
+def test_mask_helpers():
+    p = np.zeros((8, 8), np.uint8)
+    p[2:4, 2:4] = 1  # skin
+    p[0, :] = 13  # hair: outside the face region
+    p[6, :] = 17  # neck
+    m = parsing_to_face_mask(p)
+    assert m.sum() == 4 and m[0].sum() == 0
+    assert parsing_to_face_mask(np.array([[0, 1], [1, 0]], np.uint8)).sum() == 2
+    b = box_mask(10, 10, np.array([2, 2, 4, 4]), margin=0.0)
+    assert b.sum() == 16
+    assert box_mask(10, 10, None).sum() == 100
+
+
+def test_detector_region_on_a_real_face(datasets_root):
+    """Without face_masks the YuNet box is used: only pixels inside the (enlarged) box change."""
+    from g2face_eval.data.datasets import open_dataset
+    from g2face_eval.imaging import to_tensor
+
+    ds = open_dataset("celebahq256", root=datasets_root, split="test", limit=2)
+    x = to_tensor([ds.load(i).image for i in ds.ids()])
+    keys = derive_keys("k", ds.ids())
+    out = M.build("pixelate_8").anonymize(x, keys)
+    assert out.info["region"] == "yunet_box" and out.info["no_face"] == []
+    changed = (out.images != x).any(1)[0]
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    assert 0 < changed.float().mean() < 0.8  # a box, not the whole image
+    assert ys.min() > 0 or xs.min() > 0

@@ -1,0 +1,128 @@
+"""Report building: figures, Markdown/LaTeX tables and the self-contained HTML page, rendered in headless
+Chromium (Debian package ``chromium``): every <img> must decode (naturalWidth > 0) and the results table must
+render. Skipped only when chromium is absent outside CI; in CI (env CI set) a missing chromium fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from g2face_eval.reports import build, figures, tables
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
+
+
+def chromium_binary() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+def require_chromium() -> str:
+    exe = chromium_binary()
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI requires Debian chromium for the report rendering test (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    return exe
+
+
+def render_check(html_path: Path, tmp_path: Path) -> dict:
+    """Open the page in headless Chromium, return the #render-check attributes and a screenshot path."""
+    exe = require_chromium()
+    prof = tmp_path / "chromium-profile"
+    url = html_path.resolve().as_uri()
+    base = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={prof}", "--virtual-time-budget=10000"]
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    m = re.search(r'<p id="render-check"[^>]*>', dom)
+    assert m, f"render-check element missing from the dumped DOM (chromium output: {dom[:300]!r})"
+    attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', m.group(0)))
+    shot = tmp_path / "shot.png"
+    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,900", url], capture_output=True,
+                   timeout=180)
+    return {"attrs": attrs, "screenshot": shot, "dom": dom}
+
+
+def synthetic_run(run_dir: Path) -> Path:
+    """A results folder shaped like the harness's, with made-up numbers (for the report plumbing)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    methods = ["blur_s4", "pixelate_8", "mask_black", "identity"]
+    for i, m in enumerate(methods):
+        for metric, v in (("deid_success_rate_sface", [0.2, 0.9, 1.0, 0.0][i]), ("ssim", [0.9, 0.6, 0.4, 1.0][i]),
+                          ("pose_error_deg", [1.0, 5.0, 20.0, 0.0][i]), ("fd_effnet_lite0", [10, 80, 200, 0][i])):
+            ci = (np.nan, np.nan) if metric.startswith("fd") else (v - 0.05, v + 0.05)
+            rows.append(dict(method=m, dataset="celebahq256", metric=metric, value=float(v), ci_lo=ci[0],
+                             ci_hi=ci[1], n=8, aggregation="mean", higher_is_better=None))
+        rows.append(dict(method=m, dataset="all", metric="latency_ms_per_image", value=float(rng.uniform(1, 50)),
+                         ci_lo=np.nan, ci_hi=np.nan, n=3, aggregation="median", higher_is_better=False))
+    run_dir.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(run_dir / "aggregate.parquet")
+    demo = pd.DataFrame([dict(method=m, dataset="utkface", attribute="gender", group=g, metric="deid_success_rate_sface",
+                              value=0.5, ci_lo=0.3, ci_hi=0.7, n=4) for m in methods for g in ("male", "female")])
+    demo.to_csv(run_dir / "demographics.csv", index=False)
+    (run_dir / "config.json").write_text(json.dumps({"datasets": ["celebahq256"], "methods": methods}))
+    (run_dir / "samples").mkdir()
+    import cv2
+
+    cv2.imwrite(str(run_dir / "samples" / "blur_s4__celebahq256.png"), rng.integers(0, 255, (64, 128, 3), np.uint8))
+    return run_dir
+
+
+def test_pareto_front():
+    x = np.array([0.9, 0.6, 0.4, 1.0, 0.5])
+    y = np.array([0.2, 0.9, 1.0, 0.0, 0.5])
+    f = figures.pareto_front(x, y, True, True)
+    assert f.tolist() == [True, True, True, True, False]
+    f2 = figures.pareto_front(np.array([10.0, 80.0, 200.0]), np.array([0.2, 0.9, 0.8]), False, True)
+    assert f2.tolist() == [True, True, False]
+
+
+def test_tables_markdown_latex():
+    df = pd.DataFrame({"method": ["a_b", "c"], "SSIM": ["0.5 [0.4, 0.6]", "–"]})
+    md = tables.markdown(df)
+    assert md.count("\n") == 4 and "| a_b |" in md
+    tex = tables.latex(df, caption="x", label="tab:x")
+    assert r"a\_b" in tex and r"\toprule" in tex and "--" in tex
+
+
+def test_report_from_synthetic_results_renders(tmp_path):
+    run = synthetic_run(tmp_path / "results" / "run1")
+    out = build.build_report(run, tmp_path / "out", quiet=True)
+    for f in ("report.html", "report.md", "tables.tex", "table_celebahq256.md", "table_celebahq256.tex",
+              "figures/privacy_utility_celebahq256.png", "figures/metrics_celebahq256.png", "figures/latency.png",
+              "figures/demographics_utkface_gender.png"):
+        assert (out / f).is_file(), f
+    page = (out / "report.html").read_text()
+    assert "src=\"data:image/png;base64," in page and "<img" in page
+    assert not re.search(r'src="(?!data:)', page), "report must be self-contained"
+    r = render_check(out / "report.html", tmp_path)
+    a = r["attrs"]
+    assert int(a["images-total"]) >= 5
+    assert a["images-ok"] == a["images-total"], a
+    assert int(a["table-rows"]) >= 4, a
+    shot = r["screenshot"]
+    assert shot.is_file()
+    import cv2
+
+    img = cv2.imread(str(shot))
+    assert img is not None and img.std() > 5, "blank screenshot"
+
+
+def test_report_cli_latest(tmp_path, monkeypatch):
+    synthetic_run(tmp_path / "results" / "run1")
+    monkeypatch.setenv("G2FACE_RESULTS_DIR", str(tmp_path / "results"))
+    assert build.cli(["--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "report.html").is_file()
+    assert build.cli(["--results", str(tmp_path / "nope")]) == 2

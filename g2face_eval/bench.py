@@ -1,0 +1,1085 @@
+"""``g2face-eval bench``: latency / throughput / peak memory of G2Face, the baselines and the metric pipeline.
+
+What is measured (one row per cell ``suite x name x config x op x variant x batch``):
+
+* ``suite="g2face"``: our G2Face reimplementation, ``anonymize`` and ``recover``, as full inference pipelines
+  on the *fast path* (``BenchPipeline``): identity prior + geometry prior + official float2bit payload +
+  keyed device noise + generator (+ hiding extractor, bit2float for ``recover``); everything on the device, no
+  host round trip, no host random draw. Random weights (latency does not depend on values). Configs:
+  ``official`` (G2FaceConfig(), 256 px, ArcFace iresnet50 at 112 + a ResNet-50 3DMM regressor with a 257-d
+  head at 256, exactly the official pipeline's networks), ``shipped`` (the zoo's shipped checkpoint config
+  when it exists, else falls back to ``small`` and says so), ``small`` (128 px, width 64), ``tiny``
+  (``G2FaceConfig.tiny()``, 64 px). Small configs use our shipped geometry prior architecture (EfficientNet-
+  lite0 regressor at 128) and ArcFace truncated to ``id_dim`` (the official payload needs id_dim*32 bits).
+* ``suite="baseline"``: every entry of ``METHODS`` (``anonymize`` with a fixed elliptic face mask, so no
+  detector runs; ``g2face`` itself is the suite above).
+* ``suite="metric"``: PSNR, SSIM, recognizer embedding (ArcFace iresnet50 at 112), Frechet feature extractor
+  (EfficientNet-lite0 trunk; random weights unless the package file is importable).
+
+Variants: ``fp32`` (torch defaults: cuDNN TF32 allowed, matmul TF32 off, as the reference), ``fp32_cl``
+(channels_last), ``bf16`` / ``fp16`` (autocast on the generator and extractor; identity + geometry priors and the
+payload stay fp32 so the hidden bits are exactly the fp32 ones), ``bf16_cl``, ``*_compile`` (torch.compile),
+``*_graph`` (CUDA graph capture of the whole pipeline, GPU only), e.g. ``bf16_cl_compile``, ``bf16_cl_graph``.
+
+Timing: ``warmup`` untimed calls, then ``repeats`` timed calls; GPU: CUDA events around each call (plus host
+wall clock), CPU: ``time.perf_counter``. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU (weights
+included), process peak RSS on CPU (a process high-water mark, not per cell). FLOPs:
+``torch.utils.flop_counter.FlopCounterMode`` at batch 1 on the ``meta`` device (conv + matmul, 2 x MAC, like
+the reference), and the device's matmul rate (bf16 on GPU, fp32 on CPU) measured in the same run:
+``floor_ms = FLOPs / rate``, ``ratio_to_floor = median / floor``.
+
+Outputs (under ``--out``, default ``results/bench/<UTC stamp>``): ``bench.json`` (atomic; rewritten after every
+cell so a killed run still leaves its results), ``bench_latency.png``, and an MLflow run (sqlite store
+``<results_dir>/mlflow.db``, experiment ``g2face-eval``, tag ``g2face.kind=bench``) unless ``--no-mlflow`` or
+mlflow is not installed. ``--ingest FILE`` logs an existing bench.json (e.g. one produced on a GPU machine
+without mlflow) to MLflow and redraws its figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCHEMA = "g2face-eval/bench/v1"
+ROW_FIELDS = ("suite", "name", "config", "op", "variant", "batch", "status", "median_ms", "p90_ms",
+              "ms_per_image", "images_per_second", "peak_memory_mb", "memory_kind", "warmup", "repeats",
+              "gflop_per_image", "floor_ms", "ratio_to_floor", "wall_median_ms", "error")
+REFERENCE_DIR = Path(os.environ.get("G2FACE_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared"
+                                    / "reference"))
+Z_STREAM, ANON_NOISE_STREAM, REC_NOISE_STREAM = 1, 2, 3  # same streams as models/anonymizer.py
+OFFICIAL_ZERO_THRESHOLD = 50.0
+
+
+# ============================================================================================ pipelines
+def config_by_name(name: str):
+    """(G2FaceConfig, note). ``shipped`` resolves to the zoo's shipped checkpoint config or falls back."""
+    from g2face_eval.models.g2face import G2FaceConfig
+
+    if name == "official":
+        return G2FaceConfig(), "official config (G2FaceConfig())"
+    if name == "small":
+        return G2FaceConfig.tiny(size=128, width=64), "G2FaceConfig.tiny(size=128, width=64)"
+    if name == "tiny":
+        return G2FaceConfig.tiny(), "G2FaceConfig.tiny() (64 px, width 16)"
+    if name == "shipped":
+        try:
+            from g2face_eval import zoo
+
+            for w in ("g2face_shipped", "g2face_ours"):
+                if w in zoo.WEIGHTS and zoo.available(w):
+                    ck = torch.load(str(zoo.path(w)), map_location="cpu", weights_only=True)
+                    cfg = ck.get("config") if isinstance(ck, dict) else None
+                    if isinstance(cfg, dict):
+                        return G2FaceConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                               for k, v in cfg.items()}), f"shipped checkpoint {w}"
+        except Exception:  # noqa: BLE001 - the fallback is reported in the note
+            pass
+        cfg, _ = config_by_name("small")
+        return cfg, "FALLBACK: no shipped G2Face checkpoint in the zoo -> 'small' config"
+    raise ValueError(f"unknown config {name!r}; known: official, shipped, small, tiny")
+
+
+class TruncatedIdentity(nn.Module):
+    """ArcFace iresnet50 (random weights) -> first ``dim`` features (small configs hide id_dim*32 bits)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        from g2face_eval.models.identity import ArcFaceIdentity
+
+        self.arcface = ArcFaceIdentity()
+        self.dim = dim
+
+    def forward(self, x_m11: torch.Tensor) -> torch.Tensor:
+        return self.arcface(x_m11)[:, : self.dim]
+
+
+class ResNet50Recon(nn.Module):
+    """Stand-in for Deep3DFaceRecon's net_recon (ResNet-50, 257 coefficients) on the [0,1] image at full size:
+    the official pipeline's geometry network, FLOP-identical; random weights, 1x1-equivalent head scaled small
+    so that random outputs stay moderate."""
+
+    def __init__(self):
+        super().__init__()
+        import torchvision
+
+        self.net = torchvision.models.resnet50(num_classes=257)
+        nn.init.normal_(self.net.fc.weight, std=0.01)
+        nn.init.zeros_(self.net.fc.bias)
+
+    def forward(self, x_m11: torch.Tensor) -> torch.Tensor:
+        return self.net((x_m11 + 1) * 0.5)
+
+
+class LmmGeometry(nn.Module):
+    """Our shipped geometry prior's architecture (EfficientNet-lite0 regressor) -> 147-d style condition."""
+
+    def __init__(self):
+        super().__init__()
+        from g2face_eval.models.geometry import GeometryPrior
+
+        self.prior = GeometryPrior()
+        # models/geometry.py EfficientNetLite0.normalize01 builds its mean/std with torch.tensor(...) on every
+        # call (an H2D copy per call on CUDA); the bench fast path uses buffers built once instead.
+        trunk = self.prior.regressor.trunk
+        self.register_buffer("mean", torch.tensor(trunk.MEAN, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(trunk.STD, dtype=torch.float32).view(1, 3, 1, 1),
+                             persistent=False)
+        trunk.normalize01 = self._normalize01
+
+    def _normalize01(self, x01: torch.Tensor) -> torch.Tensor:
+        return (x01 - self.mean.to(x01.dtype)) / self.std.to(x01.dtype)
+
+    def forward(self, x_m11: torch.Tensor) -> torch.Tensor:
+        return self.prior.style_condition(self.prior.coefficients(x_m11))
+
+
+def _seed_bn(module: nn.Module, x: torch.Tensor) -> None:
+    """Set BatchNorm running stats from one random batch (as the reference) so random nets stay finite."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    with torch.no_grad():
+        module(x)
+    module.eval()
+
+
+class BenchPipeline(nn.Module):
+    """The G2Face inference fast path (anonymize / recover) with device-resident constants.
+
+    Equivalent to ``G2FaceAnonymizer(payload="official", noise="keyed")`` (tests/test_bench.py checks it), but:
+    no ``torch.tensor(...)`` / module-level CPU constants moved per call (bit weights are buffers built once),
+    hard bits as ``logits > 0`` (== round(sigmoid)), bit2float by integer assembly + an exact E=0 branch,
+    priors and payload always fp32 (``amp`` only wraps the generator and the extractor).
+    """
+
+    def __init__(self, cfg, identity: nn.Module, geometry: nn.Module, name: str = ""):
+        super().__init__()
+        from g2face_eval.models.g2face import G2Face
+
+        self.cfg = cfg
+        self.name = name
+        self.model = G2Face(cfg, with_discriminator=False).eval()
+        self.identity = identity.eval()
+        self.geometry = geometry.eval()
+        self.register_buffer("shifts", torch.arange(31, -1, -1, dtype=torch.int32), persistent=False)
+        self.register_buffer("shifts64", torch.arange(31, -1, -1, dtype=torch.int64), persistent=False)
+        self.register_buffer("mant_w", torch.pow(2.0, -torch.arange(1, 24, dtype=torch.float32)),
+                             persistent=False)
+        self.register_buffer("pow2_m127", torch.tensor(2.0 ** -127, dtype=torch.float32), persistent=False)
+        self.amp_dtype: torch.dtype | None = None
+        self.channels_last = False
+
+    # ---- payload (official float2bit / bit2float, on device)
+    def float2bit(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        x = torch.where(x == 0, torch.full_like(x, 1e-8), x)
+        i = x.contiguous().view(torch.int32)
+        return ((i.unsqueeze(-1) >> self.shifts) & 1).to(torch.float32)
+
+    def bit2float(self, bits: torch.Tensor) -> torch.Tensor:
+        """Official decoder value (-1)^s 2^(E-127) (1+m), then |v|>50 / non-finite -> 0 (as test.py)."""
+        b = bits.to(torch.int64)
+        word = (b << self.shifts64).sum(-1)                       # 0 .. 2^32-1
+        word = word - ((word >> 31) & 1) * (1 << 32)              # -> signed int32 range
+        v = word.to(torch.int32).view(torch.float32)              # IEEE value, exact for 0 < E < 255
+        s = bits[..., 0].float()
+        m = 1.0 + (bits[..., 9:].float() * self.mant_w).sum(-1)
+        tiny = ((1.0 - 2.0 * s) * self.pow2_m127) * m             # official formula for E == 0
+        e_zero = (b[..., 1:9].sum(-1) == 0)
+        v = torch.where(e_zero, tiny, v)
+        return torch.where(torch.isfinite(v) & (v.abs() <= OFFICIAL_ZERO_THRESHOLD), v, torch.zeros_like(v))
+
+    def _amp(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        dev = next(self.model.parameters()).device.type
+        return torch.autocast(dev, dtype=self.amp_dtype)
+
+    def _cl(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def priors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ident = self.identity(x)[:, : self.cfg.id_dim].float()
+        coeffs = self.geometry(x).float()
+        return ident, coeffs
+
+    def noise(self, seeds: torch.Tensor, stream: int) -> list[torch.Tensor]:
+        from g2face_eval.models.g2face import keyed_noise
+
+        return keyed_noise(seeds, self.model.anonymous_net, stream)
+
+    def anonymize(self, images01: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from g2face_eval.models.g2face import keyed_normal
+
+        x = images01 * 2 - 1
+        b = x.shape[0]
+        ident, coeffs = self.priors(x)  # fp32, default layout: the hidden bits equal the reference's
+        bits = self.float2bit(ident).reshape(b, *self.cfg.bits_shape)
+        z = keyed_normal(seeds, (self.cfg.z_dim,), Z_STREAM)
+        noise = self.noise(seeds, ANON_NOISE_STREAM)
+        with self._amp():
+            y = self.model.anonymize_tensor(self._cl(x), coeffs, bits, z, noise)
+        return ((y.float() + 1) * 0.5).clamp(0, 1), bits.reshape(b, -1)
+
+    def recover(self, images01: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y = images01 * 2 - 1
+        b = y.shape[0]
+        yc = self._cl(y)
+        with self._amp():
+            logits = self.model.extract_logits(yc).float().reshape(b, -1)
+        bits = (logits > 0).to(torch.float32)
+        ident = self.bit2float(bits.reshape(b, self.cfg.id_dim, 32))
+        coeffs = self.geometry(y).float()
+        noise = self.noise(seeds, REC_NOISE_STREAM)
+        with self._amp():
+            r = self.model.recover_tensor(yc, ident, coeffs, bits.reshape(b, *self.cfg.bits_shape), noise)
+        return ((r.float() + 1) * 0.5).clamp(0, 1), bits
+
+
+def build_pipeline(config: str, device: str | torch.device = "cpu", seed: int = 0) -> BenchPipeline:
+    cfg, note = config_by_name(config)
+    torch.manual_seed(seed)
+    if cfg.size == 256 and cfg.channel_base == 512:
+        from g2face_eval.models.identity import ArcFaceIdentity
+
+        ident: nn.Module = ArcFaceIdentity()
+        geom: nn.Module = ResNet50Recon()
+    else:
+        ident, geom = TruncatedIdentity(cfg.id_dim), LmmGeometry()
+    dev = torch.device(device)
+    if dev.type != "meta":
+        g = torch.Generator().manual_seed(seed + 1)
+        xb = torch.rand(4, 3, cfg.size, cfg.size, generator=g) * 2 - 1
+        _seed_bn(ident, xb)
+        _seed_bn(geom, xb)
+    p = BenchPipeline(cfg, ident, geom, name=config)
+    p.note = note  # type: ignore[attr-defined]
+    if dev.type != "meta":
+        # random-init Map2ID BatchNorm is identity (mean 0, var 1); keep it
+        _seed_bn(p.model.hiding_extractor, torch.rand(2, 3, cfg.size, cfg.size, generator=g) * 2 - 1)
+    return p.to(dev).eval().requires_grad_(False)
+
+
+# ============================================================================================ host-sync check
+SYNC_OPS = frozenset({"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::nonzero_static",
+                      "aten::is_nonzero", "aten::equal", "aten::masked_select", "aten::_unique",
+                      "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive", "aten::allclose",
+                      "aten::_assert_async", "aten::repeat_interleave", "aten::bincount"})
+
+
+class HostSyncDetector:
+    """Context manager that records host-syncing or host-side work inside a forward:
+
+    * aten ops that read a value back to the host or have data-dependent output shapes (``SYNC_OPS``:
+      ``.item()`` = _local_scalar_dense, nonzero, masked_select, unique, ...);
+    * device transfers: ``_to_copy`` / ``copy_`` whose input and output devices differ (``.cpu()``,
+      ``.tolist()`` goes through _local_scalar_dense, module-level CPU constants moved per call);
+    * python-data tensor construction: ``torch.tensor`` / ``torch.as_tensor`` of python scalars/lists (an
+      H2D copy from pageable memory on CUDA);
+    * host random draws: any random op that produces a CPU tensor while the computation is on another device.
+
+    Run the forward on the ``meta`` device to see transfers without a GPU (everything on meta; any CPU tensor
+    that meets it is a host->device copy), or on CPU to see only the op-level syncs.
+    """
+
+    RANDOM = ("aten::randn", "aten::rand", "aten::normal", "aten::randint", "aten::bernoulli",
+              "aten::uniform_", "aten::normal_", "aten::random_", "aten::randperm", "aten::multinomial")
+
+    def __init__(self, device: str | torch.device):
+        self.device = torch.device(device)
+        self.events: list[str] = []
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        det = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                name = func.name()
+                base = name.split(".")[0]
+                if base in SYNC_OPS:
+                    det.events.append(f"sync op {name}")
+                out = func(*args, **kwargs)
+                if base in ("aten::_to_copy", "aten::copy_", "aten::to"):
+                    src = [a.device for a in args if isinstance(a, torch.Tensor)]
+                    dst = [o.device for o in (out if isinstance(out, (list, tuple)) else [out])
+                           if isinstance(o, torch.Tensor)]
+                    if src and dst and any(s != d for s in src for d in dst):
+                        det.events.append(f"device transfer {name} {src[0]}->{dst[0]}")
+                if base in det.RANDOM and det.device.type != "cpu":
+                    outs = out if isinstance(out, (list, tuple)) else [out]
+                    if any(isinstance(o, torch.Tensor) and o.device.type == "cpu" for o in outs):
+                        det.events.append(f"host random draw {name}")
+                return out
+
+        self._mode = _Mode()
+        self._orig = (torch.tensor, torch.as_tensor)
+        orig_tensor, orig_as_tensor = self._orig
+
+        def _py_data(data) -> bool:
+            return not isinstance(data, (torch.Tensor, np.ndarray))
+
+        def tensor(data, *a, **k):
+            if _py_data(data):
+                det.events.append(f"torch.tensor(python data, device={k.get('device')})")
+            return orig_tensor(data, *a, **k)
+
+        def as_tensor(data, *a, **k):
+            if _py_data(data):
+                det.events.append(f"torch.as_tensor(python data, device={k.get('device')})")
+            return orig_as_tensor(data, *a, **k)
+
+        torch.tensor, torch.as_tensor = tensor, as_tensor  # type: ignore[assignment]
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        torch.tensor, torch.as_tensor = self._orig  # type: ignore[assignment]
+        if exc[0] is not None and "meta tensors" in str(exc[1]):
+            self.events.append(f"host read on meta: {exc[1]}")
+            return True  # .item() on meta = a host read; recorded, swallowed
+        return False
+
+
+def sync_check(config: str = "tiny", device: str = "meta", ops=("anonymize", "recover"), batch: int = 2
+               ) -> dict[str, list[str]]:
+    """Run the fast path under ``HostSyncDetector``; returns {op: [events]} (empty lists = clean)."""
+    p = build_pipeline(config, device)
+    x = torch.rand(batch, 3, p.cfg.size, p.cfg.size, device=device)
+    seeds = torch.arange(batch, dtype=torch.int64, device=device) + 12345
+    res = {}
+    for op in ops:
+        det = HostSyncDetector(device)
+        with torch.no_grad(), det:
+            getattr(p, op)(x, seeds)
+        res[op] = det.events
+    return res
+
+
+# ============================================================================================ FLOPs + rate
+def count_flops(fn: Callable[[], object]) -> tuple[float, dict[str, float]]:
+    """(total FLOPs, {module: FLOPs}) of one call; conv + matmul only, 2 x MAC (FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        fn()
+    per_mod = {k: float(sum(v.values())) for k, v in fc.get_flop_counts().items()}
+    return float(fc.get_total_flops()), per_mod
+
+
+def pipeline_flops(config: str) -> dict:
+    """GFLOP per image (batch 1, meta device) of anonymize / recover, with a coarse breakdown."""
+    p = build_pipeline(config, "meta")
+    x = torch.rand(1, 3, p.cfg.size, p.cfg.size, device="meta")
+    s = torch.zeros(1, dtype=torch.int64, device="meta")
+    out: dict = {}
+    for op in ("anonymize", "recover"):
+        total, per = count_flops(lambda op=op: getattr(p, op)(x, s))
+        out[f"{op}_gflop_per_image"] = total / 1e9
+        if op == "anonymize":
+            labels = {"identity_prior": ("ArcFaceIdentity", "TruncatedIdentity"),
+                      "geometry_prior": ("ResNet50Recon", "LmmGeometry"),
+                      "generator": ("G2FaceGenerator",), "pyramid_encoder": ("G2FaceGenerator.pyramid",),
+                      "fusion_masks": ("G2FaceGenerator.fusion_mask",),
+                      "hiding_injects": ("G2FaceGenerator.hiding_injects",),
+                      "stylegan_convs": ("G2FaceGenerator.conv1", "G2FaceGenerator.convs"),
+                      "to_rgbs": ("G2FaceGenerator.to_rgb1", "G2FaceGenerator.to_rgbs"),
+                      "style_mlp": ("StyleMLP",), "map2id": ("Map2ID",)}
+
+            def mod(prefix: str) -> float:  # a ModuleList is not called itself: sum its direct children
+                if prefix in per:
+                    return per[prefix]
+                d = prefix.count(".") + 1
+                return sum(v for k, v in per.items() if k.startswith(prefix + ".") and k.count(".") == d)
+
+            parts = {lab: sum(mod(k) for k in keys) / 1e9 for lab, keys in labels.items()}
+            out["anonymize_breakdown_gflop"] = parts
+    out["params_M"] = {k: sum(t.numel() for t in getattr(p, k).parameters()) / 1e6
+                       for k in ("model", "identity", "geometry")}
+    return out
+
+
+def matmul_rate(device: torch.device, seconds: float = 1.0) -> dict:
+    """Dense matmul rate in TFLOP/s: bf16 8192^3 on GPU, fp32 1024^3 (repeated) on CPU."""
+    cuda = device.type == "cuda"
+    n = 8192 if cuda else 1024
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        _sync(device)
+        if time.perf_counter() - t0 > seconds and reps >= 3:
+            break
+    dt = time.perf_counter() - t0
+    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "reps": reps,
+            "tflops": 2.0 * n ** 3 * reps / dt / 1e12, "threads": torch.get_num_threads()}
+
+
+# ============================================================================================ timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict:
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    ev, wall = [], []
+    for _ in range(repeats):
+        if cuda:
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            s.record()
+            fn()
+            e.record()
+            e.synchronize()
+            wall.append((time.perf_counter() - t0) * 1e3)
+            ev.append(float(s.elapsed_time(e)))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            wall.append((time.perf_counter() - t0) * 1e3)
+    t = np.asarray(ev if cuda else wall)
+    res = {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
+           "wall_median_ms": float(np.median(wall)), "times_ms": [round(float(v), 4) for v in t]}
+    if cuda:
+        res["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        res["memory_kind"] = "cuda_max_allocated"
+    else:
+        res["peak_memory_mb"] = peak_rss_mb()
+        res["memory_kind"] = "process_peak_rss"
+    return res
+
+
+# ============================================================================================ variants
+def parse_variant(v: str) -> dict:
+    parts = v.split("_")
+    if parts[0] not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"variant {v!r} must start with fp32|bf16|fp16")
+    bad = [p for p in parts[1:] if p not in ("cl", "compile", "graph")]
+    if bad:
+        raise ValueError(f"variant {v!r}: unknown parts {bad}; allowed suffixes _cl, _compile, _graph")
+    return {"amp": {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[parts[0]],
+            "cl": "cl" in parts, "compile": "compile" in parts, "graph": "graph" in parts}
+
+
+def make_callable(fn: Callable[..., object], inputs: tuple, device: torch.device, spec: dict
+                  ) -> Callable[[], object]:
+    """Wrap ``fn(*inputs)`` for a variant: torch.compile and/or CUDA graph capture (static inputs)."""
+    f = fn
+    if spec["compile"]:
+        f = torch.compile(fn, dynamic=False)
+    if spec["graph"]:
+        if device.type != "cuda":
+            raise RuntimeError("CUDA graphs need a CUDA device")
+        static = tuple(t.clone() for t in inputs)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(3):
+                f(*static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            graph_out = f(*static)
+        def replay():
+            graph.replay()
+            return graph_out  # static output buffers, overwritten by the next replay
+
+        return replay
+
+    def call():
+        with torch.no_grad():
+            return f(*inputs)
+
+    return call
+
+
+def set_memory_format(module: nn.Module, fmt: torch.memory_format) -> None:
+    """channels_last / contiguous for every 4-D parameter and buffer (``Module.to(memory_format=)`` refuses
+    the 5-D modulated-conv weights)."""
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=fmt)
+
+
+# ============================================================================================ the sweep
+@dataclass
+class Cell:
+    suite: str
+    name: str
+    config: str
+    op: str
+    variant: str
+    batch: int
+
+
+class Bench:
+    def __init__(self, args, out_dir: Path):
+        self.args = args
+        self.device = torch.device(args.device)
+        self.out_dir = out_dir
+        self.t0 = time.perf_counter()
+        self.doc: dict = {
+            "schema": SCHEMA, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "status": "running", "argv": args.argv, "device": device_info(self.device),
+            "settings": {"warmup": args.warmup, "repeats": args.repeats, "batches": args.batches,
+                         "variants": args.variants, "configs": args.configs, "suites": args.suites,
+                         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                         "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                         "max_gflop_per_call": args.max_gflop_per_call, "time_budget_s": args.time_budget},
+            "configs": {}, "flops": {}, "matmul_rate": None, "fidelity": {}, "sync_check": {},
+            "results": [], "reference": load_reference(), "notes": [],
+        }
+        self._pipes: dict[str, BenchPipeline] = {}
+
+    # ---- bookkeeping
+    def save(self) -> None:
+        atomic_write_json(self.out_dir / "bench.json", self.doc)
+
+    def over_budget(self) -> bool:
+        return self.args.time_budget > 0 and time.perf_counter() - self.t0 > self.args.time_budget
+
+    def row(self, cell: Cell, **kw) -> dict:
+        r = {k: None for k in ROW_FIELDS}
+        r.update(suite=cell.suite, name=cell.name, config=cell.config, op=cell.op, variant=cell.variant,
+                 batch=cell.batch, warmup=self.args.warmup, repeats=self.args.repeats)
+        r.update(kw)
+        self.doc["results"].append(r)
+        self.save()
+        msg = (f"{r['status']:>7} {cell.suite}/{cell.name}/{cell.config}/{cell.op}/{cell.variant}/b{cell.batch}")
+        if r["status"] == "ok":
+            msg += f": median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, {r['images_per_second']:.1f} img/s"
+            if r.get("ratio_to_floor"):
+                msg += f", {r['ratio_to_floor']:.1f}x floor"
+        else:
+            msg += f": {r.get('error')}"
+        print(msg, flush=True)
+        return r
+
+    def measure(self, cell: Cell, fn: Callable[[], object], gflop_per_image: float | None = None) -> dict:
+        if self.over_budget():
+            return self.row(cell, status="skipped", error="time budget exhausted")
+        try:
+            t = time_fn(fn, self.device, self.args.warmup, self.args.repeats)
+        except Exception as e:  # noqa: BLE001 - a failing cell is a result, not a crash
+            traceback.print_exc()
+            return self.row(cell, status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        kw = dict(status="ok", median_ms=t["median_ms"], p90_ms=t["p90_ms"], wall_median_ms=t["wall_median_ms"],
+                  ms_per_image=t["median_ms"] / cell.batch,
+                  images_per_second=cell.batch / (t["median_ms"] / 1e3) if t["median_ms"] > 0 else None,
+                  peak_memory_mb=t["peak_memory_mb"], memory_kind=t["memory_kind"], times_ms=t["times_ms"])
+        rate = (self.doc.get("matmul_rate") or {}).get("tflops")
+        if gflop_per_image:
+            kw["gflop_per_image"] = gflop_per_image
+            if rate:
+                kw["floor_ms"] = gflop_per_image * cell.batch / rate  # GFLOP / (TFLOP/s) = ms
+                kw["ratio_to_floor"] = t["median_ms"] / kw["floor_ms"]
+        return self.row(cell, **kw)
+
+    # ---- pieces
+    def pipe(self, config: str) -> BenchPipeline:
+        if config not in self._pipes:
+            p = build_pipeline(config, self.device)
+            self._pipes[config] = p
+            self.doc["configs"][config] = {"note": p.note, **p.cfg.to_dict(),  # type: ignore[attr-defined]
+                                           "identity": type(p.identity).__name__,
+                                           "geometry": type(p.geometry).__name__}
+        return self._pipes[config]
+
+    def run(self) -> dict:
+        a = self.args
+        print(f"g2face-eval bench -> {self.out_dir} (device {self.device}, {self.doc['device'].get('name')})",
+              flush=True)
+        self.doc["matmul_rate"] = matmul_rate(self.device)
+        print(f"matmul rate: {self.doc['matmul_rate']}", flush=True)
+        if "g2face" in a.suites:
+            for c in a.configs:
+                try:
+                    self.doc["flops"][c] = pipeline_flops(c)
+                except Exception as e:  # noqa: BLE001
+                    self.doc["flops"][c] = {"error": f"{type(e).__name__}: {e}"}
+            self.save()
+            if not a.no_checks:
+                self.checks()
+            self.g2face()
+        if "baselines" in a.suites:
+            self.baselines()
+        if "metrics" in a.suites:
+            self.metrics()
+        self.doc["status"] = "partial" if self.over_budget() else "complete"
+        self.doc["wall_s"] = time.perf_counter() - self.t0
+        self.save()
+        return self.doc
+
+    def checks(self) -> None:
+        """Host-sync check (meta device) and fidelity of each variant vs fp32 on the smallest config."""
+        try:
+            self.doc["sync_check"] = {"config": "tiny", "device": "meta", "events": sync_check("tiny", "meta")}
+        except Exception as e:  # noqa: BLE001
+            self.doc["sync_check"] = {"error": f"{type(e).__name__}: {e}"}
+        cfg_name = min(self.args.configs, key=lambda c: config_by_name(c)[0].size)
+        try:
+            self.doc["fidelity"] = fidelity(self.pipe(cfg_name), self.device, self.args.variants,
+                                     with_compile=self.args.fidelity_compile)
+            self.doc["fidelity"]["config"] = cfg_name
+        except Exception as e:  # noqa: BLE001
+            self.doc["fidelity"] = {"error": f"{type(e).__name__}: {e}"}
+        self.save()
+
+    def g2face(self) -> None:
+        a = self.args
+        for config in a.configs:
+            p = self.pipe(config)
+            fl = self.doc["flops"].get(config, {})
+            for variant in a.variants:
+                spec = parse_variant(variant)
+                for op in a.ops:
+                    gf = fl.get(f"{op}_gflop_per_image")
+                    for b in a.batches:
+                        cell = Cell("g2face", "g2face", config, op, variant, b)
+                        if (spec["compile"] or spec["graph"]) and self.device.type != "cuda" and not a.cpu_compile:
+                            self.row(cell, status="skipped", error="compile/graph variants run on GPU only "
+                                     "(--cpu-compile to force compile on CPU)")
+                            continue
+                        if gf and a.max_gflop_per_call and gf * b > a.max_gflop_per_call:
+                            self.row(cell, status="skipped",
+                                     error=f"{gf * b:.0f} GFLOP per call > --max-gflop-per-call "
+                                           f"{a.max_gflop_per_call:g}")
+                            continue
+                        self._g2face_cell(p, cell, spec, gf)
+
+    def _g2face_cell(self, p: BenchPipeline, cell: Cell, spec: dict, gf: float | None) -> None:
+        if self.over_budget():
+            self.row(cell, status="skipped", error="time budget exhausted")
+            return
+        p.amp_dtype = spec["amp"]
+        p.channels_last = spec["cl"]
+        set_memory_format(p.model, torch.channels_last if spec["cl"] else torch.contiguous_format)
+        try:
+            g = torch.Generator(device="cpu").manual_seed(cell.batch)
+            x = torch.rand(cell.batch, 3, p.cfg.size, p.cfg.size, generator=g).to(self.device)
+            seeds = (torch.arange(cell.batch, dtype=torch.int64) + 1000).to(self.device)
+            if cell.op == "recover":
+                with torch.no_grad():
+                    x, _ = p.anonymize(x, seeds)
+            fn = make_callable(getattr(p, cell.op), (x, seeds), self.device, spec)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            self.row(cell, status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
+            p.amp_dtype, p.channels_last = None, False
+            set_memory_format(p.model, torch.contiguous_format)
+            return
+        try:
+            self.measure(cell, fn, gf)
+        finally:
+            p.amp_dtype, p.channels_last = None, False
+            set_memory_format(p.model, torch.contiguous_format)
+            del fn
+            if spec["compile"]:
+                torch._dynamo.reset()
+
+    def baselines(self) -> None:
+        from g2face_eval import methods
+        from g2face_eval.anonymizer import METHODS
+
+        names = self.args.methods or [n for n in METHODS.names() if n != "g2face"]
+        size = 256
+        for name in names:
+            try:
+                m = methods.build(name)
+            except Exception as e:  # noqa: BLE001
+                for b in self.args.batches:
+                    self.row(Cell("baseline", name, "256", "anonymize", "fp32", b), status="error",
+                             error=f"build: {type(e).__name__}: {e}")
+                continue
+            for b in self.args.batches:
+                cell = Cell("baseline", name, str(size), "anonymize", "fp32", b)
+                x = torch.rand(b, 3, size, size).to(self.device)
+                mask = ellipse_mask(b, size).to(self.device)
+                keys = [f"bench{i}".encode() for i in range(b)]
+                self.measure(cell, lambda m=m, x=x, mask=mask, keys=keys: m.anonymize(x, keys, face_masks=mask))
+
+    def metrics(self) -> None:
+        from g2face_eval.metrics import image as im
+
+        dev = self.device
+        kernels: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], object], float | None]] = [
+            ("psnr", lambda a, b: im.psnr(a, b, 1.0), None),
+            ("ssim", lambda a, b: im.ssim(a, b, 1.0), None),
+        ]
+        try:
+            from g2face_eval.models.identity import ArcFaceIdentity
+
+            arc = ArcFaceIdentity().to(dev).eval()
+            kernels.append(("embed_arcface_r50_112", lambda a, b: arc(a * 2 - 1), None))
+        except Exception as e:  # noqa: BLE001
+            self.doc["notes"].append(f"arcface embedding not benchmarked: {e}")
+        try:
+            from g2face_eval.metrics.realism import EfficientNetLite0
+
+            eff = EfficientNetLite0().to(dev).eval()
+
+            def fd_feat(a, b):
+                x = F.interpolate(a, size=(224, 224), mode="bilinear", align_corners=False)
+                return eff.features(x * 255.0) if hasattr(eff, "features") else eff(x)
+
+            kernels.append(("frechet_features_effnet_lite0", fd_feat, None))
+        except Exception as e:  # noqa: BLE001
+            self.doc["notes"].append(f"Frechet extractor not benchmarked: {e}")
+        for name, fn, _ in kernels:
+            try:
+                gf = count_flops(lambda fn=fn: fn(torch.rand(1, 3, 256, 256, device="meta"),
+                                                  torch.rand(1, 3, 256, 256, device="meta")))[0] / 1e9
+            except Exception:  # noqa: BLE001
+                gf = None
+            for b in self.args.batches:
+                cell = Cell("metric", name, "256", "compute", "fp32", b)
+                a_ = torch.rand(b, 3, 256, 256).to(dev)
+                b_ = torch.rand(b, 3, 256, 256).to(dev)
+                self.measure(cell, lambda fn=fn, a_=a_, b_=b_: _nograd(fn, a_, b_), gf or None)
+
+
+def _nograd(fn, *args):
+    with torch.no_grad():
+        return fn(*args)
+
+
+def ellipse_mask(b: int, size: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    m = ((xx / 0.6) ** 2 + (yy / 0.8) ** 2 <= 1).float()
+    return m.expand(b, 1, size, size).contiguous()
+
+
+def fidelity(p: BenchPipeline, device: torch.device, variants: list[str], batch: int = 2,
+             with_compile: bool = False) -> dict:
+    """PSNR of each eager variant's anonymized image vs fp32, and agreement of the bits recovered from it."""
+    x = torch.rand(batch, 3, p.cfg.size, p.cfg.size, generator=torch.Generator().manual_seed(7)).to(device)
+    seeds = (torch.arange(batch, dtype=torch.int64) + 99).to(device)
+    with torch.no_grad():
+        ref, ref_bits = p.anonymize(x, seeds)
+        ref_rec = p.recover(ref, seeds)[1]
+    out = {}
+    for v in dict.fromkeys(["fp32_cl", *variants]):
+        spec = parse_variant(v)
+        if v == "fp32" or (spec["compile"] and not with_compile) or (spec["graph"] and device.type != "cuda"):
+            continue
+        if spec["amp"] is torch.float16 and device.type == "cpu":
+            continue
+        p.amp_dtype, p.channels_last = spec["amp"], spec["cl"]
+        set_memory_format(p.model, torch.channels_last if spec["cl"] else torch.contiguous_format)
+        try:
+            with torch.no_grad():
+                fa = make_callable(p.anonymize, (x, seeds), device, spec)
+                y, bits = (t.clone() for t in fa())
+                fr = make_callable(p.recover, (y, seeds), device, spec)
+                rec = fr()[1].clone()
+                del fa, fr
+                if spec["compile"]:
+                    torch._dynamo.reset()
+            out[v] = {"psnr_db_vs_fp32": float(psnr_db(y, ref).min()),
+                      "hidden_bits_identical": bool(torch.equal(bits, ref_bits)),
+                      "recovered_bit_agreement": float((rec == ref_rec).float().mean()),
+                      "recovered_bits_identical": bool(torch.equal(rec, ref_rec))}
+        except Exception as e:  # noqa: BLE001
+            out[v] = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            p.amp_dtype, p.channels_last = None, False
+            set_memory_format(p.model, torch.contiguous_format)
+    return out
+
+
+def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-30))
+
+
+# ============================================================================================ outputs
+def atomic_write_json(path: Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=str, allow_nan=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def device_info(device: torch.device) -> dict:
+    info = {"type": device.type, "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "name": platform.processor() or platform.machine()}
+    try:
+        info["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    if device.type == "cuda":
+        prop = torch.cuda.get_device_properties(device)
+        info.update(name=prop.name, sms=prop.multi_processor_count, mem_gib=prop.total_memory / 2 ** 30,
+                    capability=f"{prop.major}.{prop.minor}", cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def load_reference() -> dict | None:
+    p = REFERENCE_DIR / "official_g2face_latency.json"
+    if not p.is_file():
+        return None
+    try:
+        ref = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    # headline numbers only (H200, fp32, official CUDA ops), from the committed table
+    return {"source": str(p), "device": "NVIDIA H200", "anonymize_ms": {"1": 24.40, "8": 39.46, "32": 117.22},
+            "recover_ms": {"1": 21.24, "8": 42.38, "32": 132.85},
+            "anonymize_gflop_per_image": 289.79, "recover_gflop_per_image": 298.19,
+            "anonymize_gflop_per_image_native_ops": 290.29,
+            "generator_breakdown_gflop": ref.get("generator_flops_breakdown_b1_GFLOP")}
+
+
+def plot(doc: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in doc["results"] if r["status"] == "ok"]
+    suites = [s for s in ("g2face", "baseline", "metric") if any(r["suite"] == s for r in rows)]
+    if not suites:
+        return None
+    fig, axes = plt.subplots(1, len(suites), figsize=(6.5 * len(suites), 5), squeeze=False)
+    for ax, suite in zip(axes[0], suites):
+        series: dict[str, list] = {}
+        for r in rows:
+            if r["suite"] != suite:
+                continue
+            label = (f"{r['config']} {r['op']} {r['variant']}" if suite == "g2face" else r["name"])
+            series.setdefault(label, []).append((r["batch"], r["ms_per_image"]))
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, label=label)
+        ref = doc.get("reference")
+        if suite == "g2face" and ref:
+            for op, mk in (("anonymize", "k*"), ("recover", "kx")):
+                d = ref[f"{op}_ms"]
+                bs = sorted(int(k) for k in d)
+                ax.plot(bs, [d[str(b)] / b for b in bs], mk + "--", lw=1, label=f"official {op} (H200 ref)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("ms per image (median)")
+        ax.set_title(f"{suite} on {doc['device'].get('name')} ({doc['device']['type']})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, ncol=1 if len(series) < 14 else 2)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def log_mlflow(doc: dict, out_dir: Path, results_dir: Path, figure: Path | None) -> str | None:
+    try:
+        from g2face_eval.harness.tracking import Tracker
+    except ImportError as e:
+        doc["notes"].append(f"mlflow logging skipped: {e}")
+        return None
+    run_dir = out_dir
+    (run_dir / "mlflow.json").unlink(missing_ok=True)  # a bench run is never resumed
+    tr = Tracker(results_dir, run_dir, f"bench-{out_dir.name}")
+    dev = doc["device"]
+    params = {"device": dev["type"], "device_name": dev.get("name"), "torch": dev.get("torch"),
+              **{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in doc["settings"].items()}}
+    with tr.parent_run(params, tags={"g2face.kind": "bench"}) as rid:
+        metrics: dict[str, float] = {}
+        if doc.get("matmul_rate"):
+            metrics["matmul_tflops"] = doc["matmul_rate"]["tflops"]
+        for c, f in doc.get("flops", {}).items():
+            for op in ("anonymize", "recover"):
+                if f.get(f"{op}_gflop_per_image") is not None:
+                    metrics[f"gflop/{c}/{op}"] = f[f"{op}_gflop_per_image"]
+        for r in doc["results"]:
+            if r["status"] != "ok":
+                continue
+            k = f"{r['suite']}/{r['name']}/{r['config']}/{r['op']}/{r['variant']}/b{r['batch']}"
+            for f in ("median_ms", "p90_ms", "images_per_second", "peak_memory_mb", "ratio_to_floor"):
+                if r.get(f) is not None:
+                    metrics[f"{k}/{f}"] = r[f]
+        tr.log_metrics(rid, metrics)
+        tr.log_artifact(rid, out_dir / "bench.json")
+        if figure is not None and figure.exists():
+            tr.log_artifact(rid, figure)
+    return tr.uri
+
+
+# ============================================================================================ CLI
+DEFAULTS = {
+    "cpu": dict(configs="tiny,shipped,official", batches="1,8", variants="fp32,fp32_cl,bf16", repeats=3,
+                warmup=1, max_gflop_per_call=400.0),
+    "cuda": dict(configs="official,shipped,tiny", batches="1,8,32,64,128",
+                 variants="fp32,bf16,bf16_cl,fp16_cl,bf16_cl_graph,bf16_cl_compile", repeats=10, warmup=3,
+                 max_gflop_per_call=0.0),
+}
+
+
+def _csv(s: str) -> list[str]:
+    return [t.strip() for t in s.split(",") if t.strip()]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="g2face-eval bench", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--configs", help="G2Face configs: official, shipped, small, tiny (comma list)")
+    ap.add_argument("--batches", help="batch sizes (comma list); CPU default 1,8; GPU 1,8,32,64,128")
+    ap.add_argument("--variants", help="fp32|bf16|fp16 [+_cl] [+_compile] [+_graph], comma list")
+    ap.add_argument("--ops", default="anonymize,recover")
+    ap.add_argument("--suites", default="g2face,baselines,metrics")
+    ap.add_argument("--methods", help="baseline METHODS names (default: all but g2face)")
+    ap.add_argument("--repeats", type=int)
+    ap.add_argument("--warmup", type=int)
+    ap.add_argument("--max-gflop-per-call", type=float,
+                    help="skip G2Face cells above this many GFLOP per call (CPU default 400; 0 = no limit)")
+    ap.add_argument("--time-budget", type=float, default=0.0,
+                    help="seconds; cells after it are recorded as skipped (0 = none)")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--cpu-compile", action="store_true", help="allow *_compile variants on CPU")
+    ap.add_argument("--no-checks", action="store_true", help="skip the sync check and fidelity section")
+    ap.add_argument("--fidelity-compile", action="store_true",
+                    help="also check *_compile variants in the fidelity section (compiles the smallest config)")
+    ap.add_argument("--out", help="output folder (default results/bench/<UTC stamp>)")
+    ap.add_argument("--results-dir", help="MLflow store folder (default settings.results_dir())")
+    ap.add_argument("--no-mlflow", action="store_true")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--ingest", help="log an existing bench.json to MLflow (and redraw its figure); no timing")
+    a = ap.parse_args(argv)
+    a.argv = list(argv)
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    d = DEFAULTS["cuda" if a.device.startswith("cuda") else "cpu"]
+    a.configs = _csv(a.configs or d["configs"])
+    a.batches = [int(b) for b in _csv(a.batches or d["batches"])]
+    a.variants = _csv(a.variants or d["variants"])
+    for v in a.variants:
+        parse_variant(v)
+    a.ops = _csv(a.ops)
+    a.suites = _csv(a.suites)
+    a.methods = _csv(a.methods) if a.methods else None
+    a.repeats = a.repeats if a.repeats is not None else d["repeats"]
+    a.warmup = a.warmup if a.warmup is not None else d["warmup"]
+    if a.max_gflop_per_call is None:
+        a.max_gflop_per_call = d["max_gflop_per_call"]
+    return a
+
+
+def cli(argv: list[str] | None = None) -> int:
+    a = parse_args(list(sys.argv[1:] if argv is None else argv))
+    from g2face_eval import settings
+
+    results_dir = Path(a.results_dir) if a.results_dir else settings.results_dir()
+    if a.ingest:
+        src = Path(a.ingest)
+        doc = json.loads(src.read_text())
+        fig = None if a.no_plot else plot(doc, src.parent / "bench_latency.png")
+        uri = log_mlflow(doc, src.parent, results_dir, fig)
+        print(f"ingested {src} -> {uri}")
+        return 0
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = Path(a.out) if a.out else results_dir / "bench" / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bench = Bench(a, out_dir)
+    try:
+        doc = bench.run()
+    except BaseException:
+        bench.doc["status"] = "failed"
+        bench.save()
+        raise
+    fig = None if a.no_plot else plot(doc, out_dir / "bench_latency.png")
+    if fig:
+        doc["figure"] = str(fig)
+    if not a.no_mlflow:
+        try:
+            uri = log_mlflow(doc, out_dir, results_dir, fig)
+            doc["mlflow_uri"] = uri
+        except Exception as e:  # noqa: BLE001 - results are already on disk
+            doc["notes"].append(f"mlflow logging failed: {type(e).__name__}: {e}")
+    bench.save()
+    print(summary_table(doc))
+    print(f"wrote {out_dir / 'bench.json'}" + (f" and {fig}" if fig else ""))
+    return 0
+
+
+def summary_table(doc: dict) -> str:
+    lines = ["| suite | name | config | op | variant | batch | median ms | p90 ms | img/s | peak MiB | x floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v, n=2):
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{n}f}"
+
+    for r in doc["results"]:
+        if r["status"] != "ok":
+            continue
+        lines.append(f"| {r['suite']} | {r['name']} | {r['config']} | {r['op']} | {r['variant']} | {r['batch']} | "
+                     f"{f(r['median_ms'])} | {f(r['p90_ms'])} | {f(r['images_per_second'], 1)} | "
+                     f"{f(r['peak_memory_mb'], 0)} | {f(r['ratio_to_floor'], 1)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

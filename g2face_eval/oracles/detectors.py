@@ -73,8 +73,11 @@ class YuNetDetector(Detector):
         if out is None:
             return []
         faces = [
-            Face(box=r[:4].astype(np.float32).copy(), landmarks5=r[4:14].reshape(5, 2).astype(np.float32),
-                 score=float(r[14]))
+            Face(
+                box=r[:4].astype(np.float32).copy(),
+                landmarks5=r[4:14].reshape(5, 2).astype(np.float32),
+                score=float(r[14]),
+            )
             for r in out
         ]
         return sorted(faces, key=lambda f: -f.score)
@@ -89,8 +92,13 @@ class MTCNNDetector(Detector):
             zoo.path(f"mtcnn_{net}")  # verify the package weights MTCNN is about to load itself
         from facenet_pytorch import MTCNN
 
-        self._net = MTCNN(keep_all=True, device="cpu", min_face_size=min_face_size, thresholds=list(thresholds),
-                          post_process=False)
+        self._net = MTCNN(
+            keep_all=True,
+            device="cpu",
+            min_face_size=min_face_size,
+            thresholds=list(thresholds),
+            post_process=False,
+        )
 
     def detect(self, image: np.ndarray) -> list[Face]:
         if not _check_image(image):
@@ -102,9 +110,11 @@ class MTCNNDetector(Detector):
         if boxes is None:
             return []
         faces = []
-        for b, p, lm in zip(boxes, probs, points):
+        for b, p, lm in zip(boxes, probs, points, strict=False):
             box = np.array([b[0], b[1], b[2] - b[0], b[3] - b[1]], dtype=np.float32)
-            faces.append(Face(box=box, landmarks5=np.asarray(lm, dtype=np.float32).reshape(5, 2), score=float(p)))
+            faces.append(
+                Face(box=box, landmarks5=np.asarray(lm, dtype=np.float32).reshape(5, 2), score=float(p))
+            )
         return sorted(faces, key=lambda f: -f.score)
 
 
@@ -143,7 +153,7 @@ class DlibHOGDetector(Detector):
         img = np.ascontiguousarray(image)
         rects, scores, _ = self._det.run(img, self.upsample, self.adjust)
         faces = []
-        for r, s in zip(rects, scores):
+        for r, s in zip(rects, scores, strict=False):
             shape = self._sp(img, r)
             pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
             box = np.array([r.left(), r.top(), r.width(), r.height()], dtype=np.float32)

@@ -126,8 +126,9 @@ class FaceMesh:
     def __init__(self, detector: str | None = "yunet", crop_size: int = CROP_SIZE):
         from mediapipe.python.solutions import face_mesh
 
-        self._mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
-                                        min_detection_confidence=0.5)
+        self._mesh = face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.5
+        )
         self._lock = threading.Lock()
         self.crop_size = crop_size
         self._detector_name = detector
@@ -152,7 +153,12 @@ class FaceMesh:
 
     def landmarks(self, image: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(468,3) landmarks in image pixels and the box used, or (None, None)."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        if (
+            not isinstance(image, np.ndarray)
+            or image.dtype != np.uint8
+            or image.ndim != 3
+            or image.shape[2] != 3
+        ):
             raise ValueError("expected a uint8 (H,W,3) RGB image")
         h, w = image.shape[:2]
         if min(h, w) < 16:
@@ -168,8 +174,11 @@ class FaceMesh:
             src = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else image
             crop = src[y0 + pad : y0 + pad + s, x0 + pad : x0 + pad + s]
             scale = self.crop_size / s
-            crop = cv2.resize(crop, (self.crop_size, self.crop_size),
-                              interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+            crop = cv2.resize(
+                crop,
+                (self.crop_size, self.crop_size),
+                interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
+            )
             lm = self._run(crop)
             if lm is not None:
                 out = np.empty_like(lm)
@@ -179,7 +188,9 @@ class FaceMesh:
                 return out.astype(np.float32), np.asarray(faces[0].box, np.float32)
         # whole image (already-cropped faces), upscaled when small
         f = max(1.0, self.crop_size / max(h, w))
-        img = cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_CUBIC) if f > 1 else image
+        img = (
+            cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_CUBIC) if f > 1 else image
+        )
         lm = self._run(img)
         if lm is None:
             return None, None

@@ -58,7 +58,7 @@ class Recognizer:
             raise ValueError(f"{len(images)} images but {len(faces)} faces")
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return self.embed_aligned([self.align(im, f) for im, f in zip(images, faces)])
+        return self.embed_aligned([self.align(im, f) for im, f in zip(images, faces, strict=False)])
 
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ Protocol (standard "unrestricted, labeled outside data" verification):
     with fewer than 10 official folds is split into 10 balanced sub-folds);
   * threshold at FAR 1e-3: over all negative pairs (3000 on the full set), the threshold t is the
     (floor(FAR * N) + 1)-th largest negative similarity, with the rule "same person iff similarity > t",
-    so at most floor(FAR * N) negatives (3 of 3000) are accepted; TAR at t over the positive pairs is reported.
+    so at most floor(FAR * N) negatives (3 of 3000) are accepted;
+    TAR at t over the positive pairs is reported.
 The full run writes ``oracles/thresholds.json`` which ``Recognizer.threshold`` reads.
 Embeddings and detections are cached under ``settings.cache_dir()/lfw`` (keyed by image path, size, mtime).
 """
@@ -199,8 +200,9 @@ def compute_embeddings(lfw: Path, rels: list[str], names: list[str], workers: in
     if todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc=f"LFW embeddings ({'+'.join(names)})", disable=not progress,
-                   file=sys.stderr)
+        bar = tqdm(
+            total=len(todo), desc=f"LFW embeddings ({'+'.join(names)})", disable=not progress, file=sys.stderr
+        )
         last_save = time.time()
 
         def save():
@@ -284,7 +286,8 @@ def validate(
         "fallback_centre_crop": len(fallbacks),
         "protocol": (
             "10-fold verification: threshold maximising accuracy on 9 folds applied to the held-out fold "
-            "(mean over folds); cosine similarity of L2-normalised embeddings, same iff similarity > threshold; "
+            "(mean over folds); cosine similarity of L2-normalised embeddings, "
+            "same iff similarity > threshold; "
             "threshold at FAR 1e-3 = (floor(FAR*N)+1)-th largest similarity of the N negative pairs"
         ),
         "recognizers": {},
@@ -304,6 +307,9 @@ def validate(
             "far_measured": float(((sims[~same]) > t).mean()),
             "tar_at_threshold": round(float((sims[same] > t).mean()), 6),
             "n_negatives": int((~same).sum()),
+            "n_pairs": len(pairs),
+            "folds": results["folds"],
+            "fallback_centre_crop": len(fallbacks),
         }
     results["seconds"] = round(time.time() - t0, 1)
     return results
@@ -321,7 +327,7 @@ def write_thresholds(results: dict, path: Path | None = None) -> Path:
     recs = dict(old.get("recognizers", {}))
     recs.update(results["recognizers"])
     out = {k: v for k, v in results.items() if k not in ("recognizers", "seconds")}
-    out["command"] = "g2face-eval validate --datasets-root <root>"
+    out["command"] = "g2face-eval validate --datasets-root <root> [--folds ...] [--workers N]"
     out["recognizers"] = recs
     path.write_text(json.dumps(out, indent=2) + "\n")
     return path
@@ -334,6 +340,11 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", default=None, help="comma-separated fold indices 0-9 (default: all)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="do not update oracles/thresholds.json")
+    ap.add_argument(
+        "--write-partial",
+        action="store_true",
+        help="also write thresholds.json from a subset of folds (recorded per recognizer)",
+    )
     args = ap.parse_args(argv or [])
     folds = [int(x) for x in args.folds.split(",")] if args.folds else None
     try:
@@ -347,8 +358,10 @@ def cli(argv: list[str] | None = None) -> int:
         pub = r.get("published_accuracy")
         if pub is not None and folds is None and abs(r["accuracy"] - pub) > 0.5:
             ok = False
-            print(f"WARNING: {n} accuracy {r['accuracy']:.2f}% is > 0.5 points from published {pub}%",
-                  file=sys.stderr)
-    if folds is None and not args.no_write:
+            print(
+                f"WARNING: {n} accuracy {r['accuracy']:.2f}% is > 0.5 points from published {pub}%",
+                file=sys.stderr,
+            )
+    if not args.no_write and (folds is None or args.write_partial):
         print(f"wrote {write_thresholds(res)}", file=sys.stderr)
     return 0 if ok else 1

@@ -1,0 +1,203 @@
+"""Face oracles on real faces (LFW, CelebA) and on bad inputs."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from g2face_eval.oracles import alignment, detectors, recognizers
+
+DETECTORS = ["yunet", "mtcnn", "dlib_hog"]
+SAME = [("Abel_Pacheco", 1, "Abel_Pacheco", 4), ("Akhmed_Zakayev", 1, "Akhmed_Zakayev", 3)]
+DIFF = [("Abdel_Madi_Shabneh", 1, "Dean_Barker", 1), ("Abdel_Madi_Shabneh", 1, "Mikhail_Gorbachev", 1)]
+
+
+def _read(path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert bgr is not None, path
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def lfw(root, name, i):
+    return _read(root / "lfw" / "lfw-deepfunneled" / name / f"{name}_{i:04d}.jpg")
+
+
+def celeba(root):
+    d = sorted((root / "celeba_id" / "images").iterdir())[0]
+    return _read(sorted(d.iterdir())[0])
+
+
+@pytest.fixture(scope="module")
+def faces(datasets_root):
+    return {"lfw": lfw(datasets_root, "Abel_Pacheco", 1), "celeba": celeba(datasets_root)}
+
+
+def _check_face_geometry(f, shape):
+    h, w = shape[:2]
+    lm = f.landmarks5
+    assert lm.shape == (5, 2) and f.box.shape == (4,)
+    assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0]  # image-left before image-right
+    assert lm[:2, 1].max() < lm[2, 1] < lm[3:, 1].min()  # eyes above nose above mouth
+    x, y, bw, bh = f.box
+    assert x < w / 2 < x + bw and y < h / 2 < y + bh  # the centred face
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+@pytest.mark.parametrize("which", ["lfw", "celeba"])
+def test_detector_finds_face(faces, name, which):
+    img = faces[which]
+    found = detectors.get_detector(name).detect(img)
+    assert found, f"{name} found no face in the {which} image"
+    assert all(a.score >= b.score for a, b in zip(found, found[1:], strict=False))
+    _check_face_geometry(found[0], img.shape)
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_detector_bad_inputs(name):
+    det = detectors.get_detector(name)
+    assert det.detect(np.full((240, 320, 3), 128, np.uint8)) == []
+    assert det.detect(np.zeros((8, 8, 3), np.uint8)) == []
+    assert det.detect(np.zeros((1, 1, 3), np.uint8)) == []
+    with pytest.raises(ValueError):
+        det.detect(np.zeros((64, 64), np.uint8))
+
+
+def test_detectors_agree_on_landmarks(faces):
+    img = faces["lfw"]
+    ref = detectors.get_detector("yunet").detect(img)[0].landmarks5
+    eye = np.linalg.norm(ref[1] - ref[0])
+    for name in ("mtcnn", "dlib_hog"):
+        lm = detectors.get_detector(name).detect(img)[0].landmarks5
+        assert np.abs(lm[:2] - ref[:2]).max() < 0.25 * eye, name  # eye centres agree
+
+
+def test_similarity_transform_recovers_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    a, s = np.deg2rad(17), 1.7
+    m = np.array([[s * np.cos(a), -s * np.sin(a), 5.0], [s * np.sin(a), s * np.cos(a), -3.0]])
+    dst = alignment.apply_transform(m, src)
+    assert np.allclose(alignment.similarity_transform(src, dst), m, atol=1e-9)
+    with pytest.raises(ValueError):
+        alignment.similarity_transform(np.zeros((5, 2)), dst)
+
+
+def test_align_arcface_puts_landmarks_on_template(faces):
+    # exact case: template moved by a similarity plus 0.5 px noise comes back within 2 px
+    rng = np.random.default_rng(1)
+    a, s = np.deg2rad(-23), 2.3
+    m0 = np.array([[s * np.cos(a), -s * np.sin(a), 40.0], [s * np.sin(a), s * np.cos(a), 70.0]])
+    pts = alignment.apply_transform(m0, alignment.ARCFACE_TEMPLATE_112) + rng.uniform(-0.5, 0.5, (5, 2))
+    back = alignment.apply_transform(alignment.arcface_matrix(pts), pts)
+    assert np.linalg.norm(back - alignment.ARCFACE_TEMPLATE_112, axis=1).max() < 2.0
+    # real frontal face: detected landmarks land on the template (faces differ from it by a few px)
+    img = faces["celeba"]
+    f = detectors.get_detector("yunet").detect(img)[0]
+    m = alignment.arcface_matrix(f.landmarks5)
+    mapped = alignment.apply_transform(m, f.landmarks5)
+    err = np.linalg.norm(mapped - alignment.ARCFACE_TEMPLATE_112, axis=1)
+    assert err.mean() < 3.0 and err[:2].max() < 3.0
+    # re-detecting on the aligned crop (upscaled x2, padded) finds the eyes on the template
+    crop = alignment.align_arcface(img, f.landmarks5)
+    pad = cv2.copyMakeBorder(cv2.resize(crop, (224, 224)), 60, 60, 60, 60, cv2.BORDER_CONSTANT, value=0)
+    g = detectors.get_detector("yunet").detect(pad)
+    assert g and np.abs((g[0].landmarks5[:2] - 60) / 2 - alignment.ARCFACE_TEMPLATE_112[:2]).max() < 3.0
+    crop = alignment.align_arcface(img, f.landmarks5)
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    # same warp as OpenCV SFace's alignCrop (BGR in, BGR out)
+    sf = recognizers.get_recognizer("sface")._net
+    row = np.concatenate([f.box, f.landmarks5.ravel(), [f.score]]).astype(np.float32)[None]
+    ref = sf.alignCrop(np.ascontiguousarray(img[:, :, ::-1]), row)[:, :, ::-1]
+    assert np.abs(ref.astype(int) - crop).mean() < 0.5
+
+
+def test_ffhq_crop(faces):
+    img = faces["lfw"]
+    f = detectors.get_detector("yunet").detect(img)[0]
+    for size in (64, 256):
+        crop = alignment.ffhq_crop(img, f.landmarks5, size)
+        assert crop.shape == (size, size, 3) and crop.dtype == np.uint8
+    big = alignment.ffhq_crop(img, f.landmarks5, 256)
+    g = detectors.get_detector("yunet").detect(big)
+    assert g, "no face in the FFHQ crop"
+    eyes = g[0].landmarks5[:2].mean(0) / 256
+    assert abs(eyes[0] - 0.5) < 0.05 and 0.35 < eyes[1] < 0.55  # FFHQ: eyes centred, just above the middle
+    quad = alignment.ffhq_quad(f.landmarks5)
+    side = np.linalg.norm(quad[3] - quad[0])
+    eye_dist = np.linalg.norm(f.landmarks5[1] - f.landmarks5[0])
+    assert 0.2 < eye_dist / side < 0.3
+
+
+@pytest.mark.parametrize("name", recognizers.DEFAULT_RECOGNIZERS)
+def test_recognizer_separates_same_and_different(datasets_root, name):
+    rec = recognizers.get_recognizer(name)
+    thr = rec.threshold
+    assert thr is not None and -1 < thr < 1, "oracles/thresholds.json has no threshold"
+    det = detectors.get_detector("yunet")
+
+    def emb(n, i):
+        img = lfw(datasets_root, n, i)
+        return rec.embed([img], [det.detect(img)[0]])[0]
+
+    for n1, i1, n2, i2 in SAME:
+        a, b = emb(n1, i1), emb(n2, i2)
+        assert rec.similarity(a, b)[0] > thr, (n1, i1, n2, i2)
+    for n1, i1, n2, i2 in DIFF:
+        assert rec.similarity(emb(n1, i1), emb(n2, i2))[0] <= thr, (n1, i1, n2, i2)
+    e = emb(*SAME[0][:2])
+    assert e.shape == (rec.dim,) and e.dtype == np.float32 and abs(np.linalg.norm(e) - 1) < 1e-4
+    assert rec.embed([], []).shape == (0, rec.dim)
+
+
+def test_available_recognizers():
+    avail = recognizers.available_recognizers()
+    assert set(recognizers.DEFAULT_RECOGNIZERS) <= set(avail)
+
+
+def test_dlib_landmark_mapping():
+    # eye corners (image-right eye: 0,1; image-left eye: 2,3) and subnasale
+    pts = np.array([[153, 114], [137, 113], [98, 113], [112, 113], [119, 157]], float)
+    lm = detectors.dlib_shape_to_arcface5(pts)
+    assert np.allclose(lm[0], [105, 113]) and np.allclose(lm[1], [145, 113.5])
+    assert lm[2, 1] < 157 < lm[3, 1] and lm[3, 0] < lm[4, 0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mesh():
+    from g2face_eval.oracles import geometry
+
+    return geometry.get_face_mesh()
+
+
+def test_mesh_landmarks_and_flip(faces, mesh):
+    img = faces["lfw"]  # Abel Pacheco 0001 looks clearly to one side (|yaw| ~ 20 deg)
+    r = mesh.analyze(img)
+    assert r is not None and r.landmarks.shape == (468, 3)
+    h, w = img.shape[:2]
+    assert (r.landmarks[:, 0] > 0).all() and (r.landmarks[:, 0] < w).all()
+    nose = detectors.get_detector("yunet").detect(img)[0].landmarks5[2]
+    assert np.linalg.norm(r.landmarks[1, :2] - nose) < 12  # MediaPipe 1 = nose tip
+    assert abs(r.yaw) > 8 and abs(r.pitch) < 30 and abs(r.roll) < 20
+    assert r.expression.shape == (468 * 3,) and np.isfinite(r.expression).all()
+    f = mesh.analyze(np.ascontiguousarray(img[:, ::-1]))
+    assert f is not None
+    assert np.sign(f.yaw) == -np.sign(r.yaw) and abs(f.yaw + r.yaw) < 6
+    assert abs(f.roll + r.roll) < 4 and abs(f.pitch - r.pitch) < 5
+
+
+def test_mesh_on_small_face_in_large_image(faces, mesh):
+    img = cv2.resize(faces["celeba"], (60, 73))
+    canvas = np.full((480, 640, 3), 90, np.uint8)
+    canvas[200:273, 300:360] = img
+    r = mesh.analyze(canvas)
+    assert r is not None
+    assert 300 <= r.landmarks[1, 0] <= 360 and 200 <= r.landmarks[1, 1] <= 273
+
+
+def test_mesh_bad_inputs(mesh):
+    assert mesh.analyze(np.full((200, 200, 3), 128, np.uint8)) is None
+    assert mesh.analyze(np.zeros((10, 10, 3), np.uint8)) is None

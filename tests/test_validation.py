@@ -1,0 +1,54 @@
+"""LFW View 2 protocol: unit tests of the protocol pieces, and the real protocol on fold 0 (600 pairs,
+split into 10 balanced sub-folds) from a cold cache, asserting >= 98% for SFace and dlib."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from g2face_eval.oracles import validation as V
+
+
+def test_best_threshold_and_kfold():
+    rng = np.random.default_rng(0)
+    same = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    sims = np.where(same, rng.normal(0.7, 0.1, 600), rng.normal(0.1, 0.1, 600))
+    t = V.best_threshold(sims, same)
+    assert 0.25 < t < 0.55
+    acc, std, ths = V.kfold_accuracy(sims, same, np.arange(600) % 10)
+    assert acc > 0.99 and len(ths) == 10
+    # separable data: the threshold sits in the middle of the gap
+    assert abs(V.best_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1], bool)) - 0.5) < 0.11
+
+
+def test_threshold_at_far():
+    neg = np.linspace(0, 1, 3000)
+    t = V.threshold_at_far(neg, 1e-3)
+    assert (neg > t).sum() == 3 and (neg >= t).sum() == 4
+
+
+def test_read_pairs(datasets_root):
+    pairs = V.read_pairs(V.lfw_root(datasets_root))
+    assert len(pairs) == 6000 and sum(p.same for p in pairs) == 3000
+    assert {p.fold for p in pairs} == set(range(10))
+    assert all((datasets_root / "lfw" / p.a).is_file() for p in pairs[:50])
+
+
+def test_missing_dataset_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pairs.txt"):
+        V.lfw_root(tmp_path)
+    assert V.cli(["--datasets-root", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_lfw_fold_accuracy(datasets_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("G2FACE_CACHE_DIR", str(tmp_path / "cache"))  # cold: measures the real cost
+    res = V.validate(datasets_root, ("sface", "dlib"), folds=[0], workers=2, progress=False)
+    assert res["n_pairs"] == 600 and res["fallback_centre_crop"] <= 3
+    for name in ("sface", "dlib"):
+        r = res["recognizers"][name]
+        assert r["accuracy"] >= 98.0, (name, r)
+        assert 0 < r["threshold"] < 1 and r["far_measured"] <= 1e-3
+    # the cache makes a rerun fast and identical
+    again = V.validate(datasets_root, ("sface", "dlib"), folds=[0], progress=False)
+    assert again["recognizers"] == res["recognizers"]

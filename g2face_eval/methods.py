@@ -74,7 +74,7 @@ def _register_all() -> None:
     if "identity" not in METHODS:
         METHODS.add("identity", lambda **kw: IdentityMethod())
     # Learned models register themselves from their own modules (they own their factories and checkpoints).
-    for mod in ("g2face_eval.models.g2face",):
+    for mod in ("g2face_eval.models.anonymizer", "g2face_eval.models.g2face"):
         try:
             m = importlib.import_module(mod)
         except Exception as e:  # noqa: BLE001 - a learned model that cannot be imported is simply not listed
@@ -101,7 +101,7 @@ def g2face_available() -> bool:
     try:
         from g2face_eval import zoo
 
-        for wname in ("g2face_shipped", "g2face", "g2face_ours"):
+        for wname in ("g2face_shipped", "g2face", "g2face_ours", "g2face_project"):
             if wname in zoo.WEIGHTS and zoo.available(wname):
                 return True
     except Exception:  # noqa: BLE001

@@ -168,7 +168,7 @@ def prepare_dataset(name: str, cfg: dict, preparer: Preparer) -> PreparedDataset
 
     opts = {**DATASET_DEFAULT_OPTIONS.get(name, {}), **dict(cfg.get("dataset_options", {}).get(name, {}))}
     limit = opts.pop("limit", None) or cfg.get("limit")
-    root = cfg.get("datasets_root")
+    root = opts.pop("root", None) or cfg.get("datasets_root")
     root = Path(root).expanduser() if root else None
     gallery_ids: list[str] = []
     if name == "celeba_id":
@@ -487,9 +487,11 @@ def batch_metrics(items: list[Item], anon: list[np.ndarray], ctx: DatasetContext
     cols["ssim"] = _ssim(anon, orig)
     if oracles.lpips is not None:
         cols["lpips_alex"] = oracles.lpips(_to_batch(anon), _to_batch(orig), 1.0).numpy()
+    ids = [it.id for it in items]
+    ns = ctx.pd.name  # embeddings are cached by content (image bytes + landmarks), so any output may share it
     for r in oracles.recognizers:
         eo = ctx.orig_emb[r][idx]
-        ea = oracles.embed(r, anon, faces)  # the anonymized image at the ORIGINAL face's landmarks
+        ea = oracles.embed(r, anon, faces, ns, ids)  # the anonymized image at the ORIGINAL face's landmarks
         sim = I.cosine_similarity(ea, eo)
         thr = oracles.threshold(r)
         cols[f"deid_mean_similarity_{r}"] = sim
@@ -503,9 +505,9 @@ def batch_metrics(items: list[Item], anon: list[np.ndarray], ctx: DatasetContext
             cols[f"id_rank1_{r}"], cols[f"id_rank5_{r}"] = ha[1], ha[5]
             cols[f"id_rank1_original_{r}"], cols[f"id_rank5_original_{r}"] = ho[1], ho[5]
         if reversible and rec is not None:
-            er = oracles.embed(r, rec, faces)
-            ew = oracles.embed(r, rec_wrong, faces)
-            e2 = oracles.embed(r, anon2, faces)
+            er = oracles.embed(r, rec, faces, ns, ids)
+            ew = oracles.embed(r, rec_wrong, faces, ns, ids)
+            e2 = oracles.embed(r, anon2, faces, ns, ids)
             if thr is not None:
                 cols[f"recovered_id_success_{r}"] = I.recovered_success(I.cosine_similarity(er, eo), thr)
             cols[f"wrongkey_similarity_{r}"] = I.cosine_similarity(ew, eo)

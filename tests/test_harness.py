@@ -1,0 +1,190 @@
+"""Harness end to end on a small real subset (celebahq256 test faces with parsing masks, a few celeba_id
+identities, utkface), resume after interruption, MLflow completeness, report building, config handling."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from g2face_eval.harness import config as C
+from g2face_eval.harness import evaluate as E
+
+METHODS = ["pixelate_8", "blur_s1", "identity"]
+
+
+def _cfg(tmp, root, **kw):
+    base = {"datasets_root": str(root), "results_dir": str(tmp / "results"), "cache_dir": str(tmp / "cache"),
+            "reports_dir": str(tmp / "reports"), "bootstrap_samples": 200, "latency_repeats": 1,
+            "samples_per_grid": 3}
+    base.update(kw)
+    return base
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, datasets_root):
+    tmp = tmp_path_factory.mktemp("harness")
+    cfg = _cfg(tmp, datasets_root, methods=METHODS, datasets=["celebahq256", "celeba_id", "utkface"],
+               dataset_options={"celebahq256": {"split": "test", "limit": 8}, "celeba_id": {"limit": 4},
+                                "utkface": {"limit": 4}},
+               gallery_per_identity=2, batch_size=4)
+    res = E.evaluate(cfg, progress=False, quiet=True)
+    return res, cfg
+
+
+def _value(agg, method, dataset, metric):
+    a = agg[(agg.method == method) & (agg.dataset == dataset) & (agg.metric == metric)]
+    assert len(a) == 1, (method, dataset, metric)
+    return float(a.value.iloc[0])
+
+
+def test_records_and_aggregate(small_run):
+    res, _ = small_run
+    run_dir = res["run_dir"]
+    for f in ("records.parquet", "records.csv", "aggregate.parquet", "aggregate.csv", "config.json",
+              "environment.json", "latency.json", "demographics.csv"):
+        assert (run_dir / f).is_file(), f
+    rec = pd.read_parquet(run_dir / "records.parquet")
+    assert set(rec.method) == set(METHODS)
+    assert set(rec.dataset) == {"celebahq256", "celeba_id", "utkface"}
+    ok = rec[rec.status == "ok"]
+    assert (ok.groupby("method").size() >= 12).all()  # 8 + 4 (+ probes) per method, minus failures
+    agg = res["aggregate"]
+    m = agg[(agg.metric == "ssim") & (agg.dataset == "celebahq256")]
+    assert (m.ci_lo <= m.value + 1e-12).all() and (m.value <= m.ci_hi + 1e-12).all()
+    # demographic columns carried from utkface
+    u = ok[ok.dataset == "utkface"]
+    assert u.gender.notna().all() and u.race.notna().all() and u.age_band.notna().all()
+    # identification on celeba_id, with the originals' rates as reference
+    assert {"id_rank1_sface", "id_rank1_original_sface", "id_rank5_sface"} <= set(ok.columns)
+    # Fréchet distance on offline features is always there; FID only with the Inception weights
+    assert (agg.metric == "fd_effnet_lite0").any()
+    assert (agg[agg.metric == "latency_ms_per_image"].value > 0).all()
+    # cleaned face region: celebahq256 had parsing masks
+    assert (run_dir / "samples" / "pixelate_8__celebahq256.png").is_file()
+
+
+def test_sanity_strong_vs_tiny_vs_identity(small_run):
+    res, _ = small_run
+    agg = res["aggregate"]
+    for ds in ("celebahq256", "utkface"):
+        for rec in ("sface", "dlib"):
+            if (agg.metric == f"deid_success_rate_{rec}").any():
+                assert _value(agg, "pixelate_8", ds, f"deid_success_rate_{rec}") >= 0.75
+                assert _value(agg, "blur_s1", ds, f"deid_success_rate_{rec}") <= 0.25
+                assert _value(agg, "identity", ds, f"deid_success_rate_{rec}") == 0.0
+                assert _value(agg, "identity", ds, f"recovered_id_success_{rec}") == 1.0
+            # similarity-based sanity holds whether or not thresholds are validated
+            assert _value(agg, "blur_s1", ds, f"deid_mean_similarity_{rec}") > 0.8
+            assert _value(agg, "identity", ds, f"deid_mean_similarity_{rec}") > 0.999
+            # dlib's cosine similarities are compressed near 1 (it is a Euclidean-distance model): order only
+            margin = 0.3 if rec == "sface" else 0.0
+            assert (_value(agg, "pixelate_8", ds, f"deid_mean_similarity_{rec}")
+                    < _value(agg, "blur_s1", ds, f"deid_mean_similarity_{rec}") - margin)
+        assert _value(agg, "identity", ds, "recovery_psnr") == E.PSNR_CAP_DB
+        assert _value(agg, "identity", ds, "recovery_ssim") == pytest.approx(1.0)
+        assert _value(agg, "identity", ds, "ssim") == pytest.approx(1.0)
+    assert _value(agg, "identity", "celeba_id", "id_rank1_sface") == _value(
+        agg, "identity", "celeba_id", "id_rank1_original_sface")
+
+
+def test_mlflow_parent_children_artifacts(small_run):
+    import mlflow
+
+    res, _ = small_run
+    client = mlflow.MlflowClient(res["tracking_uri"])
+    parent = client.get_run(res["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["datasets"]
+    exp = parent.info.experiment_id
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == sorted(METHODS)
+    for c in children:
+        assert c.info.status == "FINISHED"
+        assert any(k.endswith("ssim") for k in c.data.metrics)
+        assert any(k.endswith("_ci_lo") for k in c.data.metrics)
+        assert "method.name" in c.data.params
+        arts = {a.path for a in client.list_artifacts(c.info.run_id)}
+        assert {"records.parquet", "aggregate.csv", "config.json", "environment.json", "samples"} <= arts
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"tables", "samples", "report", "config.json", "environment.json"} <= arts
+    env = json.loads((res["run_dir"] / "environment.json").read_text())
+    assert env["packages"]["torch"] and "git_hash" in env and "python" in env
+
+
+def test_report_built(small_run):
+    res, cfg = small_run
+    out = C.make_config(cfg)["reports_dir"]
+    from pathlib import Path
+
+    page = Path(out) / res["run_name"] / "report.html"
+    assert page.is_file()
+    assert page.read_text().count("data:image/png;base64,") >= 4
+
+
+def test_resume_equals_uninterrupted(tmp_path, datasets_root):
+    kw = dict(methods=["pixelate_16", "identity"], datasets=["celebahq256"],
+              dataset_options={"celebahq256": {"split": "test", "limit": 4}}, batch_size=2)
+    a = E.evaluate(_cfg(tmp_path / "a", datasets_root, **kw), progress=False, quiet=True)
+    cfg_b = _cfg(tmp_path / "b", datasets_root, **kw)
+    with pytest.raises(E.Interrupted):
+        E.evaluate(cfg_b, progress=False, quiet=True, _interrupt_after=3)
+    b = E.evaluate(cfg_b, progress=False, quiet=True)
+    assert b["run_dir"].name == a["run_dir"].name  # same config -> same run name (resume target)
+    pd.testing.assert_frame_equal(a["records"], b["records"])
+    cols = ["method", "dataset", "metric", "value", "ci_lo", "ci_hi", "n"]
+    # everything but the timing rows (latency, throughput, peak memory: dataset "all") is bit-identical
+    sa = a["aggregate"][a["aggregate"].dataset != "all"][cols].reset_index(drop=True)
+    sb = b["aggregate"][b["aggregate"].dataset != "all"][cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(sa, sb, check_exact=True)
+    import mlflow
+
+    client = mlflow.MlflowClient(b["tracking_uri"])
+    runs = client.search_runs([client.get_run(b["parent_run_id"]).info.experiment_id])
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert sum(1 for r in runs if "mlflow.parentRunId" not in r.data.tags) == 1  # the parent was reused
+
+
+def test_config_file_and_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('methods = ["blur_s4"]\ndatasets = ["celebahq256"]\nlimit = 5\n'
+                 '[dataset_options.celebahq256]\nsplit = "test"\n')
+    cfg = C.make_config({"batch_size": 3}, file=f)
+    assert cfg["methods"] == ["blur_s4"] and cfg["limit"] == 5 and cfg["batch_size"] == 3
+    assert cfg["dataset_options"]["celebahq256"]["split"] == "test"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nonsense_key = 1\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        C.make_config(file=bad)
+    assert C.config_hash(C.make_config({"batch_size": 3})) == C.config_hash(C.make_config({"batch_size": 7}))
+    assert C.config_hash(C.make_config({"seed": 1})) != C.config_hash(C.make_config({"seed": 2}))
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    C.add_arguments(ap)
+    ns = ap.parse_args(["--methods", "a,b", "--limit", "2", "--config", str(f)])
+    cfg = C.from_args(ns)
+    assert cfg["methods"] == ["a", "b"] and cfg["limit"] == 2
+    from pathlib import Path
+
+    shipped = C.make_config(file=Path(__file__).resolve().parent.parent / "configs" / "shared_datasets.toml")
+    assert shipped["datasets"] == ["celebahq256", "celeba_id", "utkface"]
+
+
+def test_failure_records_for_faceless_images(tmp_path):
+    """Images where no face is found become failure records; the run continues."""
+    import cv2
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(root / "noise.png"), rng.integers(0, 255, (128, 128, 3), np.uint8))
+    cv2.imwrite(str(root / "flat.png"), np.full((64, 64, 3), 128, np.uint8))
+    (root / "broken.jpg").write_bytes(b"not an image")
+    res = E.evaluate(_cfg(tmp_path, tmp_path, methods=["blur_s4"], datasets=["folder"],
+                          dataset_options={"folder": {"root": str(root)}}), progress=False, quiet=True)
+    rec = res["records"]
+    assert len(rec) == 3 and (rec.status == "failed").all()
+    assert rec.reason.str.contains("face|load", regex=True).all()

@@ -82,8 +82,9 @@ def detect_face_masks(images: torch.Tensor, margin: float = 0.1) -> tuple[torch.
     return torch.from_numpy(np.stack(masks))[:, None].to(images.device), missing
 
 
-def face_region(images: torch.Tensor, face_masks: torch.Tensor | None, margin: float = 0.1
-                ) -> tuple[torch.Tensor, dict]:
+def face_region(
+    images: torch.Tensor, face_masks: torch.Tensor | None, margin: float = 0.1
+) -> tuple[torch.Tensor, dict]:
     """The (B,1,H,W) {0,1} region to modify, and diagnostics for ``Output.info``."""
     if face_masks is not None:
         m = (face_masks > 0.5).to(images.dtype).to(images.device)

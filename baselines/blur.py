@@ -47,8 +47,9 @@ class GaussianBlur(Anonymizer):
     def config(self) -> dict:
         return {"name": self.name, "family": "blur", "sigma": self.sigma, "box_margin": self.box_margin}
 
-    def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
-                   ) -> Output:
+    def _anonymize(
+        self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
+    ) -> Output:
         region, info = face_region(images, face_masks, self.box_margin)
         out = composite(images, gaussian_blur(images, self.sigma), region)
         return Output(out, ok=torch.ones(len(keys), dtype=torch.bool), info=info)

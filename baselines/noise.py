@@ -26,8 +26,9 @@ class AdditiveNoise(Anonymizer):
     def config(self) -> dict:
         return {"name": self.name, "family": "noise", "sigma": self.sigma, "box_margin": self.box_margin}
 
-    def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
-                   ) -> Output:
+    def _anonymize(
+        self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
+    ) -> Output:
         region, info = face_region(images, face_masks, self.box_margin)
         noise = torch.empty_like(images, device="cpu")
         for i, k in enumerate(keys):

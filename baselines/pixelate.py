@@ -37,8 +37,9 @@ class Pixelate(Anonymizer):
     def config(self) -> dict:
         return {"name": self.name, "family": "pixelate", "blocks": self.blocks, "box_margin": self.box_margin}
 
-    def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
-                   ) -> Output:
+    def _anonymize(
+        self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
+    ) -> Output:
         region, info = face_region(images, face_masks, self.box_margin)
         mod = images.clone()
         for i in range(images.shape[0]):

@@ -34,8 +34,9 @@ class IdentityMethod(Anonymizer):
     def config(self) -> dict:
         return {"name": self.name, "family": "identity"}
 
-    def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
-                   ) -> Output:
+    def _anonymize(
+        self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
+    ) -> Output:
         return Output(images.clone(), ok=torch.ones(len(keys), dtype=torch.bool))
 
     def _recover(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:

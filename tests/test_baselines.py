@@ -67,11 +67,15 @@ def test_noise_depends_on_key():
 def test_strength_orders_change():
     x, masks = _batch()
     keys = derive_keys("k", ["a", "b", "c"])
-    d = [float((M.build(n).anonymize(x, keys, face_masks=masks).images - x).abs().mean())
-         for n in ("blur_s1", "blur_s4", "blur_s16")]
+    d = [
+        float((M.build(n).anonymize(x, keys, face_masks=masks).images - x).abs().mean())
+        for n in ("blur_s1", "blur_s4", "blur_s16")
+    ]
     assert d[0] < d[1] < d[2]
-    p = [float((M.build(n).anonymize(x, keys, face_masks=masks).images - x).abs().mean())
-         for n in ("pixelate_32", "pixelate_8")]
+    p = [
+        float((M.build(n).anonymize(x, keys, face_masks=masks).images - x).abs().mean())
+        for n in ("pixelate_32", "pixelate_8")
+    ]
     assert p[0] < p[1]
 
 

@@ -16,9 +16,15 @@ METHODS = ["pixelate_8", "blur_s1", "identity"]
 
 
 def _cfg(tmp, root, **kw):
-    base = {"datasets_root": str(root), "results_dir": str(tmp / "results"), "cache_dir": str(tmp / "cache"),
-            "reports_dir": str(tmp / "reports"), "bootstrap_samples": 200, "latency_repeats": 1,
-            "samples_per_grid": 3}
+    base = {
+        "datasets_root": str(root),
+        "results_dir": str(tmp / "results"),
+        "cache_dir": str(tmp / "cache"),
+        "reports_dir": str(tmp / "reports"),
+        "bootstrap_samples": 200,
+        "latency_repeats": 1,
+        "samples_per_grid": 3,
+    }
     base.update(kw)
     return base
 
@@ -26,10 +32,19 @@ def _cfg(tmp, root, **kw):
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory, datasets_root):
     tmp = tmp_path_factory.mktemp("harness")
-    cfg = _cfg(tmp, datasets_root, methods=METHODS, datasets=["celebahq256", "celeba_id", "utkface"],
-               dataset_options={"celebahq256": {"split": "test", "limit": 8}, "celeba_id": {"limit": 4},
-                                "utkface": {"limit": 4}},
-               gallery_per_identity=2, batch_size=4)
+    cfg = _cfg(
+        tmp,
+        datasets_root,
+        methods=METHODS,
+        datasets=["celebahq256", "celeba_id", "utkface"],
+        dataset_options={
+            "celebahq256": {"split": "test", "limit": 8},
+            "celeba_id": {"limit": 4},
+            "utkface": {"limit": 4},
+        },
+        gallery_per_identity=2,
+        batch_size=4,
+    )
     res = E.evaluate(cfg, progress=False, quiet=True)
     return res, cfg
 
@@ -43,8 +58,16 @@ def _value(agg, method, dataset, metric):
 def test_records_and_aggregate(small_run):
     res, _ = small_run
     run_dir = res["run_dir"]
-    for f in ("records.parquet", "records.csv", "aggregate.parquet", "aggregate.csv", "config.json",
-              "environment.json", "latency.json", "demographics.csv"):
+    for f in (
+        "records.parquet",
+        "records.csv",
+        "aggregate.parquet",
+        "aggregate.csv",
+        "config.json",
+        "environment.json",
+        "latency.json",
+        "demographics.csv",
+    ):
         assert (run_dir / f).is_file(), f
     rec = pd.read_parquet(run_dir / "records.parquet")
     assert set(rec.method) == set(METHODS)
@@ -81,13 +104,16 @@ def test_sanity_strong_vs_tiny_vs_identity(small_run):
             assert _value(agg, "identity", ds, f"deid_mean_similarity_{rec}") > 0.999
             # dlib's cosine similarities are compressed near 1 (it is a Euclidean-distance model): order only
             margin = 0.3 if rec == "sface" else 0.0
-            assert (_value(agg, "pixelate_8", ds, f"deid_mean_similarity_{rec}")
-                    < _value(agg, "blur_s1", ds, f"deid_mean_similarity_{rec}") - margin)
+            assert (
+                _value(agg, "pixelate_8", ds, f"deid_mean_similarity_{rec}")
+                < _value(agg, "blur_s1", ds, f"deid_mean_similarity_{rec}") - margin
+            )
         assert _value(agg, "identity", ds, "recovery_psnr") == E.PSNR_CAP_DB
         assert _value(agg, "identity", ds, "recovery_ssim") == pytest.approx(1.0)
         assert _value(agg, "identity", ds, "ssim") == pytest.approx(1.0)
     assert _value(agg, "identity", "celeba_id", "id_rank1_sface") == _value(
-        agg, "identity", "celeba_id", "id_rank1_original_sface")
+        agg, "identity", "celeba_id", "id_rank1_original_sface"
+    )
 
 
 def test_mlflow_parent_children_artifacts(small_run):
@@ -125,8 +151,12 @@ def test_report_built(small_run):
 
 
 def test_resume_equals_uninterrupted(tmp_path, datasets_root):
-    kw = dict(methods=["pixelate_16", "identity"], datasets=["celebahq256"],
-              dataset_options={"celebahq256": {"split": "test", "limit": 4}}, batch_size=2)
+    kw = dict(
+        methods=["pixelate_16", "identity"],
+        datasets=["celebahq256"],
+        dataset_options={"celebahq256": {"split": "test", "limit": 4}},
+        batch_size=2,
+    )
     a = E.evaluate(_cfg(tmp_path / "a", datasets_root, **kw), progress=False, quiet=True)
     cfg_b = _cfg(tmp_path / "b", datasets_root, **kw)
     with pytest.raises(E.Interrupted):
@@ -149,8 +179,10 @@ def test_resume_equals_uninterrupted(tmp_path, datasets_root):
 
 def test_config_file_and_flags(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('methods = ["blur_s4"]\ndatasets = ["celebahq256"]\nlimit = 5\n'
-                 '[dataset_options.celebahq256]\nsplit = "test"\n')
+    f.write_text(
+        'methods = ["blur_s4"]\ndatasets = ["celebahq256"]\nlimit = 5\n'
+        '[dataset_options.celebahq256]\nsplit = "test"\n'
+    )
     cfg = C.make_config({"batch_size": 3}, file=f)
     assert cfg["methods"] == ["blur_s4"] and cfg["limit"] == 5 and cfg["batch_size"] == 3
     assert cfg["dataset_options"]["celebahq256"]["split"] == "test"
@@ -183,8 +215,17 @@ def test_failure_records_for_faceless_images(tmp_path):
     cv2.imwrite(str(root / "noise.png"), rng.integers(0, 255, (128, 128, 3), np.uint8))
     cv2.imwrite(str(root / "flat.png"), np.full((64, 64, 3), 128, np.uint8))
     (root / "broken.jpg").write_bytes(b"not an image")
-    res = E.evaluate(_cfg(tmp_path, tmp_path, methods=["blur_s4"], datasets=["folder"],
-                          dataset_options={"folder": {"root": str(root)}}), progress=False, quiet=True)
+    res = E.evaluate(
+        _cfg(
+            tmp_path,
+            tmp_path,
+            methods=["blur_s4"],
+            datasets=["folder"],
+            dataset_options={"folder": {"root": str(root)}},
+        ),
+        progress=False,
+        quiet=True,
+    )
     rec = res["records"]
     assert len(rec) == 3 and (rec.status == "failed").all()
     assert rec.reason.str.contains("face|load", regex=True).all()

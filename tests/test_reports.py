@@ -17,8 +17,14 @@ import pytest
 
 from g2face_eval.reports import build, figures, tables
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 def chromium_binary() -> str | None:
@@ -33,7 +39,9 @@ def require_chromium() -> str:
     exe = chromium_binary()
     if exe is None:
         if os.environ.get("CI"):
-            pytest.fail("CI requires Debian chromium for the report rendering test (apt-get install chromium)")
+            pytest.fail(
+                "CI requires Debian chromium for the report rendering test (apt-get install chromium)"
+            )
         pytest.skip("chromium not installed (apt-get install -y chromium)")
     return exe
 
@@ -49,8 +57,9 @@ def render_check(html_path: Path, tmp_path: Path) -> dict:
     assert m, f"render-check element missing from the dumped DOM (chromium output: {dom[:300]!r})"
     attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', m.group(0)))
     shot = tmp_path / "shot.png"
-    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,900", url], capture_output=True,
-                   timeout=180)
+    subprocess.run(
+        [*base, f"--screenshot={shot}", "--window-size=1200,900", url], capture_output=True, timeout=180
+    )
     return {"attrs": attrs, "screenshot": shot, "dom": dom}
 
 
@@ -60,23 +69,66 @@ def synthetic_run(run_dir: Path) -> Path:
     rows = []
     methods = ["blur_s4", "pixelate_8", "mask_black", "identity"]
     for i, m in enumerate(methods):
-        for metric, v in (("deid_success_rate_sface", [0.2, 0.9, 1.0, 0.0][i]), ("ssim", [0.9, 0.6, 0.4, 1.0][i]),
-                          ("pose_error_deg", [1.0, 5.0, 20.0, 0.0][i]), ("fd_effnet_lite0", [10, 80, 200, 0][i])):
+        for metric, v in (
+            ("deid_success_rate_sface", [0.2, 0.9, 1.0, 0.0][i]),
+            ("ssim", [0.9, 0.6, 0.4, 1.0][i]),
+            ("pose_error_deg", [1.0, 5.0, 20.0, 0.0][i]),
+            ("fd_effnet_lite0", [10, 80, 200, 0][i]),
+        ):
             ci = (np.nan, np.nan) if metric.startswith("fd") else (v - 0.05, v + 0.05)
-            rows.append(dict(method=m, dataset="celebahq256", metric=metric, value=float(v), ci_lo=ci[0],
-                             ci_hi=ci[1], n=8, aggregation="mean", higher_is_better=None))
-        rows.append(dict(method=m, dataset="all", metric="latency_ms_per_image", value=float(rng.uniform(1, 50)),
-                         ci_lo=np.nan, ci_hi=np.nan, n=3, aggregation="median", higher_is_better=False))
+            rows.append(
+                dict(
+                    method=m,
+                    dataset="celebahq256",
+                    metric=metric,
+                    value=float(v),
+                    ci_lo=ci[0],
+                    ci_hi=ci[1],
+                    n=8,
+                    aggregation="mean",
+                    higher_is_better=None,
+                )
+            )
+        rows.append(
+            dict(
+                method=m,
+                dataset="all",
+                metric="latency_ms_per_image",
+                value=float(rng.uniform(1, 50)),
+                ci_lo=np.nan,
+                ci_hi=np.nan,
+                n=3,
+                aggregation="median",
+                higher_is_better=False,
+            )
+        )
     run_dir.mkdir(parents=True)
     pd.DataFrame(rows).to_parquet(run_dir / "aggregate.parquet")
-    demo = pd.DataFrame([dict(method=m, dataset="utkface", attribute="gender", group=g, metric="deid_success_rate_sface",
-                              value=0.5, ci_lo=0.3, ci_hi=0.7, n=4) for m in methods for g in ("male", "female")])
+    demo = pd.DataFrame(
+        [
+            dict(
+                method=m,
+                dataset="utkface",
+                attribute="gender",
+                group=g,
+                metric="deid_success_rate_sface",
+                value=0.5,
+                ci_lo=0.3,
+                ci_hi=0.7,
+                n=4,
+            )
+            for m in methods
+            for g in ("male", "female")
+        ]
+    )
     demo.to_csv(run_dir / "demographics.csv", index=False)
     (run_dir / "config.json").write_text(json.dumps({"datasets": ["celebahq256"], "methods": methods}))
     (run_dir / "samples").mkdir()
     import cv2
 
-    cv2.imwrite(str(run_dir / "samples" / "blur_s4__celebahq256.png"), rng.integers(0, 255, (64, 128, 3), np.uint8))
+    cv2.imwrite(
+        str(run_dir / "samples" / "blur_s4__celebahq256.png"), rng.integers(0, 255, (64, 128, 3), np.uint8)
+    )
     return run_dir
 
 
@@ -100,12 +152,20 @@ def test_tables_markdown_latex():
 def test_report_from_synthetic_results_renders(tmp_path):
     run = synthetic_run(tmp_path / "results" / "run1")
     out = build.build_report(run, tmp_path / "out", quiet=True)
-    for f in ("report.html", "report.md", "tables.tex", "table_celebahq256.md", "table_celebahq256.tex",
-              "figures/privacy_utility_celebahq256.png", "figures/metrics_celebahq256.png", "figures/latency.png",
-              "figures/demographics_utkface_gender.png"):
+    for f in (
+        "report.html",
+        "report.md",
+        "tables.tex",
+        "table_celebahq256.md",
+        "table_celebahq256.tex",
+        "figures/privacy_utility_celebahq256.png",
+        "figures/metrics_celebahq256.png",
+        "figures/latency.png",
+        "figures/demographics_utkface_gender.png",
+    ):
         assert (out / f).is_file(), f
     page = (out / "report.html").read_text()
-    assert "src=\"data:image/png;base64," in page and "<img" in page
+    assert 'src="data:image/png;base64,' in page and "<img" in page
     assert not re.search(r'src="(?!data:)', page), "report must be self-contained"
     r = render_check(out / "report.html", tmp_path)
     a = r["attrs"]

@@ -31,7 +31,8 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "dataset_options": {},  # name -> open_dataset keyword arguments
     "limit": None,  # per dataset; None: all images
     "recognizers": None,  # None: recognizers.DEFAULT_RECOGNIZERS that are available
-    # detection-rate metric (unavailable ones are skipped). MTCNN is opt-in: on CPU it costs seconds per image.
+    # detection-rate metric (unavailable ones are skipped).
+    # MTCNN is opt-in: on CPU it costs seconds per image.
     "detectors": ["yunet", "dlib_hog"],
     "gallery_per_identity": 5,  # celeba_id: gallery photos per identity (other photos than the probe)
     "run_name": None,  # None: derived from the config hash (a rerun resumes)
@@ -40,13 +41,32 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "fd_min_images": 2,
 }
 
-SHARED_KEYS = ("image_size", "batch_size", "seed", "key", "bootstrap_samples", "device", "results_dir",
-               "datasets_root", "cache_dir", "reports_dir")
+SHARED_KEYS = (
+    "image_size",
+    "batch_size",
+    "seed",
+    "key",
+    "bootstrap_samples",
+    "device",
+    "results_dir",
+    "datasets_root",
+    "cache_dir",
+    "reports_dir",
+)
 
 # Keys that do not change any result: excluded from the config hash (so a rerun with another batch size,
 # device or output folder resumes the same run).
-NON_RESULT_KEYS = ("batch_size", "device", "results_dir", "datasets_root", "cache_dir", "reports_dir",
-                   "run_name", "samples_per_grid", "latency_repeats")
+NON_RESULT_KEYS = (
+    "batch_size",
+    "device",
+    "results_dir",
+    "datasets_root",
+    "cache_dir",
+    "reports_dir",
+    "run_name",
+    "samples_per_grid",
+    "latency_repeats",
+)
 
 
 def defaults() -> dict[str, Any]:
@@ -155,8 +175,17 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def from_args(ns: argparse.Namespace) -> dict[str, Any]:
-    return make_config({
-        "methods": ns.methods, "datasets": ns.datasets, "limit": ns.limit, "batch_size": ns.batch_size,
-        "results_dir": ns.results_dir, "datasets_root": ns.datasets_root, "seed": ns.seed,
-        "device": ns.device, "run_name": ns.run_name,
-    }, file=ns.config)
+    return make_config(
+        {
+            "methods": ns.methods,
+            "datasets": ns.datasets,
+            "limit": ns.limit,
+            "batch_size": ns.batch_size,
+            "results_dir": ns.results_dir,
+            "datasets_root": ns.datasets_root,
+            "seed": ns.seed,
+            "device": ns.device,
+            "run_name": ns.run_name,
+        },
+        file=ns.config,
+    )

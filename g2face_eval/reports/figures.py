@@ -25,16 +25,21 @@ def primary_deid_metric(agg: pd.DataFrame) -> str | None:
     """The privacy axis: a de-identification success rate (higher: more private) or, when no recognizer
     threshold is validated, the mean similarity to the original (lower: more private)."""
     present = set(agg["metric"])
-    for m in ("deid_success_rate_sface", "deid_success_rate_dlib", "deid_mean_similarity_sface",
-              "deid_mean_similarity_dlib"):
+    for m in (
+        "deid_success_rate_sface",
+        "deid_success_rate_dlib",
+        "deid_mean_similarity_sface",
+        "deid_mean_similarity_dlib",
+    ):
         if m in present:
             return m
     rates = sorted(m for m in present if m.startswith("deid_"))
     return rates[0] if rates else None
 
 
-def pareto_front(x: np.ndarray, y: np.ndarray, x_higher_better: bool, y_higher_better: bool = True
-                 ) -> np.ndarray:
+def pareto_front(
+    x: np.ndarray, y: np.ndarray, x_higher_better: bool, y_higher_better: bool = True
+) -> np.ndarray:
     """Boolean mask of the non-dominated points (both objectives oriented by the flags)."""
     xs = x if x_higher_better else -x
     ys = y if y_higher_better else -y
@@ -45,9 +50,11 @@ def pareto_front(x: np.ndarray, y: np.ndarray, x_higher_better: bool, y_higher_b
     return keep
 
 
-UTILITY_AXES = (("ssim", "SSIM to original (higher: more utility)", True),
-                ("fd_effnet_lite0", "Fréchet distance, EfficientNet-lite0 (lower: more realistic)", False),
-                ("pose_error_deg", "pose error, degrees (lower: pose kept)", False))
+UTILITY_AXES = (
+    ("ssim", "SSIM to original (higher: more utility)", True),
+    ("fd_effnet_lite0", "Fréchet distance, EfficientNet-lite0 (lower: more realistic)", False),
+    ("pose_error_deg", "pose error, degrees (lower: pose kept)", False),
+)
 
 
 def privacy_utility(agg: pd.DataFrame, dataset: str, out: Path) -> Path | None:
@@ -59,7 +66,7 @@ def privacy_utility(agg: pd.DataFrame, dataset: str, out: Path) -> Path | None:
     if not axes_spec or y.empty:
         return None
     fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.2 * len(axes_spec), 4.4), squeeze=False)
-    for ax, (xm, xl, hib) in zip(axes[0], axes_spec):
+    for ax, (xm, xl, hib) in zip(axes[0], axes_spec, strict=False):
         x = _get(agg, dataset, xm)
         methods = [m for m in y.index if m in x.index]
         if not methods:
@@ -74,8 +81,18 @@ def privacy_utility(agg: pd.DataFrame, dataset: str, out: Path) -> Path | None:
             ye = y.loc[m]
             xerr = None if np.isnan(xe.ci_lo) else [[xe.value - xe.ci_lo], [xe.ci_hi - xe.value]]
             yerr = None if np.isnan(ye.ci_lo) else [[ye.value - ye.ci_lo], [ye.ci_hi - ye.value]]
-            ax.errorbar(xv[i], yv[i], xerr=xerr, yerr=yerr, fmt="o", ms=6 if front[i] else 4,
-                        color="C3" if front[i] else "C0", ecolor="0.7", elinewidth=0.8, capsize=2)
+            ax.errorbar(
+                xv[i],
+                yv[i],
+                xerr=xerr,
+                yerr=yerr,
+                fmt="o",
+                ms=6 if front[i] else 4,
+                color="C3" if front[i] else "C0",
+                ecolor="0.7",
+                elinewidth=0.8,
+                capsize=2,
+            )
             ax.annotate(m, (xv[i], yv[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         order = np.argsort(xv[front])
         ax.plot(xv[front][order], yv[front][order], "-", color="C3", lw=1.2, alpha=0.7, label="Pareto front")
@@ -92,10 +109,22 @@ def privacy_utility(agg: pd.DataFrame, dataset: str, out: Path) -> Path | None:
     return path
 
 
-BAR_METRICS = ("deid_success_rate_sface", "deid_success_rate_dlib", "deid_mean_similarity_sface",
-               "deid_mean_similarity_dlib", "id_rank1_sface", "id_rank5_sface", "ssim",
-               "fd_effnet_lite0", "pose_error_deg", "detection_rate_yunet", "detection_rate_dlib_hog", "recovery_psnr", "recovered_id_success_sface",
-               "payload_ber")
+BAR_METRICS = (
+    "deid_success_rate_sface",
+    "deid_success_rate_dlib",
+    "deid_mean_similarity_sface",
+    "deid_mean_similarity_dlib",
+    "id_rank1_sface",
+    "id_rank5_sface",
+    "ssim",
+    "fd_effnet_lite0",
+    "pose_error_deg",
+    "detection_rate_yunet",
+    "detection_rate_dlib_hog",
+    "recovery_psnr",
+    "recovered_id_success_sface",
+    "payload_ber",
+)
 
 
 def metric_bars(agg: pd.DataFrame, dataset: str, out: Path, metrics=BAR_METRICS) -> Path | None:
@@ -106,7 +135,7 @@ def metric_bars(agg: pd.DataFrame, dataset: str, out: Path, metrics=BAR_METRICS)
     ncol = min(4, len(present))
     nrow = int(np.ceil(len(present) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
-    for ax, m in zip(axes.flat, present):
+    for ax, m in zip(axes.flat, present, strict=False):
         d = _get(agg, dataset, m).sort_index()
         v = d["value"].to_numpy(float)
         lo = np.where(np.isnan(d["ci_lo"]), v, d["ci_lo"])
@@ -116,7 +145,7 @@ def metric_bars(agg: pd.DataFrame, dataset: str, out: Path, metrics=BAR_METRICS)
         ax.set_xticklabels(d.index, rotation=60, ha="right", fontsize=7)
         ax.set_title(m, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    for ax in list(axes.flat)[len(present):]:
+    for ax in list(axes.flat)[len(present) :]:
         ax.set_visible(False)
     fig.suptitle(f"Metrics with 95% bootstrap CIs — {dataset}", fontsize=10)
     fig.tight_layout()
@@ -149,8 +178,14 @@ def demographics(demo: pd.DataFrame, out: Path) -> list[Path]:
     if demo is None or demo.empty:
         return paths
     present = set(demo["metric"])
-    metric = next((m for m in ("deid_success_rate_sface", "deid_success_rate_dlib", "deid_mean_similarity_sface")
-                   if m in present), sorted(present)[0])
+    metric = next(
+        (
+            m
+            for m in ("deid_success_rate_sface", "deid_success_rate_dlib", "deid_mean_similarity_sface")
+            if m in present
+        ),
+        sorted(present)[0],
+    )
     d0 = demo[demo["metric"] == metric]
     for (dataset, attr), d in d0.groupby(["dataset", "attribute"], sort=True):
         methods = sorted(d["method"].unique())
@@ -160,7 +195,10 @@ def demographics(demo: pd.DataFrame, out: Path) -> list[Path]:
         for j, g in enumerate(groups):
             dd = d[d["group"] == g].set_index("method").reindex(methods)
             v = dd["value"].to_numpy(float)
-            err = [np.nan_to_num(v - dd["ci_lo"].to_numpy(float)), np.nan_to_num(dd["ci_hi"].to_numpy(float) - v)]
+            err = [
+                np.nan_to_num(v - dd["ci_lo"].to_numpy(float)),
+                np.nan_to_num(dd["ci_hi"].to_numpy(float) - v),
+            ]
             ax.bar(np.arange(len(methods)) + j * w, v, w, yerr=err, label=f"{g}", capsize=1.5)
         ax.set_xticks(np.arange(len(methods)) + 0.4 - w / 2)
         ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1200px;
+color:#222}
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}h3{font-size:1em}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 6px}
 th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee}.grid{display:flex;flex-wrap:wrap;gap:12px}
@@ -52,9 +53,12 @@ def page(title: str, sections: list[tuple[str, list[str]]], meta_lines: list[str
         body.append(f"<h2>{html.escape(head)}</h2>")
         body += parts
     body.append('<p id="render-check" class="muted">render check pending</p>')
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(body) + f"\n<script>{CHECK_JS}</script>\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
+        + "\n".join(body)
+        + f"\n<script>{CHECK_JS}</script>\n</body></html>\n"
+    )
 
 
 def figure(path: Path, caption: str) -> str:

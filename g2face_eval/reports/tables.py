@@ -7,20 +7,50 @@ import math
 import pandas as pd
 
 HEADLINE = (
-    "deid_success_rate_sface", "deid_success_rate_dlib", "deid_mean_similarity_sface", "id_rank1_sface",
-    "id_rank5_sface", "ssim", "psnr", "lpips_alex", "fd_effnet_lite0", "fid", "kid", "pose_error_deg",
-    "expression_distance", "landmark_nme", "detection_rate_yunet", "recovery_psnr", "recovery_ssim",
-    "recovered_id_success_sface", "wrongkey_similarity_sface", "payload_ber",
+    "deid_success_rate_sface",
+    "deid_success_rate_dlib",
+    "deid_mean_similarity_sface",
+    "id_rank1_sface",
+    "id_rank5_sface",
+    "ssim",
+    "psnr",
+    "lpips_alex",
+    "fd_effnet_lite0",
+    "fid",
+    "kid",
+    "pose_error_deg",
+    "expression_distance",
+    "landmark_nme",
+    "detection_rate_yunet",
+    "recovery_psnr",
+    "recovery_ssim",
+    "recovered_id_success_sface",
+    "wrongkey_similarity_sface",
+    "payload_ber",
 )
 
 LABELS = {
-    "deid_success_rate_sface": "De-ID (SFace)", "deid_success_rate_dlib": "De-ID (dlib)",
-    "deid_mean_similarity_sface": "Sim. (SFace)", "id_rank1_sface": "Rank-1", "id_rank5_sface": "Rank-5",
-    "ssim": "SSIM", "psnr": "PSNR", "lpips_alex": "LPIPS", "fd_effnet_lite0": "FD-EffNet", "fid": "FID",
-    "kid": "KID", "pose_error_deg": "Pose err.", "expression_distance": "Expr. dist.", "landmark_nme": "NME",
-    "detection_rate_yunet": "Det. (YuNet)", "recovery_psnr": "Rec. PSNR", "recovery_ssim": "Rec. SSIM",
-    "recovered_id_success_sface": "Rec. ID", "wrongkey_similarity_sface": "Wrong-key sim.",
-    "payload_ber": "BER", "latency_ms_per_image": "ms/img",
+    "deid_success_rate_sface": "De-ID (SFace)",
+    "deid_success_rate_dlib": "De-ID (dlib)",
+    "deid_mean_similarity_sface": "Sim. (SFace)",
+    "id_rank1_sface": "Rank-1",
+    "id_rank5_sface": "Rank-5",
+    "ssim": "SSIM",
+    "psnr": "PSNR",
+    "lpips_alex": "LPIPS",
+    "fd_effnet_lite0": "FD-EffNet",
+    "fid": "FID",
+    "kid": "KID",
+    "pose_error_deg": "Pose err.",
+    "expression_distance": "Expr. dist.",
+    "landmark_nme": "NME",
+    "detection_rate_yunet": "Det. (YuNet)",
+    "recovery_psnr": "Rec. PSNR",
+    "recovery_ssim": "Rec. SSIM",
+    "recovered_id_success_sface": "Rec. ID",
+    "wrongkey_similarity_sface": "Wrong-key sim.",
+    "payload_ber": "BER",
+    "latency_ms_per_image": "ms/img",
 }
 
 
@@ -66,8 +96,19 @@ def markdown(df: pd.DataFrame) -> str:
 
 
 def _tex_escape(s: str) -> str:
-    rep = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-           "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
+    rep = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "–": "--",
+    }
     return "".join(rep.get(c, c) for c in str(s))
 
 
@@ -75,9 +116,15 @@ def latex(df: pd.DataFrame, caption: str = "", label: str = "") -> str:
     if df.empty:
         return "% (no rows)\n"
     cols = list(df.columns)
-    out = [r"\begin{table}[t]", r"\centering", r"\scriptsize",
-           r"\begin{tabular}{l" + "c" * (len(cols) - 1) + "}", r"\toprule",
-           " & ".join(_tex_escape(c) for c in cols) + r" \\", r"\midrule"]
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\scriptsize",
+        r"\begin{tabular}{l" + "c" * (len(cols) - 1) + "}",
+        r"\toprule",
+        " & ".join(_tex_escape(c) for c in cols) + r" \\",
+        r"\midrule",
+    ]
     for _, r in df.iterrows():
         out.append(" & ".join(_tex_escape(r[c]) for c in cols) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]

@@ -11,7 +11,7 @@ import torch
 from g2face_eval.models.geometry import CHECKPOINT
 from g2face_eval.training import ddp
 from g2face_eval.training.data import load_train_images
-from g2face_eval.training.loop import Trainer, TrainConfig, lr_factor
+from g2face_eval.training.loop import TrainConfig, Trainer, lr_factor
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +128,7 @@ def test_ddp_two_gloo_ranks_match_one_process(datasets_root, tmp_path):
     grads = _grads(single)
     hist += single.fit(2)
     assert len(res["hist"]) == len(hist) == 2
-    for h_d, h_s in zip(res["hist"], hist):
+    for h_d, h_s in zip(res["hist"], hist, strict=True):
         for k in h_s:
             assert math.isclose(h_d[k], h_s[k], rel_tol=1e-4, abs_tol=1e-5), (k, h_d[k], h_s[k])
     assert res["grads"].keys() == grads.keys()

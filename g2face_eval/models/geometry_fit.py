@@ -125,8 +125,8 @@ def extract_meshes(which: str, root: Path | None = None, log=print) -> Path:
         lms.append((a / scale) if a is not None else np.zeros((468, 3), np.float32))
         if i % 500 == 0:
             log(f"[geometry_fit] {which}: {i}/{len(items)} ({time.time() - t0:.0f}s)")
-    np.savez_compressed(out, ids=np.array(ids), labels=np.array(labels), landmarks=np.stack(lms).astype(np.float32),
-                        ok=np.array(ok))
+    np.savez_compressed(out, ids=np.array(ids), labels=np.array(labels),
+                        landmarks=np.stack(lms).astype(np.float32), ok=np.array(ok))
     log(f"[geometry_fit] {which}: {sum(ok)}/{len(ok)} faces meshed in {time.time() - t0:.0f}s -> {out}")
     return out
 
@@ -139,7 +139,8 @@ def load_meshes(which: str) -> dict:
 
 # ------------------------------------------------------------------------------------------ Procrustes
 def umeyama(a, x):
-    """Batched similarity fit x ~ s R a + t. a: (B,N,3) or (N,3); x: (B,N,3). Returns s (B,), R (B,3,3), t (B,3)."""
+    """Batched similarity fit x ~ s R a + t. a: (B,N,3) or (N,3); x: (B,N,3).
+    Returns s (B,), R (B,3,3), t (B,3)."""
     import torch
 
     a = a.expand_as(x) if a.dim() == 2 else a
@@ -250,7 +251,7 @@ def separate_identity_expression(d, labels, n_id, n_exp, k_reduce: int = 120, lo
 
 
 def fit_morphable_model(log=print):
-    """Build MorphableModel buffers from the cached CelebA-identity meshes (+ celebahq256 train for the mean)."""
+    """MorphableModel buffers from the cached CelebA-identity meshes (+ celebahq256 train for the mean)."""
     import torch
 
     from .geometry import N_EXP, N_ID, MorphableModel
@@ -332,11 +333,11 @@ def _targets(mm, which: str, root: Path):
         ok[lim:] = False
     x = torch.from_numpy(d["landmarks"][ok])
     c = fit_coefficients(mm, x, 256)
-    return [f for f, k in zip(files, ok) if k], x, c
+    return [f for f, k in zip(files, ok, strict=True) if k], x, c
 
 
 def evaluate(prior, images_u8, lm_ref, c_ref, batch: int = 100):
-    """Held-out errors: per-angle mean |error| (deg) vs the mediapipe-fitted pose, and mean NME vs mediapipe."""
+    """Held-out errors: per-angle mean |error| (deg) vs the mediapipe-fitted pose; mean NME vs mediapipe."""
     import torch
 
     from .geometry import ANGLES, nme
@@ -420,8 +421,8 @@ def train_regressor(prior, minutes: float = 10.0, batch: int = 64, lr: float = 1
             opt.step()
             step += 1
             if step % 100 == 0:
-                log(f"[geometry_fit] epoch {epoch} step {step} loss {loss.item():.4f} coef {loss_c.item():.4f} "
-                    f"lm_px128 {loss_l.item():.3f} ({time.time() - t0:.0f}s)")
+                log(f"[geometry_fit] epoch {epoch} step {step} loss {loss.item():.4f} "
+                    f"coef {loss_c.item():.4f} lm_px128 {loss_l.item():.3f} ({time.time() - t0:.0f}s)")
         else:
             epoch += 1
     reg.eval()
@@ -444,7 +445,8 @@ def build_all(out: Path, minutes: float, log=print) -> dict:
     res = evaluate(prior, load_images(f_te), x_te[..., :2], c_te)
     meta = {"train": info, "heldout_celebahq256_test": res, "fisher_min": FISHER_MIN,
             "data": "mediapipe face mesh on celeba_id (100 ids x 30, x2 upscaled) + celebahq256 train split "
-                    "(first 3500 sorted ids) and its horizontal flips; test = last 500 sorted ids (never fitted)"}
+                    "(first 3500 sorted ids) and its horizontal flips; test = last 500 sorted ids "
+                    "(never fitted)"}
     prior.meta = meta
     prior.save(out, meta)
     log(f"[geometry_fit] held-out: {json.dumps(res)} -> {out}")

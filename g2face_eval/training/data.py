@@ -78,7 +78,8 @@ class ShardedBatches:
                  fixed: bool = False):
         if len(images_u8) < global_batch:
             raise ValueError(f"{len(images_u8)} training images < global batch {global_batch}")
-        self.images, self.global_batch, self.seed, self.flip, self.fixed = images_u8, global_batch, seed, flip, fixed
+        self.images, self.global_batch, self.seed = images_u8, global_batch, seed
+        self.flip, self.fixed = flip, fixed
 
     @property
     def steps_per_epoch(self) -> int:

@@ -1,7 +1,7 @@
-"""Data-parallel plumbing: torchrun (env:// rendezvous; backend nccl on GPU, gloo on CPU) or one process.
+"""Data-parallel plumbing: torchrun (env:// rendezvous; nccl on GPU, gloo on CPU) or one process.
 
-Gradients are averaged with bucketed ``all_reduce`` after each backward phase instead of wrapping the modules in
-``DistributedDataParallel``: G2Face runs its generator twice per step (anonymise + recover) and the
+Gradients are averaged with bucketed ``all_reduce`` after each backward phase instead of wrapping the
+modules in ``DistributedDataParallel``: G2Face runs its generator twice per step (anonymise + recover) and the
 discriminator needs R1's double backward, both awkward for DDP's autograd hooks. The result is the same
 data-parallel update (identical initial parameters broadcast from rank 0, per-rank batch-mean losses,
 gradients averaged over ranks).
@@ -103,7 +103,7 @@ def all_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
         t = t.to(info.device)
     dist.all_reduce(t)
     t /= info.world
-    return dict(zip(keys, t.cpu().tolist()))
+    return dict(zip(keys, t.cpu().tolist(), strict=True))
 
 
 def barrier(info: DistInfo) -> None:

@@ -7,7 +7,7 @@ One step (official train.py, see the reference manifest's ``forward_facts``):
   recovery:       x_rec = G(y.detach(), style_mlp(id_x, cond(geo(y))), bits_r), logits_r = E(x_rec + 0.01 n)
   G losses:       L1 + perceptual (y vs x, x_rec vs x); id: cos(rand_id, ID(y), +1), cos(id_x, ID(x_rec), +1),
                   cos(id_x, ID(y), -1) (CosineEmbeddingLoss margin 0); diversity(rand_id); geometry (y vs x and
-                  x_rec vs x); hiding BCE x10 (both phases); non-saturating adversarial on y and x_rec
+                  x_rec vs x); hiding BCE x10 (both phases); non-saturating adversarial
   D:              logistic loss on x vs (x_rec.detach() on even steps, y.detach() on odd steps);
                   R1 x5 on every 16th step (step % 16 == 0), no lazy scaling
   optimisers:     Adam betas (0, 0.999); G groups lr 1e-3 (new parts) / 1e-4 (StyleGAN synthesis part);
@@ -54,7 +54,7 @@ SYNTHESIS_PREFIXES = ("input.", "conv1.", "to_rgb1.", "convs.", "to_rgbs.")
 class TrainConfig:
     mode: str = "g2face"  # "g2face" | "stylegan" (pre-training of the project's StyleGAN2)
     size: int = 256
-    tiny_width: int | None = None  # None: official widths (G2FaceConfig()); else G2FaceConfig.tiny(size, width)
+    tiny_width: int | None = None  # None: official widths; else G2FaceConfig.tiny(size, width)
     batch: int = 8  # per rank and step (official batch_size_per_gpu 8)
     accum: int = 1  # micro-batches per rank and step
     steps: int = 100000  # official num_iter
@@ -69,7 +69,7 @@ class TrainConfig:
     identity: str = "auto"  # "arcface" (user weights via the zoo) | "sface" (offline) | "auto"
     geometry: str = "mediapipe_lmm"  # | "none"
     perceptual: str = "auto"  # "lpips_vgg" | "effnet" | "auto" | "none"
-    init_generator: str | None = None  # stylegan pre-train checkpoint dir / safetensors / "zoo:stylegan2_ffhq256"
+    init_generator: str | None = None  # stylegan pre-train dir / safetensors / "zoo:stylegan2_ffhq256"
     extractor_noise: float = 0.01
     weights: LossWeights = field(default_factory=LossWeights)
     data_root: str | None = None
@@ -168,7 +168,8 @@ class Trainer:
         self.dev = self.info.device
         torch.manual_seed(cfg.seed)  # parameter init (then broadcast from rank 0)
         self.amp = (cfg.amp == "bf16") or (cfg.amp == "auto" and self.dev.type == "cuda")
-        imgs = images if images is not None else load_train_images(cfg.size, cfg.data_root, cfg.limit, log=log)
+        imgs = images if images is not None else load_train_images(cfg.size, cfg.data_root, cfg.limit,
+                                                                    log=log)
         self.global_batch = cfg.batch * cfg.accum * self.info.world
         self.data = ShardedBatches(imgs, self.global_batch, cfg.seed, flip=cfg.flip, fixed=cfg.fixed_batch)
         self.spe = cfg.steps_per_epoch or self.data.steps_per_epoch
@@ -203,8 +204,8 @@ class Trainer:
         new += list(self.model.style_mlp.parameters()) + list(self.model.map_2_id.parameters())
         new += list(self.model.hiding_extractor.parameters())
         self.g_params = new + pre
-        self.opt_g = torch.optim.Adam([{"params": new, "lr": cfg.lr}, {"params": pre, "lr": cfg.lr_pretrained}],
-                                      betas=cfg.betas)
+        self.opt_g = torch.optim.Adam([{"params": new, "lr": cfg.lr},
+                                       {"params": pre, "lr": cfg.lr_pretrained}], betas=cfg.betas)
         self.d_params = list(self.model.discriminator.parameters())
         self.opt_d = torch.optim.Adam(self.d_params, lr=cfg.lr_d, betas=cfg.betas)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -270,7 +271,8 @@ class Trainer:
         else:
             d["z"] = torch.randn(b, self.gen.style_dim, generator=g)
             d["noise"] = [torch.randn(b, 1, h, w, generator=g) for h, w in self.gen.noise_shapes()]
-        return {k: ([t.to(self.dev) for t in v] if isinstance(v, list) else v.to(self.dev)) for k, v in d.items()}
+        return {k: ([t.to(self.dev) for t in v] if isinstance(v, list) else v.to(self.dev))
+                for k, v in d.items()}
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
@@ -291,7 +293,7 @@ class Trainer:
 
     def _set_epoch_lr(self, epoch: int):
         if self.sched.last_epoch != epoch:
-            for g, base in zip(self.opt_g.param_groups, self.sched.base_lrs):
+            for g, base in zip(self.opt_g.param_groups, self.sched.base_lrs, strict=True):
                 g["lr"] = base * self.sched.lr_lambdas[0](epoch)
             self.sched.last_epoch = epoch
 
@@ -353,14 +355,16 @@ class Trainer:
         p["l1"] = w.l1 * ((y.float() - x).abs().mean() + (x_rec.float() - x).abs().mean())
         if w.perceptual:
             p["perceptual"] = w.perceptual * (self.perc(y, x) + self.perc(x_rec, x))
-        p["id"] = w.id * (id_cosine(rand_id, id_y, 1) + id_cosine(id_x, id_rec, 1) + id_cosine(id_x, id_y, -1))
+        p["id"] = w.id * (id_cosine(rand_id, id_y, 1) + id_cosine(id_x, id_rec, 1)
+                          + id_cosine(id_x, id_y, -1))
         p["id_diversity"] = w.id_diversity * id_diversity(rand_id)
         p["geometry"] = (geo.geometry_loss(c_y.float(), c_x.float(), w_shape=w.geometry_shape,
                                            w_landmark=w.geometry_landmark)
                          + geo.geometry_loss(c_rec.float(), c_x.float(), w_shape=w.geometry_shape,
                                              w_landmark=w.geometry_landmark))
         p["hiding"] = w.hiding * (hiding_bce(logits_a, r["bits_a"]) + hiding_bce(logits_r, r["bits_r"]))
-        p["adv"] = w.adversarial * (g_nonsaturating(m.discriminator(y)) + g_nonsaturating(m.discriminator(x_rec)))
+        p["adv"] = w.adversarial * (g_nonsaturating(m.discriminator(y))
+                                    + g_nonsaturating(m.discriminator(x_rec)))
         with torch.no_grad():
             ba = (logits_a.float() > 0).float()
             self._bit_acc = float((ba == r["bits_a"]).float().mean())
@@ -430,7 +434,8 @@ class Trainer:
             "sched": self.sched.state_dict(),
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "rng_numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+            "rng_numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                          *map(float, np_state[2:])],
             "rng_python": json.dumps(random.getstate()),
             "config": json.dumps(self.cfg.to_dict()),
         }
@@ -511,7 +516,8 @@ class Trainer:
                     msg = " ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()))
                     self.log(f"[train] step {s}/{steps} {msg} ({time.time() - t0:.1f}s)")
                     if self._mlflow:
-                        self._mlflow[0].log_metrics({k: v for k, v in logs.items() if math.isfinite(v)}, step=s)
+                        self._mlflow[0].log_metrics({k: v for k, v in logs.items() if math.isfinite(v)},
+                                                    step=s)
                 if self._mlflow and (s % self.cfg.sample_every == 0 or s == steps):
                     self._log_samples()
             if self.cfg.ckpt_every and (s % self.cfg.ckpt_every == 0 or s == steps):

@@ -1,4 +1,5 @@
-"""``g2face-eval train``: train G2Face (default) or pre-train the project's StyleGAN2 (``--pretrain-stylegan``).
+"""``g2face-eval train``: train G2Face (default) or pre-train the project's StyleGAN2
+(``--pretrain-stylegan``).
 
 One CPU/GPU process:   g2face-eval train --preset cpu-small --steps 2000 --out results/train/small
 Several GPUs:          torchrun --nproc_per_node 4 -m g2face_eval train [args]   (nccl; gloo on CPU)
@@ -7,9 +8,10 @@ Decoder init:          g2face-eval train --pretrain-stylegan --preset cpu-small 
                        g2face-eval train --preset cpu-small --init-generator results/train/sg/last
 
 Defaults reproduce the official configuration (256 px, official widths, batch 8 per GPU, 100k iterations,
-lr 1e-3 / 1e-4 (pretrained synthesis) / D 1e-3, Adam betas (0, 0.999), 10 warm-up epochs then x0.95 per epoch,
-R1 5 every 16 steps, loss weights of the official train.py). The perceptual loss is LPIPS-VGG when the zoo's
-``lpips_vgg`` user file is present, otherwise the offline EfficientNet-lite0 feature substitute (logged by name).
+lr 1e-3 / 1e-4 (pretrained synthesis) / D 1e-3, Adam betas (0, 0.999), 10 warm-up epochs then x0.95 per
+epoch, R1 5 every 16 steps, loss weights of the official train.py). The perceptual loss is LPIPS-VGG when the
+zoo's ``lpips_vgg`` user file is present, otherwise the offline EfficientNet-lite0 feature substitute (logged
+by name).
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="g2face-eval train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="official")
-    ap.add_argument("--pretrain-stylegan", action="store_true", help="pre-train the project's StyleGAN2 instead")
+    ap.add_argument("--pretrain-stylegan", action="store_true", 
+                    help="pre-train the project's StyleGAN2 instead")
     ap.add_argument("--size", type=int)
-    ap.add_argument("--tiny", dest="tiny_width", type=int, help="G2FaceConfig.tiny width (default: official widths)")
+    ap.add_argument("--tiny", dest="tiny_width", type=int, 
+                    help="G2FaceConfig.tiny width (default: official widths)")
     ap.add_argument("--batch", type=int, help=f"per-rank batch (default {d.batch})")
     ap.add_argument("--accum", type=int, help="micro-batches per rank and step")
     ap.add_argument("--steps", type=int, help=f"total iterations (default {d.steps})")
@@ -48,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--identity", choices=["auto", "arcface", "sface"])
     ap.add_argument("--geometry", choices=["mediapipe_lmm", "d3dfr", "none"])
     ap.add_argument("--perceptual", choices=["auto", "lpips_vgg", "effnet", "none"])
-    ap.add_argument("--init-generator", help="stylegan pre-train checkpoint dir, safetensors or zoo:stylegan2_ffhq256")
+    ap.add_argument("--init-generator", 
+                    help="stylegan pre-train checkpoint dir, safetensors or zoo:stylegan2_ffhq256")
     ap.add_argument("--data-root", help="datasets root holding celebahq256/ (default $G2FACE_DATASETS)")
     ap.add_argument("--limit", type=int, help="use only the first N training images")
     ap.add_argument("--fixed-batch", action="store_true", help="always train on the first global batch")

@@ -6,8 +6,8 @@ One step (official train.py, see the reference manifest's ``forward_facts``):
                   y = G(x, style_mlp(rand_id, [c_x id, exp, angles]), bits_a), logits_a = E(y + 0.01 n)
   recovery:       x_rec = G(y.detach(), style_mlp(id_x, cond(geo(y))), bits_r), logits_r = E(x_rec + 0.01 n)
   G losses:       L1 + perceptual (y vs x, x_rec vs x); id: cos(rand_id, ID(y), +1), cos(id_x, ID(x_rec), +1),
-                  cos(id_x, ID(y), -1) (CosineEmbeddingLoss margin 0); diversity(rand_id); geometry (y vs x and
-                  x_rec vs x); hiding BCE x10 (both phases); non-saturating adversarial
+                  cos(id_x, ID(y), -1) (CosineEmbeddingLoss margin 0); diversity(rand_id); geometry
+                  (y vs x and x_rec vs x); hiding BCE x10 (both phases); non-saturating adversarial
   D:              logistic loss on x vs (x_rec.detach() on even steps, y.detach() on odd steps);
                   R1 x5 on every 16th step (step % 16 == 0), no lazy scaling
   optimisers:     Adam betas (0, 0.999); G groups lr 1e-3 (new parts) / 1e-4 (StyleGAN synthesis part);

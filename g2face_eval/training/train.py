@@ -34,10 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="g2face-eval train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="official")
-    ap.add_argument("--pretrain-stylegan", action="store_true", 
+    ap.add_argument("--pretrain-stylegan", action="store_true",
                     help="pre-train the project's StyleGAN2 instead")
     ap.add_argument("--size", type=int)
-    ap.add_argument("--tiny", dest="tiny_width", type=int, 
+    ap.add_argument("--tiny", dest="tiny_width", type=int,
                     help="G2FaceConfig.tiny width (default: official widths)")
     ap.add_argument("--batch", type=int, help=f"per-rank batch (default {d.batch})")
     ap.add_argument("--accum", type=int, help="micro-batches per rank and step")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--identity", choices=["auto", "arcface", "sface"])
     ap.add_argument("--geometry", choices=["mediapipe_lmm", "d3dfr", "none"])
     ap.add_argument("--perceptual", choices=["auto", "lpips_vgg", "effnet", "none"])
-    ap.add_argument("--init-generator", 
+    ap.add_argument("--init-generator",
                     help="stylegan pre-train checkpoint dir, safetensors or zoo:stylegan2_ffhq256")
     ap.add_argument("--data-root", help="datasets root holding celebahq256/ (default $G2FACE_DATASETS)")
     ap.add_argument("--limit", type=int, help="use only the first N training images")

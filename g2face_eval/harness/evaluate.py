@@ -799,6 +799,7 @@ def demographics(records: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
 SUMMARY_METRICS = (
     "deid_success_rate_sface",
     "deid_success_rate_dlib",
+    "deid_mean_similarity_sface",
     "id_rank1_sface",
     "ssim",
     "fd_effnet_lite0",
@@ -1234,6 +1235,15 @@ def cli(argv: list[str] | None = None) -> int:
     C.add_arguments(ap)
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     ns = ap.parse_args(argv)
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM: unwind so MLflow runs are ended (KILLED), caches stay consistent
+        raise SystemExit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not in the main thread
+        pass
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = C.from_args(ns)

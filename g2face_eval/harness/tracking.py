@@ -201,7 +201,8 @@ class Tracker:
         try:
             yield pid
         except BaseException:
-            self._end_all("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
+            killed = isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit))
+            self._end_all("KILLED" if killed else "FAILED")
             raise
         else:
             self._end_all("FINISHED")

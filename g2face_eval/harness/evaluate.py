@@ -1237,7 +1237,7 @@ def cli(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     import signal
 
-    def _terminate(signum, frame):  # SIGTERM: unwind so MLflow runs are ended (KILLED), caches stay consistent
+    def _terminate(signum, frame):  # SIGTERM: unwind so MLflow runs end as KILLED
         raise SystemExit(128 + signum)
 
     try:

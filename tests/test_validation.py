@@ -52,3 +52,15 @@ def test_lfw_fold_accuracy(datasets_root, tmp_path, monkeypatch):
     # the cache makes a rerun fast and identical
     again = V.validate(datasets_root, ("sface", "dlib"), folds=[0], progress=False)
     assert again["recognizers"] == res["recognizers"]
+
+
+def test_write_thresholds_merges_per_recognizer(tmp_path):
+    import json
+
+    path = tmp_path / "t.json"
+    base = {"dataset": "LFW", "detector": "yunet", "protocol": "p", "n_pairs": 6000}
+    V.write_thresholds({**base, "recognizers": {"sface": {"threshold": 0.3, "n_pairs": 6000}}}, path)
+    V.write_thresholds({**base, "recognizers": {"dlib": {"threshold": 0.9, "n_pairs": 3000}}}, path)
+    out = json.loads(path.read_text())
+    assert out["recognizers"]["sface"]["threshold"] == 0.3 and out["recognizers"]["dlib"]["n_pairs"] == 3000
+    assert "n_pairs" not in out and out["protocol"] == "p"

@@ -310,6 +310,7 @@ def validate(
             "n_pairs": len(pairs),
             "folds": results["folds"],
             "fallback_centre_crop": len(fallbacks),
+            "n_images": len(rels),
         }
     results["seconds"] = round(time.time() - t0, 1)
     return results
@@ -326,7 +327,8 @@ def write_thresholds(results: dict, path: Path | None = None) -> Path:
         pass
     recs = dict(old.get("recognizers", {}))
     recs.update(results["recognizers"])
-    out = {k: v for k, v in results.items() if k not in ("recognizers", "seconds")}
+    keep = ("dataset", "detector", "protocol")  # run-specific counts are recorded per recognizer
+    out = {k: v for k, v in results.items() if k in keep}
     out["command"] = "g2face-eval validate --datasets-root <root> [--folds ...] [--workers N]"
     out["recognizers"] = recs
     path.write_text(json.dumps(out, indent=2) + "\n")

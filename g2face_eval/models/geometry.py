@@ -274,6 +274,7 @@ class GeometryPrior(nn.Module):
                 "`python -m g2face_eval.models.geometry_fit all` (needs celeba_id and celebahq256)")
         prior = cls()
         sd = load_file(str(path), device=str(map_location))
+        sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
         prior.load_state_dict(sd, strict=True)
         with safe_open(str(path), "pt") as f:
             prior.meta = json.loads((f.metadata() or {}).get("meta", "{}"))
@@ -282,7 +283,12 @@ class GeometryPrior(nn.Module):
     def save(self, path: str | Path, meta: dict | None = None) -> None:
         from safetensors.torch import save_file
 
-        sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        sd = {}
+        for k, v in self.state_dict().items():  # regressor stored as float16 (a few MB), the model in float32
+            v = v.detach().contiguous().cpu()
+            if k.startswith("regressor.") and v.is_floating_point() and not k.endswith(("out_mean", "out_std")):
+                v = v.half()
+            sd[k] = v
         save_file(sd, str(path), metadata={"meta": json.dumps(meta or self.meta)})
 
     def coefficients(self, images_m11: torch.Tensor) -> torch.Tensor:

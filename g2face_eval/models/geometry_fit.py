@@ -366,7 +366,7 @@ def _features(reg, ims_u8, batch: int = 100):
 
 
 def train_regressor(prior, minutes: float = 10.0, batch: int = 64, lr: float = 1e-3, seed: int = 0,
-                    log=print, root: Path | None = None):
+                    log=print, root: Path | None = None, keep_stats: bool = False):
     """Distil mediapipe into the regressor. The ImageNet trunk's blocks 0..7 stay frozen (their 8x8x80 output
     at 128 px is computed once), blocks 8..15, the 1x1 head conv and the MLP head are trained with
     standardised-coefficient MSE + 0.2 x landmark L1 (pixels at 128) against the mediapipe meshes, for a wall
@@ -382,14 +382,20 @@ def train_regressor(prior, minutes: float = 10.0, batch: int = 64, lr: float = 1
     f_fl, x_fl, c_fl = _targets(mm, "celebahq256_train_flip", root)
     t0 = time.time()
     reg = prior.regressor
-    feats = torch.cat([_features(reg, load_images(f_tr)), _features(reg, load_images(f_fl, flip=True))])
+    fcache = cache_root() / f"regressor_features_{len(f_tr)}_{len(f_fl)}.pt"
+    if fcache.exists():
+        feats = torch.load(fcache, weights_only=True)
+    else:
+        feats = torch.cat([_features(reg, load_images(f_tr)), _features(reg, load_images(f_fl, flip=True))])
+        torch.save(feats, fcache)
     lms = torch.cat([x_tr, x_fl])[..., :2] / 256.0
     cs = torch.cat([c_tr, c_fl])
     log(f"[geometry_fit] regressor data: {len(feats)} images (celebahq256 train + flips), frozen features "
         f"{tuple(feats.shape[1:])} in {time.time() - t0:.0f}s")
-    std = cs.std(0)
-    reg.out_mean.copy_(cs.mean(0))
-    reg.out_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+    if not keep_stats:
+        std = cs.std(0)
+        reg.out_mean.copy_(cs.mean(0))
+        reg.out_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
     trainable = [p for i, b in enumerate(reg.trunk._blocks) if i > reg.FROZEN_UNTIL for p in b.parameters()]
     trainable += list(reg.trunk._conv_head.parameters()) + list(reg.trunk._bn1.parameters())
     params = [{"params": trainable, "lr": lr},
@@ -430,17 +436,26 @@ def train_regressor(prior, minutes: float = 10.0, batch: int = 64, lr: float = 1
             "lr": lr, "n_train_images": n, "frozen_blocks": f"0..{reg.FROZEN_UNTIL}"}
 
 
-def build_all(out: Path, minutes: float, log=print) -> dict:
+def build_all(out: Path, minutes: float, log=print, resume: Path | None = None) -> dict:
+    """Fit the morphable model, distil the regressor, evaluate on the held-out split, save. ``resume``:
+    continue the regressor training of an existing checkpoint (same morphable model)."""
     import torch
 
     from .geometry import GeometryPrior
 
     torch.set_num_threads(int(os.environ.get("G2FACE_THREADS", "2")))
     root = datasets_root()
-    prior = GeometryPrior()
-    prior.model.load_state_dict(fit_morphable_model(log=log).state_dict())
-    prior.regressor.trunk.load_pretrained()
-    info = train_regressor(prior, minutes=minutes, log=log, root=root)
+    if resume is not None:
+        prior = GeometryPrior.load(resume)
+        prev = prior.meta.get("train", {})
+    else:
+        prior = GeometryPrior()
+        prior.model.load_state_dict(fit_morphable_model(log=log).state_dict())
+        prior.regressor.trunk.load_pretrained()
+        prev = {}
+    info = train_regressor(prior, minutes=minutes, log=log, root=root, keep_stats=resume is not None)
+    if prev:
+        info = {"stages": [prev, info]}
     f_te, x_te, c_te = _targets(prior.model, "celebahq256_test", root)
     res = evaluate(prior, load_images(f_te), x_te[..., :2], c_te)
     meta = {"train": info, "heldout_celebahq256_test": res, "fisher_min": FISHER_MIN,
@@ -458,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("stage", choices=["extract", "fit", "all"], default="all", nargs="?")
     ap.add_argument("--minutes", type=float, default=10.0, help="regressor training time budget")
     ap.add_argument("--out", default=None, help="output safetensors (default: the shipped checkpoint)")
+    ap.add_argument("--resume", default=None, help="continue training the regressor of this checkpoint")
     args = ap.parse_args(argv)
     if args.stage in ("extract", "all"):
         for w in (CELEBA_ID, "celebahq256_train", "celebahq256_test", "celebahq256_train_flip"):
@@ -467,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         from .geometry import CHECKPOINT
 
         build_all(Path(args.out) if args.out else CHECKPOINT, args.minutes,
-                  log=lambda m: print(m, flush=True))
+                  log=lambda m: print(m, flush=True), resume=Path(args.resume) if args.resume else None)
     return 0
 
 

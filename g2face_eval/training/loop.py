@@ -478,9 +478,15 @@ class Trainer:
         from g2face_eval import settings
 
         uri = self.cfg.mlflow_uri or f"sqlite:///{(settings.results_dir() / 'mlflow.db').resolve()}"
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True) if uri.startswith("sqlite") \
-            else None
+        if uri.startswith("sqlite:///"):  # same layout as the harness: artifacts in <db dir>/mlartifacts
+            db = Path(uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            art = (db.parent / "mlartifacts").resolve()
+        else:
+            art = None
         mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(self.cfg.experiment) is None:
+            mlflow.create_experiment(self.cfg.experiment, artifact_location=art.as_uri() if art else None)
         mlflow.set_experiment(self.cfg.experiment)
         run = mlflow.start_run(run_name=f"{self.cfg.mode}-{self.cfg.size}px-step{self.step}")
         flat = {k: v for k, v in self.cfg.to_dict().items() if k != "weights"}

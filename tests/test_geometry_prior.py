@@ -22,10 +22,10 @@ def test_rotation_roundtrip():
 def test_umeyama_recovers_similarity():
     torch.manual_seed(0)
     a = torch.randn(50, 3, dtype=torch.float64)
-    r = g.euler_to_matrix(torch.tensor([[0.2, -0.1, 0.3]])).double()
+    r = g.euler_to_matrix(torch.tensor([[0.2, -0.1, 0.3]], dtype=torch.float64))
     x = 2.5 * a @ r[0].T + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     s, rr, t = gf.umeyama(a, x[None])
-    assert abs(s.item() - 2.5) < 1e-7 and torch.allclose(rr[0], r[0], atol=1e-7)
+    assert abs(s.item() - 2.5) < 1e-9 and torch.allclose(rr[0], r[0], atol=1e-9)
 
 
 def test_layout_matches_official_slicing():

@@ -541,6 +541,33 @@ def make_callable(fn: Callable[..., object], inputs: tuple, device: torch.device
     return call
 
 
+class CellTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def alarm(seconds: float):
+    """Raise CellTimeout in the main thread after ``seconds`` (0 = no limit; POSIX main thread only)."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    if not seconds or not main or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _raise(*_):
+        raise CellTimeout(f"cell exceeded --compile-timeout {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def set_memory_format(module: nn.Module, fmt: torch.memory_format) -> None:
     """channels_last / contiguous for every 4-D parameter and buffer (``Module.to(memory_format=)`` refuses
     the 5-D modulated-conv weights)."""
@@ -723,6 +750,11 @@ class Bench:
         if self.over_budget():
             self.row(cell, status="skipped", error="time budget exhausted")
             return
+        limit = self.args.compile_timeout if spec["compile"] else 0
+        with alarm(limit):
+            self._g2face_cell_inner(p, cell, spec, gf)
+
+    def _g2face_cell_inner(self, p: BenchPipeline, cell: Cell, spec: dict, gf: float | None) -> None:
         p.amp_dtype = spec["amp"]
         p.channels_last = spec["cl"]
         set_memory_format(p.model, torch.channels_last if spec["cl"] else torch.contiguous_format)
@@ -1026,6 +1058,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--compile-ops", default="anonymize", help="ops for *_compile variants")
     ap.add_argument("--compile-reserve", type=float, default=120.0,
                     help="seconds of --time-budget a *_compile cell needs left to start")
+    ap.add_argument("--compile-timeout", type=float, default=150.0,
+                    help="seconds a *_compile cell may take (compile + timing) before it is abandoned "
+                         "(0 = none)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     ap.add_argument("--cpu-compile", action="store_true", help="allow *_compile variants on CPU")
     ap.add_argument("--no-checks", action="store_true", help="skip the sync check and fidelity section")
@@ -1078,6 +1113,13 @@ def cli(argv: list[str] | None = None) -> int:
     out_dir = Path(a.out) if a.out else results_dir / "bench" / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
     bench = Bench(a, out_dir)
+    import signal
+
+    def _term(*_):  # a killed run (e.g. the device call's timeout) still leaves status "failed" + its rows
+        raise SystemExit(143)
+
+    with contextlib.suppress(ValueError):  # not in the main thread
+        signal.signal(signal.SIGTERM, _term)
     try:
         doc = bench.run()
     except BaseException:

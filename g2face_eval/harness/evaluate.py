@@ -263,9 +263,11 @@ class Oracles:
             avail = set(getattr(R, "available_recognizers", lambda: R.DEFAULT_RECOGNIZERS)())
             names = [n for n in R.DEFAULT_RECOGNIZERS if n in avail]
         self.recognizers = {}
+        self.thresholds: dict[str, float | None] = {}
         for n in names:
             try:
                 self.recognizers[n] = R.get_recognizer(n)
+                self.thresholds[n] = self.recognizers[n].threshold  # snapshot: fixed for the whole run
             except Exception as e:  # noqa: BLE001 - missing weights: reported, not faked
                 self.unavailable[f"recognizer_{n}"] = str(e)
         if not self.recognizers:
@@ -319,7 +321,7 @@ class Oracles:
         return np.stack(out).astype(np.float32)
 
     def threshold(self, rec: str) -> float | None:
-        t = self.recognizers[rec].threshold
+        t = self.thresholds[rec]
         if t is None:
             self.unavailable[f"deid_success_rate_{rec}"] = (
                 f"{rec}: no validated FAR-1e-3 threshold (run `g2face-eval validate`); similarities only"
@@ -900,14 +902,18 @@ def evaluate(
     method_names = C.resolve_methods(cfg)
     for m in method_names:
         M.METHODS.get(m)  # fail fast on unknown names
-    cfg_resolved = {**cfg, "methods": method_names}
+    cache_root = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
+    icache, acache = ImageCache(cache_root / "outputs"), ArrayCache(cache_root / "arrays")
+    # Oracles first: the recognizer thresholds in force are part of the configuration (and of its hash), so
+    # a threshold file that changes between an interrupted run and its rerun never mixes records.
+    oracles = Oracles(cfg, acache)
+    cfg_resolved = {**cfg, "methods": method_names, "thresholds": dict(sorted(oracles.thresholds.items()))}
     name = C.run_name(cfg_resolved)
+    chash = C.config_hash(cfg_resolved)
     results_dir = Path(cfg["results_dir"]).expanduser()
     run_dir = results_dir / name
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg_resolved)
-    cache_root = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
-    icache, acache = ImageCache(cache_root / "outputs"), ArrayCache(cache_root / "arrays")
     store = BatchStore(run_dir)
     env = environment_info()
     atomic_write_json(run_dir / "environment.json", env)
@@ -927,7 +933,6 @@ def evaluate(
         tracker.log_artifact(parent_id, run_dir / "config.json")
         tracker.log_artifact(parent_id, run_dir / "environment.json")
         preparer = Preparer(int(cfg["image_size"]))
-        oracles = Oracles(cfg, acache)
         prepared = {d: prepare_dataset(d, cfg, preparer) for d in cfg["datasets"]}
         contexts = {d: DatasetContext(p, oracles) for d, p in prepared.items()}
         all_records: list[pd.DataFrame] = []
@@ -967,7 +972,7 @@ def evaluate(
                 )
                 for batch in bar:
                     ids = [it.id for it in batch]
-                    bkey = BatchStore.batch_key(ids)
+                    bkey = BatchStore.batch_key([chash, mhash, *ids])
                     if store.done(mname, dname, bkey):
                         df, feats = store.load(mname, dname, bkey)
                     else:

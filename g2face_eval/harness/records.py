@@ -156,6 +156,7 @@ class BatchStore:
 
     @staticmethod
     def batch_key(ids: list[str]) -> str:
+        """Digest of the batch's identity: callers prefix the config and method hashes to the image ids."""
         return digest(*ids)[:16]
 
     def _base(self, method: str, dataset: str, key: str) -> Path:

@@ -26,8 +26,13 @@ EXPERIMENT = "g2face-eval"
 log = logging.getLogger(__name__)
 
 
+# A tracking URI the user set before this module was imported (mlflow.set_tracking_uri also writes this
+# variable, so it is read once here and the process-global tracking URI is never set by the harness).
+_USER_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(results_dir: Path) -> str:
-    env = os.environ.get("MLFLOW_TRACKING_URI")
+    env = _USER_URI
     if env:
         return env
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
@@ -108,7 +113,6 @@ class Tracker:
         self.run_name = run_name
         self.uri = uri or tracking_uri(results_dir)
         self.state_path = self.run_dir / "mlflow.json"
-        mlflow.set_tracking_uri(self.uri)
         self.client = mlflow.MlflowClient(self.uri)
         exp = self.client.get_experiment_by_name(EXPERIMENT)
         if exp is None:

@@ -286,7 +286,8 @@ class GeometryPrior(nn.Module):
         sd = {}
         for k, v in self.state_dict().items():  # regressor stored as float16 (a few MB), the model in float32
             v = v.detach().contiguous().cpu()
-            if k.startswith("regressor.") and v.is_floating_point() and not k.endswith(("out_mean", "out_std")):
+            keep32 = k.endswith(("out_mean", "out_std"))
+            if k.startswith("regressor.") and v.is_floating_point() and not keep32:
                 v = v.half()
             sd[k] = v
         save_file(sd, str(path), metadata={"meta": json.dumps(meta or self.meta)})

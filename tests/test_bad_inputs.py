@@ -1,0 +1,324 @@
+"""Bad inputs: every case gets a clear error or a per-image failure record, the run completes, and no partial
+or corrupt file is left behind.
+
+Two tables make the case -> outcome mapping explicit (the test ids are the case names):
+
+* ``FILE_CASES``: image files written into one folder dataset and evaluated with two fast baselines in ONE
+  ``evaluate`` run; expected per-image outcome ``ok`` or ``failed`` + a reason substring.
+* ``API_CASES``: tensors, keys, payloads, weights, method names and configs; expected exception type + a
+  message substring (or, for keys/payloads, a fail-closed result).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from badfiles import _png16_rgb, huge_png_bytes  # tests/ is on sys.path
+from PIL import Image
+
+from g2face_eval.harness import evaluate as E
+
+FACES = Path(E.__file__).resolve().parents[1] / "data" / "embedded" / "faces"
+METHODS = ["pixelate_8", "mask_black"]
+
+
+def _face(name: str = "tom_hanks__tom_hanks.jpg") -> np.ndarray:
+    return np.asarray(Image.open(FACES / name).convert("RGB"))
+
+
+def _enc(arr_or_img, fmt: str, **kw) -> bytes:
+    img = arr_or_img if isinstance(arr_or_img, Image.Image) else Image.fromarray(arr_or_img)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _corrupt_jpeg() -> bytes:
+    good = _enc(_face(), "JPEG", quality=95)
+    sos = good.index(b"\xff\xda")
+    junk = np.random.default_rng(0).integers(0, 255, 400, dtype=np.uint8).tobytes().replace(b"\xff", b"\x00")
+    return good[: sos + 14] + junk[:40]
+
+
+def _five_faces() -> np.ndarray:
+    names = sorted(p.name for p in FACES.glob("*.jpg") if "hflip" not in p.name)[:5]
+    tiles = [np.asarray(Image.open(FACES / n).convert("RGB").resize((256, 256))) for n in names]
+    return np.concatenate(tiles, axis=1)  # 1280 x 256, five faces side by side
+
+
+# case id -> (file name, bytes factory, expected status, reason substring)
+FILE_CASES: dict[str, tuple[str, callable, str, str]] = {
+    "good_face_control": ("good.jpg", lambda: _enc(_face(), "JPEG", quality=95), "ok", ""),
+    "corrupt_jpeg": ("corrupt.jpg", _corrupt_jpeg, "failed", "load failed"),
+    "truncated_jpeg": (
+        "truncated.jpg",
+        lambda: (lambda b: b[: len(b) // 2])(_enc(_face(), "JPEG", quality=95)),
+        "failed",
+        "truncated",
+    ),
+    "truncated_png": (
+        "truncated.png",
+        lambda: (lambda b: b[: len(b) // 2])(_enc(_face(), "PNG")),
+        "failed",
+        "load failed",
+    ),
+    "zero_byte": ("zero.jpg", lambda: b"", "failed", "zero-byte"),
+    "text_as_jpeg": ("text.jpg", lambda: b"not an image\n" * 40, "failed", "not an image"),
+    "one_by_one": ("one.png", lambda: _enc(np.zeros((1, 1, 3), np.uint8), "PNG"), "failed", "too small"),
+    "huge_10000x10000": ("huge.png", lambda: huge_png_bytes(10000, 10000), "failed", "too large"),
+    "grayscale_face": ("gray.png", lambda: _enc(Image.fromarray(_face()).convert("L"), "PNG"), "ok", ""),
+    "rgba_face": ("rgba.png", lambda: _enc(Image.fromarray(_face()).convert("RGBA"), "PNG"), "ok", ""),
+    "rgb16_face": ("rgb16.png", lambda: _png16_rgb(_face()), "ok", ""),
+    "cmyk_jpeg_face": (
+        "cmyk.jpg",
+        lambda: _enc(Image.fromarray(_face()).convert("CMYK"), "JPEG", quality=95),
+        "ok",
+        "",
+    ),
+    "no_face": ("flat.png", lambda: _enc(np.full((128, 128, 3), 128, np.uint8), "PNG"), "failed", "no face"),
+    "five_faces": ("five.png", lambda: _enc(_five_faces(), "PNG"), "ok", ""),
+    "face_rotated_90": ("rot90.png", lambda: _enc(np.ascontiguousarray(np.rot90(_face())), "PNG"), "?", ""),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    root = tmp / "imgs"
+    root.mkdir()
+    for fname, make, _, _ in FILE_CASES.values():
+        (root / fname).write_bytes(make())
+    cfg = {
+        "methods": METHODS,
+        "datasets": ["folder"],
+        "dataset_options": {"folder": {"root": str(root)}},
+        "recognizers": ["sface"],
+        "detectors": ["yunet"],
+        "results_dir": str(tmp / "results"),
+        "cache_dir": str(tmp / "cache"),
+        "reports_dir": str(tmp / "reports"),
+        "bootstrap_samples": 50,
+        "latency_repeats": 1,
+        "samples_per_grid": 2,
+        "batch_size": 4,
+    }
+    res = E.evaluate(cfg, progress=False, quiet=True)
+    return res, tmp
+
+
+@pytest.mark.parametrize("case", list(FILE_CASES))
+def test_file_case_outcome(bad_run, case):
+    res, _ = bad_run
+    fname, _, expect, reason = FILE_CASES[case]
+    rec = res["records"]
+    rows = rec[rec["id"] == fname]
+    assert sorted(rows["method"]) == sorted(METHODS), rows  # one record per method, failures included
+    if expect == "?":  # rotated face: either scored or a clear failure, never a crash or a missing record
+        assert rows["status"].isin(["ok", "failed"]).all()
+        assert rows[rows.status == "failed"]["reason"].str.len().gt(0).all()
+        return
+    assert (rows["status"] == expect).all(), rows[["method", "status", "reason"]]
+    if expect == "failed":
+        assert rows["reason"].str.contains(reason, case=False).all(), rows["reason"].tolist()
+    else:
+        assert np.isfinite(rows["ssim"].astype(float)).all()
+
+
+def test_run_completes_and_leaves_no_partial_files(bad_run):
+    res, tmp = bad_run
+    run_dir = res["run_dir"]
+    rec = res["records"]
+    print("\n" + rec[["id", "method", "status", "reason"]].sort_values(["id", "method"]).to_string())
+    for f in ("records.parquet", "aggregate.parquet", "aggregate.csv", "config.json", "summary.txt"):
+        assert (run_dir / f).is_file(), f
+    leftovers = [p for p in tmp.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.suffixes]
+    assert not leftovers, leftovers
+    for p in tmp.rglob("*.parquet"):
+        pd.read_parquet(p)  # every parquet parses
+    for p in tmp.rglob("*.json"):
+        if "mlartifacts" not in p.parts or p.suffix == ".json":
+            json.loads(p.read_text())  # every JSON parses
+    agg = res["aggregate"]
+    n_failed = agg[(agg.metric == "n_failed")].set_index("method")["value"]
+    assert (n_failed >= 7).all()  # the refused files are counted, not dropped
+    import mlflow
+
+    client = mlflow.MlflowClient(res["tracking_uri"])
+    exp = client.get_run(res["parent_run_id"]).info.experiment_id
+    assert all(r.info.status == "FINISHED" for r in client.search_runs([exp]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# non-file cases
+# ------------------------------------------------------------------------------------------------------------
+def _baseline():
+    from g2face_eval import methods as M
+
+    return M.METHODS.get("pixelate_8")()
+
+
+def _nan_tensor():
+    x = torch.rand(2, 3, 32, 32)
+    x[0, 0, 0, 0] = float("nan")
+    _baseline().anonymize(x, [b"k1", b"k2"])
+
+
+def _inf_tensor():
+    x = torch.rand(2, 3, 32, 32)
+    x[1, 2, 3, 4] = float("inf")
+    _baseline().anonymize(x, [b"k1", b"k2"])
+
+
+def _wrong_dtype():
+    _baseline().anonymize((torch.rand(2, 3, 32, 32) * 255).to(torch.uint8), [b"k1", b"k2"])
+
+
+def _wrong_rank():
+    _baseline().anonymize(torch.rand(3, 32, 32), [b"k1"])
+
+
+def _tiny_g2face():
+    from g2face_eval.models.anonymizer import ConstantGeometry, G2FaceAnonymizer
+    from g2face_eval.models.g2face import G2Face, G2FaceConfig
+
+    cfg = G2FaceConfig.tiny(size=64)
+    torch.manual_seed(0)
+
+    class Ident(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, cfg.id_dim)
+
+        def forward(self, x):
+            return self.fc(x.mean((2, 3))) * 3
+
+    return G2FaceAnonymizer(G2Face(cfg, with_discriminator=False), identity=Ident(),
+                            geometry=ConstantGeometry(), payload="keyed")
+
+
+def _wrong_key():
+    """G2Face recover with a wrong key: authentication fails, the image is returned unchanged."""
+    from g2face_eval.anonymizer import derive_keys
+
+    anon = _tiny_g2face()
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 64)
+    out = anon.anonymize(x, derive_keys("run", ["a", "b"]))
+    bad = anon.recover(out.images, derive_keys("wrong", ["a", "b"]))
+    assert bad.ok.tolist() == [False, False]
+    assert torch.equal(bad.images, out.images)
+    return "fail-closed"
+
+
+def _tampered_payload():
+    """A payload whose ciphertext is modified (valid error-correcting codewords): authentication fails."""
+    from g2face_eval.models.payload import KeyedPayload
+
+    kp = KeyedPayload(16384, 512)
+    torch.manual_seed(0)
+    emb, key = torch.randn(1, 512), b"\x01" * 32
+    cws = kp.encode_bytes(emb[0].numpy(), key)
+    msg = bytearray(b"".join(bytes(kp.rs.decode(bytearray(c))[0]) for c in cws))
+    msg[20] ^= 0x01
+    forged = [bytes(kp.rs.encode(bytes(msg[c * kp.k : (c + 1) * kp.k]))) for c in range(kp.n_cw)]
+    stream = torch.from_numpy(kp._layout(forged, key))[None]
+    tampered = torch.empty_like(stream)
+    tampered[:, kp._perm_cpu] = stream
+    d = kp.decode(tampered, [key], is_bits=True)
+    assert d.ok.tolist() == [False] and torch.count_nonzero(d.embeddings) == 0
+    return "fail-closed"
+
+
+def _missing_weight(tmp_path, monkeypatch):
+    from g2face_eval import zoo
+
+    monkeypatch.setenv("G2FACE_WEIGHTS_DIR", str(tmp_path / "weights"))
+    (tmp_path / "weights").mkdir(exist_ok=True)
+    zoo.path("g2face_official")
+
+
+def _wrong_sha256(tmp_path, monkeypatch):
+    from g2face_eval import zoo
+
+    monkeypatch.setenv("G2FACE_WEIGHTS_DIR", str(tmp_path / "weights"))
+    spec = zoo.WEIGHTS.get("g2face_official")
+    f = tmp_path / "weights" / spec.filename
+    f.parent.mkdir(exist_ok=True)
+    torch.save({"w": torch.zeros(2)}, f)
+    monkeypatch.setitem(zoo.WEIGHTS._items, spec.name, dataclasses.replace(spec, sha256="ab" * 32))
+    zoo.load("g2face_official")
+
+
+def _unknown_method(tmp_path, monkeypatch):
+    E.evaluate({"methods": ["no_such_method"], "results_dir": str(tmp_path / "r"),
+                "cache_dir": str(tmp_path / "c")}, progress=False, quiet=True)
+
+
+def _invalid_config_key(tmp_path, monkeypatch):
+    from g2face_eval.harness import config as C
+
+    f = tmp_path / "bad.toml"
+    f.write_text("nonsense_key = 1\n")
+    C.make_config(file=f)
+
+
+def _invalid_config_syntax(tmp_path, monkeypatch):
+    from g2face_eval.harness import config as C
+
+    f = tmp_path / "bad.toml"
+    f.write_text("methods = [unterminated\n")
+    C.make_config(file=f)
+
+
+def _invalid_config_cli(tmp_path, monkeypatch):
+    """The CLI turns an invalid config file into exit code 2 with the error on stderr (no traceback)."""
+    f = tmp_path / "bad.toml"
+    f.write_text("nonsense_key = 1\n")
+    rc = E.cli(["--config", str(f), "--no-progress"])
+    assert rc == 2
+    return "exit 2"
+
+
+# case id -> (callable, expected exception type or None (returns a fail-closed marker), message substring)
+API_CASES = {
+    "nan_tensor": (_nan_tensor, ValueError, "NaN or inf"),
+    "inf_tensor": (_inf_tensor, ValueError, "NaN or inf"),
+    "wrong_dtype_uint8": (_wrong_dtype, TypeError, "floating-point"),
+    "wrong_rank": (_wrong_rank, ValueError, "(B,3,H,W)"),
+    "g2face_wrong_key": (_wrong_key, None, "fail-closed"),
+    "g2face_tampered_payload": (_tampered_payload, None, "fail-closed"),
+    "missing_weight_file": (_missing_weight, "WeightMissingError", "G2Face.pth"),
+    "weight_wrong_sha256": (_wrong_sha256, "WeightIntegrityError", "ab" * 32),
+    "unknown_method": (_unknown_method, Exception, "no_such_method"),
+    "invalid_config_unknown_key": (_invalid_config_key, ValueError, "unknown keys"),
+    "invalid_config_syntax": (_invalid_config_syntax, ValueError, ""),
+    "invalid_config_cli_exit_2": (_invalid_config_cli, None, "exit 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_api_case_outcome(case, tmp_path, monkeypatch):
+    import inspect
+
+    from g2face_eval import zoo
+
+    fn, exc, msg = API_CASES[case]
+    args = (tmp_path, monkeypatch) if inspect.signature(fn).parameters else ()
+    if exc is None:
+        assert fn(*args) == msg
+        return
+    if isinstance(exc, str):
+        exc = getattr(zoo, exc)
+    with pytest.raises(exc) as e:
+        fn(*args)
+    assert msg in str(e.value), str(e.value)
+    if case == "weight_wrong_sha256":  # names the file and both digests
+        assert "G2Face.pth" in str(e.value) or zoo.WEIGHTS.get("g2face_official").filename in str(e.value)

@@ -153,6 +153,13 @@ class BatchStore:
 
     def __init__(self, run_dir: Path) -> None:
         self.root = Path(run_dir) / "batches"
+        # temporary files of writes cut short by a kill (atomic writes never expose them): swept on resume
+        if self.root.is_dir():
+            for t in self.root.rglob(".*.tmp"):
+                try:
+                    t.unlink()
+                except OSError:
+                    pass
 
     @staticmethod
     def batch_key(ids: list[str]) -> str:
@@ -169,9 +176,13 @@ class BatchStore:
     def save(
         self, method: str, dataset: str, key: str, records: pd.DataFrame, features: dict[str, np.ndarray]
     ) -> None:
+        from g2face_eval import crashpoints
+
         b = self._base(method, dataset, key)
         write_npz(b.with_suffix(".npz"), features)  # features first: .parquet marks completion
+        crashpoints.hit("batch_npz")
         write_table(records, b.with_suffix(".parquet"))
+        crashpoints.hit("batch_saved")
 
     def load(self, method: str, dataset: str, key: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
         b = self._base(method, dataset, key)

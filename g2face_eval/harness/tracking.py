@@ -137,8 +137,27 @@ class Tracker:
         except Exception:  # noqa: BLE001
             return None
 
+    def _orphan(self, **tags: str):
+        """An active RUNNING run carrying ``tags`` that ``mlflow.json`` does not know: created by a process
+        killed (e.g. ``kill -9``) between ``create_run`` and saving its id. Adopted instead of duplicated."""
+        flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        try:
+            runs = self.client.search_runs(
+                [self.experiment_id], f"{flt} and attributes.status = 'RUNNING'", max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )
+        except Exception:  # noqa: BLE001 - search problems must not stop an evaluation
+            return None
+        return runs[0] if runs else None
+
     def start_parent(self, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
         run = self._existing(self.state.get("parent"))
+        if run is None and (tags or {}).get("g2face.run"):
+            run = self._orphan(**{"g2face.kind": "evaluation", "g2face.run": tags["g2face.run"]})
+            if run is not None:
+                self.state = {"parent": run.info.run_id, "children": {}}
+                self._save()
+                self._relog_params(run.info.run_id, params)
         if run is None:
             run = self.client.create_run(
                 self.experiment_id, run_name=self.run_name, tags={"g2face.kind": "evaluation", **(tags or {})}
@@ -155,6 +174,12 @@ class Tracker:
         assert self.parent_id is not None
         run = self._existing(self.state.get("children", {}).get(method))
         if run is None:
+            run = self._orphan(**{"mlflow.parentRunId": self.parent_id, "g2face.method": method})
+            if run is not None:
+                self.state.setdefault("children", {})[method] = run.info.run_id
+                self._save()
+                self._relog_params(run.info.run_id, params)
+        if run is None:
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=method,
@@ -166,6 +191,12 @@ class Tracker:
         else:
             self.client.update_run(run.info.run_id, status="RUNNING")
         return run.info.run_id
+
+    def _relog_params(self, run_id: str, params: dict[str, str]) -> None:
+        try:  # the killed process may have logged none, some or all of them (same values: accepted)
+            self._log_params(run_id, params)
+        except Exception as e:  # noqa: BLE001
+            log.warning("could not re-log params of adopted run %s: %s", run_id, e)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param

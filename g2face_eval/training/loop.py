@@ -441,9 +441,16 @@ class Trainer:
         }
         torch.save(state, tmp / "train_state.pt")
         (tmp / "config.json").write_text(json.dumps({"step": self.step, **self.cfg.to_dict()}, indent=1))
+        # swap without a window where no complete checkpoint exists: old -> <name>.old, tmp -> name, drop old
+        old = path.with_name(path.name + ".old")
         if path.exists():
-            shutil.rmtree(path)
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        from g2face_eval import crashpoints
+
+        crashpoints.hit("ckpt_swap")
         tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
         return path
 
     def load(self, path: str | Path) -> None:
@@ -509,6 +516,8 @@ class Trainer:
     def fit(self, steps: int | None = None, ckpt_dir: str | Path | None = None) -> list[dict[str, float]]:
         """Train until ``self.step == steps`` (default cfg.steps); returns the per-step logs."""
         steps = self.cfg.steps if steps is None else steps
+        from g2face_eval import crashpoints
+
         ckpt_dir = Path(ckpt_dir or self.cfg.out)
         self._mlflow_start()
         history = []
@@ -516,6 +525,7 @@ class Trainer:
         while self.step < steps:
             logs = self.train_step()
             history.append(logs)
+            crashpoints.hit("train_step")
             s = self.step
             if self.info.is_main:
                 if s % self.cfg.log_every == 0 or s == steps:
@@ -566,6 +576,8 @@ def run(cfg: TrainConfig, resume: str | None = None, log=print) -> Trainer:
         tr = Trainer(cfg, info, log=log if info.is_main else (lambda *_: None))
         if resume:
             rp = Path(cfg.out) / "last" if resume == "auto" else Path(resume)
+            if not rp.exists() and rp.with_name(rp.name + ".old").is_dir():
+                rp = rp.with_name(rp.name + ".old")  # killed mid-swap: the previous complete checkpoint
             if rp.exists():
                 tr.load(rp)
                 if info.is_main:

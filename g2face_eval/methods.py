@@ -9,8 +9,6 @@ checkpoint is available in the zoo.
 from __future__ import annotations
 
 import functools
-import importlib
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -20,8 +18,6 @@ from baselines.mask import SolidMask
 from baselines.noise import AdditiveNoise
 from baselines.pixelate import Pixelate
 from g2face_eval.anonymizer import METHODS, Anonymizer, Key, Output
-
-log = logging.getLogger(__name__)
 
 
 class IdentityMethod(Anonymizer):
@@ -75,18 +71,9 @@ def _register_all() -> None:
     if "identity" not in METHODS:
         METHODS.add("identity", lambda **kw: IdentityMethod())
     # Learned models register themselves from their own modules (they own their factories and checkpoints).
-    for mod in ("g2face_eval.models.anonymizer", "g2face_eval.models.g2face"):
-        try:
-            m = importlib.import_module(mod)
-        except Exception as e:  # noqa: BLE001 - a learned model that cannot be imported is simply not listed
-            log.debug("learned model module %s not importable: %s", mod, e)
-            continue
-        reg = getattr(m, "register_methods", None)
-        if callable(reg):
-            try:
-                reg(METHODS)
-            except ValueError:  # already registered
-                pass
+    from g2face_eval.models import shipped
+
+    shipped.register_methods(METHODS)
 
 
 _register_all()
@@ -96,18 +83,10 @@ CLASSIC_METHODS: tuple[str, ...] = tuple(CLASSIC)
 
 @functools.lru_cache(maxsize=1)
 def g2face_available() -> bool:
-    """True when the G2Face method is registered and its shipped checkpoint exists in the zoo."""
-    if "g2face" not in METHODS:
-        return False
-    try:
-        from g2face_eval import zoo
+    """True when the shipped G2Face checkpoint is present (and its sha256 on record)."""
+    from g2face_eval import zoo
 
-        for wname in ("g2face_shipped", "g2face", "g2face_ours", "g2face_project"):
-            if wname in zoo.WEIGHTS and zoo.available(wname):
-                return True
-    except Exception:  # noqa: BLE001
-        return False
-    return False
+    return zoo.available("g2face_shipped")
 
 
 def default_methods() -> list[str]:

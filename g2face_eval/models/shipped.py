@@ -1,0 +1,165 @@
+"""The project's shipped G2Face checkpoint: export from a training run, zoo entry, and the ``g2face`` method.
+
+The shipped network is a small G2Face (``G2FaceConfig.tiny``) trained by ``g2face-eval train`` on the
+celebahq256 train split with the offline priors (SFace identity, the project's landmark geometry prior); see
+``g2face_eval/checkpoints/g2face_shipped.md`` for data, steps, time, hardware and the harness's numbers.
+
+It works at ``cfg.size`` pixels; the harness hands every method 256x256 faces, so ``ResizedG2Face`` area-
+downsamples the input to the network's size and bicubic-upsamples the result back (for both anonymize and
+recover). Everything else (keyed payload, fail-closed recovery, keyed noise) is ``G2FaceAnonymizer``.
+
+Export:  python -m g2face_eval.models.shipped export <training checkpoint dir> [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from g2face_eval import zoo
+from g2face_eval.anonymizer import Anonymizer, Key, Output
+from g2face_eval.models.anonymizer import G2FaceAnonymizer
+from g2face_eval.models.g2face import G2Face, G2FaceConfig
+
+WEIGHT_NAME = "g2face_shipped"
+FILENAME = "g2face_shipped.safetensors"
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+# sha256 on record for the committed file (updated by `export`, verified by the zoo before every load)
+SHA256_FILE = CHECKPOINT_DIR / "g2face_shipped.sha256"
+KEEP_PREFIXES = ("anonymous_net.", "style_mlp.", "map_2_id.", "hiding_extractor.")
+
+
+def _recorded_sha256() -> str | None:
+    return SHA256_FILE.read_text().split()[0] if SHA256_FILE.exists() else None
+
+
+def _load(path: Path) -> tuple[G2FaceConfig, dict, dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata() or {})
+    cfg = G2FaceConfig(**{k: tuple(v) if isinstance(v, list) else v
+                          for k, v in json.loads(meta["g2face_config"]).items()})
+    return cfg, meta, load_file(str(path))
+
+
+zoo.register_project_checkpoint(
+    WEIGHT_NAME,
+    FILENAME,
+    sha256=_recorded_sha256(),
+    input=zoo.InputSpec(size=None, value_range=(-1.0, 1.0), mean=None, std=None, channel_order="RGB"),
+    description="G2Face (small config) trained by this project on celebahq256 train; offline priors "
+                "(SFace identity, landmark geometry prior). Model card: checkpoints/g2face_shipped.md",
+    instructions="shipped in the repository (g2face_eval/checkpoints/); re-create with `g2face-eval train` "
+                 "and `python -m g2face_eval.models.shipped export`",
+    loader=_load,
+)
+
+
+class ResizedG2Face(Anonymizer):
+    """Runs a G2Face at its own size on faces of any square size (area down, bicubic up)."""
+
+    reversible = True
+
+    def __init__(self, inner: G2FaceAnonymizer, name: str = "g2face"):
+        self.inner = inner
+        self.name = name
+        self.size = inner.cfg.size
+
+    def config(self) -> dict:
+        return {**self.inner.config(), "name": self.name, "weights": WEIGHT_NAME,
+                "weights_sha256": _recorded_sha256(), "resize": "area-down/bicubic-up"}
+
+    def _down(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.shape[-1] == self.size else F.interpolate(x, size=(self.size, self.size), mode="area")
+
+    @staticmethod
+    def _up(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if y.shape[-2:] == like.shape[-2:]:
+            return y
+        return F.interpolate(y, size=like.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+
+    def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
+                   ) -> Output:
+        out = self.inner.anonymize(self._down(images), keys)
+        return Output(self._up(out.images, images), ok=out.ok, bits=out.bits, info=out.info)
+
+    def _recover(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
+        out = self.inner.recover(self._down(images), keys)
+        return Output(self._up(out.images, images), ok=out.ok, bits=out.bits, info=out.info)
+
+
+def build(device: str = "cpu", payload: str = "keyed", **kw) -> ResizedG2Face:
+    """The ``g2face`` method: shipped weights (sha256-verified) + offline priors."""
+    from g2face_eval.models.geometry import load_geometry_prior
+    from g2face_eval.models.identity import get_identity_prior
+
+    cfg, meta, sd = zoo.load(WEIGHT_NAME)
+    model = G2Face(cfg, with_discriminator=False)
+    model.load_state_dict(sd, strict=True)
+    identity = get_identity_prior(meta.get("identity", "sface"))
+    geometry = load_geometry_prior(meta.get("geometry", "mediapipe_lmm"))
+    inner = G2FaceAnonymizer(model, identity=identity, geometry=geometry, payload=payload, device=device,
+                             **kw)
+    return ResizedG2Face(inner)
+
+
+def register_methods(methods) -> None:
+    if "g2face" not in methods:
+        methods.add("g2face", build)
+
+
+def export(train_dir: str | Path, out: str | Path = CHECKPOINT_DIR / FILENAME) -> str:
+    """Training checkpoint dir (model.safetensors with metadata) -> shipped inference weights (no
+    discriminator), with the G2Face config, priors and training provenance in the safetensors metadata.
+    Writes the file atomically and records its sha256; returns the digest."""
+    import os
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src = Path(train_dir) / "model.safetensors"
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata() or {})
+    if meta.get("mode") != "g2face" or "g2face_config" not in meta:
+        raise ValueError(f"{src} is not a G2Face training checkpoint (metadata mode={meta.get('mode')!r})")
+    train_cfg = json.loads(meta["config"])
+    sd = {k: v for k, v in load_file(str(src)).items() if k.startswith(KEEP_PREFIXES)}
+    identity = train_cfg.get("identity", "auto")
+    out_meta = {
+        "g2face_config": meta["g2face_config"],
+        # "auto" resolved as training resolved it (ArcFace when its user weights exist, else SFace)
+        "identity": (("arcface" if zoo.available("arcface_iresnet50") else "sface") if identity == "auto"
+                     else identity),
+        "geometry": train_cfg.get("geometry", "mediapipe_lmm"),
+        "train_step": meta.get("step", ""),
+        "train_config": meta["config"],
+    }
+    out = Path(out)
+    tmp = out.with_suffix(".tmp")
+    save_file(sd, str(tmp), metadata=out_meta)
+    os.replace(tmp, out)
+    digest = zoo.sha256_file(out)
+    SHA256_FILE.write_text(f"{digest}  {out.name}\n")
+    return digest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export")
+    e.add_argument("train_dir")
+    e.add_argument("--out", default=str(CHECKPOINT_DIR / FILENAME))
+    args = ap.parse_args(argv)
+    print(export(args.train_dir, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

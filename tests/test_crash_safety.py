@@ -44,8 +44,17 @@ def _env(**extra) -> dict:
 def _evaluate(tmp: Path, crash: str | None = None) -> subprocess.CompletedProcess:
     cfg = {**EVAL_CFG, "cache_dir": str(tmp / "cache"), "reports_dir": str(tmp / "reports")}
     (tmp / "cfg.json").write_text(json.dumps(cfg))
-    cmd = [sys.executable, "-m", "g2face_eval", "evaluate", "--config", str(tmp / "cfg.json"),
-           "--results-dir", str(tmp / "results"), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "g2face_eval",
+        "evaluate",
+        "--config",
+        str(tmp / "cfg.json"),
+        "--results-dir",
+        str(tmp / "results"),
+        "--no-progress",
+    ]
     env = _env(**({"G2FACE_CRASH_AT": crash} if crash else {}))
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -142,10 +151,45 @@ def test_orphan_running_parent_is_adopted(tmp_path):
 # training
 # ------------------------------------------------------------------------------------------------------------
 def _train(root: Path, out: Path, crash: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "g2face_eval", "train", "--preset", "tiny", "--size", "32", "--tiny", "8",
-           "--batch", "4", "--steps", "6", "--steps-per-epoch", "2", "--warmup-epochs", "1", "--ckpt-every", "2",
-           "--identity", "sface", "--geometry", "none", "--perceptual", "none", "--no-mlflow", "--limit", "16",
-           "--data-root", str(root), "--device", "cpu", "--out", str(out), "--resume", "auto"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "g2face_eval",
+        "train",
+        "--preset",
+        "tiny",
+        "--size",
+        "32",
+        "--tiny",
+        "8",
+        "--batch",
+        "4",
+        "--steps",
+        "6",
+        "--steps-per-epoch",
+        "2",
+        "--warmup-epochs",
+        "1",
+        "--ckpt-every",
+        "2",
+        "--identity",
+        "sface",
+        "--geometry",
+        "none",
+        "--perceptual",
+        "none",
+        "--no-mlflow",
+        "--limit",
+        "16",
+        "--data-root",
+        str(root),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--resume",
+        "auto",
+    ]
     env = _env(**({"G2FACE_CRASH_AT": crash} if crash else {}))
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

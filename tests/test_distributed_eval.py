@@ -29,16 +29,27 @@ CFG = {
 
 
 def _run(tmp: Path, nproc: int) -> Path:
-    (tmp / "cfg.json").write_text(json.dumps({**CFG, "cache_dir": str(tmp / "cache"),
-                                              "reports_dir": str(tmp / "reports")}))
-    args = ["-m", "g2face_eval", "evaluate", "--config", str(tmp / "cfg.json"), "--results-dir",
-            str(tmp / "results"), "--no-progress"]
+    (tmp / "cfg.json").write_text(
+        json.dumps({**CFG, "cache_dir": str(tmp / "cache"), "reports_dir": str(tmp / "reports")})
+    )
+    args = [
+        "-m",
+        "g2face_eval",
+        "evaluate",
+        "--config",
+        str(tmp / "cfg.json"),
+        "--results-dir",
+        str(tmp / "results"),
+        "--no-progress",
+    ]
     if nproc > 1:
         args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("G2FACE_CRASH_AT", None)
-    p = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     (d,) = [q for q in (tmp / "results").iterdir() if q.is_dir() and q.name != "mlartifacts"]
     return d
@@ -51,8 +62,10 @@ def runs(tmp_path_factory):
 
 def test_records_equal_single_process(runs):
     one, two = runs
-    a, b = (pd.read_parquet(d / "records.parquet").sort_values(["method", "dataset", "id"]).reset_index(drop=True)
-            for d in (one, two))
+    a, b = (
+        pd.read_parquet(d / "records.parquet").sort_values(["method", "dataset", "id"]).reset_index(drop=True)
+        for d in (one, two)
+    )
     assert len(a) == 12 and (a.status == "ok").all()
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
@@ -64,7 +77,9 @@ def test_aggregates_and_frechet_equal_single_process(runs):
     a, b = ((x[x.dataset != "all"][cols]).sort_values(cols[:3]).reset_index(drop=True) for x in (a, b))
     assert "fd_effnet_lite0" in set(a.metric)
     pd.testing.assert_frame_equal(a, b, check_exact=True)
-    assert json.loads((one / "set_metrics.json").read_text()) == json.loads((two / "set_metrics.json").read_text())
+    assert json.loads((one / "set_metrics.json").read_text()) == json.loads(
+        (two / "set_metrics.json").read_text()
+    )
 
 
 def test_work_was_sharded_and_mlflow_finished(runs):

@@ -61,7 +61,9 @@ def _zoo_load(p: Path, monkeypatch):
     target = p.parent / spec.filename
     p.rename(target)
     # digest matches: only the unpickling safety stands between the file and code execution
-    monkeypatch.setitem(zoo.WEIGHTS._items, spec.name, dataclasses.replace(spec, sha256=zoo.sha256_file(target)))
+    monkeypatch.setitem(
+        zoo.WEIGHTS._items, spec.name, dataclasses.replace(spec, sha256=zoo.sha256_file(target))
+    )
     zoo.load("g2face_official")
 
 
@@ -78,10 +80,21 @@ def _generator_init(p: Path, monkeypatch):
 
 
 def _training_resume(p: Path, monkeypatch):
-    from g2face_eval.training.loop import Trainer, TrainConfig
+    from g2face_eval.training.loop import TrainConfig, Trainer
 
-    cfg = TrainConfig(size=32, tiny_width=8, batch=2, steps=1, warmup_epochs=0, identity="sface",
-                      geometry="none", perceptual="none", mlflow=False, ckpt_every=0, device="cpu")
+    cfg = TrainConfig(
+        size=32,
+        tiny_width=8,
+        batch=2,
+        steps=1,
+        warmup_epochs=0,
+        identity="sface",
+        geometry="none",
+        perceptual="none",
+        mlflow=False,
+        ckpt_every=0,
+        device="cpu",
+    )
     tr = Trainer(cfg, images=torch.rand(4, 3, 32, 32) * 2 - 1, log=lambda *_: None)
     ck = tr.save(p.parent / "ck")
     p.replace(ck / "train_state.pt")  # a tampered resume state next to valid safetensors weights

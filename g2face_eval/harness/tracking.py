@@ -143,7 +143,9 @@ class Tracker:
         flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         try:
             runs = self.client.search_runs(
-                [self.experiment_id], f"{flt} and attributes.status = 'RUNNING'", max_results=1,
+                [self.experiment_id],
+                f"{flt} and attributes.status = 'RUNNING'",
+                max_results=1,
                 order_by=["attributes.start_time DESC"],
             )
         except Exception:  # noqa: BLE001 - search problems must not stop an evaluation

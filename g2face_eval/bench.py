@@ -45,7 +45,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -57,6 +56,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from g2face_eval import atomic
 
 SCHEMA = "g2face-eval/bench/v1"
 ROW_FIELDS = ("suite", "name", "config", "op", "variant", "batch", "status", "median_ms", "p90_ms",
@@ -899,18 +900,7 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 # ============================================================================================ outputs
 def atomic_write_json(path: Path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str, allow_nan=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic.write_json(path, obj, indent=1, sort_keys=False, allow_nan=True)
 
 
 def device_info(device: torch.device) -> dict:
@@ -983,10 +973,8 @@ def plot(doc: dict, path: Path) -> Path | None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=1 if len(series) < 14 else 2)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic.write_via(path, lambda t: fig.savefig(t, dpi=120, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -854,10 +854,10 @@ def sample_grid(rows: list[list[np.ndarray | None]], size: int = 128) -> np.ndar
 def _save_png(path: Path, img: np.ndarray) -> None:
     import cv2
 
-    from g2face_eval.harness.records import atomic_write_bytes
+    from g2face_eval import atomic
 
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[:, :, ::-1]))
-    atomic_write_bytes(path, buf.tobytes())
+    atomic.write_bytes(path, buf.tobytes())
 
 
 # ----------------------------------------------------------------------------------------------------------

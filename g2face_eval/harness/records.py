@@ -16,61 +16,24 @@ dataset, image id, key digest) and embeddings by (recognizer, dataset, image id,
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+from g2face_eval import atomic
 
 
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-def _atomic_via_tmp(path: Path, writer) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic.write_json(path, obj)
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:
     """parquet (or csv by suffix), atomically."""
     if Path(path).suffix == ".csv":
-        _atomic_via_tmp(path, lambda t: df.to_csv(t, index=False))
+        atomic.write_via(path, lambda t: df.to_csv(t, index=False))
     else:
-        _atomic_via_tmp(path, lambda t: df.to_parquet(t, index=False))
+        atomic.write_via(path, lambda t: df.to_parquet(t, index=False))
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -78,7 +41,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         with open(t, "wb") as f:
             np.savez(f, **arrays)
 
-    _atomic_via_tmp(path, w)
+    atomic.write_via(path, w)
 
 
 def safe_name(s: str) -> str:
@@ -119,7 +82,7 @@ class ImageCache:
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
         if not ok:
             raise RuntimeError("PNG encoding failed")
-        atomic_write_bytes(self._path(namespace, key), buf.tobytes())
+        atomic.write_bytes(self._path(namespace, key), buf.tobytes())
 
 
 class ArrayCache:
@@ -145,7 +108,7 @@ class ArrayCache:
             with open(t, "wb") as f:
                 np.save(f, np.asarray(arr), allow_pickle=False)
 
-        _atomic_via_tmp(self._path(namespace, key), w)
+        atomic.write_via(self._path(namespace, key), w)
 
 
 class BatchStore:

@@ -40,8 +40,6 @@ file in the same folder + ``os.replace``).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from g2face_eval import settings
+from g2face_eval import atomic, settings
 from g2face_eval.imaging import check_batch
 from g2face_eval.metrics.base import MetricUnavailable
 from g2face_eval.registry import Registry
@@ -575,18 +573,11 @@ def cache_path(extractor: FeatureExtractor, key: str) -> Path:
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    atomic.write_via(path, write)
 
 
 def reference_features(

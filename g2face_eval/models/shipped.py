@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from g2face_eval import zoo
+from g2face_eval import atomic, zoo
 from g2face_eval.anonymizer import Anonymizer, Key, Output
 from g2face_eval.models.anonymizer import G2FaceAnonymizer
 from g2face_eval.models.g2face import G2Face, G2FaceConfig
@@ -92,7 +92,10 @@ class ResizedG2Face(Anonymizer):
 
     def _recover(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
         out = self.inner.recover(self._down(images), keys)
-        return Output(self._up(out.images, images), ok=out.ok, bits=out.bits, info=out.info)
+        rec = self._up(out.images, images)
+        if out.ok is not None:  # fail closed at full size too: unauthenticated -> the input, bit for bit
+            rec = torch.where(out.ok.to(rec.device)[:, None, None, None], rec, images.to(rec.device))
+        return Output(rec, ok=out.ok, bits=out.bits, info=out.info)
 
 
 def build(device: str = "cpu", payload: str = "keyed", **kw) -> ResizedG2Face:
@@ -119,8 +122,6 @@ def export(train_dir: str | Path, out: str | Path = CHECKPOINT_DIR / FILENAME) -
     """Training checkpoint dir (model.safetensors with metadata) -> shipped inference weights (no
     discriminator), with the G2Face config, priors and training provenance in the safetensors metadata.
     Writes the file atomically and records its sha256; returns the digest."""
-    import os
-
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -141,12 +142,9 @@ def export(train_dir: str | Path, out: str | Path = CHECKPOINT_DIR / FILENAME) -
         "train_step": meta.get("step", ""),
         "train_config": meta["config"],
     }
-    out = Path(out)
-    tmp = out.with_suffix(".tmp")
-    save_file(sd, str(tmp), metadata=out_meta)
-    os.replace(tmp, out)
+    out = atomic.write_via(out, lambda t: save_file(sd, t, metadata=out_meta))
     digest = zoo.sha256_file(out)
-    SHA256_FILE.write_text(f"{digest}  {out.name}\n")
+    atomic.write_text(SHA256_FILE, f"{digest}  {out.name}\n")
     return digest
 
 

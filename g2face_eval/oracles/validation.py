@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import settings
+from .. import atomic, settings
 
 CACHE_VERSION = "v1"
 PUBLISHED = {"sface": 99.40, "dlib": 99.38}
@@ -156,10 +156,11 @@ def _load_cache(p: Path) -> dict:
 
 
 def _save_cache(p: Path, d: dict) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **d)
-    os.replace(tmp, p)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **d)
+
+    atomic.write_via(p, write)
 
 
 def _key(lfw: Path, rel: str) -> str:

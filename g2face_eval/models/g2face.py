@@ -342,7 +342,7 @@ class StyleMLP(nn.Module):
         h = self.norm(torch.cat([identity, geometry_condition(geometry).to(identity.dtype)], 1))
         lo, mi, hi = self.cfg.split
         codes = [self.style_low(h), self.style_middle(h), self.style_high(h)]
-        return torch.cat([c[:, None].expand(-1, n, -1) for c, n in zip(codes, (lo, mi, hi))], 1)
+        return torch.cat([c[:, None].expand(-1, n, -1) for c, n in zip(codes, (lo, mi, hi), strict=True)], 1)
 
 
 class Map2ID(nn.Module):

@@ -4,7 +4,8 @@ Official (``mode="official"``, ``OfficialPayload``): the 512-d identity embeddin
 patterns, (B, 512, 32) bits [sign, exponent MSB..LSB, mantissa MSB..LSB]; recovery = round(sigmoid(logits)),
 bit2float, values outside [-50, 50] (and inf/nan) set to 0. Anyone holding the extractor recovers the person.
 
-Keyed (``mode="keyed"``, ``KeyedPayload``; beyond the official code): the embedding is quantised to int8 with a
+Keyed (``mode="keyed"``, ``KeyedPayload``; beyond the official code): the embedding is quantised to int8 (int4
+when int8 would leave less than a quarter of each codeword for parity) with a
 per-vector float32 scale, encrypted and authenticated with ChaCha20-Poly1305 under a key derived from the user's
 per-image key (HKDF-SHA256, domain-separated), protected by Reed-Solomon codewords (GF(256), byte-interleaved
 across codewords) and spread over the n_bits positions by a fixed pseudo-random bit permutation, so that bit
@@ -127,19 +128,25 @@ class KeyedPayload:
         if nonce not in ("synthetic", "random"):
             raise ValueError("nonce must be 'synthetic' or 'random'")
         self.n_bits, self.dim, self.context, self.nonce_mode = n_bits, dim, context, nonce
-        self.plain_len = 4 + dim
-        self.msg_len = self.NONCE + self.plain_len + self.TAG
         self.capacity = n_bits // 8
         self.n_cw = max(1, math.ceil(self.capacity / max_codeword))
         self.cw_len = self.capacity // self.n_cw
-        self.k = math.ceil(self.msg_len / self.n_cw)
-        self.nsym = self.cw_len - self.k
+        # int8 per dimension when it leaves at least a quarter of each codeword for parity; else int4 (small
+        # generators, e.g. 1024 bits at 64 px carrying a 128-d SFace embedding)
+        for qbits in (8, 4):
+            self.qbits = qbits
+            self.plain_len = 4 + math.ceil(dim * qbits / 8)
+            self.msg_len = self.NONCE + self.plain_len + self.TAG
+            self.k = math.ceil(self.msg_len / self.n_cw)
+            self.nsym = self.cw_len - self.k
+            if self.nsym >= self.cw_len // 4:
+                break
         if self.nsym < 2:
-            raise ValueError(f"keyed payload of a {dim}-d embedding ({self.msg_len} bytes) does not fit in "
-                             f"{n_bits} bits with error correction")
+            raise ValueError(f"keyed payload of a {dim}-d embedding ({self.msg_len} bytes at int{self.qbits}) "
+                             f"does not fit in {n_bits} bits with error correction")
         self.rs = RSCodec(self.nsym, nsize=self.cw_len)
         self.used_bytes = self.n_cw * self.cw_len
-        self.aad = context + struct.pack("<III", n_bits, dim, 1)
+        self.aad = context + struct.pack("<III", n_bits, dim, 1) + (b"" if self.qbits == 8 else b"int4")
         g = torch.Generator().manual_seed(permutation_seed)
         self._perm_cpu = torch.randperm(n_bits, generator=g)   # stream bit j -> image bit position perm[j]
         self._perm_dev: dict[torch.device, torch.Tensor] = {}
@@ -155,7 +162,7 @@ class KeyedPayload:
         return dict(mode=self.mode, n_bits=self.n_bits, dim=self.dim, message_bytes=self.msg_len,
                     codewords=self.n_cw, codeword_bytes=self.cw_len, data_bytes_per_codeword=self.k,
                     parity_bytes_per_codeword=self.nsym, aead="ChaCha20-Poly1305", kdf="HKDF-SHA256",
-                    quantisation="int8 per dimension, float32 per-vector scale", nonce=self.nonce_mode)
+                    quantisation=f"int{self.qbits} per dimension, float32 per-vector scale", nonce=self.nonce_mode)
 
     # ---- keys
     def _derive(self, key: bytes, info: bytes, n: int = 32) -> bytes:
@@ -172,14 +179,23 @@ class KeyedPayload:
 
     # ---- quantisation
     def _quantise(self, v: np.ndarray) -> bytes:
+        qmax = 127 if self.qbits == 8 else 7
         m = float(np.abs(v).max()) if v.size else 0.0
-        scale = np.float32(m / 127.0 if m > 0 and np.isfinite(m) else 1.0)
-        q = np.clip(np.rint(np.nan_to_num(v) / scale), -127, 127).astype(np.int8)
+        scale = np.float32(m / qmax if m > 0 and np.isfinite(m) else 1.0)
+        q = np.clip(np.rint(np.nan_to_num(v) / scale), -qmax, qmax).astype(np.int8)
+        if self.qbits == 4:  # two's-complement nibbles, high nibble first
+            u = (q.astype(np.int16) & 0xF).astype(np.uint8)
+            u = np.concatenate([u, np.zeros(len(u) % 2, np.uint8)])
+            q = (u[0::2] << 4) | u[1::2]
         return struct.pack("<f", float(scale)) + q.tobytes()
 
     def _dequantise(self, p: bytes) -> np.ndarray:
         scale = struct.unpack("<f", p[:4])[0]
-        return np.frombuffer(p[4:], dtype=np.int8).astype(np.float32) * np.float32(scale)
+        q = np.frombuffer(p[4:], dtype=np.uint8 if self.qbits == 4 else np.int8)
+        if self.qbits == 4:
+            u = np.stack([q >> 4, q & 0xF], axis=1).reshape(-1)[: self.dim].astype(np.int8)
+            q = np.where(u > 7, u - 16, u).astype(np.int8)
+        return q.astype(np.float32) * np.float32(scale)
 
     # ---- bytes <-> bits
     def _layout(self, codewords: list[bytes], key: bytes) -> np.ndarray:

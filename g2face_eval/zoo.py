@@ -492,7 +492,9 @@ _add(
     relpath="models/efficientnet-lite0-57934424.pth",
     sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     licence="Apache-2.0",
-    input=InputSpec((224, 224), **IMAGENET, channel_order="RGB"),
+    # EfficientNet-Lite input scaling (x*255 - 127) / 128, as in g2face_eval.metrics.realism (its first BatchNorm
+    # statistics confirm it), not the ImageNet mean/std of the full EfficientNets
+    input=InputSpec((224, 224), (0.0, 1.0), (127 / 255,) * 3, (128 / 255,) * 3, channel_order="RGB"),
     description="EfficientNet-Lite0 ImageNet state dict (feature extractor for fd_effnet_lite0)",
     loader=torch_load,
 )

@@ -76,12 +76,7 @@ def shard_batches(cfg: dict, rank: int, n: int) -> tuple[list, BatchStore]:
     contexts = {d: E.DatasetContext(p, oracles) for d, p in prepared.items()}
     out = []
     for mname in method_names:
-        method = M.METHODS.get(mname)(**cfg.get("method_options", {}).get(mname, {}))
-        if hasattr(method, "to"):
-            try:
-                method.to(device)
-            except Exception:  # noqa: BLE001
-                pass
+        method = E.build_method(mname, cfg, device)
         mhash = C.method_hash(method.config())
         runner = E.MethodRunner(mname, method, mhash, icache, acache, device)
         for dname, pdata in prepared.items():

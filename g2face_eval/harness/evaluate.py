@@ -883,6 +883,19 @@ def _batches(items: list[Item], bs: int) -> list[list[Item]]:
     return [items[i : i + bs] for i in range(0, len(items), bs)]
 
 
+def build_method(name: str, cfg: dict, device: str):
+    """The configured method ``name`` (with its ``method_options``), moved to ``device`` when it can move."""
+    from g2face_eval import methods as M
+
+    method = M.METHODS.get(name)(**cfg.get("method_options", {}).get(name, {}))
+    if hasattr(method, "to"):
+        try:
+            method.to(device)
+        except Exception:  # noqa: BLE001
+            pass
+    return method
+
+
 def evaluate(
     cfg: dict | None = None,
     *,
@@ -940,12 +953,7 @@ def evaluate(
         latency_path = run_dir / "latency.json"
         latency = json.loads(latency_path.read_text()) if latency_path.exists() else {}
         for mname in method_names:
-            method = M.METHODS.get(mname)(**cfg.get("method_options", {}).get(mname, {}))
-            if hasattr(method, "to"):
-                try:
-                    method.to(device)
-                except Exception:  # noqa: BLE001
-                    pass
+            method = build_method(mname, cfg, device)
             mcfg = method.config()
             mhash = C.method_hash(mcfg)
             runner = MethodRunner(mname, method, mhash, icache, acache, device)

@@ -213,35 +213,27 @@ def compute_embeddings(lfw: Path, rels: list[str], names: list[str], workers: in
 
         args = [str(lfw / r) for r in todo]
         rel_of = {str(lfw / r): r for r in todo}
-        if workers > 1:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("fork")
-            with ctx.Pool(workers, initializer=_worker_init, initargs=(names,)) as pool:
-                it = pool.imap_unordered(_star, [(a, names) for a in args], chunksize=8)
-                for path, fb, _, out in it:
-                    r = rel_of[path]
-                    for n in names:
-                        caches[n][keys[r]] = out[n]
-                    for n in names:
-                        fbs[n][keys[r]] = np.array(fb)
-                    bar.update(1)
-                    if time.time() - last_save > 60:
-                        save()
-                        last_save = time.time()
-        else:
-            _worker_init(names)
-            for a in args:
-                path, fb, _, out = _process(a, names)
+        def consume(results) -> None:
+            nonlocal last_save
+            for path, fb, _, out in results:
                 r = rel_of[path]
                 for n in names:
                     caches[n][keys[r]] = out[n]
-                for n in names:
                     fbs[n][keys[r]] = np.array(fb)
                 bar.update(1)
                 if time.time() - last_save > 60:
                     save()
                     last_save = time.time()
+
+        if workers > 1:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork")
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(names,)) as pool:
+                consume(pool.imap_unordered(_star, [(a, names) for a in args], chunksize=8))
+        else:
+            _worker_init(names)
+            consume(_process(a, names) for a in args)
         bar.close()
         save()
     emb = {n: {r: caches[n][keys[r]] for r in rels} for n in names}

@@ -11,6 +11,7 @@ COMMANDS = {
     "evaluate": ("g2face_eval.harness.evaluate", "evaluate methods x datasets, log to MLflow"),
     "report": ("g2face_eval.reports.build", "build figures, tables and the HTML report from an evaluation"),
     "train": ("g2face_eval.training.train", "train G2Face or a learned baseline (torchrun-compatible)"),
+    "train-baseline": ("baselines.learned.train", "train a learned baseline: fit | inpaint | riddle (issue #6)"),
     "bench": ("g2face_eval.bench", "latency / throughput / memory benchmark"),
 }
 

@@ -74,6 +74,9 @@ def _register_all() -> None:
     from g2face_eval.models import shipped
 
     shipped.register_methods(METHODS)
+    from baselines import learned
+
+    learned.register_methods(METHODS)
 
 
 _register_all()
@@ -93,6 +96,9 @@ def default_methods() -> list[str]:
     names = [*CLASSIC_METHODS, "identity"]
     if g2face_available():
         names.append("g2face")
+    from baselines import learned
+
+    names += learned.available_methods()
     return names
 
 

@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from g2face_eval import atomic
+from g2face_eval.models.g2face import set_memory_format  # noqa: F401 - re-exported (bench API)
 
 SCHEMA = "g2face-eval/bench/v1"
 ROW_FIELDS = ("suite", "name", "config", "op", "variant", "batch", "status", "median_ms", "p90_ms",
@@ -81,21 +82,27 @@ def config_by_name(name: str):
     if name == "tiny":
         return G2FaceConfig.tiny(), "G2FaceConfig.tiny() (64 px, width 16)"
     if name == "shipped":
-        try:
-            from g2face_eval import zoo
-
-            for w in ("g2face_shipped", "g2face_ours"):
-                if w in zoo.WEIGHTS and zoo.available(w):
-                    ck = torch.load(str(zoo.path(w)), map_location="cpu", weights_only=True)
-                    cfg = ck.get("config") if isinstance(ck, dict) else None
-                    if isinstance(cfg, dict):
-                        return G2FaceConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                               for k, v in cfg.items()}), f"shipped checkpoint {w}"
-        except Exception:  # noqa: BLE001 - the fallback is reported in the note
-            pass
+        shipped = _shipped()
+        if shipped is not None:
+            cfg, meta, _ = shipped
+            return cfg, (f"shipped checkpoint g2face_shipped (trained weights; identity {meta.get('identity')}, "
+                         f"geometry {meta.get('geometry')}, keyed payload)")
         cfg, _ = config_by_name("small")
         return cfg, "FALLBACK: no shipped G2Face checkpoint in the zoo -> 'small' config"
     raise ValueError(f"unknown config {name!r}; known: official, shipped, small, tiny")
+
+
+def _shipped():
+    """(cfg, meta, state_dict) of the zoo's shipped G2Face (safetensors), or None when unavailable."""
+    try:
+        from g2face_eval import zoo
+        from g2face_eval.models import shipped
+
+        if zoo.available(shipped.WEIGHT_NAME):
+            return zoo.load(shipped.WEIGHT_NAME)
+    except Exception:  # noqa: BLE001 - the fallback is reported in the note
+        pass
+    return None
 
 
 class TruncatedIdentity(nn.Module):
@@ -128,29 +135,25 @@ class ResNet50Recon(nn.Module):
     def forward(self, x_m11: torch.Tensor) -> torch.Tensor:
         return self.net((x_m11 + 1) * 0.5)
 
+    def coefficients(self, x_m11: torch.Tensor) -> torch.Tensor:
+        return self(x_m11)  # through __call__, so FLOP counting attributes it to this module
+
 
 class LmmGeometry(nn.Module):
-    """Our shipped geometry prior's architecture (EfficientNet-lite0 regressor) -> 147-d style condition."""
+    """Our shipped geometry prior's architecture (EfficientNet-lite0 regressor) -> 147-d style condition
+    (normalisation constants are buffers of the trunk, see models/geometry.py)."""
 
     def __init__(self):
         super().__init__()
         from g2face_eval.models.geometry import GeometryPrior
 
         self.prior = GeometryPrior()
-        # models/geometry.py EfficientNetLite0.normalize01 builds its mean/std with torch.tensor(...) on every
-        # call (an H2D copy per call on CUDA); the bench fast path uses buffers built once instead.
-        trunk = self.prior.regressor.trunk
-        self.register_buffer("mean", torch.tensor(trunk.MEAN, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(trunk.STD, dtype=torch.float32).view(1, 3, 1, 1),
-                             persistent=False)
-        trunk.normalize01 = self._normalize01
-
-    def _normalize01(self, x01: torch.Tensor) -> torch.Tensor:
-        return (x01 - self.mean.to(x01.dtype)) / self.std.to(x01.dtype)
 
     def forward(self, x_m11: torch.Tensor) -> torch.Tensor:
         return self.prior.style_condition(self.prior.coefficients(x_m11))
+
+    def coefficients(self, x_m11: torch.Tensor) -> torch.Tensor:
+        return self(x_m11)  # through __call__, so FLOP counting attributes it to this module
 
 
 def _seed_bn(module: nn.Module, x: torch.Tensor) -> None:
@@ -168,122 +171,137 @@ def _seed_bn(module: nn.Module, x: torch.Tensor) -> None:
 
 
 class BenchPipeline(nn.Module):
-    """The G2Face inference fast path (anonymize / recover) with device-resident constants.
+    """The networks of one config + the two inference paths of ``models/anonymizer.G2FaceAnonymizer`` on them:
+    ``fast`` (fast=True, the default inference path) and ``ref`` (fast=False, the fp32 reference path, on its
+    own copy of the generator so the fast path's weight cache cannot leak into it).
 
-    Equivalent to ``G2FaceAnonymizer(payload="official", noise="keyed")`` (tests/test_bench.py checks it),
-    but:
-    no ``torch.tensor(...)`` / module-level CPU constants moved per call (bit weights are buffers built once),
-    hard bits as ``logits > 0`` (== round(sigmoid)), bit2float by integer assembly + an exact E=0 branch,
-    priors and payload always fp32 (``amp`` only wraps the generator and the extractor).
+    Tensor API used by the sync check, the FLOP count and the fidelity section: ``anonymize(images01, seeds)``
+    / ``recover(images01, seeds)`` = ``fast.anonymize_tensors`` / ``fast.recover_tensors`` (official payload,
+    all on the device). For a keyed-payload config (``shipped``) the tensor API replaces the host AEAD/RS step
+    by seed-derived device bits of the same shape (FLOPs and sync check only); timed rows go through the
+    ``Anonymizer`` API (keys, host cryptography included).
     """
 
-    def __init__(self, cfg, identity: nn.Module, geometry: nn.Module, name: str = ""):
+    def __init__(self, cfg, identity: nn.Module, geometry: nn.Module, name: str = "", model=None,
+                 payload: str = "official"):
         super().__init__()
         from g2face_eval.models.g2face import G2Face
 
         self.cfg = cfg
         self.name = name
-        self.model = G2Face(cfg, with_discriminator=False).eval()
+        self.payload_mode = payload
+        self.model = (model if model is not None else G2Face(cfg, with_discriminator=False)).eval()
         self.identity = identity.eval()
         self.geometry = geometry.eval()
-        self.register_buffer("shifts", torch.arange(31, -1, -1, dtype=torch.int32), persistent=False)
-        self.register_buffer("shifts64", torch.arange(31, -1, -1, dtype=torch.int64), persistent=False)
-        self.register_buffer("mant_w", torch.pow(2.0, -torch.arange(1, 24, dtype=torch.float32)),
-                             persistent=False)
-        self.register_buffer("pow2_m127", torch.tensor(2.0 ** -127, dtype=torch.float32), persistent=False)
-        self.amp_dtype: torch.dtype | None = None
-        self.channels_last = False
+        self.fast = self.ref = None
 
-    # ---- payload (official float2bit / bit2float, on device)
+    def attach(self) -> BenchPipeline:
+        """Build the two anonymizers on the modules' current device."""
+        import copy
+
+        from g2face_eval.models.anonymizer import G2FaceAnonymizer
+
+        dev = next(self.model.parameters()).device
+        kw = dict(identity=self.identity, geometry=self.geometry, payload=self.payload_mode, noise="keyed",
+                  device=dev)
+        self.fast = G2FaceAnonymizer(self.model, fast=True, **kw)
+        self.ref = G2FaceAnonymizer(copy.deepcopy(self.model), fast=False, **kw)
+        return self
+
+    # ---- variant switches (the bench sets these; memory format of the weights is set by the caller)
+    @property
+    def amp_dtype(self):
+        return self.fast.amp_dtype if self.fast is not None else None
+
+    @amp_dtype.setter
+    def amp_dtype(self, v):
+        self.fast.amp_dtype = v
+
+    @property
+    def channels_last(self) -> bool:
+        return bool(self.fast is not None and self.fast.channels_last)
+
+    @channels_last.setter
+    def channels_last(self, v: bool):
+        self.fast.channels_last = bool(v)
+
+    # ---- payload (official float2bit / bit2float, on device, constants built once)
     def float2bit(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        x = torch.where(x == 0, torch.full_like(x, 1e-8), x)
-        i = x.contiguous().view(torch.int32)
-        return ((i.unsqueeze(-1) >> self.shifts) & 1).to(torch.float32)
+        return self._official().float2bit_fast(x)
 
     def bit2float(self, bits: torch.Tensor) -> torch.Tensor:
-        """Official decoder value (-1)^s 2^(E-127) (1+m), then |v|>50 / non-finite -> 0 (as test.py)."""
-        b = bits.to(torch.int64)
-        word = (b << self.shifts64).sum(-1)                       # 0 .. 2^32-1
-        word = word - ((word >> 31) & 1) * (1 << 32)              # -> signed int32 range
-        v = word.to(torch.int32).view(torch.float32)              # IEEE value, exact for 0 < E < 255
-        s = bits[..., 0].float()
-        m = 1.0 + (bits[..., 9:].float() * self.mant_w).sum(-1)
-        tiny = ((1.0 - 2.0 * s) * self.pow2_m127) * m             # official formula for E == 0
-        e_zero = (b[..., 1:9].sum(-1) == 0)
-        v = torch.where(e_zero, tiny, v)
-        return torch.where(torch.isfinite(v) & (v.abs() <= OFFICIAL_ZERO_THRESHOLD), v, torch.zeros_like(v))
+        return self._official().bit2float_fast(bits)
 
-    def _amp(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        dev = next(self.model.parameters()).device.type
-        # no weight-cast cache: it would be freed under a CUDA graph capture while the graph still uses it
-        return torch.autocast(dev, dtype=self.amp_dtype, cache_enabled=False)
+    def _official(self):
+        from g2face_eval.models.payload import OfficialPayload
 
-    def _cl(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def priors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ident = self.identity(x)[:, : self.cfg.id_dim].float()
-        coeffs = self.geometry(x).float()
-        return ident, coeffs
+        p = self.fast.payload
+        return p if isinstance(p, OfficialPayload) else OfficialPayload(self.cfg.id_dim)
 
     def noise(self, seeds: torch.Tensor, stream: int) -> list[torch.Tensor]:
-        from g2face_eval.models.g2face import keyed_noise
-
-        return keyed_noise(seeds, self.model.anonymous_net, stream)
+        return self.fast.keyed_noise(seeds, stream)
 
     def anonymize(self, images01: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.payload_mode == "official":
+            return self.fast.anonymize_tensors(images01, seeds)
         from g2face_eval.models.g2face import keyed_normal
 
-        x = images01 * 2 - 1
-        b = x.shape[0]
-        ident, coeffs = self.priors(x)  # fp32, default layout: the hidden bits equal the reference's
-        bits = self.float2bit(ident).reshape(b, *self.cfg.bits_shape)
-        z = keyed_normal(seeds, (self.cfg.z_dim,), Z_STREAM)
-        noise = self.noise(seeds, ANON_NOISE_STREAM)
-        with self._amp():
-            y = self.model.anonymize_tensor(self._cl(x), coeffs, bits, z, noise)
-        return ((y.float() + 1) * 0.5).clamp(0, 1), bits.reshape(b, -1)
+        f = self.fast
+        with torch.no_grad():
+            x = images01 * 2 - 1
+            coeffs, _ = f._seg_priors(x)
+            bits = (keyed_normal(seeds, (self.cfg.n_bits,), 99) > 0).to(torch.float32)  # stand-in payload
+            return f._seg_anon(x, coeffs, bits, seeds), bits
 
     def recover(self, images01: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = images01 * 2 - 1
-        b = y.shape[0]
-        yc = self._cl(y)
-        with self._amp():
-            logits = self.model.extract_logits(yc).float().reshape(b, -1)
-        bits = (logits > 0).to(torch.float32)
-        ident = self.bit2float(bits.reshape(b, self.cfg.id_dim, 32))
-        coeffs = self.geometry(y).float()
-        noise = self.noise(seeds, REC_NOISE_STREAM)
-        with self._amp():
-            r = self.model.recover_tensor(yc, ident, coeffs, bits.reshape(b, *self.cfg.bits_shape), noise)
-        return ((r.float() + 1) * 0.5).clamp(0, 1), bits
+        if self.payload_mode == "official":
+            return self.fast.recover_tensors(images01, seeds)
+        f = self.fast
+        with torch.no_grad():
+            y = images01 * 2 - 1
+            logits, coeffs = f._seg_extract(y)
+            bits = (torch.sigmoid(logits) > 0.5).to(torch.float32)
+            ident = torch.zeros(y.shape[0], self.cfg.id_dim, device=y.device)                # stand-in
+            return f._seg_rec(y, ident, coeffs, bits, seeds), bits
 
 
 def build_pipeline(config: str, device: str | torch.device = "cpu", seed: int = 0) -> BenchPipeline:
     cfg, note = config_by_name(config)
     torch.manual_seed(seed)
-    if cfg.size == 256 and cfg.channel_base == 512:
+    dev = torch.device(device)
+    model, payload, trained = None, "official", False
+    if config == "shipped" and note.startswith("shipped"):
+        from g2face_eval.models.g2face import G2Face
+        from g2face_eval.models.geometry import GeometryPrior
+        from g2face_eval.models.identity import get_identity_prior
+
+        _, meta, sd = _shipped()
+        ident: nn.Module = get_identity_prior(meta.get("identity", "sface"))
+        model = G2Face(cfg, with_discriminator=False)
+        if dev.type == "meta":
+            geom: nn.Module = GeometryPrior()
+        else:
+            model.load_state_dict(sd, strict=True)
+            geom = GeometryPrior.load()
+        payload, trained = "keyed", True
+    elif cfg.size == 256 and cfg.channel_base == 512:
         from g2face_eval.models.identity import ArcFaceIdentity
 
-        ident: nn.Module = ArcFaceIdentity()
-        geom: nn.Module = ResNet50Recon()
+        ident = ArcFaceIdentity()
+        geom = ResNet50Recon()
     else:
         ident, geom = TruncatedIdentity(cfg.id_dim), LmmGeometry()
-    dev = torch.device(device)
-    if dev.type != "meta":
-        g = torch.Generator().manual_seed(seed + 1)
+    g = torch.Generator().manual_seed(seed + 1)
+    if dev.type != "meta" and not trained:
         xb = torch.rand(4, 3, cfg.size, cfg.size, generator=g) * 2 - 1
         _seed_bn(ident, xb)
         _seed_bn(geom, xb)
-    p = BenchPipeline(cfg, ident, geom, name=config)
+    p = BenchPipeline(cfg, ident, geom, name=config, model=model, payload=payload)
     p.note = note  # type: ignore[attr-defined]
-    if dev.type != "meta":
+    if dev.type != "meta" and not trained:
         # random-init Map2ID BatchNorm is identity (mean 0, var 1); keep it
         _seed_bn(p.model.hiding_extractor, torch.rand(2, 3, cfg.size, cfg.size, generator=g) * 2 - 1)
-    return p.to(dev).eval().requires_grad_(False)
+    return p.to(dev).eval().requires_grad_(False).attach()
 
 
 # ============================================================================================ host-sync check
@@ -406,8 +424,8 @@ def pipeline_flops(config: str) -> dict:
         total, per = count_flops(lambda op=op: getattr(p, op)(x, s))
         out[f"{op}_gflop_per_image"] = total / 1e9
         if op == "anonymize":
-            labels = {"identity_prior": ("ArcFaceIdentity", "TruncatedIdentity"),
-                      "geometry_prior": ("ResNet50Recon", "LmmGeometry"),
+            labels = {"identity_prior": ("ArcFaceIdentity", "TruncatedIdentity", "SFaceIdentity"),
+                      "geometry_prior": ("ResNet50Recon", "LmmGeometry", "GeometryPrior"),
                       "generator": ("G2FaceGenerator",), "pyramid_encoder": ("G2FaceGenerator.pyramid",),
                       "fusion_masks": ("G2FaceGenerator.fusion_mask",),
                       "hiding_injects": ("G2FaceGenerator.hiding_injects",),
@@ -569,15 +587,6 @@ def alarm(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def set_memory_format(module: nn.Module, fmt: torch.memory_format) -> None:
-    """channels_last / contiguous for every 4-D parameter and buffer (``Module.to(memory_format=)`` refuses
-    the 5-D modulated-conv weights)."""
-    with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
-            if t.dim() == 4:
-                t.data = t.data.contiguous(memory_format=fmt)
-
-
 # ============================================================================================ the sweep
 @dataclass
 class Cell:
@@ -713,6 +722,9 @@ class Bench:
         self.save()
 
     def g2face(self, compiled: bool) -> None:
+        """Cells name ``g2face`` (the fast path, every variant) and ``g2face_reference`` (the fp32 reference
+        path, variant fp32 only, unless --no-reference), both through the ``Anonymizer`` API with per-image keys
+        (so the keyed payload's host cryptography is included where the config uses it)."""
         a = self.args
         for config in a.configs:
             p = self.pipe(config)
@@ -721,6 +733,7 @@ class Bench:
                 spec = parse_variant(variant)
                 if spec["compile"] != compiled:
                     continue
+                impls = ["g2face"] + (["g2face_reference"] if a.reference and variant == "fp32" else [])
                 for op in a.ops:
                     if spec["compile"] and op not in a.compile_ops:
                         continue
@@ -728,24 +741,27 @@ class Bench:
                     for b in a.batches:
                         if spec["compile"] and b not in a.compile_batches:
                             continue
-                        cell = Cell("g2face", "g2face", config, op, variant, b)
-                        left = a.time_budget - (time.perf_counter() - self.t0)
-                        if spec["compile"] and a.time_budget > 0 and left < a.compile_reserve:
-                            self.row(cell, status="skipped",
-                                     error=f"only {left:.0f} s of the time budget left "
-                                           f"(< --compile-reserve {a.compile_reserve:g} s)")
-                            continue
-                        gpu_only = spec["graph"] or (spec["compile"] and not a.cpu_compile)
-                        if gpu_only and self.device.type != "cuda":
-                            self.row(cell, status="skipped", error="compile/graph variants run on GPU only "
-                                     "(--cpu-compile to force compile on CPU)")
-                            continue
-                        if gf and a.max_gflop_per_call and gf * b > a.max_gflop_per_call:
-                            self.row(cell, status="skipped",
-                                     error=f"{gf * b:.0f} GFLOP per call > --max-gflop-per-call "
-                                           f"{a.max_gflop_per_call:g}")
-                            continue
-                        self._g2face_cell(p, cell, spec, gf)
+                        for impl in impls:
+                            self._g2face_maybe(p, Cell("g2face", impl, config, op, variant, b), spec, gf)
+
+    def _g2face_maybe(self, p: BenchPipeline, cell: Cell, spec: dict, gf: float | None) -> None:
+        a = self.args
+        b = cell.batch
+        left = a.time_budget - (time.perf_counter() - self.t0)
+        if spec["compile"] and a.time_budget > 0 and left < a.compile_reserve:
+            self.row(cell, status="skipped",
+                     error=f"only {left:.0f} s of the time budget left (< --compile-reserve {a.compile_reserve:g} s)")
+            return
+        gpu_only = spec["graph"] or (spec["compile"] and not a.cpu_compile)
+        if gpu_only and self.device.type != "cuda":
+            self.row(cell, status="skipped", error="compile/graph variants run on GPU only "
+                     "(--cpu-compile to force compile on CPU)")
+            return
+        if gf and a.max_gflop_per_call and gf * b > a.max_gflop_per_call:
+            self.row(cell, status="skipped",
+                     error=f"{gf * b:.0f} GFLOP per call > --max-gflop-per-call {a.max_gflop_per_call:g}")
+            return
+        self._g2face_cell(p, cell, spec, gf)
 
     def _g2face_cell(self, p: BenchPipeline, cell: Cell, spec: dict, gf: float | None) -> None:
         if self.over_budget():
@@ -756,29 +772,24 @@ class Bench:
             self._g2face_cell_inner(p, cell, spec, gf)
 
     def _g2face_cell_inner(self, p: BenchPipeline, cell: Cell, spec: dict, gf: float | None) -> None:
-        p.amp_dtype = spec["amp"]
-        p.channels_last = spec["cl"]
-        set_memory_format(p.model, torch.channels_last if spec["cl"] else torch.contiguous_format)
+        anon = p.fast if cell.name == "g2face" else p.ref
+        if anon is p.fast:
+            anon.configure(amp_dtype=spec["amp"], channels_last=spec["cl"], compile=spec["compile"],
+                           cuda_graphs=spec["graph"])
         try:
             g = torch.Generator(device="cpu").manual_seed(cell.batch)
             x = torch.rand(cell.batch, 3, p.cfg.size, p.cfg.size, generator=g).to(self.device)
-            seeds = (torch.arange(cell.batch, dtype=torch.int64) + 1000).to(self.device)
+            keys = [f"bench-{i}".encode() for i in range(cell.batch)]
             if cell.op == "recover":
-                with torch.no_grad():
-                    x, _ = p.anonymize(x, seeds)
-            fn = make_callable(getattr(p, cell.op), (x, seeds), self.device, spec)
+                x = anon.anonymize(x, keys).images
+            fn = (lambda: anon.recover(x, keys)) if cell.op == "recover" else (lambda: anon.anonymize(x, keys))
+            self.measure(cell, fn, gf)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             self.row(cell, status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
-            p.amp_dtype, p.channels_last = None, False
-            set_memory_format(p.model, torch.contiguous_format)
-            return
-        try:
-            self.measure(cell, fn, gf)
         finally:
-            p.amp_dtype, p.channels_last = None, False
-            set_memory_format(p.model, torch.contiguous_format)
-            del fn
+            if anon is p.fast:
+                anon.configure()
             if spec["compile"]:
                 torch._dynamo.reset()
 
@@ -1052,6 +1063,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     ap.add_argument("--cpu-compile", action="store_true", help="allow *_compile variants on CPU")
     ap.add_argument("--no-checks", action="store_true", help="skip the sync check and fidelity section")
+    ap.add_argument("--jpeg", action="store_true",
+                    help="instead of timing: payload BER and authenticated recovery of the shipped g2face after "
+                         "JPEG (models/robustness.py) on --jpeg-n celebahq256 test faces -> robustness.json")
+    ap.add_argument("--jpeg-n", type=int, default=64, help="faces for --jpeg (celebahq256 test split)")
+    ap.add_argument("--jpeg-qualities", default="95,90,75", help="JPEG qualities for --jpeg")
+    ap.add_argument("--datasets-root", help="datasets folder for --jpeg (default settings / $G2FACE_DATASETS)")
+    ap.add_argument("--no-reference", dest="reference", action="store_false",
+                    help="do not time the fp32 reference path (g2face_reference rows)")
     ap.add_argument("--fidelity-compile", action="store_true",
                     help="also check *_compile variants in the fidelity section (compiles the smallest "
                          "config)")
@@ -1100,6 +1119,15 @@ def cli(argv: list[str] | None = None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(a.out) if a.out else results_dir / "bench" / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
+    if a.jpeg:  # payload robustness (BER / authenticated recovery after JPEG), no timing
+        from g2face_eval.models import robustness
+
+        res = robustness.run_shipped(a.jpeg_n, a.datasets_root, [int(q) for q in _csv(a.jpeg_qualities)],
+                                     out_dir / "robustness.json", device=a.device)
+        print(robustness.table(res))
+        print(f"wrong-key recovery accepted: {res['wrong_key_ok_rate']}; {res['wall_s']:.0f} s")
+        print(f"wrote {out_dir / 'robustness.json'}")
+        return 0
     bench = Bench(a, out_dir)
     import signal
 

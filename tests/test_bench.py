@@ -28,19 +28,13 @@ def _inputs(p, b=2, seed=3):
 # ------------------------------------------------------------------------------------------- fidelity
 @pytest.fixture(scope="module")
 def reference_and_fast(tiny_pipe):
-    """The reference path (models/anonymizer.G2FaceAnonymizer, official payload, keyed noise, fp32) and the
-    bench fast path on the same networks and keys."""
+    """The fp32 reference path (``G2FaceAnonymizer(fast=False)``, official payload, keyed noise, on its own copy
+    of the networks) and the bench fast path (``fast.anonymize_tensors``) on the same weights and keys."""
     from g2face_eval.anonymizer import key_seed
-    from g2face_eval.models.anonymizer import G2FaceAnonymizer
 
     p = tiny_pipe
-
-    class Geo:
-        def coefficients(self, x):
-            return p.geometry(x)
-
-    ref = G2FaceAnonymizer(p.model, identity=p.identity, geometry=Geo(), payload="official", noise="keyed",
-                           device="cpu")
+    ref = p.ref
+    assert not ref.fast and p.fast.fast and ref.model is not p.fast.model
     x, keys = _inputs(p)
     seeds = torch.tensor([key_seed(k) for k in keys], dtype=torch.int64)
     with torch.no_grad():
@@ -172,6 +166,7 @@ def test_cli_minimal_sweep_writes_valid_json(tmp_path):
         assert r["peak_memory_mb"] > 0
     g = [r for r in ok if r["suite"] == "g2face"]
     assert {r["op"] for r in g} == {"anonymize", "recover"}
+    assert {r["name"] for r in g} == {"g2face", "g2face_reference"}  # fast path and fp32 reference path
     assert all(r["gflop_per_image"] > 0 and r["floor_ms"] > 0 and r["ratio_to_floor"] > 0 for r in g)
     assert (out / "bench_latency.png").stat().st_size > 1000
     assert (tmp_path / "mlflow.db").exists()

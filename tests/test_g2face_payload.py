@@ -141,3 +141,96 @@ def test_keyed_capacity_check():
     e = torch.randn(1, 32)
     d = p.decode(p.encode(e, [b"k"]), [b"k"], is_bits=True)
     assert d.ok.all()
+
+
+# ------------------------------------------------------------------ batch-composition independence (keyed)
+def test_keyed_quantisation_grid_and_margin():
+    p = KeyedPayload(1024, 128)  # shipped layout (int4)
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(64, 128)).astype(np.float32)
+    scales, q, near = p.quantise_batch(v)
+    m = np.abs(v).max(1)
+    assert np.all(np.abs(q) <= p.qmax)
+    # scale on the 2^(k/8) grid and never clipping
+    k = np.log2(scales.astype(np.float64)) * 8
+    assert np.allclose(k, np.round(k), atol=1e-5) and np.all(m / scales <= p.qmax * (1 + 1e-6))
+    assert 0 <= near.mean() < 0.25  # ~5 % expected at int4 x 128
+
+
+def test_keyed_encode_is_batch_invariant_with_canonical():
+    """Float jitter (as between batch compositions) across a rounding boundary changes the ciphertext unless
+    the flagged row is re-embedded alone (``canonical``); then both give the stand-alone encoding."""
+    p = KeyedPayload(1024, 128)
+    rng = np.random.default_rng(1)
+    alone = rng.normal(size=(1, 128)).astype(np.float32)
+    scales, _, _ = p.quantise_batch(alone)
+    alone[0, 5] = np.float32(2.5 * scales[0])                  # exactly on a rounding boundary
+    jitter = np.zeros_like(alone)
+    jitter[0, 5] = 2e-6 * np.abs(alone).max()                  # the measured batch-composition jitter
+    a, b = torch.from_numpy(alone + jitter), torch.from_numpy(alone - jitter)
+    key = [b"k" * 32]
+    assert not torch.equal(p.encode(a, key), p.encode(b, key))  # the defect without re-embedding
+    assert p.quantise_batch(a.numpy())[2][0] and p.quantise_batch(b.numpy())[2][0]  # both flagged
+    canon = torch.from_numpy(alone)
+    ea = p.encode(a, key, canonical=lambda idx: canon[idx])
+    eb = p.encode(b, key, canonical=lambda idx: canon[idx])
+    assert torch.equal(ea, eb) and torch.equal(ea, p.encode(canon, key))
+    # a row far from every boundary is not re-embedded
+    calls = []
+    far = torch.from_numpy(np.round(alone / scales[0]).astype(np.float32) * scales[0])
+
+    def spy(idx):
+        calls.append(idx)
+        return canon[idx]
+
+    p.encode(far, key, canonical=spy)
+    assert calls == []
+    # fast (gather) and reference (scatter) layouts agree, and decode inverts both
+    assert torch.equal(p.encode(canon, key, fast=True), p.encode(canon, key, fast=False))
+    d = p.decode(p.encode(canon, key), key, is_bits=True)
+    assert d.ok.all()
+
+
+def test_official_fast_codec_equals_reference():
+    p = OfficialPayload(64)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 64, generator=g) * 5
+    x[0, 0] = 0.0
+    assert torch.equal(p.encode(x, fast=True), p.encode(x))
+    logits = torch.randn(3, 64 * 32, generator=g) * 4
+    logits[0, :8] = 0.0          # sigmoid(0) = 0.5 -> bit 0 in both
+    logits[1, :8] = 1e-9         # sigmoid rounds to 0.5 in fp32 -> bit 0 in both (not logits > 0)
+    r, f = p.decode(logits), p.decode(logits, fast=True)
+    assert torch.equal(r.bits, f.bits) and torch.equal(r.embeddings, f.embeddings)
+
+
+# ------------------------------------------------------------------------- JPEG robustness measurement
+@pytest.fixture(scope="module")
+def shipped_g2face():
+    from g2face_eval import methods
+
+    return methods.build("g2face")
+
+
+def test_jpeg_robustness_measurement(datasets_root, shipped_g2face):
+    from g2face_eval.anonymizer import derive_keys
+    from g2face_eval.data.datasets import open_dataset
+    from g2face_eval.imaging import to_tensor
+    from g2face_eval.models import robustness
+
+    ds = open_dataset("celebahq256", datasets_root, split="test", limit=3)
+    samples = [ds.load(i) for i in ds.ids()]
+    x, keys = to_tensor([s.image for s in samples]), derive_keys("jpeg-test", [s.id for s in samples])
+    res = robustness.payload_robustness(shipped_g2face, x, keys, qualities=(90,), batch_size=2)
+    c = res["conditions"]
+    assert set(c) == {"none", "uint8", "jpeg90"}
+    for s in c.values():
+        assert s["n"] == 3 and 0.0 <= s["ber_mean"] <= 0.5 and s["recovery_success_rate"] in (0.0, 1 / 3, 2 / 3, 1.0)
+    assert res["wrong_key_ok_rate"] == 0.0
+    # without JPEG the BER is the direct anonymize -> recover path's
+    a = shipped_g2face.anonymize(x, keys)
+    r = shipped_g2face.recover(a.images, keys)
+    direct = (r.bits != a.bits).float().mean(1).tolist()
+    assert res["per_image"]["none"] == pytest.approx(direct, abs=0)
+    assert c["jpeg90"]["ber_mean"] >= c["none"]["ber_mean"] - 0.01  # JPEG does not help
+    assert "| jpeg90 |" in robustness.table(res)

@@ -153,6 +153,15 @@ def geometry_condition(coeffs: torch.Tensor) -> torch.Tensor:
     return torch.cat([coeffs[:, GEO_ID_EXP], coeffs[:, GEO_ANGLE]], dim=1)
 
 
+def set_memory_format(module: nn.Module, fmt: torch.memory_format) -> None:
+    """channels_last / contiguous for every 4-D parameter and buffer (``Module.to(memory_format=)`` refuses
+    the 5-D modulated-conv weights)."""
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=fmt)
+
+
 # ------------------------------------------------------------------------------------- keyed randomness
 _M1 = -7046029254386353131   # 0x9E3779B97F4A7C15 as int64
 _M2 = -4658895280553007687   # 0xBF58476D1CE4E5B9
@@ -199,6 +208,35 @@ def keyed_noise(seeds: torch.Tensor, generator: G2FaceGenerator, stream: int = 0
     """Per-image deterministic noise maps for every StyledConv of ``generator`` (call order)."""
     return [keyed_normal(seeds, (1, h, w), stream * 1000 + i, dtype)
             for i, (h, w) in enumerate(generator.noise_shapes())]
+
+
+class KeyedNoise(nn.Module):
+    """All StyledConv noise maps of a generator in one batched kernel sequence, bit-identical to
+    ``keyed_noise(seeds, generator, stream)`` (same counter-based hash per (seed, stream*1000+i, index)).
+
+    Index constants are non-persistent buffers built once (no per-call ``arange`` per map, no host work);
+    ``forward(seeds, stream)`` returns the list of (B,1,H,W) views into one (B, total) draw."""
+
+    def __init__(self, shapes: Sequence[tuple[int, int]]):
+        super().__init__()
+        self.shapes = [tuple(int(v) for v in s) for s in shapes]
+        sizes = [h * w for h, w in self.shapes]
+        self.sizes = sizes
+        map_id = torch.cat([torch.full((n,), i, dtype=torch.int64) for i, n in enumerate(sizes)])
+        local = torch.cat([torch.arange(n, dtype=torch.int64) for n in sizes])
+        self.register_buffer("map_id", map_id, persistent=False)
+        self.register_buffer("local_m1", local * _M1, persistent=False)       # wrapping int64, as keyed_normal
+        self.register_buffer("map_i", torch.arange(len(sizes), dtype=torch.int64), persistent=False)
+
+    def forward(self, seeds: torch.Tensor, stream: int, dtype=torch.float32) -> list[torch.Tensor]:
+        off = (self.map_i + (stream * 1000 + 1)) * _M3                        # wrap((s+1)*M3) per map
+        base = _mix64(seeds.to(torch.int64)[:, None] * _M1 + off[None])       # (B, n_maps)
+        h = _mix64(base.index_select(1, self.map_id) + self.local_m1[None])   # (B, total)
+        u1 = (_lsr(h, 40).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+        u2 = ((h & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+        z = (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)).to(dtype)
+        b = seeds.shape[0]
+        return [t.view(b, 1, hh, ww) for t, (hh, ww) in zip(z.split(self.sizes, 1), self.shapes, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------- generator
@@ -416,6 +454,17 @@ class G2Face(nn.Module):
 
     def noise_shapes(self) -> list[tuple[int, int]]:
         return self.anonymous_net.noise_shapes()
+
+    def set_inference_cache(self, on: bool = True) -> G2Face:
+        """Turn the eval-mode weight cache of every equalised / modulated layer on or off (stylegan2.py)."""
+        from g2face_eval.models.stylegan2 import WeightCache
+
+        for m in self.modules():
+            if isinstance(m, WeightCache):
+                m.cache_weights = on
+                if not on:
+                    m.clear_weight_cache()
+        return self
 
     def anonymize_tensor(self, x: torch.Tensor, geometry: torch.Tensor, bits: torch.Tensor, z: torch.Tensor,
                          noise: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:

@@ -151,6 +151,9 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
+        # normalisation constants built once (non-persistent: the state dict is the package's)
+        self.register_buffer("norm_mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("norm_std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
 
     @staticmethod
     def package_weights() -> Path:
@@ -165,9 +168,7 @@ class EfficientNetLite0(nn.Module):
         return self
 
     def normalize01(self, x01: torch.Tensor) -> torch.Tensor:
-        m = torch.tensor(self.MEAN, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
-        s = torch.tensor(self.STD, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
-        return (x01 - m) / s
+        return (x01 - self.norm_mean.to(x01.dtype)) / self.norm_std.to(x01.dtype)
 
     def features(self, x: torch.Tensor, stages: tuple[int, ...] = (1, 2, 3, 4, 6)) -> list[torch.Tensor]:
         """Outputs at the end of the given stages (0..6) plus nothing else; x ImageNet-normalised."""

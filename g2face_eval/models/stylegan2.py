@@ -5,9 +5,17 @@ widely used "rosinality" port, so that state-dict names equal those of the offic
 (see /work/shared/reference/g2face_official_state_dicts.json).
 
 Design for fast inference:
-* every constant (FIR kernels) is a registered buffer built once in ``__init__``;
+* every constant (FIR kernels) is a registered buffer built once in ``__init__``; the FIR layers also keep the
+  kernel pre-flipped and pre-shaped for the depthwise conv as a non-persistent buffer (``kernel_flipped``;
+  state dicts are unchanged), refreshed when the state dict is loaded;
 * ``upfirdn2d`` is reshape + pad + depthwise conv (no host sync, no data-dependent shapes), so it fuses under
   torch.compile and runs in bf16/fp16 (the kernel is cast to the activation dtype);
+* inference weight cache (``cache_weights``, off by default; ``G2Face.set_inference_cache`` turns it on for the
+  fast path): equalised-lr scaled weights, the demodulation weight norms and their casts to the activation dtype
+  are computed once and reused while no gradient is recorded; an entry is rebuilt when its source parameter
+  changes (in-place update = version counter, ``.data`` swap or ``.to()`` = storage pointer), so training,
+  ``load_state_dict`` and device moves invalidate it. Under ``torch.compile`` the cache is bypassed (inductor
+  fuses the recomputation);
 * modulated convolution uses the "input scaling" formulation (scale activations by the style, convolve with the
   shared weight, scale outputs by the demodulation coefficients), which is mathematically identical to the
   per-sample weight formulation but is one dense conv for the whole batch. The demodulation coefficients are
@@ -35,12 +43,18 @@ def make_kernel(k: Sequence[float] | torch.Tensor) -> torch.Tensor:
     return k / k.sum()
 
 
+def flip_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """(kh, kw) FIR kernel -> (1, 1, kh, kw) flipped: the depthwise-conv weight of a true convolution."""
+    return torch.flip(kernel, [0, 1]).reshape(1, 1, *kernel.shape[-2:]).contiguous()
+
+
 def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
-              pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+              pad: tuple[int, int] = (0, 0), flipped: bool = False) -> torch.Tensor:
     """Upsample (zero insertion) -> pad -> FIR filter (true convolution, kernel flipped) -> downsample.
 
     ``pad`` = (pad0, pad1) is applied to both spatial axes, negative values crop. Pure PyTorch; the kernel is
-    cast to ``x.dtype`` (so it works under autocast and for half-precision modules).
+    cast to ``x.dtype`` (so it works under autocast and for half-precision modules). ``flipped=True``: the
+    kernel is already ``flip_kernel(k)`` (the FIR modules keep it as a buffer, so no per-call flip).
     """
     b, c, h, w = x.shape
     if up > 1:
@@ -53,12 +67,26 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
     if p0 < 0 or p1 < 0:
         hh, ww = x.shape[-2:]
         x = x[:, :, max(-p0, 0): hh - max(-p1, 0), max(-p0, 0): ww - max(-p1, 0)]
-    kh, kw = kernel.shape
-    weight = torch.flip(kernel, [0, 1]).to(x.dtype).view(1, 1, kh, kw).expand(c, 1, kh, kw)
+    kf = kernel if flipped else flip_kernel(kernel)
+    kh, kw = kf.shape[-2:]
+    weight = kf.to(x.dtype).view(1, 1, kh, kw).expand(c, 1, kh, kw)
     return F.conv2d(x, weight, stride=down, groups=c)
 
 
-class Blur(nn.Module):
+class _FIR(nn.Module):
+    """Base of the FIR modules: persistent ``kernel`` (state-dict key) + non-persistent ``kernel_flipped``."""
+
+    def _set_kernel(self, k: torch.Tensor) -> None:
+        self.register_buffer("kernel", k)
+        self.register_buffer("kernel_flipped", flip_kernel(k), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        with torch.no_grad():
+            self.kernel_flipped = flip_kernel(self.kernel).to(self.kernel_flipped.device)
+
+
+class Blur(_FIR):
     """FIR blur with a persistent ``kernel`` buffer (scaled by upsample_factor**2 when after an upsampling)."""
 
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1):
@@ -66,26 +94,50 @@ class Blur(nn.Module):
         k = make_kernel(kernel)
         if upsample_factor > 1:
             k = k * (upsample_factor ** 2)
-        self.register_buffer("kernel", k)
+        self._set_kernel(k)
         self.pad = tuple(pad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upfirdn2d(x, self.kernel, pad=self.pad)
+        return upfirdn2d(x, self.kernel_flipped, pad=self.pad, flipped=True)
 
 
-class Upsample(nn.Module):
+class Upsample(_FIR):
     """x2 (or factor) FIR upsampling (used on the ToRGB skip path)."""
 
     def __init__(self, kernel: Sequence[float], factor: int = 2):
         super().__init__()
         self.factor = factor
         k = make_kernel(kernel) * (factor ** 2)
-        self.register_buffer("kernel", k)
+        self._set_kernel(k)
         p = k.shape[0] - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upfirdn2d(x, self.kernel, up=self.factor, pad=self.pad)
+        return upfirdn2d(x, self.kernel_flipped, up=self.factor, pad=self.pad, flipped=True)
+
+
+class WeightCache:
+    """Mixin: inference cache of tensors derived from parameters (see the module docstring).
+
+    ``self._cached(name, fn, *sources)`` returns ``fn()``, reused while (no grad is recorded) and every source
+    keeps its version counter, storage pointer and device. Off unless ``cache_weights`` is True."""
+
+    cache_weights = False
+
+    def _cached(self, name: str, fn, *sources: torch.Tensor) -> torch.Tensor:
+        if not self.cache_weights or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return fn()
+        key = tuple((t._version, t.data_ptr(), t.device) for t in sources)
+        cache = self.__dict__.setdefault("_weight_cache", {})
+        hit = cache.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        val = fn()
+        cache[name] = (key, val)
+        return val
+
+    def clear_weight_cache(self) -> None:
+        self.__dict__.pop("_weight_cache", None)
 
 
 # ------------------------------------------------------------------------------------- equalised layers
@@ -119,7 +171,7 @@ class ScaledLeakyReLU(nn.Module):
         return F.leaky_relu(x, self.negative_slope) * SQRT2
 
 
-class EqualLinear(nn.Module):
+class EqualLinear(WeightCache, nn.Module):
     """Equalised-learning-rate linear layer.
 
     Weight stored as randn/lr_mul and scaled at runtime by lr_mul/sqrt(in_dim). With ``activation="fused_lrelu"``
@@ -138,14 +190,15 @@ class EqualLinear(nn.Module):
         self.double_bias = double_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.bias * self.lr_mul if self.bias is not None else None
+        w = self._cached("w", lambda: self.weight * self.scale, self.weight)
+        b = (self._cached("b", lambda: self.bias * self.lr_mul, self.bias) if self.bias is not None else None)
         if self.activation:
-            out = F.linear(x, self.weight * self.scale, b if self.double_bias else None)
+            out = F.linear(x, w, b if self.double_bias else None)
             return fused_leaky_relu(out, b)
-        return F.linear(x, self.weight * self.scale, b)
+        return F.linear(x, w, b)
 
 
-class EqualConv2d(nn.Module):
+class EqualConv2d(WeightCache, nn.Module):
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  bias: bool = True):
         super().__init__()
@@ -156,7 +209,8 @@ class EqualConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+        w = self._cached("w", lambda: self.weight * self.scale, self.weight)
+        return F.conv2d(x, w, self.bias, stride=self.stride, padding=self.padding)
 
 
 class PixelNorm(nn.Module):
@@ -165,7 +219,7 @@ class PixelNorm(nn.Module):
 
 
 # ------------------------------------------------------------------------------------ synthesis layers
-class ModulatedConv2d(nn.Module):
+class ModulatedConv2d(WeightCache, nn.Module):
     """Modulated (optionally demodulated) conv; ``upsample`` = stride-2 transposed conv + Blur (pad (1,1)).
 
     Parameters: ``weight`` (1,out,in,k,k), ``modulation`` (EqualLinear style_dim->in, bias init 1),
@@ -190,20 +244,30 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         s = self.modulation(style)                                      # (B, in)
-        w = self.weight[0] * self.scale                                 # (out, in, k, k)
-        xs = x * s.to(x.dtype)[:, :, None, None]
+        dt = x.dtype
+        xs = x * s.to(dt)[:, :, None, None]
+        cl = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if cl else torch.contiguous_format
         if self.upsample:
-            out = F.conv_transpose2d(xs, w.transpose(0, 1).to(x.dtype), stride=2)
+            wc = self._cached(f"wt_{dt}_{cl}", lambda: self._w().transpose(0, 1).to(dt).contiguous(
+                memory_format=fmt), self.weight)
+            out = F.conv_transpose2d(xs, wc, stride=2)
         else:
-            out = F.conv2d(xs, w.to(x.dtype), padding=self.padding)
+            wc = self._cached(f"w_{dt}_{cl}", lambda: self._w().to(dt).contiguous(memory_format=fmt),
+                              self.weight)
+            out = F.conv2d(xs, wc, padding=self.padding)
         if self.demodulate:
             # demod[b,o] = rsqrt(sum_i s[b,i]^2 * sum_kk w[o,i,kk]^2 + eps), in float32
-            wsq = w.float().pow(2).sum(dim=(2, 3))                      # (out, in)
-            d = torch.rsqrt(s.float().pow(2) @ wsq.t() + self.eps)      # (B, out)
+            wsq_t = self._cached("wsq_t", lambda: self._w().float().pow(2).sum(dim=(2, 3)).t(),
+                                 self.weight)                           # (in, out)
+            d = torch.rsqrt(s.float().pow(2) @ wsq_t + self.eps)        # (B, out)
             out = out * d.to(out.dtype)[:, :, None, None]
         if self.upsample:
             out = self.blur(out)
         return out
+
+    def _w(self) -> torch.Tensor:
+        return self.weight[0] * self.scale                              # (out, in, k, k)
 
 
 class NoiseInjection(nn.Module):

@@ -29,6 +29,10 @@ Losses (images in [-1,1]; ID = frozen SFace prior, cos-based hinge as CosineEmbe
   cycle       |E(y1) - w_enc1|^2                (the encoder must re-invert released faces)
   recovery    L1(x_rec, x) + (1 - cos(ID(x_rec), ID(x))) + |Enc^-1(E(y1), p1) - w|^2
   wrong pwd   max(0, cos(ID(G(Enc^-1(E(y1), p3))), ID(x)))
+  latent      mean(max(0, |w_enc| - 3)^2)          (encrypted codes stay in the prior's range)
+Stability (a first run at lr 5e-4 diverged at step ~35: latents, images and the cycle loss blew up, ToRGB
+being linear in the style): the encoder output is soft-bounded (|u| < 3 W std, tanh), each coupling's
+log-scale by 0.5 and shift by 2 (tanh), plus the latent-range term above.
 The SFace prior costs ~0.17 s per image (forward+backward) on one CPU thread, so the anonymity, diversity and
 wrong-password identity terms use the first half of each batch (y2 is only rendered for that half); the
 recovery identity term uses the whole batch (20 identity images with gradients per step of 8).
@@ -38,8 +42,8 @@ trainer's data = celebahq256 train split at 64 px with flips, DDP, checkpoints, 
 perceptual priors). The StyleGAN2 prior (``prior=<pre-training dir>``) is loaded when the trainer binds the
 priors; it stays frozen. No discriminator: realism comes from the frozen generator.
 
-  g2face-eval train-baseline riddle --steps 300 --lr 1e-3 --model prior="/work/train_runs/sg/last" \
-      --out /work/train_runs/riddle
+  g2face-eval train-baseline riddle --steps 300 --lr 4e-4 --model prior=/work/train_runs/sg/last \
+      --out /work/train_runs/riddle      (Adam betas (0.5, 0.999) = the scaffold's default; no discriminator)
   g2face-eval train-baseline export /work/train_runs/riddle/last    # -> g2face_eval/checkpoints/riddle.*
 
 The exported ``g2face_eval/checkpoints/riddle.safetensors`` holds the encoder, the encryptor, the frozen
@@ -63,9 +67,11 @@ from g2face_eval.anonymizer import Anonymizer, Key, Output
 from g2face_eval.training.losses import id_cosine
 
 PASSWORD_BITS = 64
+LATENT_BOUND = 3.0  # encoder output |u| < 3 (u = normalised W+: (w - w_avg) / w_std)
+SHIFT_BOUND = 2.0  # |shift| of each coupling
 # loss weights (see the module docstring)
 WEIGHTS = {"l1": 1.0, "perc": 1.0, "id": 1.0, "anon": 1.0, "div": 0.5, "layout": 1.0, "cycle": 1.0,
-           "rec": 1.0, "wrong": 1.0}
+           "rec": 1.0, "wrong": 1.0, "latent": 1.0}
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -80,7 +86,7 @@ class RiddleConfig:
     n_couplings: int = 4
     pw_bits: int = PASSWORD_BITS
     pw_tokens: int = 4
-    scale_clamp: float = 1.0  # |log-scale| bound of each coupling
+    scale_clamp: float = 0.5  # |log-scale| bound of each coupling
 
     @property
     def n_latent(self) -> int:
@@ -122,7 +128,8 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x).flatten(1)
-        return self.head(h).view(-1, self.n_latent, self.style_dim)
+        raw = self.head(h).view(-1, self.n_latent, self.style_dim)
+        return LATENT_BOUND * torch.tanh(raw / LATENT_BOUND)  # soft bound: |u| < 3 W standard deviations
 
 
 class CouplingNet(nn.Module):
@@ -148,7 +155,7 @@ class CouplingNet(nn.Module):
         tok = torch.cat([self.inp(a) + self.pos, self.pw(pw).view(-1, self.pw_tokens, self.d)], 1)
         h = self.block(tok)[:, :n]
         s, t = self.out(h).chunk(2, -1)
-        return self.clamp * torch.tanh(s / self.clamp), t
+        return self.clamp * torch.tanh(s / self.clamp), SHIFT_BOUND * torch.tanh(t / SHIFT_BOUND)
 
 
 class LatentEncryptor(nn.Module):
@@ -255,7 +262,7 @@ class Riddle(LearnedBaseline):
 
     def __init__(self, size: int = 64, style_dim: int = 32, sg_channel_base: int = 32, enc_width: int = 32,
                  d_model: int = 64, n_heads: int = 4, n_couplings: int = 4, pw_bits: int = PASSWORD_BITS,
-                 pw_tokens: int = 4, scale_clamp: float = 1.0, prior: str | None = None,
+                 pw_tokens: int = 4, scale_clamp: float = 0.5, prior: str | None = None,
                  weights: dict | None = None):
         w = {**WEIGHTS, **(weights or {})}
         mc = RiddleConfig(size, style_dim, sg_channel_base, enc_width, d_model, n_heads, n_couplings, pw_bits,
@@ -291,6 +298,9 @@ class Riddle(LearnedBaseline):
             p["inv_perc"] = w["perc"] * self.priors.perceptual(g_w, x)
         p["anon"] = w["anon"] * (_differ(id_y1, id_x[:h]) + _differ(id_y2, id_x[:h]))
         p["diversity"] = w["div"] * _differ(id_y1, id_y2)
+        # encrypted codes stay where the prior generates faces (|e| beyond 3 W standard deviations is penalised)
+        p["latent"] = w["latent"] * 0.5 * ((e1.abs() - LATENT_BOUND).clamp_min(0).pow(2).mean()
+                                           + (e2.abs() - LATENT_BOUND).clamp_min(0).pow(2).mean())
         pool_x = F.adaptive_avg_pool2d(x, 16)
         p["layout"] = w["layout"] * 0.5 * ((F.adaptive_avg_pool2d(y1, 16) - pool_x).abs().mean()
                                            + (F.adaptive_avg_pool2d(y2, 16) - pool_x[:h]).abs().mean())

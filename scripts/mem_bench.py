@@ -3,9 +3,10 @@
     python scripts/mem_bench.py --sizes 1000,20000 [--method pixelate_8] [--out bench_mem.json]
 
 Each size runs in a fresh subprocess (so peak RSS = that evaluation's own peak, from getrusage) on the
-``embedded_repeat`` dataset: the embedded faces repeated under distinct ids (``r<k>/<face>``) up to N images.
+embedded faces repeated under distinct ids (dataset option ``repeat``, ids ``<face>#r<k>``) up to N images.
 Cheapest configuration: one baseline method, the SFace recognizer only, no extra detectors, no bootstrap
-resampling beyond 10, no latency repeats. Prints and writes {size: {peak_rss_mb, wall_s}} and the growth.
+resampling beyond 10, no latency repeats; EfficientNet-lite0 Fréchet features on; ``--no-mesh`` skips the face
+mesh. Prints and writes {size: {peak_rss_mb, wall_s}} and the growth.
 """
 
 from __future__ import annotations
@@ -23,39 +24,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def register_repeat() -> None:
-    from g2face_eval.data import datasets as D
-
-    if "embedded_repeat" in D.DATASETS:
-        return
-
-    class EmbeddedRepeat(D.Dataset):
-        name = "embedded_repeat"
-        aligned = True
-
-        def __init__(self, root=None, *, limit=None, subset="first", n: int = 1000):
-            base = D.EmbeddedDataset()
-            ids = base.ids()
-            files = {
-                f"r{k // len(ids):05d}/{ids[k % len(ids)]}": base.path(ids[k % len(ids)]) for k in range(n)
-            }
-            super().__init__(files, limit=limit, subset="first")
-
-    D.DATASETS.add("embedded_repeat", EmbeddedRepeat)
-
-
-def child(n: int, method: str, tmp: str) -> None:
-    register_repeat()
+def child(n: int, method: str, tmp: str, mesh: bool) -> None:
+    from g2face_eval.data.datasets import EmbeddedDataset
     from g2face_eval.harness import evaluate as E
+
+    repeat = -(-n // len(EmbeddedDataset().ids()))
 
     t0 = time.perf_counter()
     E.evaluate(
         {
             "methods": [method],
-            "datasets": ["embedded_repeat"],
-            "dataset_options": {"embedded_repeat": {"n": n}},
+            "datasets": ["embedded"],
+            "dataset_options": {"embedded": {"repeat": repeat, "limit": n}},
             "recognizers": ["sface"],
             "detectors": [],
+            "face_mesh": mesh,
             "batch_size": 32,
             "bootstrap_samples": 10,
             "latency_repeats": 1,
@@ -77,11 +60,12 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,20000")
     ap.add_argument("--method", default="pixelate_8")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-mesh", action="store_true", help="skip the face-mesh attribute metrics (faster)")
     ap.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_tmp", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child is not None:
-        child(a._child, a.method, a._tmp)
+        child(a._child, a.method, a._tmp, not a.no_mesh)
         return 0
     res = {}
     for n in [int(s) for s in a.sizes.split(",")]:
@@ -92,7 +76,8 @@ def main() -> int:
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             }
             p = subprocess.run(
-                [sys.executable, __file__, "--_child", str(n), "--method", a.method, "--_tmp", tmp],
+                [sys.executable, __file__, "--_child", str(n), "--method", a.method, "--_tmp", tmp,
+                 *(["--no-mesh"] if a.no_mesh else [])],
                 env=env,
                 capture_output=True,
                 text=True,

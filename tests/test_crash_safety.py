@@ -150,7 +150,8 @@ def test_orphan_running_parent_is_adopted(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # training
 # ------------------------------------------------------------------------------------------------------------
-def _train(root: Path, out: Path, crash: str | None = None) -> subprocess.CompletedProcess:
+def _train(root: Path, out: Path, crash: str | None = None, mlflow_uri: str | None = None
+           ) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
@@ -172,13 +173,15 @@ def _train(root: Path, out: Path, crash: str | None = None) -> subprocess.Comple
         "1",
         "--ckpt-every",
         "2",
+        "--log-every",
+        "1",
         "--identity",
         "sface",
         "--geometry",
         "none",
         "--perceptual",
         "none",
-        "--no-mlflow",
+        *(["--mlflow-uri", mlflow_uri] if mlflow_uri else ["--no-mlflow"]),
         "--limit",
         "16",
         "--data-root",
@@ -220,3 +223,25 @@ def test_train_kill9_then_resume_equals_uninterrupted(datasets_root, tmp_path):
     for k in a:
         assert np.array_equal(a[k].numpy(), b[k].numpy()), k
     assert not (out / "last.old").exists() and not (out / "last.tmp").exists()
+
+
+@pytest.mark.slow
+def test_train_kill9_resume_continues_the_same_mlflow_run(datasets_root, tmp_path):
+    """kill -9 leaves the training run RUNNING in MLflow; the resumed command continues that run (same id, metrics
+    at later steps) and ends it FINISHED: one run, not a stale RUNNING one plus a new one."""
+    import mlflow
+
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    out = tmp_path / "run"
+    p = _train(datasets_root, out, "train_step:3", mlflow_uri=uri)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("g2face-train").experiment_id])
+    assert run.info.status == "RUNNING"  # what a kill leaves behind
+    p = _train(datasets_root, out, mlflow_uri=uri)
+    assert p.returncode == 0 and "resumed from" in p.stdout, p.stderr[-3000:]
+    runs = client.search_runs([client.get_experiment_by_name("g2face-train").experiment_id])
+    assert [r.info.run_id for r in runs] == [run.info.run_id]
+    assert runs[0].info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "g_total"))
+    assert steps[-1] == 6 and steps[0] < 3

@@ -34,6 +34,8 @@ EVAL_DEFAULTS: dict[str, Any] = {
     # detection-rate metric (unavailable ones are skipped).
     # MTCNN is opt-in: on CPU it costs seconds per image.
     "detectors": ["yunet", "dlib_hog"],
+    "face_mesh": True,  # attribute metrics (pose, expression, landmarks) from the face mesh; false: skipped
+    "feature_extractors": None,  # realism feature extractors; None: every available one; []: none
     "gallery_per_identity": 5,  # celeba_id: gallery photos per identity (other photos than the probe)
     "run_name": None,  # None: derived from the config hash (a rerun resumes)
     "samples_per_grid": 6,  # qualitative grid rows

@@ -3,20 +3,18 @@
 torch.distributed (env:// rendezvous from torchrun; nccl when the config's device is CUDA, gloo on CPU; the
 record exchange always uses a gloo group since records are host objects).
 
-1. Every rank prepares the datasets and oracles exactly as ``evaluate`` does (same prepared item list, so the
-   same batches and batch keys as a single process).
-2. The (method, dataset, batch) work is sharded: batch ``i`` of a (method, dataset) belongs to rank
-   ``i % world``. Each rank runs ``_run_batch`` on its batches only -- anonymization, recovery and every
-   per-image metric, plus the Fréchet feature vectors of its images.
-3. Per-image records and feature vectors are gathered to rank 0 (``gather_object``), which persists them in
-   the run's ``BatchStore``.
-4. Rank 0 then runs the ordinary ``evaluate``: every batch is found done, so aggregates, Fréchet statistics
-   (from the gathered per-image features), bootstrap CIs, files and MLflow runs are produced by the same code
-   as a single-process run -- every metric equals the single-process result.
+1. Every rank builds the same setup as ``evaluate`` (config, oracles, methods, dataset sources: ids only).
+2. The work is sharded by chunk: chunk ``i`` of a dataset belongs to rank ``i % world``. Each rank prepares
+   its own chunks only (loading, face detection, the originals' embeddings, meshes and realism features) and
+   runs every method on them (``evaluate.compute`` without saving). The ``celeba_id`` gallery is prepared once
+   per rank (it is needed whole by every rank for identification; a few hundred images).
+3. Prepared-chunk entries and per-image records/feature vectors are gathered to rank 0 (``gather_object``),
+   which persists them in the run's stores.
+4. Rank 0 then runs the ordinary ``evaluate``: every chunk and batch is found done, so aggregates, Fréchet
+   statistics, bootstrap CIs, files and MLflow runs are produced by the same code as a single-process run --
+   every metric equals the single-process result.
 
-Batches already in the store (an interrupted run being resumed) are skipped on every rank. Limitation: the
-dataset preparation (face detection, reference embeddings/features) is replicated on every rank, not sharded;
-its embeddings and reference features are cached by content, so rank 0's final pass reuses them.
+Batches already in the store (an interrupted run being resumed) are skipped on every rank.
 """
 
 from __future__ import annotations
@@ -27,10 +25,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from g2face_eval import settings
 from g2face_eval.harness import config as C
 from g2face_eval.harness import evaluate as E
-from g2face_eval.harness.records import ArrayCache, BatchStore, ImageCache
+from g2face_eval.harness.prepare import PrepStore
+from g2face_eval.harness.records import BatchStore
 
 
 def world() -> tuple[int, int, int]:
@@ -55,59 +53,28 @@ def _init(cfg: dict):
     return rank, n, group, own
 
 
-def shard_batches(cfg: dict, rank: int, n: int) -> tuple[list, BatchStore]:
-    """This rank's share of the (method, dataset, batch) work not already persisted: a list of
-    ``(method, dataset, batch key, records DataFrame, feature arrays)``."""
-    from g2face_eval import methods as M
-
-    method_names = C.resolve_methods(cfg)
-    for m in method_names:
-        M.METHODS.get(m)
-    cache_root = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
-    icache, acache = ImageCache(cache_root / "outputs"), ArrayCache(cache_root / "arrays")
-    oracles = E.Oracles(cfg, acache)
-    cfg_resolved = {**cfg, "methods": method_names, "thresholds": dict(sorted(oracles.thresholds.items()))}
-    name, chash = C.run_name(cfg_resolved), C.config_hash(cfg_resolved)
-    store = BatchStore(Path(cfg["results_dir"]).expanduser() / name)
-    device = str(cfg["device"])
-    master = f"{cfg['key']}:{cfg['seed']}"
-    preparer = E.Preparer(int(cfg["image_size"]))
-    prepared = {d: E.prepare_dataset(d, cfg, preparer) for d in cfg["datasets"]}
-    contexts = {d: E.DatasetContext(p, oracles) for d, p in prepared.items()}
-    out = []
-    for mname in method_names:
-        method = E.build_method(mname, cfg, device)
-        mhash = C.method_hash(method.config())
-        runner = E.MethodRunner(mname, method, mhash, icache, acache, device)
-        for dname, pdata in prepared.items():
-            for i, batch in enumerate(E._batches(pdata.items, int(cfg["batch_size"]))):
-                if i % n != rank:
-                    continue
-                ids = [it.id for it in batch]
-                bkey = BatchStore.batch_key([chash, mhash, *ids])
-                if store.done(mname, dname, bkey):
-                    continue
-                df, feats = E._run_batch(runner, method, batch, contexts[dname], oracles, master, dname)
-                df.insert(1, "dataset", dname)
-                df.insert(2, "method", mname)
-                df.insert(3, "status", df.pop("status") if "status" in df else "ok")
-                out.append((mname, dname, bkey, df, feats))
-    return out, store
-
-
 def evaluate_distributed(cfg: dict | None = None, **kw) -> dict | None:
     """Run on every rank; returns ``evaluate``'s result on rank 0 and None on the other ranks."""
     cfg = C.make_config(cfg or {})
     rank, n, group, own = _init(cfg)
     try:
-        work, store = shard_batches(cfg, rank, n)
+        S = E.setup(cfg)
+        store, prep = BatchStore(S.run_dir), PrepStore(S.run_dir)  # read-only on ranks > 0
+        work = E.compute(S, prep, store, rank=rank, world=n, save=False, progress=False)
         gathered = [None] * n if rank == 0 else None
         dist.gather_object(work, gathered, dst=0, group=group)
         res = None
         if rank == 0:
             shards = {}
             for r, part in enumerate(gathered):
-                for mname, dname, bkey, df, feats in part:
+                for dname, entries in part["gallery"].items():
+                    for key, df, arrays in entries:
+                        if not prep.done(dname, key):
+                            prep.save(dname, key, df, arrays)
+                for dname, key, df, arrays in part["prep"]:
+                    if not prep.done(dname, key):
+                        prep.save(dname, key, df, arrays)
+                for mname, dname, bkey, df, feats in part["batches"]:
                     shards[f"{mname}/{dname}/{bkey}"] = r
                     if not store.done(mname, dname, bkey):
                         store.save(mname, dname, bkey, df, feats)

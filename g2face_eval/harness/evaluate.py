@@ -22,7 +22,7 @@ import math
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,20 @@ import torch
 from g2face_eval import settings
 from g2face_eval.anonymizer import Anonymizer, derive_keys
 from g2face_eval.harness import config as C
+from g2face_eval.harness.prepare import (
+    META_COLUMNS,
+    Chunk,
+    DatasetSource,
+    Gallery,
+    Item,
+    Preparer,
+    PrepStore,
+    drop_images,
+    load_images,
+    prepare_chunk,
+    prepare_gallery,
+)
+from g2face_eval.harness.prepare import resize as _resize
 from g2face_eval.harness.records import (
     ArrayCache,
     BatchStore,
@@ -46,203 +60,10 @@ from g2face_eval.imaging import to_tensor, to_uint8
 log = logging.getLogger("g2face_eval.evaluate")
 
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so means and CIs stay finite
-AGE_BANDS = ((0, 19, "0-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
-GENDERS = {0: "male", 1: "female"}
-RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
-META_COLUMNS = ("identity", "age", "gender", "race", "age_band", "role")
 
 
 class Interrupted(RuntimeError):
     """Raised by the test hook ``_interrupt_after`` to simulate a killed run."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# data preparation
-# ----------------------------------------------------------------------------------------------------------
-@dataclass
-class Item:
-    id: str
-    image: np.ndarray  # (S,S,3) uint8 RGB
-    face: Any  # detectors.Face on the prepared image
-    mask: np.ndarray | None  # (S,S) float32 face region (from a parsing mask) or None
-    meta: dict = field(default_factory=dict)
-
-
-@dataclass
-class PreparedDataset:
-    name: str
-    items: list[Item]
-    failures: list[tuple[str, str, dict]]  # (id, reason, meta)
-    gallery: list[Item] = field(default_factory=list)  # identification gallery (celeba_id)
-    aligned: bool = True
-
-
-def _resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    import cv2
-
-    if img.shape[0] == size and img.shape[1] == size:
-        return img
-    if nearest:
-        interp = cv2.INTER_NEAREST
-    else:
-        interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_CUBIC
-    return cv2.resize(img, (size, size), interpolation=interp)
-
-
-def _center_square(img: np.ndarray) -> np.ndarray:
-    h, w = img.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    return img[y0 : y0 + s, x0 : x0 + s]
-
-
-def _norm_meta(meta: dict, sid: str) -> dict:
-    m = {}
-    for k in ("identity", "age", "gender", "race", "role", "split"):
-        if k in meta and meta[k] is not None:
-            m[k] = meta[k]
-    if "age" in m:
-        try:
-            a = int(m["age"])
-            m["age"] = a
-            m["age_band"] = next(lbl for lo, hi, lbl in AGE_BANDS if lo <= a <= hi)
-        except (TypeError, ValueError, StopIteration):
-            pass
-    if "gender" in m:
-        m["gender"] = GENDERS.get(_as_int(m["gender"]), str(m["gender"]))
-    if "race" in m:
-        m["race"] = RACES.get(_as_int(m["race"]), str(m["race"]))
-    if "identity" in m:
-        m["identity"] = str(m["identity"])
-    return m
-
-
-def _as_int(v):
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return v
-
-
-class Preparer:
-    def __init__(self, size: int) -> None:
-        from g2face_eval.oracles.detectors import get_detector
-
-        self.size = size
-        self.det = get_detector("yunet")
-
-    def prepare(self, sample, aligned: bool) -> Item | str:
-        from baselines._region import parsing_to_face_mask
-
-        img = sample.image
-        mask = sample.mask
-        if aligned:
-            img = _resize(_center_square(img), self.size)
-            if mask is not None:
-                mask = _resize(_center_square(np.asarray(mask)), self.size, nearest=True)
-        else:
-            faces = self.det.detect(img)
-            if not faces:
-                return "no face detected"
-            from g2face_eval.oracles.alignment import ffhq_crop
-
-            img = ffhq_crop(img, np.asarray(faces[0].landmarks5), self.size)
-            mask = None
-        img = np.ascontiguousarray(img)
-        faces = self.det.detect(img)
-        if not faces:
-            return "no face detected in the prepared image"
-        fm = parsing_to_face_mask(mask) if mask is not None else None
-        if fm is not None and fm.sum() == 0:
-            fm = None
-        return Item(sample.id, img, faces[0], fm, _norm_meta(dict(sample.meta or {}), sample.id))
-
-
-# Options the harness passes to a dataset unless the config says otherwise.
-DATASET_DEFAULT_OPTIONS: dict[str, dict] = {"celebahq256": {"masks": True}}
-
-
-def prepare_dataset(name: str, cfg: dict, preparer: Preparer) -> PreparedDataset:
-    from g2face_eval.data import datasets as D
-    from g2face_eval.data.io import ImageLoadError
-
-    opts = {**DATASET_DEFAULT_OPTIONS.get(name, {}), **dict(cfg.get("dataset_options", {}).get(name, {}))}
-    limit = opts.pop("limit", None) or cfg.get("limit")
-    root = opts.pop("root", None) or cfg.get("datasets_root")
-    root = Path(root).expanduser() if root else None
-    gallery_ids: list[str] = []
-    if name == "celeba_id":
-        ds = D.open_dataset(name, root=root, **opts)
-        ids, gallery_ids = _identification_split(D, root, opts, int(cfg["gallery_per_identity"]), limit)
-    else:
-        ds = D.open_dataset(name, root=root, **({"limit": int(limit)} if limit else {}), **opts)
-        ids = list(ds.ids())
-    aligned = bool(getattr(ds, "aligned", True))
-
-    def load_all(id_list, role=None):
-        items, fails = [], []
-        for sid in id_list:
-            try:
-                s = ds.load(sid)
-            except ImageLoadError as e:
-                fails.append((sid, f"load failed: {getattr(e, 'reason', e)}", {}))
-                continue
-            except (OSError, ValueError) as e:
-                fails.append((sid, f"load failed: {e}", {}))
-                continue
-            r = preparer.prepare(s, aligned)
-            if isinstance(r, str):
-                fails.append((sid, r, _norm_meta(dict(s.meta or {}), sid)))
-            else:
-                if name == "celeba_id" and "identity" not in r.meta:
-                    r.meta["identity"] = _identity_of(sid)
-                if role:
-                    r.meta["role"] = role
-                items.append(r)
-        return items, fails
-
-    items, failures = load_all(ids, "probe" if gallery_ids else None)
-    gallery, _gfail = load_all(gallery_ids, "gallery") if gallery_ids else ([], [])
-    if gallery_ids:  # probes whose identity has no usable gallery photo cannot be identified
-        gal_ids = {g.meta["identity"] for g in gallery}
-        keep = []
-        for it in items:
-            if it.meta["identity"] in gal_ids:
-                keep.append(it)
-            else:
-                failures.append((it.id, "no usable gallery image for this identity", it.meta))
-        items = keep
-    log.info(
-        "dataset %s: %d images prepared, %d failures%s",
-        name,
-        len(items),
-        len(failures),
-        f", gallery {len(gallery)}" if gallery_ids else "",
-    )
-    return PreparedDataset(name, items, failures, gallery, aligned)
-
-
-def _identity_of(sid: str) -> str:
-    return sid.replace("\\", "/").split("/")[0]
-
-
-def _identification_split(D, root, opts: dict, per_identity: int, limit) -> tuple[list[str], list[str]]:
-    """(probe ids, gallery ids) from the dataset's own deterministic gallery/probe split: one probe per
-    identity (the first of its probe photos) against ``per_identity`` gallery photos of every selected
-    identity. ``limit`` caps the number of identities (sorted)."""
-    o = {k: v for k, v in opts.items() if k != "split"}
-    probes = sorted(D.open_dataset("celeba_id", root=root, split="probe", **o).ids())
-    gallery = sorted(D.open_dataset("celeba_id", root=root, split="gallery", **o).ids())
-    gal_by: dict[str, list[str]] = {}
-    for g in gallery:
-        gal_by.setdefault(_identity_of(g), []).append(g)
-    pro_by: dict[str, str] = {}
-    for p in probes:
-        pro_by.setdefault(_identity_of(p), p)
-    idents = sorted(k for k in pro_by if k in gal_by)
-    if limit:
-        idents = idents[: int(limit)]
-    return [pro_by[k] for k in idents], [g for k in idents for g in gal_by[k][:per_identity]]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -278,13 +99,16 @@ class Oracles:
                 self.detectors[n] = Dt.get_detector(n)
             except Exception as e:  # noqa: BLE001
                 self.unavailable[f"detection_rate_{n}"] = str(e)
-        try:
-            from g2face_eval.oracles.geometry import get_face_mesh
+        self.mesh = None
+        if not cfg.get("face_mesh", True):
+            self.unavailable["attributes"] = "disabled by the configuration (face_mesh = false)"
+        else:
+            try:
+                from g2face_eval.oracles.geometry import get_face_mesh
 
-            self.mesh = get_face_mesh()
-        except Exception as e:  # noqa: BLE001
-            self.mesh = None
-            self.unavailable["attributes"] = str(e)
+                self.mesh = get_face_mesh()
+            except Exception as e:  # noqa: BLE001
+                self.unavailable["attributes"] = str(e)
         self.lpips = None
         try:
             from g2face_eval.metrics.image import LPIPS
@@ -292,7 +116,7 @@ class Oracles:
             self.lpips = LPIPS("alex")
         except Exception as e:  # noqa: BLE001 - MetricUnavailable (backbone weights absent)
             self.unavailable["lpips_alex"] = getattr(e, "reason", str(e))
-        self.extractors = _feature_extractors(self.unavailable, str(cfg["device"]))
+        self.extractors = _feature_extractors(self.unavailable, str(cfg["device"]), cfg.get("feature_extractors"))
 
     # embeddings of original images, cached on disk by content
     def embed(
@@ -320,6 +144,15 @@ class Oracles:
                     self.cache.put(f"emb_{rec}", keys[i], e[j])
         return np.stack(out).astype(np.float32)
 
+    def mesh_of(self, img: np.ndarray):
+        """The face mesh of an image, or None (no mesh oracle, or no face found)."""
+        if self.mesh is None:
+            return None
+        try:
+            return self.mesh.analyze(img)
+        except Exception:  # noqa: BLE001 - a mesh failure is a per-image "not found"
+            return None
+
     def threshold(self, rec: str) -> float | None:
         t = self.thresholds[rec]
         if t is None:
@@ -330,18 +163,25 @@ class Oracles:
         return float(t)
 
 
-def _feature_extractors(unavailable: dict, device: str = "cpu") -> dict:
+def _feature_extractors(unavailable: dict, device: str = "cpu", names: list[str] | None = None) -> dict:
     """name -> metrics.realism FeatureExtractor (float batch -> (B,D) features), for the Fréchet metrics:
     "effnet_lite0" (offline, metric fd_effnet_lite0) always; "inception_fid" (FID/KID) when its weights
     exist."""
     out = {}
+    known = ("effnet_lite0", "inception_fid")
+    if names is not None and set(names) - set(known):
+        raise ValueError(f"feature_extractors: unknown {sorted(set(names) - set(known))}; known: {list(known)}")
     try:
         from g2face_eval.metrics import realism
     except Exception as e:  # noqa: BLE001
         unavailable["fd_effnet_lite0"] = f"metrics.realism not importable: {e}"
         unavailable["fid"] = unavailable["kid"] = unavailable["fd_effnet_lite0"]
         return out
-    for name in ("effnet_lite0", "inception_fid"):
+    for name in known:
+        if names is not None and name not in names:
+            metric = "fd_effnet_lite0" if name == "effnet_lite0" else "fid"
+            unavailable[metric] = f"disabled by the configuration (feature_extractors = {list(names)})"
+            continue
         try:
             out[name] = realism.get_extractor(name, device)
         except Exception as e:  # noqa: BLE001 - MetricUnavailable
@@ -358,26 +198,6 @@ def _features(ext, images: list[np.ndarray], chunk: int = 32) -> np.ndarray:
         np.asarray(ext(to_tensor(images[s : s + chunk])), np.float64) for s in range(0, len(images), chunk)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 1))
-
-
-def _reference_features(ext, items: list) -> np.ndarray:
-    from g2face_eval.metrics import realism
-
-    ids = [it.id for it in items]
-    imgs = [it.image for it in items]
-    key = realism.content_key(ids, imgs)
-    return np.asarray(
-        realism.reference_features(
-            ext, key, lambda: (to_tensor(imgs[s : s + 32]) for s in range(0, len(imgs), 32))
-        ),
-        np.float64,
-    )
-
-
-def _realism(ext_name: str, real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
-    from g2face_eval.metrics import realism
-
-    return realism.realism_metrics(ext_name, real, fake)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -452,50 +272,24 @@ class MethodRunner:
 # ----------------------------------------------------------------------------------------------------------
 # per-batch metrics
 # ----------------------------------------------------------------------------------------------------------
-def _mesh(oracles: Oracles, img: np.ndarray):
-    if oracles.mesh is None:
-        return None
-    try:
-        return oracles.mesh.analyze(img)
-    except Exception:  # noqa: BLE001
-        return None
+@dataclass
+class BatchContext:
+    """Reference data of one batch (aligned with its items) shared by all methods: the originals' embeddings
+    and meshes, and the identification gallery."""
 
+    dataset: str
+    orig_emb: dict[str, np.ndarray]  # recognizer -> (n, d)
+    mesh: list  # MeshResult | None per item
+    gallery: Gallery | None = None
 
-class DatasetContext:
-    """Per-dataset reference data shared by all methods: original embeddings, meshes, features, gallery."""
+    @classmethod
+    def build(cls, chunk: Chunk, arrays: dict[str, np.ndarray], gallery: Gallery | None) -> BatchContext:
+        from g2face_eval.oracles.geometry import result_from_landmarks
 
-    def __init__(self, pd_: PreparedDataset, oracles: Oracles) -> None:
-        self.pd = pd_
-        items = pd_.items
-        self.index = {it.id: i for i, it in enumerate(items)}
-        self.orig_emb = {}
-        self.gallery_emb = {}
-        for r in oracles.recognizers:
-            self.orig_emb[r] = (
-                oracles.embed(
-                    r,
-                    [it.image for it in items],
-                    [it.face for it in items],
-                    pd_.name,
-                    [it.id for it in items],
-                )
-                if items
-                else np.zeros((0, 1), np.float32)
-            )
-            if pd_.gallery:
-                g = pd_.gallery
-                self.gallery_emb[r] = oracles.embed(
-                    r, [it.image for it in g], [it.face for it in g], pd_.name, [it.id for it in g]
-                )
-        self.gallery_labels = np.asarray([g.meta["identity"] for g in pd_.gallery])
-        self.mesh = [_mesh(oracles, it.image) for it in items]
-        self.real_features = {}
-        for name, fn in oracles.extractors.items():
-            if len(items) >= 2:
-                try:
-                    self.real_features[name] = _reference_features(fn, items)
-                except Exception as e:  # noqa: BLE001
-                    oracles.unavailable[name] = str(e)
+        lm = arrays.get("mesh_landmarks")
+        mesh = [None if lm is None or not np.isfinite(lm[j]).all() else result_from_landmarks(lm[j])
+                for j in range(len(chunk.items))]
+        return cls(chunk.dataset, chunk.embeddings, mesh, gallery)
 
 
 def _to_batch(imgs: list[np.ndarray]) -> torch.Tensor:
@@ -518,7 +312,7 @@ def _ssim(a, b) -> np.ndarray:
 def batch_metrics(
     items: list[Item],
     anon: list[np.ndarray],
-    ctx: DatasetContext,
+    ctx: BatchContext,
     oracles: Oracles,
     reversible: bool,
     rec: list[np.ndarray] | None = None,
@@ -531,7 +325,6 @@ def batch_metrics(
 
     n = len(items)
     orig = [it.image for it in items]
-    idx = [ctx.index[it.id] for it in items]
     faces = [it.face for it in items]
     cols: dict[str, Any] = {"id": [it.id for it in items]}
     for k in META_COLUMNS:
@@ -543,17 +336,17 @@ def batch_metrics(
     if oracles.lpips is not None:
         cols["lpips_alex"] = oracles.lpips(_to_batch(anon), _to_batch(orig), 1.0).numpy()
     ids = [it.id for it in items]
-    ns = ctx.pd.name  # embeddings are cached by content (image bytes + landmarks), so any output may share it
+    ns = ctx.dataset  # embeddings are cached by content (image bytes + landmarks), so any output may share it
     for r in oracles.recognizers:
-        eo = ctx.orig_emb[r][idx]
+        eo = ctx.orig_emb[r]
         ea = oracles.embed(r, anon, faces, ns, ids)  # the anonymized image at the ORIGINAL face's landmarks
         sim = I.cosine_similarity(ea, eo)
         thr = oracles.threshold(r)
         cols[f"deid_mean_similarity_{r}"] = sim
         if thr is not None:
             cols[f"deid_success_rate_{r}"] = I.protection_success(sim, thr)
-        if ctx.pd.gallery:
-            gal, gl = ctx.gallery_emb[r], ctx.gallery_labels
+        if ctx.gallery is not None:
+            gal, gl = ctx.gallery.embeddings[r], ctx.gallery.labels
             labels = [it.meta["identity"] for it in items]
             ha = I.identification_hits(ea, labels, gal, gl, ks=(1, 5))
             ho = I.identification_hits(eo, labels, gal, gl, ks=(1, 5))
@@ -572,7 +365,7 @@ def batch_metrics(
     if oracles.mesh is not None:
         pe, ed, nme, ok = [], [], [], []
         for j, a in enumerate(anon):
-            mo, ma = ctx.mesh[idx[j]], _mesh(oracles, a)
+            mo, ma = ctx.mesh[j], oracles.mesh_of(a)
             if mo is None or ma is None:
                 pe.append(np.nan), ed.append(np.nan), nme.append(np.nan), ok.append(ma is not None)
                 continue
@@ -863,13 +656,13 @@ def _save_png(path: Path, img: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # the evaluation
 # ----------------------------------------------------------------------------------------------------------
-def _failure_frame(pd_: PreparedDataset, method: str) -> pd.DataFrame:
+def _failure_frame(dataset: str, failures: list[tuple[str, str, dict]], method: str) -> pd.DataFrame:
     rows = []
-    for sid, reason, meta in pd_.failures:
+    for sid, reason, meta in failures:
         rows.append(
             {
                 "id": sid,
-                "dataset": pd_.name,
+                "dataset": dataset,
                 "method": method,
                 "status": "failed",
                 "reason": reason,
@@ -879,21 +672,131 @@ def _failure_frame(pd_: PreparedDataset, method: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _batches(items: list[Item], bs: int) -> list[list[Item]]:
-    return [items[i : i + bs] for i in range(0, len(items), bs)]
-
-
 def build_method(name: str, cfg: dict, device: str):
-    """The configured method ``name`` (with its ``method_options``), moved to ``device`` when it can move."""
+    """The configured method ``name`` (with its ``method_options``), moved to ``device`` when it can move.
+    A method that has ``to`` but cannot move there is an error naming it (not a silent CPU fallback)."""
     from g2face_eval import methods as M
 
     method = M.METHODS.get(name)(**cfg.get("method_options", {}).get(name, {}))
     if hasattr(method, "to"):
         try:
             method.to(device)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as e:  # noqa: BLE001
+            raise RuntimeError(f"method {name!r} cannot run on device {device!r}: {e}") from e
     return method
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the work: datasets in chunks, every method on each chunk
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Setup:
+    """Everything a run (or one rank of it) needs: config, oracles, methods, stores, dataset sources."""
+
+    cfg: dict
+    name: str
+    chash: str
+    run_dir: Path
+    oracles: Oracles
+    runners: dict[str, MethodRunner]
+    sources: dict[str, DatasetSource]
+    preparer: Preparer
+    master: str
+
+    def batch_key(self, mname: str, ids: list[str]) -> str:
+        return BatchStore.batch_key([self.chash, self.runners[mname].mhash, *ids])
+
+
+def setup(cfg: dict) -> Setup:
+    from g2face_eval import methods as M
+
+    method_names = C.resolve_methods(cfg)
+    for m in method_names:
+        M.METHODS.get(m)  # fail fast on unknown names
+    cache_root = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
+    icache, acache = ImageCache(cache_root / "outputs"), ArrayCache(cache_root / "arrays")
+    # Oracles first: the recognizer thresholds in force are part of the configuration (and of its hash), so
+    # a threshold file that changes between an interrupted run and its rerun never mixes records.
+    oracles = Oracles(cfg, acache)
+    cfg_resolved = {**cfg, "methods": method_names, "thresholds": dict(sorted(oracles.thresholds.items()))}
+    name = C.run_name(cfg_resolved)
+    device = str(cfg["device"])
+    runners = {}
+    for m in method_names:
+        method = build_method(m, cfg, device)
+        runners[m] = MethodRunner(m, method, C.method_hash(method.config()), icache, acache, device)
+    return Setup(
+        cfg=cfg_resolved,
+        name=name,
+        chash=C.config_hash(cfg_resolved),
+        run_dir=Path(cfg["results_dir"]).expanduser() / name,
+        oracles=oracles,
+        runners=runners,
+        sources={d: DatasetSource(d, cfg) for d in cfg["datasets"]},
+        preparer=Preparer(int(cfg["image_size"])),
+        master=f"{cfg['key']}:{cfg['seed']}",
+    )
+
+
+def compute(
+    S: Setup,
+    prep: PrepStore | None,
+    store: BatchStore,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    save: bool = True,
+    progress: bool = True,
+    interrupt_after: int | None = None,
+) -> dict:
+    """Prepare every chunk and run every method on it, chunk by chunk (one chunk's images in memory at a
+    time). Chunk ``i`` of a dataset belongs to rank ``i % world``. With ``save`` the work is persisted as it
+    completes (``prep`` and ``store``); without it (the non-zero ranks of a distributed run) it is returned:
+    ``{"prep": [(dataset, key, entry, arrays)], "batches": [(method, dataset, key, records, features)],
+    "gallery": {dataset: [(key, entry, arrays)]}}``."""
+    from tqdm import tqdm
+
+    bs = int(S.cfg["batch_size"])
+    out: dict = {"prep": [], "batches": [], "gallery": {}}
+    done_count = 0
+    for dname, src in S.sources.items():
+        gallery = None
+        if src.gallery_ids:
+            gallery, new = prepare_gallery(src, S.preparer, S.oracles, prep if save else None, S.chash, bs)
+            out["gallery"][dname] = new
+        chunks = src.chunks(src.ids, bs)
+        bar = tqdm(chunks, desc=f"{dname}", unit="batch", disable=not progress, leave=False)
+        labels = set(gallery.labels.tolist()) if gallery is not None else None
+        for i, ids in enumerate(bar):
+            if i % world != rank:
+                continue
+            chunk, arrays, entry = prepare_chunk(src, S.preparer, S.oracles, prep if save else None, S.chash,
+                                                 i, ids, labels)
+            if entry is not None and not save:
+                out["prep"].append((dname, chunk.key, entry, arrays))
+            if not chunk.items:
+                continue
+            todo = [m for m in S.runners if not store.done(m, dname, S.batch_key(m, chunk.ids))]
+            if not todo:
+                continue
+            load_images(src, S.preparer, chunk.items)
+            ctx = BatchContext.build(chunk, arrays, gallery)
+            for m in todo:
+                if interrupt_after is not None and done_count >= interrupt_after:
+                    raise Interrupted(f"simulated interruption after {done_count} batches")
+                bar.set_postfix_str(m)
+                df, feats = _run_batch(S.runners[m], chunk.items, ctx, S.oracles, S.master, dname)
+                df.insert(1, "dataset", dname)
+                df.insert(2, "method", m)
+                df.insert(3, "status", df.pop("status") if "status" in df else "ok")
+                key = S.batch_key(m, chunk.ids)
+                if save:
+                    store.save(m, dname, key, df, feats)
+                else:
+                    out["batches"].append((m, dname, key, df, feats))
+                done_count += 1
+            drop_images(chunk.items)
+    return out
 
 
 def evaluate(
@@ -905,147 +808,42 @@ def evaluate(
 ) -> dict:
     """Run the evaluation described by ``cfg`` (see ``harness.config``). Returns a dict with ``run_dir``,
     ``records`` (DataFrame), ``aggregate`` (DataFrame), ``tracking_uri``, ``parent_run_id``."""
-    from tqdm import tqdm
-
-    from g2face_eval import methods as M
     from g2face_eval.harness.tracking import Tracker, environment_info, ui_command
 
-    cfg = C.make_config(cfg or {})
     t_start = time.perf_counter()
-    method_names = C.resolve_methods(cfg)
-    for m in method_names:
-        M.METHODS.get(m)  # fail fast on unknown names
-    cache_root = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
-    icache, acache = ImageCache(cache_root / "outputs"), ArrayCache(cache_root / "arrays")
-    # Oracles first: the recognizer thresholds in force are part of the configuration (and of its hash), so
-    # a threshold file that changes between an interrupted run and its rerun never mixes records.
-    oracles = Oracles(cfg, acache)
-    cfg_resolved = {**cfg, "methods": method_names, "thresholds": dict(sorted(oracles.thresholds.items()))}
-    name = C.run_name(cfg_resolved)
-    chash = C.config_hash(cfg_resolved)
-    results_dir = Path(cfg["results_dir"]).expanduser()
-    run_dir = results_dir / name
+    S = setup(C.make_config(cfg or {}))
+    cfg, run_dir, name = S.cfg, S.run_dir, S.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", cfg_resolved)
-    store = BatchStore(run_dir)
-    env = environment_info()
-    atomic_write_json(run_dir / "environment.json", env)
-    device = str(cfg["device"])
-    bs = int(cfg["batch_size"])
-    master = f"{cfg['key']}:{cfg['seed']}"
+    atomic_write_json(run_dir / "config.json", cfg)
+    store, prep = BatchStore(run_dir), PrepStore(run_dir)
+    atomic_write_json(run_dir / "environment.json", environment_info())
     seed = int(cfg["seed"])
     n_boot = int(cfg["bootstrap_samples"])
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"g2face-eval evaluate: run {name} -> {run_dir}")
-    say(f"  methods: {', '.join(method_names)}\n  datasets: {', '.join(cfg['datasets'])}")
+    say(f"  methods: {', '.join(S.runners)}\n  datasets: {', '.join(cfg['datasets'])}")
 
+    results_dir = Path(cfg["results_dir"]).expanduser()
     tracker = Tracker(results_dir, run_dir, name)
-    params = C.flatten({k: v for k, v in cfg_resolved.items()})
-    batches_done = 0
+    params = C.flatten({k: v for k, v in cfg.items()})
     with tracker.parent_run(params, tags={"g2face.run": name}) as parent_id:
         tracker.log_artifact(parent_id, run_dir / "config.json")
         tracker.log_artifact(parent_id, run_dir / "environment.json")
-        preparer = Preparer(int(cfg["image_size"]))
-        prepared = {d: prepare_dataset(d, cfg, preparer) for d in cfg["datasets"]}
-        contexts = {d: DatasetContext(p, oracles) for d, p in prepared.items()}
-        all_records: list[pd.DataFrame] = []
-        set_metrics: list[dict] = []
+        compute(S, prep, store, progress=progress and not quiet, interrupt_after=_interrupt_after)
+        all_records, set_metrics = [], []
         latency_path = run_dir / "latency.json"
         latency = json.loads(latency_path.read_text()) if latency_path.exists() else {}
-        for mname in method_names:
-            method = build_method(mname, cfg, device)
-            mcfg = method.config()
-            mhash = C.method_hash(mcfg)
-            runner = MethodRunner(mname, method, mhash, icache, acache, device)
-            child = tracker.child(
-                mname,
-                {
-                    **params,
-                    **C.flatten(mcfg, "method."),
-                    "method.hash": mhash,
-                    "method.reversible": str(method.reversible),
-                },
-            )
-            mrecords = []
-            for dname, pdata in prepared.items():
-                ctx = contexts[dname]
-                feats_all: dict[str, list[np.ndarray]] = {}
-                batches = _batches(pdata.items, bs)
-                bar = tqdm(
-                    batches,
-                    desc=f"{mname} | {dname}",
-                    unit="batch",
-                    disable=not progress or quiet,
-                    leave=False,
-                )
-                for batch in bar:
-                    ids = [it.id for it in batch]
-                    bkey = BatchStore.batch_key([chash, mhash, *ids])
-                    if store.done(mname, dname, bkey):
-                        df, feats = store.load(mname, dname, bkey)
-                    else:
-                        if _interrupt_after is not None and batches_done >= _interrupt_after:
-                            raise Interrupted(f"simulated interruption after {batches_done} batches")
-                        df, feats = _run_batch(runner, method, batch, ctx, oracles, master, dname)
-                        df.insert(1, "dataset", dname)
-                        df.insert(2, "method", mname)
-                        df.insert(3, "status", df.pop("status") if "status" in df else "ok")
-                        store.save(mname, dname, bkey, df, feats)
-                        batches_done += 1
-                    mrecords.append(df)
-                    for k, v in feats.items():
-                        feats_all.setdefault(k, []).append(v)
-                fail = _failure_frame(pdata, mname)
-                if len(fail):
-                    mrecords.append(fail)
-                # realism: Fréchet distance of the anonymized set against the dataset's originals
-                for ext, real in ctx.real_features.items():
-                    parts = [f for f in feats_all.get(ext, []) if f.size]
-                    if not parts:
-                        continue
-                    fake = np.concatenate(parts)
-                    if len(fake) < int(cfg["fd_min_images"]):
-                        continue
-                    for metric, value in _realism(ext, real, fake).items():
-                        set_metrics.append(
-                            dict(method=mname, dataset=dname, metric=metric, value=float(value), n=len(fake))
-                        )
-                _write_grid(run_dir, runner, method, pdata, master, int(cfg["samples_per_grid"]))
-            if mname not in latency and prepared:
-                latency[mname] = _latency(
-                    runner, method, prepared, master, int(cfg["latency_repeats"]), device
-                )
+        for mname, runner in S.runners.items():
+            mrecords, msets = collect_method(S, prep, store, mname)
+            set_metrics += msets
+            for dname in S.sources:
+                _write_grid(S, prep, runner, dname, int(cfg["samples_per_grid"]))
+            if mname not in latency:
+                latency[mname] = _latency(S, prep, runner, int(cfg["latency_repeats"]))
                 atomic_write_json(latency_path, latency)
-            mdf = (
-                pd.concat([d for d in mrecords if len(d)], ignore_index=True) if mrecords else pd.DataFrame()
-            )
+            mdf = pd.concat([d for d in mrecords if len(d)], ignore_index=True) if mrecords else pd.DataFrame()
             all_records.append(mdf)
-            # per-method MLflow child: aggregate metrics + artifacts
-            magg = (
-                aggregate(
-                    mdf,
-                    [s for s in set_metrics if s["method"] == mname],
-                    {mname: latency.get(mname, {})},
-                    n_boot,
-                    seed,
-                )
-                if len(mdf)
-                else pd.DataFrame()
-            )
-            tracker.log_metrics(child, _mlflow_metrics(magg))
-            mdir = run_dir / "methods" / mname
-            mdir.mkdir(parents=True, exist_ok=True)
-            if len(mdf):
-                write_table(_arrow_safe(mdf), mdir / "records.parquet")
-                write_table(magg, mdir / "aggregate.csv")
-                tracker.log_artifact(child, mdir / "records.parquet")
-                tracker.log_artifact(child, mdir / "aggregate.csv")
-            for g in sorted((run_dir / "samples").glob(f"{mname}__*.png")):
-                tracker.log_artifact(child, g, "samples")
-            tracker.log_artifact(child, run_dir / "config.json")
-            tracker.log_artifact(child, run_dir / "environment.json")
-            tracker.set_tags(child, {"g2face.unavailable": json.dumps(oracles.unavailable)[:5000]})
-            tracker.end(child, "FINISHED")
+            _log_child(tracker, S, mname, mdf, msets, latency, params, n_boot, seed)
 
         records = pd.concat([d for d in all_records if len(d)], ignore_index=True)
         records = _arrow_safe(records)
@@ -1057,9 +855,11 @@ def evaluate(
         write_table(agg, run_dir / "aggregate.csv")
         write_table(demo, run_dir / "demographics.csv")
         atomic_write_json(run_dir / "set_metrics.json", set_metrics)
-        atomic_write_json(run_dir / "unavailable.json", oracles.unavailable)
+        atomic_write_json(run_dir / "unavailable.json", S.oracles.unavailable)
         summary = format_summary(agg)
-        (run_dir / "summary.txt").write_text(summary + "\n")
+        from g2face_eval import atomic
+
+        atomic.write_bytes(run_dir / "summary.txt", (summary + "\n").encode())
         for f in (
             "records.parquet",
             "records.csv",
@@ -1088,10 +888,10 @@ def evaluate(
     wall = time.perf_counter() - t_start
     say("\nAggregate (headline metrics; full table with 95% bootstrap CIs in aggregate.csv):")
     say(summary)
-    if oracles.unavailable:
+    if S.oracles.unavailable:
         say(
             "\nunavailable (reported, not faked): "
-            + "; ".join(f"{k}: {v[:120]}" for k, v in oracles.unavailable.items())
+            + "; ".join(f"{k}: {v[:120]}" for k, v in S.oracles.unavailable.items())
         )
     say(f"\nresults: {run_dir}  ({wall:.0f} s)")
     if out is not None:
@@ -1107,6 +907,83 @@ def evaluate(
         "wall_s": wall,
         "run_name": name,
     }
+
+
+def _chunks_of(S: Setup, prep: PrepStore, dname: str):
+    """The dataset's chunks as persisted by ``compute`` (items without images), in order."""
+    src = S.sources[dname]
+    bs = int(S.cfg["batch_size"])
+    labels = None
+    if src.gallery_ids:
+        gallery, _ = prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs)
+        labels = set(gallery.labels.tolist())
+    for i, ids in enumerate(src.chunks(src.ids, bs)):
+        yield prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
+
+
+def collect_method(S: Setup, prep: PrepStore, store: BatchStore, mname: str) -> tuple[list[pd.DataFrame], list]:
+    """One method's per-image records (persisted batches + failure records) and its set metrics (Fréchet
+    statistics and KID samples accumulated batch by batch, never all features at once)."""
+    from g2face_eval.metrics import realism
+
+    records, sets = [], []
+    for dname in S.sources:
+        exts = S.oracles.extractors
+        real = {e: realism.RealismAccumulator(x.dim) for e, x in exts.items()}
+        fake = {e: realism.RealismAccumulator(x.dim) for e, x in exts.items()}
+        failures = []
+        for chunk, arrays, _ in _chunks_of(S, prep, dname):
+            failures += chunk.failures
+            if not chunk.items:
+                continue
+            key = S.batch_key(mname, chunk.ids)
+            df, feats = store.load(mname, dname, key)
+            records.append(df)
+            ok_ids = df.loc[df["status"] == "ok", "id"].tolist()
+            for e in exts:
+                real[e].add(chunk.ids, arrays[f"feat_{e}"])
+                if e in feats and len(feats[e]):
+                    fake[e].add(ok_ids, feats[e])
+        fail = _failure_frame(dname, failures, mname)
+        if len(fail):
+            records.append(fail)
+        for e in exts:  # realism: Fréchet distance of the anonymized set against the dataset's originals
+            if real[e].n < 2 or fake[e].n < max(2, int(S.cfg["fd_min_images"])):
+                continue
+            for metric, value in realism.realism_metrics_streamed(e, real[e], fake[e]).items():
+                sets.append(dict(method=mname, dataset=dname, metric=metric, value=float(value), n=fake[e].n))
+    return records, sets
+
+
+def _log_child(tracker, S: Setup, mname: str, mdf: pd.DataFrame, msets: list, latency: dict, params: dict,
+               n_boot: int, seed: int) -> None:
+    """The method's MLflow child run: params, aggregate metrics, per-image and aggregate tables, samples."""
+    runner = S.runners[mname]
+    mcfg = runner.method.config()
+    child = tracker.child(
+        mname,
+        {
+            **params,
+            **C.flatten(mcfg, "method."),
+            "method.hash": runner.mhash,
+            "method.reversible": str(runner.method.reversible),
+        },
+    )
+    magg = aggregate(mdf, msets, {mname: latency.get(mname, {})}, n_boot, seed) if len(mdf) else pd.DataFrame()
+    tracker.log_metrics(child, _mlflow_metrics(magg))
+    mdir = S.run_dir / "methods" / mname
+    mdir.mkdir(parents=True, exist_ok=True)
+    if len(mdf):
+        write_table(_arrow_safe(mdf), mdir / "records.parquet")
+        write_table(magg, mdir / "aggregate.csv")
+        tracker.log_artifact(child, mdir / "records.parquet")
+        tracker.log_artifact(child, mdir / "aggregate.csv")
+    for g in sorted((S.run_dir / "samples").glob(f"{mname}__*.png")):
+        tracker.log_artifact(child, g, "samples")
+    tracker.log_artifact(child, S.run_dir / "config.json")
+    tracker.log_artifact(child, S.run_dir / "environment.json")
+    tracker.set_tags(child, {"g2face.unavailable": json.dumps(S.oracles.unavailable)[:5000]})
+    tracker.end(child, "FINISHED")
 
 
 def _arrow_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -1134,13 +1011,15 @@ def _mlflow_metrics(agg: pd.DataFrame, prefix_method: bool = False) -> dict[str,
 
 def _run_batch(
     runner: MethodRunner,
-    method: Anonymizer,
     batch: list[Item],
-    ctx: DatasetContext,
+    ctx: BatchContext,
     oracles: Oracles,
     master: str,
     dname: str,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """One method on one batch: outputs (cached), per-image metrics and the outputs' realism features.
+    A method error becomes failure records for the batch; the run continues."""
+    method = runner.method
     ids = [it.id for it in batch]
     imgs = [it.image for it in batch]
     masks = [it.mask for it in batch]
@@ -1165,10 +1044,7 @@ def _run_batch(
                 extra["payload_ber"] = bit_error_rate(np.stack(bits).round(), np.stack(rbits).round())
         df = batch_metrics(batch, anon, ctx, oracles, method.reversible, rec, rec_w, anon2, extra)
         df["status"] = "ok"
-        feats = {}
-        for ext, fn in oracles.extractors.items():
-            if ext in ctx.real_features:
-                feats[ext] = _features(fn, anon)
+        feats = {ext: _features(fn, anon) for ext, fn in oracles.extractors.items()}
         return df, feats
     except Exception as e:  # noqa: BLE001 - a method crashing on a batch: failure records, the run continues
         log.warning("%s failed on a batch of %s: %s", runner.name, dname, e)
@@ -1181,21 +1057,33 @@ def _run_batch(
         return df, {}
 
 
-def _write_grid(
-    run_dir: Path, runner: MethodRunner, method: Anonymizer, pdata: PreparedDataset, master: str, n: int
-) -> None:
-    items = pdata.items[:n]
-    if not items:
-        return
-    ids = [it.id for it in items]
-    imgs = [it.image for it in items]
-    keys = derive_keys(master, ids)
+def _first_items(S: Setup, prep: PrepStore, dname: str, n: int) -> list[Item]:
+    """The first ``n`` prepared items of a dataset, with their images."""
+    items: list[Item] = []
+    for chunk, _, _ in _chunks_of(S, prep, dname):
+        items += chunk.items[: n - len(items)]
+        if len(items) >= n:
+            break
+    load_images(S.sources[dname], S.preparer, items)
+    return items
+
+
+def _write_grid(S: Setup, prep: PrepStore, runner: MethodRunner, dname: str, n: int) -> None:
+    """samples/<method>__<dataset>.png: original / anonymized / recovered / wrong key for the first n faces."""
+    method, master = runner.method, S.master
+    src = S.sources[dname]
     try:
-        anon, _, _ = runner.anonymize(pdata.name, ids, imgs, keys, [it.mask for it in items])
+        items = _first_items(S, prep, dname, n)
+        if not items:
+            return
+        ids = [it.id for it in items]
+        imgs = [it.image for it in items]
+        keys = derive_keys(master, ids)
+        anon, _, _ = runner.anonymize(src.name, ids, imgs, keys, [it.mask for it in items])
         rows = []
         if method.reversible:
-            rec, _, _ = runner.recover(pdata.name, ids, anon, keys)
-            wr, _, _ = runner.recover(pdata.name, ids, anon, derive_keys(master + "/wrong-key", ids))
+            rec, _, _ = runner.recover(src.name, ids, anon, keys)
+            wr, _, _ = runner.recover(src.name, ids, anon, derive_keys(master + "/wrong-key", ids))
         for j in range(len(items)):
             rows.append(
                 [
@@ -1205,26 +1093,25 @@ def _write_grid(
                     wr[j] if method.reversible else None,
                 ]
             )
-        _save_png(run_dir / "samples" / f"{runner.name}__{pdata.name}.png", sample_grid(rows))
+        _save_png(S.run_dir / "samples" / f"{runner.name}__{src.name}.png", sample_grid(rows))
     except Exception as e:  # noqa: BLE001
-        log.warning("sample grid for %s/%s failed: %s", runner.name, pdata.name, e)
+        log.warning("sample grid for %s/%s failed: %s", runner.name, src.name, e)
 
 
-def _latency(
-    runner: MethodRunner,
-    method: Anonymizer,
-    prepared: dict[str, PreparedDataset],
-    master: str,
-    repeats: int,
-    device: str,
-) -> dict:
+def _latency(S: Setup, prep: PrepStore, runner: MethodRunner, repeats: int) -> dict:
     from g2face_eval.metrics.latency import measure
 
-    items = next((p.items for p in prepared.values() if p.items), [])[:8]
+    items: list[Item] = []
+    for dname in S.sources:
+        items = _first_items(S, prep, dname, 8)
+        if items:
+            break
     if not items:
         return {}
+    device = runner.device
+    method = runner.method
     x = to_tensor([it.image for it in items]).to(device)
-    keys = derive_keys(master + "/latency", [it.id for it in items])
+    keys = derive_keys(S.master + "/latency", [it.id for it in items])
     fm = None
     if all(it.mask is not None for it in items):
         fm = torch.from_numpy(np.stack([it.mask for it in items]))[:, None].float().to(device)

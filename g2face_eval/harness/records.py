@@ -5,6 +5,7 @@ Layout of ``<results_dir>/<run>/``::
     config.json                      the resolved configuration
     batches/<method>/<dataset>/<batch key>.parquet   per-image records of one completed batch
     batches/<method>/<dataset>/<batch key>.npz       per-image feature vectors of that batch (realism)
+    prepared/<dataset>/<chunk key>.{parquet,npz}     a chunk's prepared faces and reference data (prepare.py)
     records.parquet, records.csv     all per-image records (written at the end)
     aggregate.parquet, aggregate.csv aggregate table with bootstrap 95% CIs
     set_metrics.json, latency.json, environment.json, samples/<method>__<dataset>.png
@@ -114,8 +115,11 @@ class ArrayCache:
 class BatchStore:
     """Completed (method, dataset, batch) records of one run; a batch present here is skipped on rerun."""
 
+    folder = "batches"
+    crash_prefix = "batch"  # crashpoints hit: <prefix>_npz, <prefix>_saved
+
     def __init__(self, run_dir: Path) -> None:
-        self.root = Path(run_dir) / "batches"
+        self.root = Path(run_dir) / self.folder
         # temporary files of writes cut short by a kill (atomic writes never expose them): swept on resume
         if self.root.is_dir():
             for t in self.root.rglob(".*.tmp"):
@@ -143,9 +147,9 @@ class BatchStore:
 
         b = self._base(method, dataset, key)
         write_npz(b.with_suffix(".npz"), features)  # features first: .parquet marks completion
-        crashpoints.hit("batch_npz")
+        crashpoints.hit(f"{self.crash_prefix}_npz")
         write_table(records, b.with_suffix(".parquet"))
-        crashpoints.hit("batch_saved")
+        crashpoints.hit(f"{self.crash_prefix}_saved")
 
     def load(self, method: str, dataset: str, key: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
         b = self._base(method, dataset, key)

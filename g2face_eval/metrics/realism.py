@@ -146,25 +146,30 @@ def _np64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    from scipy import linalg
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """tr(sqrtm(s1 @ s2)) for covariance (symmetric PSD) matrices, as sum(sqrt(eig(A s2 A))) with A = s1^(1/2):
+    the eigenvalues of s1 s2 equal those of the symmetric PSD matrix A s2 A, so two symmetric eigensolvers
+    replace scipy's Schur-based ``sqrtm`` of a non-symmetric product (about 20x faster at 1280-d, and exact for
+    rank-deficient covariances, where ``sqrtm`` warns and loses accuracy)."""
+    w, v = (t.numpy() for t in torch.linalg.eigh(torch.from_numpy((s1 + s1.T) / 2)))  # LAPACK syevd: faster
+    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = a @ s2 @ a
+    ev = np.linalg.eigvalsh((m + m.T) / 2)
+    return float(np.sqrt(np.clip(ev, 0, None)).sum())
 
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + tr(s1) + tr(s2) - 2 tr(sqrtm(s1 s2)) (the FID formula; torch-fidelity's value to
+    float precision, see tests)."""
     mu1, mu2 = np.atleast_1d(_np64(mu1)), np.atleast_1d(_np64(mu2))
     s1, s2 = np.atleast_2d(_np64(sigma1)), np.atleast_2d(_np64(sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError("mean / covariance shapes differ")
+    if not (np.isfinite(s1).all() and np.isfinite(s2).all() and np.isfinite(mu1).all() and np.isfinite(mu2).all()):
+        raise ValueError("Fréchet statistics contain NaN or inf")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(s1.dot(s2))
-    if not np.isfinite(covmean).all():
-        offset = np.eye(s1.shape[0]) * eps
-        covmean = linalg.sqrtm((s1 + offset).dot(s2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            # rank-deficient product: fall back to trace of sqrt via eigenvalues (torch-fidelity's formula)
-            tr_covmean = float(np.sum(np.sqrt(np.linalg.eigvals(s1.dot(s2)).astype(np.complex128)).real))
-            return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    tr_covmean = _trace_sqrt_product(s1, s2)
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
 def frechet_distance_stats(a: FrechetStats, b: FrechetStats) -> float:
@@ -621,3 +626,75 @@ def realism_metrics(
     spec = EXTRACTORS.get(extractor_name)
     k_mean, _ = kid(real_features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
     return {spec.fd_metric: frechet_distance_features(real_features, fake_features), spec.kid_metric: k_mean}
+
+
+# ============================================================================================================
+# Streaming realism: Fréchet statistics accumulate per batch; KID on a bounded, order-independent sample
+# ============================================================================================================
+KID_SAMPLE_MAX = 5000  # features kept per set for KID (a bottom-k sample by id hash; all of them up to this)
+
+
+class FeatureSample:
+    """At most ``k`` feature vectors of a set, chosen by the smallest sha256(id): a uniform sample that does
+    not depend on the order or sharding in which the images arrive. ``features()`` is in hash order."""
+
+    def __init__(self, k: int = KID_SAMPLE_MAX) -> None:
+        self.k = int(k)
+        self._prio: list[bytes] = []
+        self._feats: list[np.ndarray] = []
+
+    def add(self, ids, features) -> FeatureSample:
+        x = np.asarray(features, np.float32)
+        if len(ids) != len(x):
+            raise ValueError("one id per feature vector")
+        for i, f in zip(ids, x, strict=True):
+            self._prio.append(hashlib.sha256(f"kid\0{i}".encode()).digest())
+            self._feats.append(f)
+        if len(self._prio) > 2 * self.k:
+            self._trim()
+        return self
+
+    def _trim(self) -> None:
+        order = sorted(range(len(self._prio)), key=self._prio.__getitem__)[: self.k]
+        self._prio = [self._prio[i] for i in order]
+        self._feats = [self._feats[i] for i in order]
+
+    def __len__(self) -> int:
+        return min(len(self._prio), self.k)
+
+    def features(self) -> np.ndarray:
+        self._trim()
+        return np.stack(self._feats) if self._feats else np.zeros((0, 0), np.float32)
+
+
+class RealismAccumulator:
+    """Fréchet statistics (every image) + KID sample of one image set, fed batch by batch."""
+
+    def __init__(self, dim: int, kid_max: int = KID_SAMPLE_MAX) -> None:
+        self.stats = FrechetStats(dim)
+        self.sample = FeatureSample(kid_max)
+
+    def add(self, ids, features) -> RealismAccumulator:
+        f = np.asarray(features)
+        if len(f):
+            self.stats.update(f)
+            self.sample.add(ids, f)
+        return self
+
+    @property
+    def n(self) -> int:
+        return self.stats.n
+
+
+def realism_metrics_streamed(extractor_name: str, real: RealismAccumulator, fake: RealismAccumulator, *,
+                             kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 2020
+                             ) -> dict[str, float]:
+    """Like ``realism_metrics`` from accumulators: FD on every image's statistics (equal to the batch formula up
+    to float summation order); KID on the bounded, order-independent samples (the same subsets as
+    ``realism_metrics`` only when both sets have <= ``kid_subset_size`` images, where every subset is the whole
+    set)."""
+    spec = EXTRACTORS.get(extractor_name)
+    fd = frechet_distance_stats(real.stats, fake.stats)
+    k_mean, _ = kid(real.sample.features(), fake.sample.features(), subsets=kid_subsets,
+                    subset_size=kid_subset_size, seed=seed)
+    return {spec.fd_metric: fd, spec.kid_metric: k_mean}

@@ -50,6 +50,9 @@ from g2face_eval.training.losses import (
 SYNTHESIS_PREFIXES = ("input.", "conv1.", "to_rgb1.", "convs.", "to_rgbs.")
 
 
+MLFLOW_RUN_FILE = "mlflow_run.json"  # <out>/: the MLflow run id of this training folder (resume continues it)
+
+
 @dataclass
 class TrainConfig:
     mode: str = "g2face"  # "g2face" | "stylegan" (pre-training of the project's StyleGAN2)
@@ -494,14 +497,49 @@ class Trainer:
         mlflow.set_tracking_uri(uri)
         if mlflow.get_experiment_by_name(self.cfg.experiment) is None:
             mlflow.create_experiment(self.cfg.experiment, artifact_location=art.as_uri() if art else None)
-        mlflow.set_experiment(self.cfg.experiment)
-        run = mlflow.start_run(run_name=f"{self.cfg.mode}-{self.cfg.size}px-step{self.step}")
-        flat = {k: v for k, v in self.cfg.to_dict().items() if k != "weights"}
-        flat.update({f"w_{k}": v for k, v in self.cfg.weights.to_dict().items()})
-        flat.update({"perceptual_loss": self.perc_name, "world_size": self.info.world,
-                     "global_batch": self.global_batch})
-        mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
+        exp = mlflow.set_experiment(self.cfg.experiment)
+        run_id = self._mlflow_run_to_resume(mlflow, exp.experiment_id)
+        if run_id is not None:  # a killed or preempted run of this output folder: continue it, same run
+            run = mlflow.start_run(run_id=run_id)
+        else:
+            run = mlflow.start_run(run_name=f"{self.cfg.mode}-{self.cfg.size}px-step{self.step}",
+                                   tags={"g2face.train_out": self._out_tag()})
+            from g2face_eval import atomic
+
+            atomic.write_json(Path(self.cfg.out) / MLFLOW_RUN_FILE, {"run_id": run.info.run_id, "uri": uri})
+            flat = {k: v for k, v in self.cfg.to_dict().items() if k != "weights"}
+            flat.update({f"w_{k}": v for k, v in self.cfg.weights.to_dict().items()})
+            flat.update({"perceptual_loss": self.perc_name, "world_size": self.info.world,
+                         "global_batch": self.global_batch})
+            mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
         self._mlflow = (mlflow, run)
+
+    def _out_tag(self) -> str:
+        return str(Path(self.cfg.out).expanduser().resolve())
+
+    def _mlflow_run_to_resume(self, mlflow, experiment_id: str) -> str | None:
+        """The MLflow run of an earlier, unfinished invocation with this output folder: the id recorded in
+        ``<out>/mlflow_run.json``, or (killed between creating the run and recording it) a RUNNING run tagged
+        with this folder. None when there is none or it already FINISHED."""
+        client = mlflow.MlflowClient()
+        f = Path(self.cfg.out) / MLFLOW_RUN_FILE
+        if f.is_file():
+            try:
+                r = client.get_run(json.loads(f.read_text())["run_id"])
+                if r.info.status != "FINISHED" and r.info.experiment_id == experiment_id:
+                    return r.info.run_id
+            except Exception:  # noqa: BLE001 - unreadable file or run deleted: start a new run
+                pass
+            return None
+        tag = self._out_tag().replace("'", "\\'")
+        query = f"tags.`g2face.train_out` = '{tag}' and attributes.status = 'RUNNING'"
+        found = client.search_runs([experiment_id], query, max_results=1)
+        return found[0].info.run_id if found else None
+
+    def _mlflow_end(self, status: str) -> None:
+        if self._mlflow is not None:
+            self._mlflow[0].end_run(status=status)
+            self._mlflow = None
 
     def _log_samples(self):
         if self._mlflow is None:
@@ -516,12 +554,25 @@ class Trainer:
     def fit(self, steps: int | None = None, ckpt_dir: str | Path | None = None) -> list[dict[str, float]]:
         """Train until ``self.step == steps`` (default cfg.steps); returns the per-step logs."""
         steps = self.cfg.steps if steps is None else steps
-        from g2face_eval import crashpoints
 
         ckpt_dir = Path(ckpt_dir or self.cfg.out)
         self._mlflow_start()
         history = []
         t0 = time.time()
+        try:
+            self._fit_loop(steps, ckpt_dir, history, t0)
+        except (KeyboardInterrupt, SystemExit):  # SIGINT / SIGTERM (preemption): the run ends as KILLED
+            self._mlflow_end("KILLED")
+            raise
+        except BaseException:
+            self._mlflow_end("FAILED")
+            raise
+        self._mlflow_end("FINISHED")
+        return history
+
+    def _fit_loop(self, steps: int, ckpt_dir: Path, history: list, t0: float) -> None:
+        from g2face_eval import crashpoints
+
         while self.step < steps:
             logs = self.train_step()
             history.append(logs)
@@ -540,10 +591,6 @@ class Trainer:
                 if self.info.is_main:
                     self.save(ckpt_dir / "last")
                 ddp.barrier(self.info)
-        if self._mlflow:
-            self._mlflow[0].end_run()
-            self._mlflow = None
-        return history
 
 
 def load_generator_state(src: str) -> dict[str, torch.Tensor]:

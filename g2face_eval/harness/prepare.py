@@ -1,0 +1,430 @@
+"""Streaming data preparation for ``evaluate``: datasets are read in chunks of ``batch_size`` raw ids, never
+held in memory as a whole.
+
+For each chunk, once per run: load -> prepare to ``image_size`` (aligned datasets: centre square crop +
+resize; unaligned: FFHQ crop from the YuNet landmarks of the raw image) -> detect the face on the prepared
+original. Images that fail to load or have no face become failure records. The chunk's *reference data* --
+the prepared faces (boxes, landmarks, metadata), the original embeddings per recognizer, the originals' face
+meshes and realism features -- is persisted in the run's ``prepared/`` store (atomic writes), so a resumed run
+(or rank 0 after a distributed run) knows every chunk without touching the images again. Images are reloaded
+on demand with the stored landmarks (no second detection), only for chunks that still have work.
+
+For ``celeba_id`` the identification gallery is prepared the same way (chunks of gallery ids); only its
+embeddings and identity labels are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from g2face_eval.harness.records import BatchStore, digest
+
+log = logging.getLogger("g2face_eval.evaluate")
+
+AGE_BANDS = ((0, 19, "0-19"), (20, 39, "20-39"), (40, 59, "40-59"), (60, 200, "60+"))
+GENDERS = {0: "male", 1: "female"}
+RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
+META_COLUMNS = ("identity", "age", "gender", "race", "age_band", "role")
+REPEAT_SEP = "#r"  # ids of repeated images (dataset option ``repeat``, for scale benchmarks): "<id>#r<k>"
+
+# Options the harness passes to a dataset unless the config says otherwise.
+DATASET_DEFAULT_OPTIONS: dict[str, dict] = {"celebahq256": {"masks": True}}
+
+
+@dataclass
+class Item:
+    """One prepared face. ``image``/``mask`` are filled only while its chunk is being worked on."""
+
+    id: str
+    face: Any  # detectors.Face on the prepared image
+    meta: dict = field(default_factory=dict)
+    src_landmarks: np.ndarray | None = None  # (5,2) on the raw image (unaligned datasets): the crop
+    image: np.ndarray | None = None  # (S,S,3) uint8 RGB
+    mask: np.ndarray | None = None  # (S,S) float32 face region (from a parsing mask) or None
+
+
+@dataclass
+class Chunk:
+    """One chunk of a dataset: its prepared items (in id order), its failures and the original embeddings."""
+
+    dataset: str
+    index: int
+    key: str
+    items: list[Item]
+    failures: list[tuple[str, str, dict]]  # (id, reason, meta)
+    embeddings: dict[str, np.ndarray]  # recognizer -> (n_items, d) embeddings of the originals
+
+    @property
+    def ids(self) -> list[str]:
+        return [it.id for it in self.items]
+
+
+@dataclass
+class Gallery:
+    embeddings: dict[str, np.ndarray]  # recognizer -> (n, d)
+    labels: np.ndarray  # (n,) identity labels
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metadata and image helpers
+# ----------------------------------------------------------------------------------------------------------
+def resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    import cv2
+
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    if nearest:
+        interp = cv2.INTER_NEAREST
+    else:
+        interp = cv2.INTER_AREA if min(img.shape[:2]) > size else cv2.INTER_CUBIC
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def _center_square(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    return img[y0 : y0 + s, x0 : x0 + s]
+
+
+def _as_int(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def norm_meta(meta: dict) -> dict:
+    m = {}
+    for k in ("identity", "age", "gender", "race", "role", "split"):
+        if k in meta and meta[k] is not None:
+            m[k] = meta[k]
+    if "age" in m:
+        try:
+            a = int(m["age"])
+            m["age"] = a
+            m["age_band"] = next(lbl for lo, hi, lbl in AGE_BANDS if lo <= a <= hi)
+        except (TypeError, ValueError, StopIteration):
+            pass
+    if "gender" in m:
+        m["gender"] = GENDERS.get(_as_int(m["gender"]), str(m["gender"]))
+    if "race" in m:
+        m["race"] = RACES.get(_as_int(m["race"]), str(m["race"]))
+    if "identity" in m:
+        m["identity"] = str(m["identity"])
+    return m
+
+
+def identity_of(sid: str) -> str:
+    return sid.replace("\\", "/").split("/")[0]
+
+
+class Preparer:
+    """Raw sample -> prepared item (with detection), and the same image again later without detection."""
+
+    def __init__(self, size: int) -> None:
+        from g2face_eval.oracles.detectors import get_detector
+
+        self.size = size
+        self.det = get_detector("yunet")
+
+    def _image(self, sample, aligned: bool, src_landmarks: np.ndarray | None):
+        from baselines._region import parsing_to_face_mask
+
+        img, mask = sample.image, sample.mask
+        if aligned:
+            img = resize(_center_square(img), self.size)
+            if mask is not None:
+                mask = resize(_center_square(np.asarray(mask)), self.size, nearest=True)
+        else:
+            from g2face_eval.oracles.alignment import ffhq_crop
+
+            img = ffhq_crop(img, np.asarray(src_landmarks), self.size)
+            mask = None
+        fm = parsing_to_face_mask(mask) if mask is not None else None
+        if fm is not None and fm.sum() == 0:
+            fm = None
+        return np.ascontiguousarray(img), fm
+
+    def prepare(self, sample, aligned: bool) -> Item | str:
+        src = None
+        if not aligned:
+            faces = self.det.detect(sample.image)
+            if not faces:
+                return "no face detected"
+            src = np.asarray(faces[0].landmarks5, np.float64)
+        img, fm = self._image(sample, aligned, src)
+        faces = self.det.detect(img)
+        if not faces:
+            return "no face detected in the prepared image"
+        return Item(sample.id, faces[0], norm_meta(dict(sample.meta or {})), src, img, fm)
+
+    def reload(self, sample, aligned: bool, item: Item) -> None:
+        item.image, item.mask = self._image(sample, aligned, item.src_landmarks)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a dataset of an evaluation
+# ----------------------------------------------------------------------------------------------------------
+class DatasetSource:
+    """The ordered raw ids of one dataset of the run (probes and gallery for ``celeba_id``), in chunks."""
+
+    def __init__(self, name: str, cfg: dict) -> None:
+        from g2face_eval.data import datasets as D
+
+        self.name = name
+        opts = {**DATASET_DEFAULT_OPTIONS.get(name, {}), **dict(cfg.get("dataset_options", {}).get(name, {}))}
+        limit = opts.pop("limit", None) or cfg.get("limit")
+        self.repeat = int(opts.pop("repeat", 1) or 1)
+        if self.repeat < 1:
+            raise ValueError(f"dataset_options.{name}.repeat must be >= 1, got {self.repeat}")
+        root = opts.pop("root", None) or cfg.get("datasets_root")
+        root = Path(root).expanduser() if root else None
+        self.gallery_ids: list[str] = []
+        if name == "celeba_id":
+            if self.repeat > 1:
+                raise ValueError("dataset_options.celeba_id.repeat is not supported (identification split)")
+            self.ds = D.open_dataset(name, root=root, **opts)
+            ids, self.gallery_ids = _identification_split(D, root, opts, int(cfg["gallery_per_identity"]), limit)
+        elif self.repeat > 1:  # the dataset's images repeated under distinct ids, then ``limit`` of them
+            self.ds = D.open_dataset(name, root=root, **opts)
+            base = list(self.ds.ids())
+            ids = [i if k == 0 else f"{i}{REPEAT_SEP}{k}" for k in range(self.repeat) for i in base]
+            ids = ids[: int(limit)] if limit else ids
+        else:
+            self.ds = D.open_dataset(name, root=root, **({"limit": int(limit)} if limit else {}), **opts)
+            ids = list(self.ds.ids())
+        self.ids = ids
+        self.aligned = bool(getattr(self.ds, "aligned", True))
+
+    def load(self, sid: str):
+        base = sid.split(REPEAT_SEP)[0] if self.repeat > 1 else sid
+        s = self.ds.load(base)
+        if base != sid:
+            s.id = sid
+        return s
+
+    def chunks(self, ids: list[str], size: int) -> list[list[str]]:
+        return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def _identification_split(D, root, opts: dict, per_identity: int, limit) -> tuple[list[str], list[str]]:
+    """(probe ids, gallery ids) from the dataset's own deterministic gallery/probe split: one probe per
+    identity (the first of its probe photos) against ``per_identity`` gallery photos of every selected
+    identity. ``limit`` caps the number of identities (sorted)."""
+    o = {k: v for k, v in opts.items() if k != "split"}
+    probes = sorted(D.open_dataset("celeba_id", root=root, split="probe", **o).ids())
+    gallery = sorted(D.open_dataset("celeba_id", root=root, split="gallery", **o).ids())
+    gal_by: dict[str, list[str]] = {}
+    for g in gallery:
+        gal_by.setdefault(identity_of(g), []).append(g)
+    pro_by: dict[str, str] = {}
+    for p in probes:
+        pro_by.setdefault(identity_of(p), p)
+    idents = sorted(k for k in pro_by if k in gal_by)
+    if limit:
+        idents = idents[: int(limit)]
+    return [pro_by[k] for k in idents], [g for k in idents for g in gal_by[k][:per_identity]]
+
+
+def load_prepare(src: DatasetSource, preparer: Preparer, ids: list[str], role: str | None = None
+                 ) -> tuple[list[Item], list[tuple[str, str, dict]]]:
+    from g2face_eval.data.io import ImageLoadError
+
+    items, fails = [], []
+    for sid in ids:
+        try:
+            s = src.load(sid)
+        except ImageLoadError as e:
+            fails.append((sid, f"load failed: {getattr(e, 'reason', e)}", {}))
+            continue
+        except (OSError, ValueError) as e:
+            fails.append((sid, f"load failed: {e}", {}))
+            continue
+        r = preparer.prepare(s, src.aligned)
+        if isinstance(r, str):
+            fails.append((sid, r, norm_meta(dict(s.meta or {}))))
+            continue
+        if src.name == "celeba_id" and "identity" not in r.meta:
+            r.meta["identity"] = identity_of(sid)
+        if role:
+            r.meta["role"] = role
+        items.append(r)
+    return items, fails
+
+
+def load_images(src: DatasetSource, preparer: Preparer, items: list[Item]) -> None:
+    """Fill ``image``/``mask`` of items whose image is not in memory (same pixels as when prepared)."""
+    for it in items:
+        if it.image is None:
+            preparer.reload(src.load(it.id), src.aligned, it)
+
+
+def drop_images(items: list[Item]) -> None:
+    for it in items:
+        it.image = it.mask = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# persisted reference data of a chunk
+# ----------------------------------------------------------------------------------------------------------
+class PrepStore(BatchStore):
+    """The run's ``prepared/<dataset>/<chunk key>.{npz,parquet}`` entries."""
+
+    folder = "prepared"
+    crash_prefix = "prep"
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir)
+
+    def done(self, dataset: str, key: str) -> bool:  # type: ignore[override]
+        return super().done("_", dataset, key)
+
+    def save(self, dataset: str, key: str, records: pd.DataFrame, arrays: dict[str, np.ndarray]) -> None:  # type: ignore[override]
+        super().save("_", dataset, key, records, arrays)
+
+    def load(self, dataset: str, key: str):  # type: ignore[override]
+        return super().load("_", dataset, key)
+
+    def _base(self, method: str, dataset: str, key: str) -> Path:
+        from g2face_eval.harness.records import safe_name
+
+        return self.root / safe_name(dataset) / key
+
+
+def chunk_key(chash: str, kind: str, dataset: str, ids: list[str]) -> str:
+    return digest(chash, kind, dataset, *ids)[:16]
+
+
+def _entry(items: list[Item], failures: list[tuple[str, str, dict]]) -> pd.DataFrame:
+    rows = []
+    for it in items:
+        f = it.face
+        rows.append(dict(
+            id=it.id, status="ok", reason="", meta=json.dumps(it.meta, sort_keys=True),
+            face=json.dumps({
+                "box": np.asarray(f.box, np.float64).tolist(),
+                "landmarks5": np.asarray(f.landmarks5, np.float64).tolist(),
+                "score": float(f.score),
+                "src": None if it.src_landmarks is None else np.asarray(it.src_landmarks, np.float64).tolist(),
+            }),
+        ))
+    for sid, reason, meta in failures:
+        rows.append(dict(id=sid, status="failed", reason=reason, meta=json.dumps(meta, sort_keys=True), face=""))
+    return pd.DataFrame(rows, columns=["id", "status", "reason", "meta", "face"])
+
+
+def _from_entry(df: pd.DataFrame) -> tuple[list[Item], list[tuple[str, str, dict]]]:
+    from g2face_eval.oracles.detectors import Face
+
+    items, fails = [], []
+    for r in df.itertuples(index=False):
+        meta = json.loads(r.meta)
+        if r.status != "ok":
+            fails.append((r.id, r.reason, meta))
+            continue
+        f = json.loads(r.face)
+        face = Face(np.asarray(f["box"], np.float64), np.asarray(f["landmarks5"], np.float64), float(f["score"]))
+        src = None if f["src"] is None else np.asarray(f["src"], np.float64)
+        items.append(Item(r.id, face, meta, src))
+    return items, fails
+
+
+def prepare_gallery(src: DatasetSource, preparer: Preparer, oracles, store: PrepStore | None, chash: str,
+                    chunk_size: int) -> tuple[Gallery, list[tuple[str, pd.DataFrame, dict]]]:
+    """The identification gallery (embeddings + labels), prepared chunk by chunk; returns it and the entries
+    computed in this call (``store=None``: not persisted, for the caller to gather)."""
+    embs: dict[str, list[np.ndarray]] = {r: [] for r in oracles.recognizers}
+    labels: list[str] = []
+    new = []
+    for ids in src.chunks(src.gallery_ids, chunk_size):
+        key = chunk_key(chash, "gallery", src.name, ids)
+        if store is not None and store.done(src.name, key):
+            df, arrays = store.load(src.name, key)
+            items, _ = _from_entry(df)
+        else:
+            items, fails = load_prepare(src, preparer, ids, "gallery")
+            arrays = {f"emb_{r}": _embed(oracles, r, src.name, items) for r in oracles.recognizers}
+            df = _entry(items, fails)
+            drop_images(items)
+            if store is not None:
+                store.save(src.name, key, df, arrays)
+            new.append((key, df, arrays))
+        for r in oracles.recognizers:
+            embs[r].append(arrays[f"emb_{r}"])
+        labels += [it.meta["identity"] for it in items]
+    return Gallery({r: _cat(v) for r, v in embs.items()}, np.asarray(labels)), new
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    parts = [p for p in parts if p.size]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 1), np.float32)
+
+
+def _embed(oracles, rec: str, dataset: str, items: list[Item]) -> np.ndarray:
+    if not items:
+        return np.zeros((0, 1), np.float32)
+    return oracles.embed(rec, [it.image for it in items], [it.face for it in items], dataset,
+                         [it.id for it in items])
+
+
+def reference_arrays(oracles, dataset: str, items: list[Item]) -> dict[str, np.ndarray]:
+    """Original embeddings, face meshes and realism features of prepared items (images in memory)."""
+    from g2face_eval.imaging import to_tensor
+    from g2face_eval.metrics import realism
+
+    out = {f"emb_{r}": _embed(oracles, r, dataset, items) for r in oracles.recognizers}
+    if oracles.mesh is not None:
+        lm = np.full((len(items), 468, 3), np.nan, np.float32)
+        for j, it in enumerate(items):
+            m = oracles.mesh_of(it.image)
+            if m is not None:
+                lm[j] = m.landmarks
+        out["mesh_landmarks"] = lm
+    for name, ext in oracles.extractors.items():
+        if not items:
+            out[f"feat_{name}"] = np.zeros((0, ext.dim), np.float32)
+            continue
+        imgs = [it.image for it in items]
+        key = realism.content_key([it.id for it in items], imgs)
+        out[f"feat_{name}"] = np.asarray(
+            realism.reference_features(ext, key, lambda imgs=imgs: iter([to_tensor(imgs)])), np.float32)
+    return out
+
+
+def prepare_chunk(src: DatasetSource, preparer: Preparer, oracles, store: PrepStore | None, chash: str,
+                  index: int, ids: list[str], gallery_labels: set[str] | None
+                  ) -> tuple[Chunk, dict[str, np.ndarray] | None, pd.DataFrame | None]:
+    """One chunk's prepared items and reference data. Returns ``(chunk, arrays, entry)``: ``arrays`` are the
+    reference arrays (original embeddings ``emb_<rec>``, ``mesh_landmarks``, realism features
+    ``feat_<extractor>``). When the chunk was prepared in this call, its items hold their images and ``entry``
+    is its record table (saved to ``store`` unless it is None); when it was found in ``store``, images are not
+    loaded and ``entry`` is None."""
+    key = chunk_key(chash, "probe" if gallery_labels is not None else "items", src.name, ids)
+    if store is not None and store.done(src.name, key):
+        df, arrays = store.load(src.name, key)
+        items, fails = _from_entry(df)
+        emb = {r: arrays[f"emb_{r}"] for r in oracles.recognizers}
+        return Chunk(src.name, index, key, items, fails, emb), arrays, None
+    items, fails = load_prepare(src, preparer, ids, "probe" if gallery_labels is not None else None)
+    if gallery_labels is not None:  # probes whose identity has no usable gallery photo cannot be identified
+        keep = []
+        for it in items:
+            if it.meta["identity"] in gallery_labels:
+                keep.append(it)
+            else:
+                fails.append((it.id, "no usable gallery image for this identity", it.meta))
+        items = keep
+    arrays = reference_arrays(oracles, src.name, items)
+    df = _entry(items, fails)
+    if store is not None:
+        store.save(src.name, key, df, arrays)
+    emb = {r: arrays[f"emb_{r}"] for r in oracles.recognizers}
+    return Chunk(src.name, index, key, items, fails, emb), arrays, df

@@ -13,7 +13,7 @@ import torch
 
 from g2face_eval.anonymizer import derive_keys, key_seed
 from g2face_eval.models.anonymizer import G2FaceAnonymizer
-from g2face_eval.models.g2face import G2Face, G2FaceConfig, KeyedNoise, keyed_noise
+from g2face_eval.models.g2face import G2Face, G2FaceConfig, KeyedNoise, keyed_noise, keyed_normal
 
 # measured on CPU (shipped checkpoint, 4 celebahq256 test faces at the network's 64 px): bf16 autocast vs the
 # fp32 fast path 51.4 / 52.9 / 51.8 / 51.9 dB on the anonymised images (hidden bits identical); bound with margin
@@ -127,6 +127,8 @@ def test_keyed_noise_module_equals_per_map_draws():
     for stream in (2, 3):
         a, b = kn(seeds, stream), keyed_noise(seeds, model.anonymous_net, stream)
         assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    kz = KeyedNoise([(1, cfg.z_dim)])
+    assert torch.equal(kz.draw(seeds, 1), keyed_normal(seeds, (cfg.z_dim,), 1))
 
 
 def test_weight_cache_is_invalidated_when_weights_change():

@@ -166,6 +166,7 @@ class G2FaceAnonymizer(Anonymizer):
         self.model.set_inference_cache(fast)
         if fast:
             self.keyed_noise = KeyedNoise(self.model.noise_shapes()).to(self.device)
+            self.keyed_z = KeyedNoise([(1, self.cfg.z_dim)]).to(self.device)   # Map2ID's z, same draws
             if isinstance(geometry, torch.nn.Module):
                 geometry.to(self.device).eval()
             if self.channels_last:
@@ -274,7 +275,7 @@ class G2FaceAnonymizer(Anonymizer):
     def _seg_anon(self, x: torch.Tensor, coeffs: torch.Tensor, bits: torch.Tensor, seeds: torch.Tensor
                   ) -> torch.Tensor:
         b = x.shape[0]
-        z = keyed_normal(seeds, (self.cfg.z_dim,), Z_STREAM)
+        z = self.keyed_z.draw(seeds, Z_STREAM)                      # == keyed_normal(seeds, (z_dim,), Z_STREAM)
         noise = self.keyed_noise(seeds, ANON_NOISE_STREAM) if self.noise == "keyed" else None
         with self._amp_fast():
             y = self.model.anonymize_tensor(self._cl(x), coeffs, bits.view(b, *self.cfg.bits_shape), z, noise)

@@ -228,13 +228,20 @@ class KeyedNoise(nn.Module):
         self.register_buffer("local_m1", local * _M1, persistent=False)       # wrapping int64, as keyed_normal
         self.register_buffer("map_i", torch.arange(len(sizes), dtype=torch.int64), persistent=False)
 
-    def forward(self, seeds: torch.Tensor, stream: int, dtype=torch.float32) -> list[torch.Tensor]:
-        off = (self.map_i + (stream * 1000 + 1)) * _M3                        # wrap((s+1)*M3) per map
+    def draw(self, seeds: torch.Tensor, first_stream: int, dtype=torch.float32) -> torch.Tensor:
+        """(B, total) draws; map i uses ``keyed_normal`` stream ``first_stream + i`` (so a one-map module with
+        shape (1, n) and ``first_stream=s`` equals ``keyed_normal(seeds, (n,), s)``). The per-element index
+        term is a buffer, not an ``arange`` expression: inductor/triton would fold ``arange * 2^63-range
+        constant`` into 32-bit index arithmetic and fail."""
+        off = (self.map_i + (first_stream + 1)) * _M3                         # wrap((s+1)*M3) per map
         base = _mix64(seeds.to(torch.int64)[:, None] * _M1 + off[None])       # (B, n_maps)
         h = _mix64(base.index_select(1, self.map_id) + self.local_m1[None])   # (B, total)
         u1 = (_lsr(h, 40).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
         u2 = ((h & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
-        z = (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)).to(dtype)
+        return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)).to(dtype)
+
+    def forward(self, seeds: torch.Tensor, stream: int, dtype=torch.float32) -> list[torch.Tensor]:
+        z = self.draw(seeds, stream * 1000, dtype)
         b = seeds.shape[0]
         return [t.view(b, 1, hh, ww) for t, (hh, ww) in zip(z.split(self.sizes, 1), self.shapes, strict=True)]
 

@@ -30,8 +30,9 @@ Contract (what a baseline module ``baselines/learned/<name>.py`` provides)
 2. A module-level ``register_methods(methods)`` that adds the method (use ``register_method`` below) and
    registers its zoo checkpoint (``zoo_entry(name)``).
 
-3. An entry in ``BUILDERS`` via ``@builder(name)`` on the class, and default training settings
-   (``TRAIN_DEFAULTS``: a dict of ``BaselineConfig`` overrides, e.g. loss weights inside ``model``).
+3. An entry in ``BUILDERS`` via ``@builder(name)`` on the class, and optionally module-level default training
+   settings ``TRAIN_DEFAULTS`` (a dict of ``BaselineConfig`` overrides, e.g. ``{"lr": 2e-4}``) that the CLI
+   applies before its own flags.
 
 Training, checkpoints, export
 -----------------------------
@@ -401,7 +402,7 @@ def export(train_dir: str | Path, out: str | Path | None = None) -> str:
     out = Path(out) if out is not None else checkpoint_path(name)
     out_meta = {
         "mode": name,
-        "model_config": json.dumps(train_cfg.get("model", {})),
+        "model_config": json.dumps(make_baseline(name, **train_cfg.get("model", {})).model_config()),
         "identity": train_cfg.get("identity", "sface"),
         "train_step": meta.get("step", ""),
         "train_config": meta["config"],
@@ -461,15 +462,16 @@ def zoo_entry(name: str) -> str:
     return wn
 
 
-def register_method(methods, name: str) -> None:
-    """``methods[name] = factory(device="cpu") -> Resized`` (loads the zoo checkpoint at build time)."""
+def register_method(methods, name: str, wrapper: type[Resized] | None = None) -> None:
+    """``methods[name] = factory(device="cpu") -> wrapper`` (default ``Resized``; loads the zoo checkpoint at
+    build time)."""
     if name in methods:
         return
     wn = zoo_entry(name)
 
     def make(device: str = "cpu", **kw) -> Anonymizer:
         model = zoo.load(wn).to(device)
-        return Resized(model.anonymizer(device=device, **kw), name=name, weights=name)
+        return (wrapper or Resized)(model.anonymizer(device=device, **kw), name=name, weights=name)
 
     make.__name__ = f"make_{name}"
     methods.add(name, make)
@@ -511,8 +513,9 @@ class ModResBlock(nn.Module):
 class UNet(nn.Module):
     """Small conditional U-Net: ``cin`` input channels at the network size, 3 levels down (stride 2),
     ``n_res`` code-modulated residual blocks at the bottom, skip connections, tanh RGB output in [-1,1].
-    ``residual=True``: the output is ``tanh(atanh(x[:, :3]) + head)`` with a zero-initialised head, i.e. the
-    identity map at initialisation (the first 3 input channels are the [-1,1] image)."""
+    ``residual=True``: the output is ``tanh(atanh(x[:, :3]) + head)`` (the first 3 input channels are the [-1,1]
+    image). The head keeps PyTorch's default (random) init: a zero head would start at the identity map, a
+    stationary point of every cosine identity loss (the gradient of cos(a, b) vanishes at a = b)."""
 
     def __init__(self, cin: int, code_dim: int, width: int = 32, n_res: int = 2, residual: bool = False):
         super().__init__()
@@ -523,9 +526,6 @@ class UNet(nn.Module):
         self.res = nn.ModuleList(ModResBlock(w3, code_dim) for _ in range(n_res))
         self.u3, self.u2, self.u1 = ConvAct(2 * w3, w3), ConvAct(w3 + w2, w2), ConvAct(w2 + w1, w1)
         self.out = conv(w1, 3)
-        if residual:
-            nn.init.zeros_(self.out.weight)
-            nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         h0 = self.inp(x)

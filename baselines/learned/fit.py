@@ -1,7 +1,7 @@
 """FIT-style reversible anonymizer (after Gu et al., ECCV 2020, *Password-conditioned Anonymization and
 Deanonymization with Face Identity Transformers*), trained by this project at the shipped G2Face's budget.
 
-One encoder-decoder ``G(x, p)`` (a small U-Net, residual in tanh space: the identity map at initialisation)
+One encoder-decoder ``G(x, p)`` (a small U-Net, residual in tanh space)
 conditioned on an ``n_bits`` password ``p`` (broadcast as input channels and as a FiLM code at the bottleneck).
 Anonymize: ``y = G(x, p)``; recover: ``x_rec = G(y, p_inv)`` with the inverse password ``p_inv = 1 - p``
 (bitwise complement), the same network. In the harness the password is derived from the image's key
@@ -42,7 +42,9 @@ from baselines.learned.base import (
 from g2face_eval.anonymizer import Anonymizer, Key, Output
 from g2face_eval.training.losses import g_nonsaturating, id_cosine
 
-WEIGHTS = {"id": 1.0, "rec_l1": 5.0, "rec_perc": 1.0, "wrong": 1.0, "adv": 0.5, "bg": 2.0, "l1": 0.2}
+WEIGHTS = {"id": 3.0, "rec_l1": 5.0, "rec_perc": 1.0, "wrong": 2.0, "adv": 0.5, "bg": 1.0, "l1": 0.2}
+# BaselineConfig overrides used for the shipped checkpoint (lr 1e-3 collapsed the generator; see the model card)
+TRAIN_DEFAULTS = {"lr": 2e-4, "lr_d": 2e-4}
 
 
 @builder("fit")
@@ -50,11 +52,12 @@ class FIT(LearnedBaseline):
     reversible = True
 
     def __init__(self, size: int = 64, width: int = 32, n_res: int = 2, n_bits: int = 16,
-                 weights: dict | None = None, d_width: int = 32):
+                 weights: dict | None = None, d_width: int = 32, residual: bool = True):
         w = {**WEIGHTS, **(weights or {})}
-        super().__init__(size=size, width=width, n_res=n_res, n_bits=n_bits, weights=w, d_width=d_width)
+        super().__init__(size=size, width=width, n_res=n_res, n_bits=n_bits, weights=w, d_width=d_width,
+                         residual=residual)
         self.size, self.n_bits, self.w = size, n_bits, w
-        self.generator = UNet(3 + n_bits, n_bits, width, n_res, residual=True)
+        self.generator = UNet(3 + n_bits, n_bits, width, n_res, residual=residual)
         self.discriminator = PatchDiscriminator(3, d_width)
 
     def generate(self, x_m11: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:

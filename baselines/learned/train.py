@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> BaselineConfig:
-    kw = {"mode": args.mode, "out": f"results/train/{args.mode}"}
+    from baselines.learned.base import import_module
+
+    kw = {"mode": args.mode, "out": f"results/train/{args.mode}",
+          **getattr(import_module(args.mode), "TRAIN_DEFAULTS", {})}
     for k, v in vars(args).items():
         if k in ("mode", "train_dir", "export_to", "resume", "model") or v is None:
             continue

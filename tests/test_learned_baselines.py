@@ -1,0 +1,173 @@
+"""Learned baselines of issue #6 (``baselines/learned``): FIT-style (reversible) and inpainting (irreversible).
+
+Real faces from the celebahq256 *train* split (the datasets_root fixture); tiny configs for training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from baselines import learned
+from baselines.learned import base as B
+from g2face_eval import methods as M
+from g2face_eval.anonymizer import METHODS, derive_keys
+from g2face_eval.metrics.image import psnr
+
+
+@pytest.fixture(scope="module")
+def faces(datasets_root):
+    """4 train-split faces at 256 px (float [0,1]) with their face-parsing masks."""
+    from baselines._region import parsing_to_face_mask
+    from g2face_eval.data.datasets import open_dataset
+    from g2face_eval.imaging import to_tensor
+
+    ds = open_dataset("celebahq256", datasets_root, split="train", masks=True)
+    samples = [ds.load(i) for i in list(ds.ids())[:4]]
+    x = to_tensor(np.stack([s.image for s in samples]))
+    fm = torch.from_numpy(np.stack([parsing_to_face_mask(s.mask) for s in samples]))[:, None].float()
+    return x, fm
+
+
+@pytest.fixture(scope="module")
+def fit_method():
+    return M.build("fit")
+
+
+@pytest.fixture(scope="module")
+def inpaint_method():
+    return M.build("inpaint")
+
+
+KEYS = derive_keys("t", ["a", "b", "c", "d"])
+
+
+@pytest.fixture(scope="module")
+def anonymized(faces, fit_method, inpaint_method):
+    """Each method's output on the whole batch (keys KEYS, the parsing face masks)."""
+    x, fm = faces
+    return {m.name: m.anonymize(x, KEYS, face_masks=fm) for m in (fit_method, inpaint_method)}
+
+
+def test_registered_and_default():
+    assert {"fit", "inpaint"} <= set(METHODS.names())
+    avail = learned.available_methods()
+    assert {"fit", "inpaint"} <= set(avail)
+    names = M.default_methods()
+    assert names.index("fit") > names.index("g2face") and "inpaint" in names
+
+
+def test_forward_shapes_ranges_and_masks(faces, fit_method, inpaint_method, anonymized):
+    x, fm = faces
+    for m in (fit_method, inpaint_method):
+        y = anonymized[m.name].images
+        assert y.shape == x.shape and y.dtype == torch.float32
+        assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+        assert float((y - x).abs().mean()) > 0.01  # it changed the faces
+    assert fit_method.reversible and not inpaint_method.reversible and inpaint_method.uses_face_mask
+    # inpainting: outside the passed face mask every pixel is the original, inside it changed
+    out = anonymized["inpaint"]
+    outside = (fm < 0.5).expand_as(x)
+    assert torch.equal(out.images[outside], x[outside]) and out.info["region"] == "face_mask"
+    assert float((out.images - x).abs()[~outside].mean()) > 0.05
+    # no mask: the landmark-ellipse fallback
+    out2 = inpaint_method.anonymize(x[:1], KEYS[:1])
+    assert out2.info["region"] == "landmark_ellipse" and 0.05 < float((out2.images != x[:1]).float().mean()) < 0.8
+
+
+def test_independent_of_batch_composition(faces, fit_method, inpaint_method, anonymized):
+    x, fm = faces
+    for m in (fit_method, inpaint_method):
+        full = anonymized[m.name].images
+        one = m.anonymize(x[2:3], KEYS[2:3], face_masks=fm[2:3]).images
+        torch.testing.assert_close(one, full[2:3], atol=2e-5, rtol=0)
+        other = m.anonymize(x[2:3], derive_keys("other", ["c"]), face_masks=fm[2:3]).images
+        assert float((other - one).abs().max()) > 1e-3  # the key matters
+
+
+def test_fit_recovery_right_vs_wrong_key(faces, fit_method):
+    """At the network's size (no resize loss): on average the right key's inverse password reconstructs the
+    input much better than a wrong key's, and better than the anonymized image itself. (Per face a wrong key
+    can come close: the 300-step checkpoint depends only loosely on the password; see the model card.)"""
+    x = torch.nn.functional.interpolate(faces[0], size=(64, 64), mode="area")
+    inner = fit_method.inner
+    keys, wrong = derive_keys("k", list("abcd")), derive_keys("wrong", list("abcd"))
+    y = inner.anonymize(x, keys).images
+    rec = inner.recover(y, keys).images
+    rec_w = inner.recover(y, wrong).images
+    p_rec, p_wrong, p_anon = psnr(rec, x, 1.0), psnr(rec_w, x, 1.0), psnr(y, x, 1.0)
+    assert float(p_rec.mean()) > float(p_wrong.mean()) + 3.0, (p_rec, p_wrong)
+    assert float(p_rec.mean()) > float(p_anon.mean()), (p_rec, p_anon)
+    assert float(p_rec.mean()) > 25.0
+    assert float((rec_w - rec).abs().mean()) > 0.01  # a wrong key gives a different image
+    # full-size path (harness): the right key still beats the wrong key on average
+    full = fit_method.anonymize(faces[0], keys).images
+    assert float(psnr(fit_method.recover(full, keys).images, faces[0], 1.0).mean()) > float(
+        psnr(fit_method.recover(full, wrong).images, faces[0], 1.0).mean())
+
+
+def test_password_inverse_is_complement():
+    bits = B.per_key_bits([b"x", b"y"], 16)
+    assert bits.shape == (2, 16) and set(bits.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(bits, B.per_key_bits([b"x", b"y"], 16))
+    assert not torch.equal(bits[0], bits[1])
+
+
+@pytest.fixture(scope="module")
+def shared_priors():
+    """One set of frozen priors (SFace, EfficientNet-lite0 perceptual, geometry) for the training tests."""
+    return B.Priors(identity="sface", perceptual="effnet")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions on a shared CPU: several intra-op threads only spin (10x slower here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = {"size": 32, "width": 8, "n_res": 1, "d_width": 8, "weights": {"adv": 0.0}}
+TINY_MODE = {"fit": TINY, "inpaint": {**TINY, "k_min": 2.5, "k_max": 2.5}}  # fixed region: comparable losses
+
+
+@pytest.mark.parametrize("mode", ["fit", "inpaint"])
+def test_train_steps_checkpoint_export_roundtrip(datasets_root, tmp_path, shared_priors, one_thread, mode):
+    """3 steps on a fixed batch of real faces (tiny model, 32 px; the generator's adversarial weight is 0 so
+    the objective is a fixed function of the weights, the discriminator and R1 still train): finite, falling
+    losses; then resume, export, verified load and corruption detection."""
+    from g2face_eval.training.data import load_train_images
+
+    imgs = load_train_images(32, datasets_root, limit=4, log=lambda *_: None)
+    cfg = B.BaselineConfig(mode=mode, size=32, batch=2, steps=3, fixed_batch=True, mlflow=False,
+                           out=str(tmp_path / mode), ckpt_every=3, log_every=100, model=TINY_MODE[mode],
+                           lr=2e-3)
+    tr = B.BaselineTrainer(cfg, images=imgs, log=lambda *_: None)
+    tr.baseline.bind(shared_priors)
+    hist = tr.fit()
+    totals = [h["g_total"] for h in hist]
+    assert len(hist) == 3 and all(np.isfinite(v) for h in hist for v in h.values())
+    assert totals[-1] < totals[0], totals
+    assert "d_r1" in hist[0] and "d_total" in hist[1]
+    # resume: a fresh trainer loads the checkpoint (weights, optimiser, step)
+    tr2 = B.BaselineTrainer(cfg, images=imgs, log=lambda *_: None)
+    tr2.load(tmp_path / mode / "last")
+    assert tr2.step == 3
+    for a, b in zip(tr.gen.state_dict().values(), tr2.gen.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # export (generator only) + sha256 record, verified load, corruption detected
+    out = tmp_path / f"{mode}.safetensors"
+    digest = B.export(tmp_path / mode / "last", out)
+    assert (tmp_path / f"{mode}.sha256").read_text().split()[0] == digest
+    net = B.load_model(out)
+    for k, v in tr.gen.state_dict().items():
+        assert torch.equal(net.generator.state_dict()[k], v)
+    y = net.anonymizer().anonymize(torch.rand(1, 3, 32, 32), [b"k"]).images
+    assert y.shape == (1, 3, 32, 32)
+    raw = bytearray(out.read_bytes())
+    raw[-1] ^= 0xFF
+    out.write_bytes(bytes(raw))
+    with pytest.raises(B.ChecksumError):
+        B.load_exported(out)

@@ -229,3 +229,19 @@ def test_failure_records_for_faceless_images(tmp_path):
     rec = res["records"]
     assert len(rec) == 3 and (rec.status == "failed").all()
     assert rec.reason.str.contains("face|load", regex=True).all()
+
+
+def test_repeat_option_gives_distinct_ids_loading_the_same_pixels():
+    """dataset option ``repeat`` (scale benchmarks): the dataset's images again under distinct ids, cut to
+    ``limit``; a repeated id loads the same pixels as its original."""
+    from g2face_eval.harness import config as C
+    from g2face_eval.harness.prepare import DatasetSource
+
+    cfg = C.make_config({"datasets": ["embedded"], "dataset_options": {"embedded": {"repeat": 3, "limit": 70}}})
+    src = DatasetSource("embedded", cfg)
+    base = DatasetSource("embedded", C.make_config({"datasets": ["embedded"]})).ids
+    assert len(src.ids) == 70 == len(set(src.ids)) and src.ids[: len(base)] == base
+    rep = src.ids[len(base)]
+    assert rep == f"{base[0]}#r1"
+    np.testing.assert_array_equal(src.load(rep).image, src.load(base[0]).image)
+    assert src.load(rep).id == rep

@@ -53,3 +53,19 @@ def test_family_helper_registers_new_members():
         metric_name("deid_success_rate", "bad name")
     with pytest.raises(ValueError):
         MetricSpec("x", True, "sum")
+
+
+def test_every_harness_column_is_a_registered_metric():
+    """The harness aggregates only registered metrics (direction + aggregation declared once)."""
+    from g2face_eval.harness.evaluate import _spec
+    from g2face_eval.metrics.base import METRICS
+
+    for name, hib, agg in [("ssim", True, "mean"), ("recovery_ok_rate", True, "rate"),
+                           ("wrongkey_rejected_rate", True, "rate"), ("mesh_detected_rate", True, "rate"),
+                           ("diversity_ssim", False, "mean"), ("id_rank1_original_sface", None, "rate"),
+                           ("n_failed", None, "count")]:
+        sp = _spec(name)
+        assert (sp.higher_is_better, sp.aggregation) == (hib, agg), name
+        assert name in METRICS.names()
+    with pytest.raises(Exception, match="not_a_metric"):
+        _spec("not_a_metric")

@@ -414,32 +414,11 @@ NON_METRIC = {"id", "dataset", "method", "status", "reason", *META_COLUMNS}
 
 
 def _spec(name: str):
+    """Every column the harness writes is a registered metric (``metrics.base.METRICS``): its direction and
+    aggregation are declared there, once. An unregistered column is a programming error, not a guess."""
     from g2face_eval.metrics import base
 
-    try:
-        return base.spec(name)
-    except Exception:  # noqa: BLE001 - harness-only metrics
-        pass
-    stem = name
-    for suffix in ("_sface", "_dlib", "_arcface_r50", "_arcface_r100", "_facenet_vggface2"):
-        if name.endswith(suffix):
-            stem = name[: -len(suffix)]
-    table = {
-        "psnr": (False, "mean", "dB"),
-        "ssim": (False, "mean", ""),
-        "lpips_alex": (True, "mean", ""),
-        "id_rank1": (False, "rate", "fraction"),
-        "id_rank5": (False, "rate", "fraction"),
-        "id_rank1_original": (None, "rate", "fraction"),
-        "id_rank5_original": (None, "rate", "fraction"),
-        "mesh_detected_rate": (True, "rate", "fraction"),
-        "diversity_lpips_alex": (True, "mean", ""),
-        "diversity_ssim": (False, "mean", ""),
-        "recovery_ok_rate": (True, "rate", "fraction"),
-        "wrongkey_rejected_rate": (True, "rate", "fraction"),
-    }
-    hib, agg, unit = table.get(stem, (None, "mean", ""))
-    return base.MetricSpec(name, hib, agg, unit, "harness metric")
+    return base.spec(name)
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
@@ -762,7 +741,7 @@ def compute(
     for dname, src in S.sources.items():
         gallery = None
         if src.gallery_ids:
-            gallery, new = prepare_gallery(src, S.preparer, S.oracles, prep if save else None, S.chash, bs)
+            gallery, new = prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs, save)
             out["gallery"][dname] = new
         chunks = src.chunks(src.ids, bs)
         bar = tqdm(chunks, desc=f"{dname}", unit="batch", disable=not progress, leave=False)
@@ -770,8 +749,7 @@ def compute(
         for i, ids in enumerate(bar):
             if i % world != rank:
                 continue
-            chunk, arrays, entry = prepare_chunk(src, S.preparer, S.oracles, prep if save else None, S.chash,
-                                                 i, ids, labels)
+            chunk, arrays, entry = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels, save)
             if entry is not None and not save:
                 out["prep"].append((dname, chunk.key, entry, arrays))
             if not chunk.items:

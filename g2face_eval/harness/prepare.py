@@ -338,9 +338,9 @@ def _from_entry(df: pd.DataFrame) -> tuple[list[Item], list[tuple[str, str, dict
 
 
 def prepare_gallery(src: DatasetSource, preparer: Preparer, oracles, store: PrepStore | None, chash: str,
-                    chunk_size: int) -> tuple[Gallery, list[tuple[str, pd.DataFrame, dict]]]:
+                    chunk_size: int, save: bool = True) -> tuple[Gallery, list[tuple[str, pd.DataFrame, dict]]]:
     """The identification gallery (embeddings + labels), prepared chunk by chunk; returns it and the entries
-    computed in this call (``store=None``: not persisted, for the caller to gather)."""
+    computed in this call (persisted in ``store`` when ``save``, else returned for the caller to gather)."""
     embs: dict[str, list[np.ndarray]] = {r: [] for r in oracles.recognizers}
     labels: list[str] = []
     new = []
@@ -354,7 +354,7 @@ def prepare_gallery(src: DatasetSource, preparer: Preparer, oracles, store: Prep
             arrays = {f"emb_{r}": _embed(oracles, r, src.name, items) for r in oracles.recognizers}
             df = _entry(items, fails)
             drop_images(items)
-            if store is not None:
+            if store is not None and save:
                 store.save(src.name, key, df, arrays)
             new.append((key, df, arrays))
         for r in oracles.recognizers:
@@ -400,12 +400,12 @@ def reference_arrays(oracles, dataset: str, items: list[Item]) -> dict[str, np.n
 
 
 def prepare_chunk(src: DatasetSource, preparer: Preparer, oracles, store: PrepStore | None, chash: str,
-                  index: int, ids: list[str], gallery_labels: set[str] | None
-                  ) -> tuple[Chunk, dict[str, np.ndarray] | None, pd.DataFrame | None]:
+                  index: int, ids: list[str], gallery_labels: set[str] | None, save: bool = True
+                  ) -> tuple[Chunk, dict[str, np.ndarray], pd.DataFrame | None]:
     """One chunk's prepared items and reference data. Returns ``(chunk, arrays, entry)``: ``arrays`` are the
     reference arrays (original embeddings ``emb_<rec>``, ``mesh_landmarks``, realism features
     ``feat_<extractor>``). When the chunk was prepared in this call, its items hold their images and ``entry``
-    is its record table (saved to ``store`` unless it is None); when it was found in ``store``, images are not
+    is its record table (saved to ``store`` when ``save``); when it was found in ``store``, images are not
     loaded and ``entry`` is None."""
     key = chunk_key(chash, "probe" if gallery_labels is not None else "items", src.name, ids)
     if store is not None and store.done(src.name, key):
@@ -424,7 +424,7 @@ def prepare_chunk(src: DatasetSource, preparer: Preparer, oracles, store: PrepSt
         items = keep
     arrays = reference_arrays(oracles, src.name, items)
     df = _entry(items, fails)
-    if store is not None:
+    if store is not None and save:
         store.save(src.name, key, df, arrays)
     emb = {r: arrays[f"emb_{r}"] for r in oracles.recognizers}
     return Chunk(src.name, index, key, items, fails, emb), arrays, df

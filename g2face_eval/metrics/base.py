@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from g2face_eval.registry import Registry
 
-AGGREGATIONS = ("mean", "rate", "median", "set")
+AGGREGATIONS = ("mean", "rate", "median", "set", "count")
 
 
 class MetricUnavailable(RuntimeError):
@@ -239,3 +239,48 @@ _add(
     "MiB",
     "peak memory: torch.cuda.max_memory_allocated on GPU, process peak RSS on CPU",
 )
+
+# ---- image similarity of the anonymized face to its original, and harness outcome rates ----------------------
+# (PSNR/SSIM/LPIPS of the *anonymized* image against the original are utility metrics -- how much of the
+# input survives, the x axis of the privacy-utility plots -- so "better" means closer to the input.)
+_add("psnr", True, "mean", "dB", "utility: PSNR between anonymized and original image")
+_add("ssim", True, "mean", "", "utility: SSIM (gaussian, sigma 1.5) between anonymized and original image")
+_add("lpips_alex", False, "mean", "", "utility: LPIPS (AlexNet) between anonymized and original image")
+_add("lpips_vgg", False, "mean", "", "utility: LPIPS (VGG16) between anonymized and original image")
+_add(
+    "mesh_detected_rate",
+    True,
+    "rate",
+    "fraction",
+    "share of anonymized images in which the face mesh finds a face (attribute metrics use only those)",
+)
+_add(
+    "recovery_ok_rate",
+    True,
+    "rate",
+    "fraction",
+    "share of right-key recoveries whose payload authenticated (keyed methods; fails closed otherwise)",
+)
+_add(
+    "wrongkey_rejected_rate",
+    True,
+    "rate",
+    "fraction",
+    "share of wrong-key recoveries that were rejected (authentication failed: no original identity released)",
+)
+_add(
+    "diversity_ssim",
+    False,
+    "mean",
+    "",
+    "SSIM between anonymizations of one face under two keys (lower: more diverse)",
+)
+_add(
+    "diversity_lpips_alex",
+    True,
+    "mean",
+    "",
+    "LPIPS (AlexNet) between anonymizations of one face under two keys (higher: more diverse)",
+)
+_add("n_images", None, "count", "", "images evaluated successfully")
+_add("n_failed", None, "count", "", "images recorded as failures (load, no face, method error)")

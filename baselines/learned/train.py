@@ -18,48 +18,36 @@ import json
 from baselines.learned import MODULES
 from baselines.learned.base import BaselineConfig, export, run
 
+G2FACE_ONLY = ("preset", "pretrain_stylegan", "tiny_width", "init_generator", "geometry")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    d = BaselineConfig()
-    ap = argparse.ArgumentParser(prog="g2face-eval train-baseline", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    """``g2face-eval train``'s parser (data, optimiser, checkpoints, logging, device options are shared), plus
+    the baseline name, ``--model`` and export."""
+    from g2face_eval.training.train import build_parser as g2face_parser
+
+    ap = g2face_parser()
+    ap.prog, ap.description = "g2face-eval train-baseline", __doc__
     ap.add_argument("mode", choices=[*MODULES, "export"], help="baseline to train, or 'export'")
     ap.add_argument("train_dir", nargs="?", help="export: the training checkpoint dir (<out>/last)")
     ap.add_argument("--export-to", help="export: output file (default g2face_eval/checkpoints/<name>.safetensors)")
-    ap.add_argument("--size", type=int, help=f"network resolution (default {d.size})")
-    ap.add_argument("--batch", type=int, help=f"per-rank batch (default {d.batch})")
-    ap.add_argument("--accum", type=int)
-    ap.add_argument("--steps", type=int, help=f"total iterations (default {d.steps})")
-    ap.add_argument("--steps-per-epoch", type=int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--lr-d", type=float)
-    ap.add_argument("--seed", type=int)
-    ap.add_argument("--identity", choices=["auto", "arcface", "sface"])
-    ap.add_argument("--perceptual", choices=["auto", "lpips_vgg", "effnet", "none"])
-    ap.add_argument("--data-root", help="datasets root holding celebahq256/ (default $G2FACE_DATASETS)")
-    ap.add_argument("--limit", type=int)
-    ap.add_argument("--fixed-batch", action="store_true")
-    ap.add_argument("--out")
-    ap.add_argument("--resume")
-    ap.add_argument("--ckpt-every", type=int)
-    ap.add_argument("--log-every", type=int)
-    ap.add_argument("--sample-every", type=int)
-    ap.add_argument("--no-mlflow", dest="mlflow", action="store_false", default=None)
-    ap.add_argument("--mlflow-uri")
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                    help="baseline model option (JSON value), repeatable")
     return ap
 
 
 def config_from_args(args: argparse.Namespace) -> BaselineConfig:
     from baselines.learned.base import import_module
 
+    d = build_parser().parse_args([args.mode])
+    bad = [k for k in G2FACE_ONLY if getattr(args, k) != getattr(d, k)]
+    if bad:
+        raise SystemExit(f"train-baseline: G2Face-only option(s) {', '.join(bad)}")
     kw = {"mode": args.mode, "out": f"results/train/{args.mode}",
           **getattr(import_module(args.mode), "TRAIN_DEFAULTS", {})}
+    skip = {"mode", "train_dir", "export_to", "resume", "model", *G2FACE_ONLY}
     for k, v in vars(args).items():
-        if k in ("mode", "train_dir", "export_to", "resume", "model") or v is None:
-            continue
-        if k == "fixed_batch" and not v:
+        if k in skip or v is None or (k == "fixed_batch" and not v):
             continue
         kw[k] = v
     model = {}

@@ -226,7 +226,9 @@ class KeyedPayload:
         return dict(mode=self.mode, n_bits=self.n_bits, dim=self.dim, message_bytes=self.msg_len,
                     codewords=self.n_cw, codeword_bytes=self.cw_len, data_bytes_per_codeword=self.k,
                     parity_bytes_per_codeword=self.nsym, aead="ChaCha20-Poly1305", kdf="HKDF-SHA256",
-                    quantisation=f"int{self.qbits} per dimension, float32 per-vector scale", nonce=self.nonce_mode)
+                    quantisation=f"int{self.qbits} per dimension, per-vector scale on the 2^(k/8) grid (float32)",
+                    batch_invariance=f"re-embed alone within {REL_MARGIN:g} x max|v| of a boundary",
+                    nonce=self.nonce_mode)
 
     # ---- keys
     def _derive(self, key: bytes, info: bytes, n: int = 32) -> bytes:

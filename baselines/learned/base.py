@@ -27,8 +27,9 @@ Contract (what a baseline module ``baselines/learned/<name>.py`` provides)
    of a training step comes from ``batch.gen`` (a ``torch.Generator`` seeded by (seed, step, shard)), so
    resuming is exact and W ranks x A micro-batches equal one process with W*A micro-batches.
 
-2. A module-level ``register_methods(methods)`` that adds the method (use ``register_method`` below) and
-   registers its zoo checkpoint (``zoo_entry(name)``).
+2. A module-level ``register_methods(methods)`` that adds the method: ``register_method(methods, name,
+   wrapper=Resized)`` registers the zoo checkpoint (``zoo_entry(name)``) and a factory that loads it and wraps
+   ``anonymizer()`` in ``wrapper`` (subclass ``Resized`` to change the full-size path, e.g. ``ResizedInpaint``).
 
 3. An entry in ``BUILDERS`` via ``@builder(name)`` on the class, and optionally module-level default training
    settings ``TRAIN_DEFAULTS`` (a dict of ``BaselineConfig`` overrides, e.g. ``{"lr": 2e-4}``) that the CLI
@@ -41,10 +42,12 @@ runs ``BaselineTrainer`` — a subclass of the G2Face ``training.loop.Trainer`` 
 (``ShardedBatches`` over ``load_train_images``: celebahq256 *train* split only), DDP plumbing (torchrun, gloo
 on CPU; one plain process otherwise), learning-rate schedule, atomic checkpoint directories
 (``<out>/last``: model.safetensors with ``generator.*``/``discriminator.*`` + train_state.pt), exact resume and
-MLflow logging (experiment ``baseline-train``). ``export(name, train_dir)`` writes the generator weights to
-``g2face_eval/checkpoints/<name>.safetensors`` (+ ``<name>.sha256``; model config and training provenance in
-the metadata) atomically; ``load_exported`` verifies the sha256 before loading; the zoo entry is
-``learned_<name>`` (``zoo.register_project_checkpoint``).
+MLflow logging (experiment ``baseline-train``); several processes: ``torchrun --nproc_per_node N -m
+baselines.learned.train <name> ...``. ``export(train_dir, out=None)`` (CLI: ``python -m baselines.learned.train
+export <dir>/last``) writes the generator weights to ``g2face_eval/checkpoints/<name>.safetensors`` (+
+``<name>.sha256``; the full model config and training provenance in the metadata) atomically;
+``load_exported`` verifies the sha256 before loading; the zoo entry is ``learned_<name>``
+(``zoo.register_project_checkpoint``).
 """
 
 from __future__ import annotations

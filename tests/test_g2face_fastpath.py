@@ -175,8 +175,9 @@ def test_flags_and_tensor_api(shipped_parts):
 
 
 @pytest.mark.skipif(not os.environ.get("G2FACE_TEST_COMPILE"),
-                    reason="torch.compile on CPU (inductor C++ build) takes minutes on this shared 2-core "
-                           "machine; set G2FACE_TEST_COMPILE=1 to run it (the GPU check runs it on CUDA)")
+                    reason="torch.compile on CPU (inductor C++ build): first call 223 s on this shared 2-core "
+                           "machine (passed: hidden bits identical, PSNR >= 40 dB); set G2FACE_TEST_COMPILE=1 to "
+                           "run it (scripts/gpu_fastpath_check.py runs compile on CUDA)")
 def test_compile_flag_matches_eager(shipped_parts, faces, runs):
     x, _ = faces
     keys = runs["keys"]
@@ -186,3 +187,15 @@ def test_compile_flag_matches_eager(shipped_parts, faces, runs):
     print(f"compiled first call {time.perf_counter() - t:.1f} s")
     assert torch.equal(y.bits, runs["fast"].bits)
     assert float(psnr_db(y.images, runs["fast"].images).min()) >= 40.0
+
+
+def test_to_device_moves_everything(shipped_parts, faces, runs):
+    """The harness calls ``method.to(device)``: the shipped method and G2FaceAnonymizer implement it."""
+    from g2face_eval import methods
+
+    g = methods.build("g2face")
+    assert g.to("cpu") is g and g.inner.device == torch.device("cpu")
+    assert g.inner.keyed_noise.map_id.device.type == "cpu"
+    x, _ = faces
+    a = _anon(shipped_parts, True).to("cpu")
+    assert torch.equal(a.anonymize(x, runs["keys"]).bits, runs["fast"].bits)

@@ -163,7 +163,8 @@ class G2FaceAnonymizer(Anonymizer):
         self.fast = fast
         self.channels_last = bool(channels_last and fast)
         self.compile = bool(compile and fast)
-        self.cuda_graphs = bool(cuda_graphs and fast and self.device.type == "cuda")
+        self._want_graphs = bool(cuda_graphs and fast)
+        self.cuda_graphs = bool(self._want_graphs and self.device.type == "cuda")
         self.model.set_inference_cache(fast)
         if fast:
             self.keyed_noise = KeyedNoise(self.model.noise_shapes()).to(self.device)
@@ -182,6 +183,28 @@ class G2FaceAnonymizer(Anonymizer):
                 self.payload._perm(self.device)
                 self.payload._inv_perm(self.device)
 
+    def to(self, device: str | torch.device) -> G2FaceAnonymizer:
+        """Move the networks, priors and device constants (the harness calls ``method.to(device)``); drops
+        compiled functions and captured graphs (CUDA graphs stay requested and apply again on CUDA)."""
+        dev = torch.device(device)
+        self.device = dev
+        self.model.to(dev)
+        for m in (self.identity, self.geometry):
+            if isinstance(m, torch.nn.Module):
+                m.to(dev)
+        if self.fast:
+            self.keyed_noise.to(dev)
+            self.keyed_z.to(dev)
+            if hasattr(self.payload, "consts"):
+                self.payload.consts(dev)
+            if hasattr(self.payload, "_inv_perm"):
+                self.payload._perm(dev)
+                self.payload._inv_perm(dev)
+        self._compiled = {}
+        self.cuda_graphs = bool(self._want_graphs and dev.type == "cuda")
+        self._graphs = _CudaGraphs() if self.cuda_graphs else None
+        return self
+
     def configure(self, *, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
                   compile: bool = False, cuda_graphs: bool = False) -> G2FaceAnonymizer:
         """Switch the fast path's precision / layout / compile / CUDA-graph settings (drops compiled functions
@@ -196,6 +219,7 @@ class G2FaceAnonymizer(Anonymizer):
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
         self._compiled = {}
+        self._want_graphs = bool(cuda_graphs)
         self.cuda_graphs = bool(cuda_graphs and self.device.type == "cuda")
         self._graphs = _CudaGraphs() if self.cuda_graphs else None
         return self

@@ -76,6 +76,11 @@ class ResizedG2Face(Anonymizer):
         return {**self.inner.config(), "name": self.name, "weights": WEIGHT_NAME,
                 "weights_sha256": _recorded_sha256(), "resize": "area-down/bicubic-up"}
 
+    def to(self, device) -> ResizedG2Face:
+        """Move the inner G2Face (networks, priors, device constants): the harness's ``method.to(device)``."""
+        self.inner.to(device)
+        return self
+
     def _down(self, x: torch.Tensor) -> torch.Tensor:
         return x if x.shape[-1] == self.size else F.interpolate(x, size=(self.size, self.size), mode="area")
 
@@ -87,10 +92,12 @@ class ResizedG2Face(Anonymizer):
 
     def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
                    ) -> Output:
+        images = images.to(self.inner.device)
         out = self.inner.anonymize(self._down(images), keys)
         return Output(self._up(out.images, images), ok=out.ok, bits=out.bits, info=out.info)
 
     def _recover(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
+        images = images.to(self.inner.device)
         out = self.inner.recover(self._down(images), keys)
         rec = self._up(out.images, images)
         if out.ok is not None:  # fail closed at full size too: unauthenticated -> the input, bit for bit

@@ -727,7 +727,14 @@ class Bench:
         (so the keyed payload's host cryptography is included where the config uses it)."""
         a = self.args
         for config in a.configs:
-            p = self.pipe(config)
+            try:
+                p = self.pipe(config)
+            except Exception as e:  # noqa: BLE001 - e.g. a prior's package missing on the device image
+                traceback.print_exc()
+                for op in a.ops:
+                    self.row(Cell("g2face", "g2face", config, op, "*", 0), status="error",
+                             error=f"build: {type(e).__name__}: {str(e)[:300]}")
+                continue
             fl = self.doc["flops"].get(config, {})
             for variant in a.variants:
                 spec = parse_variant(variant)
@@ -1028,7 +1035,8 @@ DEFAULTS = {
     "cpu": dict(configs="tiny,official", batches="1,8", variants="fp32", repeats=2,
                 warmup=1, max_gflop_per_call=300.0),
     "cuda": dict(configs="official,shipped,tiny", batches="1,8,32,64,128",
-                 variants="fp32,bf16,bf16_cl,fp16_cl,fp32_graph,bf16_cl_graph,bf16_cl_compile", repeats=10,
+                 variants="fp32,bf16,bf16_cl,fp16_cl,fp32_graph,bf16_graph,bf16_cl_graph,bf16_cl_compile",
+                 repeats=10,
                  warmup=3, max_gflop_per_call=0.0),
 }
 

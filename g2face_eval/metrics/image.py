@@ -19,7 +19,6 @@ import math
 import re
 
 import torch
-import torch.nn.functional as F
 
 from g2face_eval.imaging import check_batch
 from g2face_eval.metrics.base import MetricUnavailable
@@ -52,6 +51,16 @@ def _gaussian_1d(sigma: float, truncate: float, dtype, device) -> torch.Tensor:
     return w / w.sum()
 
 
+def _band(n: int, g: torch.Tensor) -> torch.Tensor:
+    """(n - k + 1, n) matrix whose rows are the kernel ``g`` shifted by one: ``_band(n, g) @ t`` is the 'valid'
+    correlation of each column of ``t`` with ``g`` (float64 matmuls are ~3x faster than float64 conv2d)."""
+    k = g.numel()
+    rows = torch.arange(n - k + 1, device=g.device)[:, None]
+    m = torch.zeros(n - k + 1, n, dtype=g.dtype, device=g.device)
+    m.scatter_(1, rows + torch.arange(k, device=g.device)[None], g.expand(n - k + 1, k))
+    return m
+
+
 def ssim(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -68,20 +77,19 @@ def ssim(
     win = g.numel()
     if H < win or W < win:
         raise ValueError(f"ssim needs images of at least {win}x{win}, got {H}x{W}")
-    x = a.detach().double().reshape(B * C, 1, H, W)
-    y = b.detach().double().reshape(B * C, 1, H, W)
-    kh = g.view(1, 1, win, 1)
-    kw = g.view(1, 1, 1, win)
+    x = a.detach().double().reshape(B * C, H, W)
+    y = b.detach().double().reshape(B * C, H, W)
+    gh, gw = _band(H, g), _band(W, g).T
 
-    def filt(t: torch.Tensor) -> torch.Tensor:  # separable gaussian, 'valid' region only
-        return F.conv2d(F.conv2d(t, kh), kw)
+    def filt(t: torch.Tensor) -> torch.Tensor:  # separable gaussian, 'valid' region only, as two BLAS matmuls
+        return gh @ t @ gw
 
     ux, uy = filt(x), filt(y)
     uxx, uyy, uxy = filt(x * x), filt(y * y), filt(x * y)
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     c1, c2 = (k1 * r) ** 2, (k2 * r) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3)).view(B, C).mean(1)
+    return s.mean(dim=(1, 2)).view(B, C).mean(1)
 
 
 # ---- LPIPS -------------------------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ from g2face_eval.training.losses import id_cosine
 PASSWORD_BITS = 64
 LATENT_BOUND = 3.0  # encoder output |u| < 3 (u = normalised W+: (w - w_avg) / w_std)
 SHIFT_BOUND = 2.0  # |shift| of each coupling
+# training settings applied by `g2face-eval train-baseline riddle` before its own flags (base.TRAIN_DEFAULTS)
+TRAIN_DEFAULTS = {"lr": 4e-4}
 # loss weights (see the module docstring)
 WEIGHTS = {"l1": 1.0, "perc": 1.0, "id": 1.0, "anon": 1.0, "div": 0.5, "layout": 1.0, "cycle": 1.0,
            "rec": 1.0, "wrong": 1.0, "latent": 1.0}

@@ -5,8 +5,8 @@
 Each size runs in a fresh subprocess (so peak RSS = that evaluation's own peak, from getrusage) on the
 embedded faces repeated under distinct ids (dataset option ``repeat``, ids ``<face>#r<k>``) up to N images.
 Cheapest configuration: one baseline method, the SFace recognizer only, no extra detectors, no bootstrap
-resampling beyond 10, no latency repeats; EfficientNet-lite0 Fréchet features on; ``--no-mesh`` skips the face
-mesh. Prints and writes {size: {peak_rss_mb, wall_s}} and the growth.
+resampling beyond 10, no latency repeats; EfficientNet-lite0 Fréchet features on unless ``--no-features``;
+``--no-mesh`` skips the face mesh. Prints and writes {size: {peak_rss_mb, wall_s}} and the growth.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def child(n: int, method: str, tmp: str, mesh: bool) -> None:
+def child(n: int, method: str, tmp: str, mesh: bool, features: bool) -> None:
     from g2face_eval.data.datasets import EmbeddedDataset
     from g2face_eval.harness import evaluate as E
 
@@ -39,6 +39,7 @@ def child(n: int, method: str, tmp: str, mesh: bool) -> None:
             "recognizers": ["sface"],
             "detectors": [],
             "face_mesh": mesh,
+            "feature_extractors": None if features else [],
             "batch_size": 32,
             "bootstrap_samples": 10,
             "latency_repeats": 1,
@@ -61,11 +62,12 @@ def main() -> int:
     ap.add_argument("--method", default="pixelate_8")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-mesh", action="store_true", help="skip the face-mesh attribute metrics (faster)")
+    ap.add_argument("--no-features", action="store_true", help="skip the Fréchet feature extractor (faster)")
     ap.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_tmp", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._child is not None:
-        child(a._child, a.method, a._tmp, not a.no_mesh)
+        child(a._child, a.method, a._tmp, not a.no_mesh, not a.no_features)
         return 0
     res = {}
     for n in [int(s) for s in a.sizes.split(",")]:
@@ -77,7 +79,7 @@ def main() -> int:
             }
             p = subprocess.run(
                 [sys.executable, __file__, "--_child", str(n), "--method", a.method, "--_tmp", tmp,
-                 *(["--no-mesh"] if a.no_mesh else [])],
+                 *(["--no-mesh"] if a.no_mesh else []), *(["--no-features"] if a.no_features else [])],
                 env=env,
                 capture_output=True,
                 text=True,

@@ -132,7 +132,9 @@ def test_shipped_checkpoint(faces_u8):
 
     if not zoo.available(base.zoo_entry("riddle")):
         pytest.skip("shipped riddle checkpoint not exported yet")
-    method = METHODS.get("riddle")()
+    from g2face_eval.harness.evaluate import build_method
+
+    method = build_method("riddle", {}, "cpu")  # the harness's path: METHODS factory + .to(device)
     x = torch.nn.functional.interpolate(_faces01(faces_u8), size=(256, 256), mode="bilinear")
     keys = derive_keys("ship", [f"s{i}" for i in range(len(x))])
     a = method.anonymize(x, keys)
@@ -140,3 +142,4 @@ def test_shipped_checkpoint(faces_u8):
     r = method.recover(a.images, keys)
     w = method.recover(a.images, derive_keys("ship-wrong", [f"s{i}" for i in range(len(x))]))
     assert not torch.allclose(r.images, w.images, atol=1e-3)
+    assert method.config()["weights_sha256"] == zoo.sha256_file(zoo.path(base.zoo_entry("riddle")))

@@ -343,6 +343,12 @@ class RiddleAnonymizer(Anonymizer):
         self.device = torch.device(device)
         self.input_size = model.size
 
+    def to(self, device: str | torch.device) -> RiddleAnonymizer:
+        """Move the networks (the harness calls ``method.to(device)`` through ``Resized``)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
     def config(self) -> dict:
         c = self.model.model_config()
         return {"name": self.name, "family": "learned_riddle", "size": c["size"], "pw_bits": c["pw_bits"],

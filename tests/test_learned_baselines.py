@@ -51,7 +51,13 @@ def anonymized(faces, fit_method, inpaint_method):
 
 
 def test_registered_and_default():
+    from g2face_eval.harness.evaluate import build_method
+
     assert {"fit", "inpaint"} <= set(METHODS.names())
+    for name in ("fit", "inpaint"):  # the harness's way: build, then method.to(device)
+        m = build_method(name, {}, "cpu")
+        assert m.name == name and m.config()["weights_sha256"] == (
+            B.sha256_path(name).read_text().split()[0])
     avail = learned.available_methods()
     assert {"fit", "inpaint"} <= set(avail)
     names = M.default_methods()

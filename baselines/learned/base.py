@@ -100,6 +100,13 @@ class Priors:
             self._built[key] = make(self.names[key]).to(self.device).eval().requires_grad_(False)
         return self._built[key]
 
+    def to(self, device: torch.device | str) -> Priors:
+        """Move the priors built so far (later ones are built on ``device``)."""
+        self.device = torch.device(device)
+        for m in self._built.values():
+            m.to(self.device)
+        return self
+
     @property
     def identity(self) -> nn.Module:
         return self._get("identity", make_identity)

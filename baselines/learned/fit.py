@@ -111,6 +111,12 @@ class FITAnonymizer(Anonymizer):
         self.device = device
         self.input_size = model.size
 
+    def to(self, device) -> FITAnonymizer:
+        """Move the network (the harness's ``method.to(device)`` through ``Resized``)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
     def config(self) -> dict:
         c = self.model.model_config()
         return {"name": self.name, "family": "learned_fit", "size": c["size"], "width": c["width"],

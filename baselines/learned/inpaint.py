@@ -120,6 +120,13 @@ class InpaintAnonymizer(Anonymizer):
         self.device = device
         self.input_size = model.size
 
+    def to(self, device) -> InpaintAnonymizer:
+        """Move the network and the landmark prior (the harness's ``method.to(device)`` through ``Resized``)."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.model.priors.to(self.device)
+        return self
+
     def config(self) -> dict:
         c = self.model.model_config()
         return {"name": self.name, "family": "learned_inpaint", "size": c["size"], "width": c["width"],

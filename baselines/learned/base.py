@@ -238,6 +238,7 @@ class BaselineConfig(TrainConfig):
     lr: float = 1e-3
     lr_d: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
+    amp: str = "off"  # the shipped checkpoints were trained in float32 (also on the GPU)
     experiment: str = "baseline-train"
     out: str = "results/train/baseline"
     ckpt_every: int = 50

@@ -1,6 +1,6 @@
 """Offline 3D geometry prior: a 468-point landmark morphable model + a differentiable coefficient regressor.
 
-This is the project's stand-in for Deep3DFaceRecon + BFM (which need user files, see ``load_d3dfr``). It
+This is the project's stand-in for Deep3DFaceRecon + BFM (which need user files; ``load_d3dfr`` / ``d3dfr.py``). It
 is built by ``geometry_fit.py`` from mediapipe face meshes (no user files needed) and shipped as
 ``g2face_eval/checkpoints/geometry_prior.safetensors`` (see ``geometry_prior.md``).
 
@@ -323,11 +323,11 @@ class GeometryPrior(nn.Module):
 
 
 def load_geometry_prior(backend: str = "mediapipe_lmm", **kw):
-    """``mediapipe_lmm`` (default, shipped) or ``d3dfr`` (user files through the zoo)."""
+    """``mediapipe_lmm`` (default, shipped) or ``d3dfr`` (user files through the zoo; ``kw``: map_location)."""
     if backend == "mediapipe_lmm":
         return GeometryPrior.load(**kw)
     if backend == "d3dfr":
-        return load_d3dfr()
+        return load_d3dfr(**kw)
     raise ValueError(f"unknown geometry backend {backend!r}; known: mediapipe_lmm, d3dfr")
 
 
@@ -335,19 +335,19 @@ class MissingUserFileError(FileNotFoundError):
     pass
 
 
-def load_d3dfr():
-    """Deep3DFaceRecon (ResNet-50, epoch_20.pth) + BFM_model_front.mat, the official geometry prior.
+def load_d3dfr(map_location: str | torch.device = "cpu"):
+    """Deep3DFaceRecon (ResNet-50, epoch_20.pth) + BFM_model_front.mat, the official geometry prior, as a
+    ``d3dfr.D3DFRPrior`` (eval mode; coefficients (B,257), style condition (B,147)).
 
     Resolves both files through the zoo (entries ``d3dfr_epoch20`` and ``bfm_front``); when absent the zoo's
-    ``WeightMissingError`` (naming the exact file and folder) is raised. The network itself is not
-    re-implemented here yet: with the files present this raises ``NotImplementedError``."""
+    ``WeightMissingError`` (naming the exact file and folder) is raised; a file with the wrong content raises
+    ``d3dfr.D3DFRFileError``."""
     try:
-        from .. import zoo
+        from .. import zoo  # noqa: F401
     except ImportError as e:  # zoo not available in this checkout
         raise MissingUserFileError(
             "Deep3DFaceRecon backend needs the user files epoch_20.pth and BFM_model_front.mat registered in "
             "g2face_eval.zoo (entries 'd3dfr_epoch20', 'bfm_front'); the zoo module is unavailable") from e
-    paths = {name: zoo.path(name) for name in ("d3dfr_epoch20", "bfm_front")}  # raises WeightMissingError
-    raise NotImplementedError(
-        f"Deep3DFaceRecon files found ({', '.join(map(str, paths.values()))}) but the D3DFR backend is a "
-        "stub; use the default 'mediapipe_lmm' geometry prior")
+    from .d3dfr import load_d3dfr_prior
+
+    return load_d3dfr_prior(map_location=map_location)

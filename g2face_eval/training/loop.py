@@ -70,7 +70,7 @@ class TrainConfig:
     gamma: float = 0.95
     seed: int = 2024
     identity: str = "auto"  # "arcface" (user weights via the zoo) | "sface" (offline) | "auto"
-    geometry: str = "mediapipe_lmm"  # | "none"
+    geometry: str = "mediapipe_lmm"  # | "d3dfr" (user files) | "none"
     perceptual: str = "auto"  # "lpips_vgg" | "effnet" | "auto" | "none"
     init_generator: str | None = None  # stylegan pre-train dir / safetensors / "zoo:stylegan2_ffhq256"
     extractor_noise: float = 0.01

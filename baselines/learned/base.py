@@ -364,22 +364,9 @@ class BaselineTrainer(Trainer):
 
 def run(cfg: BaselineConfig, resume: str | None = None, log=print) -> BaselineTrainer:
     """One process or a torchrun rank: build, optionally resume (``auto`` = ``<out>/last``), train."""
-    info = ddp.init(cfg.device)
-    try:
-        tr = BaselineTrainer(cfg, info, log=log if info.is_main else (lambda *_: None))
-        if resume:
-            rp = Path(cfg.out) / "last" if resume == "auto" else Path(resume)
-            if not rp.exists() and rp.with_name(rp.name + ".old").is_dir():
-                rp = rp.with_name(rp.name + ".old")  # killed mid-swap: the previous complete checkpoint
-            if rp.exists():
-                tr.load(rp)
-                tr.log(f"[train] resumed from {rp} at step {tr.step}")
-            elif resume != "auto":
-                raise FileNotFoundError(f"--resume {rp}: no checkpoint there")
-        tr.fit()
-        return tr
-    finally:
-        ddp.cleanup()
+    from g2face_eval.training import loop
+
+    return loop.run(cfg, resume, log, trainer_cls=BaselineTrainer)
 
 
 # ------------------------------------------------------------------------------------- export and loading

@@ -616,11 +616,12 @@ def load_generator_state(src: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def run(cfg: TrainConfig, resume: str | None = None, log=print) -> Trainer:
-    """Entry used by the CLI (one process or a torchrun rank)."""
+def run(cfg: TrainConfig, resume: str | None = None, log=print, trainer_cls: type[Trainer] | None = None) -> Trainer:
+    """Entry used by the CLIs (one process or a torchrun rank): build ``trainer_cls`` (default ``Trainer``; the
+    learned baselines pass theirs), optionally resume (``auto`` = ``<out>/last``), train."""
     info = ddp.init(cfg.device)
     try:
-        tr = Trainer(cfg, info, log=log if info.is_main else (lambda *_: None))
+        tr = (trainer_cls or Trainer)(cfg, info, log=log if info.is_main else (lambda *_: None))
         if resume:
             rp = Path(cfg.out) / "last" if resume == "auto" else Path(resume)
             if not rp.exists() and rp.with_name(rp.name + ".old").is_dir():

@@ -194,6 +194,22 @@ def per_key_normal(keys: Sequence[Key], n: int) -> torch.Tensor:
     return torch.stack([torch.randn(n, generator=g) for g in key_generators(keys)])
 
 
+# ------------------------------------------------------------------------------------- anonymizer base
+class ModelAnonymizer(Anonymizer):
+    """An ``Anonymizer`` around a trained ``LearnedBaseline`` at the model's own size: holds the model in eval
+    mode on ``device`` and moves it with ``to`` (the harness calls ``method.to(device)`` through ``Resized``)."""
+
+    def __init__(self, model: LearnedBaseline, device: str | torch.device = "cpu"):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.input_size = model.size
+
+    def to(self, device: str | torch.device) -> ModelAnonymizer:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+
 # ------------------------------------------------------------------------------------------- 256 px wrapper
 class Resized(ResizedG2Face):
     """Runs a learned baseline's anonymizer at its own size on faces of any square size: the shipped G2Face

@@ -33,13 +33,14 @@ from baselines.learned._face import ellipse_mask, landmarks2d
 from baselines.learned.base import (
     Batch,
     LearnedBaseline,
+    ModelAnonymizer,
     PatchDiscriminator,
     UNet,
     builder,
     per_key_bits,
     register_method,
 )
-from g2face_eval.anonymizer import Anonymizer, Key, Output
+from g2face_eval.anonymizer import Key, Output
 from g2face_eval.training.losses import g_nonsaturating, id_cosine
 
 WEIGHTS = {"id": 3.0, "rec_l1": 5.0, "rec_perc": 1.0, "wrong": 2.0, "adv": 0.5, "bg": 1.0, "l1": 0.2}
@@ -100,22 +101,11 @@ class FIT(LearnedBaseline):
         return FITAnonymizer(self, device=device)
 
 
-class FITAnonymizer(Anonymizer):
+class FITAnonymizer(ModelAnonymizer):
     """The FIT-style model as an ``Anonymizer`` at its own size: password = ``n_bits`` bits from the key."""
 
     name = "fit"
     reversible = True
-
-    def __init__(self, model: FIT, device: str = "cpu"):
-        self.model = model.to(device).eval()
-        self.device = device
-        self.input_size = model.size
-
-    def to(self, device) -> FITAnonymizer:
-        """Move the network (the harness's ``method.to(device)`` through ``Resized``)."""
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
 
     def config(self) -> dict:
         c = self.model.model_config()

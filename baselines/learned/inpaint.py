@@ -28,6 +28,7 @@ from baselines.learned._face import KEYPOINTS, ellipse_mask, keypoint_maps, land
 from baselines.learned.base import (
     Batch,
     LearnedBaseline,
+    ModelAnonymizer,
     PatchDiscriminator,
     Priors,
     Resized,
@@ -36,7 +37,7 @@ from baselines.learned.base import (
     per_key_normal,
     register_method,
 )
-from g2face_eval.anonymizer import Anonymizer, Key, Output
+from g2face_eval.anonymizer import Key, Output
 from g2face_eval.training.losses import g_nonsaturating, id_cosine
 
 WEIGHTS = {"l1": 1.0, "perc": 1.0, "id": 1.0, "adv": 0.5}
@@ -106,7 +107,7 @@ class Inpaint(LearnedBaseline):
         return InpaintAnonymizer(self, device=device)
 
 
-class InpaintAnonymizer(Anonymizer):
+class InpaintAnonymizer(ModelAnonymizer):
     """The inpainting model as an ``Anonymizer`` at its own size; identity code ``z`` from the key."""
 
     name = "inpaint"
@@ -114,16 +115,13 @@ class InpaintAnonymizer(Anonymizer):
     uses_face_mask = True
 
     def __init__(self, model: Inpaint, device: str = "cpu"):
-        self.model = model.to(device).eval()
+        super().__init__(model, device)
         if model.priors is None:
             model.bind(Priors(device=device))
-        self.device = device
-        self.input_size = model.size
 
     def to(self, device) -> InpaintAnonymizer:
-        """Move the network and the landmark prior (the harness's ``method.to(device)`` through ``Resized``)."""
-        self.device = torch.device(device)
-        self.model.to(self.device)
+        """Move the network and the landmark prior."""
+        super().to(device)
         self.model.priors.to(self.device)
         return self
 

@@ -62,8 +62,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.learned.base import Batch, LearnedBaseline, builder, per_key_bits, register_method
-from g2face_eval.anonymizer import Anonymizer, Key, Output
+from baselines.learned.base import (
+    Batch,
+    LearnedBaseline,
+    ModelAnonymizer,
+    builder,
+    per_key_bits,
+    register_method,
+)
+from g2face_eval.anonymizer import Key, Output
 from g2face_eval.training.losses import id_cosine
 
 PASSWORD_BITS = 64
@@ -330,24 +337,13 @@ class Riddle(LearnedBaseline):
 
 
 # ------------------------------------------------------------------------------------------------ anonymizer
-class RiddleAnonymizer(Anonymizer):
+class RiddleAnonymizer(ModelAnonymizer):
     """The RiDDLE-style model as an ``Anonymizer`` at its own size (the registered ``riddle`` method wraps it in
     ``base.Resized``: area down, bicubic up). ``recover`` has no authentication (``ok`` is None): a wrong
     password decrypts to another face."""
 
     name = "riddle"
     reversible = True
-
-    def __init__(self, model: Riddle, device: str = "cpu"):
-        self.model = model.to(device).eval()
-        self.device = torch.device(device)
-        self.input_size = model.size
-
-    def to(self, device: str | torch.device) -> RiddleAnonymizer:
-        """Move the networks (the harness calls ``method.to(device)`` through ``Resized``)."""
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
 
     def config(self) -> dict:
         c = self.model.model_config()

@@ -811,13 +811,15 @@ def evaluate(
         all_records, set_metrics = [], []
         latency_path = run_dir / "latency.json"
         latency = json.loads(latency_path.read_text()) if latency_path.exists() else {}
+        n_grid = int(cfg["samples_per_grid"])
+        indexes = {d: index_dataset(S, prep, d, max(n_grid, LATENCY_BATCH)) for d in S.sources}
         for mname, runner in S.runners.items():
-            mrecords, msets = collect_method(S, prep, store, mname)
+            mrecords, msets = collect_method(S, store, mname, indexes)
             set_metrics += msets
-            for dname in S.sources:
-                _write_grid(S, prep, runner, dname, int(cfg["samples_per_grid"]))
+            for dname, ix in indexes.items():
+                _write_grid(S, runner, dname, ix.head[:n_grid])
             if mname not in latency:
-                latency[mname] = _latency(S, prep, runner, int(cfg["latency_repeats"]))
+                latency[mname] = _latency(S, runner, indexes, int(cfg["latency_repeats"]))
                 atomic_write_json(latency_path, latency)
             mdf = pd.concat([d for d in mrecords if len(d)], ignore_index=True) if mrecords else pd.DataFrame()
             all_records.append(mdf)
@@ -887,48 +889,68 @@ def evaluate(
     }
 
 
-def _chunks_of(S: Setup, prep: PrepStore, dname: str):
-    """The dataset's chunks as persisted by ``compute`` (items without images), in order."""
+@dataclass
+class DatasetIndex:
+    """What the per-method collection needs of a dataset, read once from ``prepared/`` after ``compute``: the
+    prepared ids of each chunk (in order), the failures, the originals' realism accumulators, and the first
+    prepared items (for sample grids and latency; their images are loaded on first use)."""
+
+    chunk_ids: list[list[str]]
+    failures: list[tuple[str, str, dict]]
+    real: dict[str, Any]  # extractor -> realism.RealismAccumulator of the originals
+    head: list[Item]
+
+
+LATENCY_BATCH = 8  # images per timed anonymize call
+
+
+def index_dataset(S: Setup, prep: PrepStore, dname: str, n_head: int) -> DatasetIndex:
+    from g2face_eval.metrics import realism
+
     src = S.sources[dname]
     bs = int(S.cfg["batch_size"])
     labels = None
     if src.gallery_ids:
         gallery, _ = prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs)
         labels = set(gallery.labels.tolist())
+    exts = S.oracles.extractors
+    ix = DatasetIndex([], [], {e: realism.RealismAccumulator(x.dim) for e, x in exts.items()}, [])
     for i, ids in enumerate(src.chunks(src.ids, bs)):
-        yield prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
+        chunk, arrays, _ = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
+        ix.failures += chunk.failures
+        if not chunk.items:
+            continue
+        ix.chunk_ids.append(chunk.ids)
+        ix.head += chunk.items[: n_head - len(ix.head)]
+        for e in exts:
+            ix.real[e].add(chunk.ids, arrays[f"feat_{e}"])
+    return ix
 
 
-def collect_method(S: Setup, prep: PrepStore, store: BatchStore, mname: str) -> tuple[list[pd.DataFrame], list]:
+def collect_method(S: Setup, store: BatchStore, mname: str, indexes: dict[str, DatasetIndex]
+                   ) -> tuple[list[pd.DataFrame], list]:
     """One method's per-image records (persisted batches + failure records) and its set metrics (Fréchet
     statistics and KID samples accumulated batch by batch, never all features at once)."""
     from g2face_eval.metrics import realism
 
     records, sets = [], []
-    for dname in S.sources:
+    for dname, ix in indexes.items():
         exts = S.oracles.extractors
-        real = {e: realism.RealismAccumulator(x.dim) for e, x in exts.items()}
         fake = {e: realism.RealismAccumulator(x.dim) for e, x in exts.items()}
-        failures = []
-        for chunk, arrays, _ in _chunks_of(S, prep, dname):
-            failures += chunk.failures
-            if not chunk.items:
-                continue
-            key = S.batch_key(mname, chunk.ids)
-            df, feats = store.load(mname, dname, key)
+        for ids in ix.chunk_ids:
+            df, feats = store.load(mname, dname, S.batch_key(mname, ids))
             records.append(df)
             ok_ids = df.loc[df["status"] == "ok", "id"].tolist()
             for e in exts:
-                real[e].add(chunk.ids, arrays[f"feat_{e}"])
                 if e in feats and len(feats[e]):
                     fake[e].add(ok_ids, feats[e])
-        fail = _failure_frame(dname, failures, mname)
+        fail = _failure_frame(dname, ix.failures, mname)
         if len(fail):
             records.append(fail)
         for e in exts:  # realism: Fréchet distance of the anonymized set against the dataset's originals
-            if real[e].n < 2 or fake[e].n < max(2, int(S.cfg["fd_min_images"])):
+            if ix.real[e].n < 2 or fake[e].n < max(2, int(S.cfg["fd_min_images"])):
                 continue
-            for metric, value in realism.realism_metrics_streamed(e, real[e], fake[e]).items():
+            for metric, value in realism.realism_metrics_streamed(e, ix.real[e], fake[e]).items():
                 sets.append(dict(method=mname, dataset=dname, metric=metric, value=float(value), n=fake[e].n))
     return records, sets
 
@@ -1035,25 +1057,15 @@ def _run_batch(
         return df, {}
 
 
-def _first_items(S: Setup, prep: PrepStore, dname: str, n: int) -> list[Item]:
-    """The first ``n`` prepared items of a dataset, with their images."""
-    items: list[Item] = []
-    for chunk, _, _ in _chunks_of(S, prep, dname):
-        items += chunk.items[: n - len(items)]
-        if len(items) >= n:
-            break
-    load_images(S.sources[dname], S.preparer, items)
-    return items
-
-
-def _write_grid(S: Setup, prep: PrepStore, runner: MethodRunner, dname: str, n: int) -> None:
-    """samples/<method>__<dataset>.png: original / anonymized / recovered / wrong key for the first n faces."""
+def _write_grid(S: Setup, runner: MethodRunner, dname: str, items: list[Item]) -> None:
+    """samples/<method>__<dataset>.png: original / anonymized / recovered / wrong key for ``items`` (the
+    dataset's first prepared faces)."""
     method, master = runner.method, S.master
     src = S.sources[dname]
+    if not items:
+        return
     try:
-        items = _first_items(S, prep, dname, n)
-        if not items:
-            return
+        load_images(src, S.preparer, items)
         ids = [it.id for it in items]
         imgs = [it.image for it in items]
         keys = derive_keys(master, ids)
@@ -1076,16 +1088,14 @@ def _write_grid(S: Setup, prep: PrepStore, runner: MethodRunner, dname: str, n: 
         log.warning("sample grid for %s/%s failed: %s", runner.name, src.name, e)
 
 
-def _latency(S: Setup, prep: PrepStore, runner: MethodRunner, repeats: int) -> dict:
+def _latency(S: Setup, runner: MethodRunner, indexes: dict[str, DatasetIndex], repeats: int) -> dict:
+    """Anonymize timing on the first dataset's first ``LATENCY_BATCH`` prepared faces."""
     from g2face_eval.metrics.latency import measure
 
-    items: list[Item] = []
-    for dname in S.sources:
-        items = _first_items(S, prep, dname, 8)
-        if items:
-            break
+    dname, items = next(((d, ix.head[:LATENCY_BATCH]) for d, ix in indexes.items() if ix.head), (None, []))
     if not items:
         return {}
+    load_images(S.sources[dname], S.preparer, items)
     device = runner.device
     method = runner.method
     x = to_tensor([it.image for it in items]).to(device)

@@ -19,9 +19,9 @@ Statistics
 * ``FrechetStats``: streaming float64 mean / covariance (Chan et al. pairwise update), ``update(features)``,
   ``merge(other)``, ``state()`` -> dict of numpy arrays (gather across processes),
   ``FrechetStats.from_state``; covariance is the unbiased (N-1) one, as ``np.cov`` in torch-fidelity.
-* ``frechet_distance(mu1, sigma1, mu2, sigma2)`` with ``scipy.linalg.sqrtm`` (TTUR recipe: eps offset when the
-  product is singular; if sqrtm leaves a non-negligible imaginary part — rank-deficient covariances from few
-  samples — the trace of the square root falls back to the eigenvalue formula torch-fidelity uses).
+* ``frechet_distance(mu1, sigma1, mu2, sigma2)``: tr(sqrtm(s1 s2)) as the sum of square roots of the
+  eigenvalues of the symmetric PSD matrix s1^(1/2) s2 s1^(1/2) (two symmetric eigensolvers; exact also for
+  rank-deficient covariances, where scipy's ``sqrtm`` warns); equal to torch-fidelity's value (tests).
 * ``frechet_distance_features(f1, f2)``: same value from feature sets; exact low-rank shortcut (nuclear norm
   of A1 A2^T) when a set has no more samples than dimensions.
 * ``kid(f1, f2, subsets=100, subset_size=1000, ...)`` -> (mean, std): unbiased MMD^2 with the polynomial
@@ -158,7 +158,7 @@ def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(ev, 0, None)).sum())
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(s1) + tr(s2) - 2 tr(sqrtm(s1 s2)) (the FID formula; torch-fidelity's value to
     float precision, see tests)."""
     mu1, mu2 = np.atleast_1d(_np64(mu1)), np.atleast_1d(_np64(mu2))

@@ -7,7 +7,9 @@
   data_range=R, channel_axis=-1)``: 11x11 gaussian window (sigma 1.5, truncate 3.5 -> radius 5), K1 0.01,
   K2 0.03, population covariance, SSIM map averaged per channel over the interior (skimage crops a 5-pixel
   border, which is exactly the set of positions whose window lies inside the image, so a 'valid'
-  convolution reproduces it without any padding choice), then averaged over channels. Computed in float64.
+  convolution reproduces it without any padding choice), then averaged over channels. Computed in float64
+  on the CPU (OpenCV's separable filter: the border rows it pads are cropped, so its padding mode never
+  enters the result); a CUDA batch is copied to the host.
 * ``LPIPS(net="alex"|"vgg")``: the ``lpips`` package's linear heads (shipped inside it) on a backbone loaded
   from  the zoo's user file ("lpips_alex" / "lpips_vgg": a torchvision alexnet / vgg16 state dict) — never
   downloaded. A missing backbone raises ``MetricUnavailable``.
@@ -51,16 +53,6 @@ def _gaussian_1d(sigma: float, truncate: float, dtype, device) -> torch.Tensor:
     return w / w.sum()
 
 
-def _band(n: int, g: torch.Tensor) -> torch.Tensor:
-    """(n - k + 1, n) matrix whose rows are the kernel ``g`` shifted by one: ``_band(n, g) @ t`` is the 'valid'
-    correlation of each column of ``t`` with ``g`` (float64 matmuls are ~3x faster than float64 conv2d)."""
-    k = g.numel()
-    rows = torch.arange(n - k + 1, device=g.device)[:, None]
-    m = torch.zeros(n - k + 1, n, dtype=g.dtype, device=g.device)
-    m.scatter_(1, rows + torch.arange(k, device=g.device)[None], g.expand(n - k + 1, k))
-    return m
-
-
 def ssim(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -72,24 +64,30 @@ def ssim(
 ) -> torch.Tensor:
     r = _check_range(data_range)
     _pair(a, b)
+    import cv2
+    import numpy as np
+
     B, C, H, W = a.shape
-    g = _gaussian_1d(sigma, 3.5, torch.float64, a.device)
-    win = g.numel()
-    if H < win or W < win:
-        raise ValueError(f"ssim needs images of at least {win}x{win}, got {H}x{W}")
-    x = a.detach().double().reshape(B * C, H, W)
-    y = b.detach().double().reshape(B * C, H, W)
-    gh, gw = _band(H, g), _band(W, g).T
-
-    def filt(t: torch.Tensor) -> torch.Tensor:  # separable gaussian, 'valid' region only, as two BLAS matmuls
-        return gh @ t @ gw
-
-    ux, uy = filt(x), filt(y)
-    uxx, uyy, uxy = filt(x * x), filt(y * y), filt(x * y)
-    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    g = _gaussian_1d(sigma, 3.5, torch.float64, "cpu").numpy()
+    p = g.size // 2
+    if H < g.size or W < g.size:
+        raise ValueError(f"ssim needs images of at least {g.size}x{g.size}, got {H}x{W}")
+    x = a.detach().double().cpu().reshape(B * C, H, W).numpy()
+    y = b.detach().double().cpu().reshape(B * C, H, W).numpy()
     c1, c2 = (k1 * r) ** 2, (k2 * r) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2)).view(B, C).mean(1)
+
+    def filt(t: np.ndarray) -> np.ndarray:  # separable gaussian (float64, OpenCV), 'valid' region only
+        return cv2.sepFilter2D(t, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)[p : H - p, p : W - p]
+
+    out = np.empty(B * C)
+    for i in range(B * C):  # one channel at a time: the working set stays in cache
+        xi, yi = x[i], y[i]
+        ux, uy = filt(xi), filt(yi)
+        uxx, uyy, uxy = filt(xi * xi), filt(yi * yi), filt(xi * yi)
+        vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+        s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+        out[i] = s.mean()
+    return torch.from_numpy(out.reshape(B, C).mean(1))
 
 
 # ---- LPIPS -------------------------------------------------------------------------------------------------

@@ -358,7 +358,8 @@ class FeatureExtractorEffNetLite0(_TFBase):
 
     def __init__(self, name: str, features_list, feature_extractor_weights_path: str | None = None, **kwargs):
         super().__init__(name, list(features_list))
-        self.net = load_effnet_lite0(feature_extractor_weights_path)
+        # channels_last: the depthwise convolutions run ~1.4x faster on CPU (features differ by ~1e-5)
+        self.net = load_effnet_lite0(feature_extractor_weights_path).to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(EFFNET_LITE_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(EFFNET_LITE_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
@@ -388,7 +389,7 @@ class FeatureExtractorEffNetLite0(_TFBase):
             h = F.interpolate(
                 h, size=(self.INPUT_IMAGE_SIZE,) * 2, mode="bilinear", align_corners=False, antialias=True
             )
-        h = (h - self.mean) / self.std
+        h = ((h - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         feats = self.net.features(h)
         out = {"1280": feats}
         if "logits" in self.features_list:
@@ -441,7 +442,7 @@ EXTRACTORS.add(
     "effnet_lite0",
     ExtractorSpec(
         "effnet_lite0",
-        "effnet-lite0/same-pad/bilinear-aa-224/tf-lite-norm/v1",
+        "effnet-lite0/same-pad/bilinear-aa-224/tf-lite-norm/channels-last/v2",
         1280,
         "effnet_lite0",
         "fd_effnet_lite0",

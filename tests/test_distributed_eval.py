@@ -28,9 +28,9 @@ CFG = {
 }
 
 
-def _run(tmp: Path, nproc: int) -> Path:
+def _run(tmp: Path, nproc: int, crash: str | None = None, cfg: dict | None = None) -> Path | None:
     (tmp / "cfg.json").write_text(
-        json.dumps({**CFG, "cache_dir": str(tmp / "cache"), "reports_dir": str(tmp / "reports")})
+        json.dumps({**(cfg or CFG), "cache_dir": str(tmp / "cache"), "reports_dir": str(tmp / "reports")})
     )
     args = [
         "-m",
@@ -47,9 +47,14 @@ def _run(tmp: Path, nproc: int) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("G2FACE_CRASH_AT", None)
+    if crash:
+        env["G2FACE_CRASH_AT"] = crash
     p = subprocess.run(
         [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
+    if crash:
+        assert p.returncode != 0, "the crash point was never reached"
+        return None
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     (d,) = [q for q in (tmp / "results").iterdir() if q.is_dir() and q.name != "mlartifacts"]
     return d
@@ -96,3 +101,42 @@ def test_work_was_sharded_and_mlflow_finished(runs):
     shards = json.loads((two / "shards.json").read_text())
     assert shards["world_size"] == 2 and len(shards["batches"]) == 6
     assert sorted(shards["batches"].values()) == [0, 0, 0, 0, 1, 1]  # batches 0, 2 -> rank 0; 1 -> rank 1
+
+
+def test_killed_distributed_run_keeps_every_rank_batches_and_resumes(runs, tmp_path):
+    """kill -9 of every rank at its 2nd persisted batch: the 4 batches persisted so far (2 per rank) survive
+    on disk, and rerunning the command (here with one process) computes only the rest and equals the
+    uninterrupted run."""
+    one, _ = runs
+    assert _run(tmp_path, 2, crash="batch_saved:2") is None
+    (d,) = [q for q in (tmp_path / "results").iterdir() if q.is_dir() and q.name != "mlartifacts"]
+    kept = {p: p.stat().st_mtime_ns for p in (d / "batches").rglob("*.parquet")}
+    # each rank dies at its 2nd saved batch (rank 0: chunk 0's two methods; rank 1: chunk 1's), unless
+    # torchrun stopped it first when the other rank died
+    assert 2 <= len(kept) <= 4
+    assert _run(tmp_path, 1) == d
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # not recomputed
+    a, b = (
+        pd.read_parquet(x / "records.parquet").sort_values(["method", "dataset", "id"]).reset_index(drop=True)
+        for x in (one, d)
+    )
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_identification_gallery_is_sharded_and_equal_to_single_process(tmp_path, datasets_root):
+    """celeba_id: the gallery chunks are prepared by both ranks (each its share), then read whole by each;
+    identification hits equal the single-process run."""
+    cfg = {**CFG, "methods": ["pixelate_8"], "datasets": ["celeba_id"], "limit": 4, "gallery_per_identity": 2,
+           "datasets_root": str(datasets_root), "detectors": []}
+    for sub in ("one", "two"):
+        (tmp_path / sub).mkdir()
+    one, two = _run(tmp_path / "one", 1, cfg=cfg), _run(tmp_path / "two", 2, cfg=cfg)
+    a, b = (
+        pd.read_parquet(d / "records.parquet").sort_values(["method", "dataset", "id"]).reset_index(drop=True)
+        for d in (one, two)
+    )
+    assert len(a) == 4 and "id_rank1_sface" in a and a.id_rank1_original_sface.notna().all()
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    gallery = [p for p in (two / "prepared" / "celeba_id").glob("*.parquet")
+               if pd.read_parquet(p).meta.map(json.loads).map(lambda m: m.get("role")).eq("gallery").all()]
+    assert len(gallery) == 4  # 8 gallery images in chunks of 2, each persisted once

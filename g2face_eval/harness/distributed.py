@@ -6,20 +6,23 @@ record exchange always uses a gloo group since records are host objects).
 1. Every rank builds the same setup as ``evaluate`` (config, oracles, methods, dataset sources: ids only).
 2. The work is sharded by chunk: chunk ``i`` of a dataset belongs to rank ``i % world``. Each rank prepares
    its own chunks only (loading, face detection, the originals' embeddings, meshes and realism features) and
-   runs every method on them (``evaluate.compute`` without saving). The ``celeba_id`` gallery is prepared once
-   per rank (it is needed whole by every rank for identification; a few hundred images).
-3. Prepared-chunk entries and per-image records/feature vectors are gathered to rank 0 (``gather_object``),
-   which persists them in the run's stores.
+   runs every method on them (``evaluate.compute``), persisting each prepared chunk and each method's batch in
+   the run's stores as it completes (atomic writes; ranks never write the same file). The ``celeba_id``
+   gallery is sharded the same way, then (after a barrier) read whole by every rank.
+3. The ranks' lists of computed batches (provenance only) are gathered to rank 0.
 4. Rank 0 then runs the ordinary ``evaluate``: every chunk and batch is found done, so aggregates, Fréchet
    statistics, bootstrap CIs, files and MLflow runs are produced by the same code as a single-process run --
    every metric equals the single-process result.
 
-Batches already in the store (an interrupted run being resumed) are skipped on every rank.
+The results folder must be shared by the ranks (one machine, or a shared filesystem). A run killed at any
+point keeps every batch persisted so far on every rank; rerunning the command (with any number of ranks)
+skips them.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -29,6 +32,8 @@ from g2face_eval.harness import config as C
 from g2face_eval.harness import evaluate as E
 from g2face_eval.harness.prepare import PrepStore
 from g2face_eval.harness.records import BatchStore
+
+TIMEOUT = timedelta(hours=4)
 
 
 def world() -> tuple[int, int, int]:
@@ -48,8 +53,9 @@ def _init(cfg: dict):
         cfg["device"] = f"cuda:{local}"
     own = not dist.is_initialized()
     if own:
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=n)
-    group = dist.new_group(backend="gloo") if use_cuda else None
+        # ranks wait for each other at the gallery barrier and while rank 0 aggregates: allow long waits
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=n, timeout=TIMEOUT)
+    group = dist.new_group(backend="gloo", timeout=TIMEOUT) if use_cuda else None
     return rank, n, group, own
 
 
@@ -59,25 +65,15 @@ def evaluate_distributed(cfg: dict | None = None, **kw) -> dict | None:
     rank, n, group, own = _init(cfg)
     try:
         S = E.setup(cfg)
-        store, prep = BatchStore(S.run_dir), PrepStore(S.run_dir)  # read-only on ranks > 0
-        work = E.compute(S, prep, store, rank=rank, world=n, save=False, progress=False)
+        store, prep = BatchStore(S.run_dir), PrepStore(S.run_dir)  # sweeps stale .tmp files: before any write
+        dist.barrier(group=group)
+        done = E.compute(S, prep, store, rank=rank, world=n, sync=lambda: dist.barrier(group=group),
+                         progress=rank == 0 and kw.get("progress", True) and not kw.get("quiet", False))
         gathered = [None] * n if rank == 0 else None
-        dist.gather_object(work, gathered, dst=0, group=group)
+        dist.gather_object(done, gathered, dst=0, group=group)  # provenance only: the work is on disk
         res = None
         if rank == 0:
-            shards = {}
-            for r, part in enumerate(gathered):
-                for dname, entries in part["gallery"].items():
-                    for key, df, arrays in entries:
-                        if not prep.done(dname, key):
-                            prep.save(dname, key, df, arrays)
-                for dname, key, df, arrays in part["prep"]:
-                    if not prep.done(dname, key):
-                        prep.save(dname, key, df, arrays)
-                for mname, dname, bkey, df, feats in part["batches"]:
-                    shards[f"{mname}/{dname}/{bkey}"] = r
-                    if not store.done(mname, dname, bkey):
-                        store.save(mname, dname, bkey, df, feats)
+            shards = {f"{m}/{d}/{k}": r for r, part in enumerate(gathered) for m, d, k in part}
             res = E.evaluate(cfg, **kw)
             from g2face_eval.harness.records import atomic_write_json
 

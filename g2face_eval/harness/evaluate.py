@@ -724,34 +724,35 @@ def compute(
     *,
     rank: int = 0,
     world: int = 1,
-    save: bool = True,
+    sync=None,
     progress: bool = True,
     interrupt_after: int | None = None,
-) -> dict:
+) -> list[tuple[str, str, str]]:
     """Prepare every chunk and run every method on it, chunk by chunk (one chunk's images in memory at a
-    time). Chunk ``i`` of a dataset belongs to rank ``i % world``. With ``save`` the work is persisted as it
-    completes (``prep`` and ``store``); without it (the non-zero ranks of a distributed run) it is returned:
-    ``{"prep": [(dataset, key, entry, arrays)], "batches": [(method, dataset, key, records, features)],
-    "gallery": {dataset: [(key, entry, arrays)]}}``."""
+    time), persisting each prepared chunk (``prep``) and each method's batch (``store``) as it completes, so
+    an interrupted run resumes where it stopped. Chunk ``i`` of a dataset (and of the ``celeba_id`` gallery)
+    belongs to rank ``i % world``; with several ranks, ``sync()`` (a barrier) is called once the gallery
+    shards are persisted, then every rank reads the whole gallery from the store. Returns the
+    ``(method, dataset, batch key)`` computed in this call."""
     from tqdm import tqdm
 
     bs = int(S.cfg["batch_size"])
-    out: dict = {"prep": [], "batches": [], "gallery": {}}
-    done_count = 0
+    done: list[tuple[str, str, str]] = []
     for dname, src in S.sources.items():
         gallery = None
         if src.gallery_ids:
-            gallery, new = prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs, save)
-            out["gallery"][dname] = new
+            if world > 1:
+                prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs, shard=(rank, world))
+                if sync is not None:
+                    sync()
+            gallery = prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs)
         chunks = src.chunks(src.ids, bs)
         bar = tqdm(chunks, desc=f"{dname}", unit="batch", disable=not progress, leave=False)
         labels = set(gallery.labels.tolist()) if gallery is not None else None
         for i, ids in enumerate(bar):
             if i % world != rank:
                 continue
-            chunk, arrays, entry = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels, save)
-            if entry is not None and not save:
-                out["prep"].append((dname, chunk.key, entry, arrays))
+            chunk, arrays = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
             if not chunk.items:
                 continue
             todo = [m for m in S.runners if not store.done(m, dname, S.batch_key(m, chunk.ids))]
@@ -760,21 +761,18 @@ def compute(
             load_images(src, S.preparer, chunk.items)
             ctx = BatchContext.build(chunk, arrays, gallery)
             for m in todo:
-                if interrupt_after is not None and done_count >= interrupt_after:
-                    raise Interrupted(f"simulated interruption after {done_count} batches")
+                if interrupt_after is not None and len(done) >= interrupt_after:
+                    raise Interrupted(f"simulated interruption after {len(done)} batches")
                 bar.set_postfix_str(m)
                 df, feats = _run_batch(S.runners[m], chunk.items, ctx, S.oracles, S.master, dname)
                 df.insert(1, "dataset", dname)
                 df.insert(2, "method", m)
                 df.insert(3, "status", df.pop("status") if "status" in df else "ok")
                 key = S.batch_key(m, chunk.ids)
-                if save:
-                    store.save(m, dname, key, df, feats)
-                else:
-                    out["batches"].append((m, dname, key, df, feats))
-                done_count += 1
+                store.save(m, dname, key, df, feats)
+                done.append((m, dname, key))
             drop_images(chunk.items)
-    return out
+    return done
 
 
 def evaluate(
@@ -911,12 +909,12 @@ def index_dataset(S: Setup, prep: PrepStore, dname: str, n_head: int) -> Dataset
     bs = int(S.cfg["batch_size"])
     labels = None
     if src.gallery_ids:
-        gallery, _ = prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs)
+        gallery = prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs)
         labels = set(gallery.labels.tolist())
     exts = S.oracles.extractors
     ix = DatasetIndex([], [], {e: realism.RealismAccumulator(x.dim) for e, x in exts.items()}, [])
     for i, ids in enumerate(src.chunks(src.ids, bs)):
-        chunk, arrays, _ = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
+        chunk, arrays = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
         ix.failures += chunk.failures
         if not chunk.items:
             continue

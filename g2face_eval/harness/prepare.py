@@ -338,13 +338,16 @@ def _from_entry(df: pd.DataFrame) -> tuple[list[Item], list[tuple[str, str, dict
 
 
 def prepare_gallery(src: DatasetSource, preparer: Preparer, oracles, store: PrepStore | None, chash: str,
-                    chunk_size: int, save: bool = True) -> tuple[Gallery, list[tuple[str, pd.DataFrame, dict]]]:
-    """The identification gallery (embeddings + labels), prepared chunk by chunk; returns it and the entries
-    computed in this call (persisted in ``store`` when ``save``, else returned for the caller to gather)."""
+                    chunk_size: int, shard: tuple[int, int] = (0, 1)) -> Gallery:
+    """The identification gallery (embeddings + labels), prepared chunk by chunk and persisted in ``store``.
+    ``shard=(rank, world)``: only chunks ``i % world == rank`` (a distributed run prepares its share first,
+    then every rank reads the whole gallery from the store); the returned gallery then holds that share."""
     embs: dict[str, list[np.ndarray]] = {r: [] for r in oracles.recognizers}
     labels: list[str] = []
-    new = []
-    for ids in src.chunks(src.gallery_ids, chunk_size):
+    rank, world = shard
+    for i, ids in enumerate(src.chunks(src.gallery_ids, chunk_size)):
+        if i % world != rank:
+            continue
         key = chunk_key(chash, "gallery", src.name, ids)
         if store is not None and store.done(src.name, key):
             df, arrays = store.load(src.name, key)
@@ -354,13 +357,12 @@ def prepare_gallery(src: DatasetSource, preparer: Preparer, oracles, store: Prep
             arrays = {f"emb_{r}": _embed(oracles, r, src.name, items) for r in oracles.recognizers}
             df = _entry(items, fails)
             drop_images(items)
-            if store is not None and save:
+            if store is not None:
                 store.save(src.name, key, df, arrays)
-            new.append((key, df, arrays))
         for r in oracles.recognizers:
             embs[r].append(arrays[f"emb_{r}"])
         labels += [it.meta["identity"] for it in items]
-    return Gallery({r: _cat(v) for r, v in embs.items()}, np.asarray(labels)), new
+    return Gallery({r: _cat(v) for r, v in embs.items()}, np.asarray(labels))
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
@@ -400,19 +402,18 @@ def reference_arrays(oracles, dataset: str, items: list[Item]) -> dict[str, np.n
 
 
 def prepare_chunk(src: DatasetSource, preparer: Preparer, oracles, store: PrepStore | None, chash: str,
-                  index: int, ids: list[str], gallery_labels: set[str] | None, save: bool = True
-                  ) -> tuple[Chunk, dict[str, np.ndarray], pd.DataFrame | None]:
-    """One chunk's prepared items and reference data. Returns ``(chunk, arrays, entry)``: ``arrays`` are the
+                  index: int, ids: list[str], gallery_labels: set[str] | None
+                  ) -> tuple[Chunk, dict[str, np.ndarray]]:
+    """One chunk's prepared items and reference data. Returns ``(chunk, arrays)``: ``arrays`` are the
     reference arrays (original embeddings ``emb_<rec>``, ``mesh_landmarks``, realism features
-    ``feat_<extractor>``). When the chunk was prepared in this call, its items hold their images and ``entry``
-    is its record table (saved to ``store`` when ``save``); when it was found in ``store``, images are not
-    loaded and ``entry`` is None."""
+    ``feat_<extractor>``). When the chunk was prepared in this call, its items hold their images and it is
+    saved to ``store``; when it was found in ``store``, images are not loaded."""
     key = chunk_key(chash, "probe" if gallery_labels is not None else "items", src.name, ids)
     if store is not None and store.done(src.name, key):
         df, arrays = store.load(src.name, key)
         items, fails = _from_entry(df)
         emb = {r: arrays[f"emb_{r}"] for r in oracles.recognizers}
-        return Chunk(src.name, index, key, items, fails, emb), arrays, None
+        return Chunk(src.name, index, key, items, fails, emb), arrays
     items, fails = load_prepare(src, preparer, ids, "probe" if gallery_labels is not None else None)
     if gallery_labels is not None:  # probes whose identity has no usable gallery photo cannot be identified
         keep = []
@@ -424,7 +425,7 @@ def prepare_chunk(src: DatasetSource, preparer: Preparer, oracles, store: PrepSt
         items = keep
     arrays = reference_arrays(oracles, src.name, items)
     df = _entry(items, fails)
-    if store is not None and save:
+    if store is not None:
         store.save(src.name, key, df, arrays)
     emb = {r: arrays[f"emb_{r}"] for r in oracles.recognizers}
-    return Chunk(src.name, index, key, items, fails, emb), arrays, df
+    return Chunk(src.name, index, key, items, fails, emb), arrays

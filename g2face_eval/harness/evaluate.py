@@ -326,11 +326,7 @@ def batch_metrics(
     n = len(items)
     orig = [it.image for it in items]
     faces = [it.face for it in items]
-    cols: dict[str, Any] = {"id": [it.id for it in items]}
-    for k in META_COLUMNS:
-        vals = [it.meta.get(k) for it in items]
-        if any(v is not None for v in vals):
-            cols[k] = vals
+    cols: dict[str, Any] = {"id": [it.id for it in items], **meta_columns([it.meta for it in items])}
     cols["psnr"] = _psnr(anon, orig)
     cols["ssim"] = _ssim(anon, orig)
     if oracles.lpips is not None:
@@ -635,20 +631,21 @@ def _save_png(path: Path, img: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # the evaluation
 # ----------------------------------------------------------------------------------------------------------
+def meta_columns(metas: list[dict]) -> dict[str, list]:
+    """The metadata columns (``META_COLUMNS``) of per-image records, each kept when any image has it."""
+    cols = {}
+    for k in META_COLUMNS:
+        vals = [m.get(k) for m in metas]
+        if any(v is not None for v in vals):
+            cols[k] = vals
+    return cols
+
+
 def _failure_frame(dataset: str, failures: list[tuple[str, str, dict]], method: str) -> pd.DataFrame:
-    rows = []
-    for sid, reason, meta in failures:
-        rows.append(
-            {
-                "id": sid,
-                "dataset": dataset,
-                "method": method,
-                "status": "failed",
-                "reason": reason,
-                **{k: v for k, v in meta.items() if k in META_COLUMNS},
-            }
-        )
-    return pd.DataFrame(rows)
+    return pd.DataFrame({
+        "id": [sid for sid, _, _ in failures], "dataset": dataset, "method": method, "status": "failed",
+        "reason": [reason for _, reason, _ in failures], **meta_columns([meta for _, _, meta in failures]),
+    })
 
 
 def build_method(name: str, cfg: dict, device: str):
@@ -755,7 +752,8 @@ def compute(
             chunk, arrays = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
             if not chunk.items:
                 continue
-            todo = [m for m in S.runners if not store.done(m, dname, S.batch_key(m, chunk.ids))]
+            bkeys = {m: S.batch_key(m, chunk.ids) for m in S.runners}
+            todo = [m for m in S.runners if not store.done(m, dname, bkeys[m])]
             if not todo:
                 continue
             load_images(src, S.preparer, chunk.items)
@@ -768,9 +766,8 @@ def compute(
                 df.insert(1, "dataset", dname)
                 df.insert(2, "method", m)
                 df.insert(3, "status", df.pop("status") if "status" in df else "ok")
-                key = S.batch_key(m, chunk.ids)
-                store.save(m, dname, key, df, feats)
-                done.append((m, dname, key))
+                store.save(m, dname, bkeys[m], records=df, arrays=feats)
+                done.append((m, dname, bkeys[m]))
             drop_images(chunk.items)
     return done
 
@@ -1047,12 +1044,9 @@ def _run_batch(
     except Exception as e:  # noqa: BLE001 - a method crashing on a batch: failure records, the run continues
         log.warning("%s failed on a batch of %s: %s", runner.name, dname, e)
         tb = traceback.format_exception_only(type(e), e)[-1].strip()
-        df = pd.DataFrame({"id": ids, "status": "failed", "reason": f"method error: {tb}"[:500]})
-        for k in META_COLUMNS:
-            vals = [it.meta.get(k) for it in batch]
-            if any(v is not None for v in vals):
-                df[k] = vals
-        return df, {}
+        reason = f"method error: {tb}"[:500]
+        return pd.DataFrame({"id": ids, "status": "failed", "reason": reason,
+                             **meta_columns([it.meta for it in batch])}), {}
 
 
 def _write_grid(S: Setup, runner: MethodRunner, dname: str, items: list[Item]) -> None:

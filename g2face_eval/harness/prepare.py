@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from g2face_eval.harness.records import BatchStore, digest
+from g2face_eval.harness.records import RecordStore, digest
 
 log = logging.getLogger("g2face_eval.evaluate")
 
@@ -275,28 +275,11 @@ def drop_images(items: list[Item]) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # persisted reference data of a chunk
 # ----------------------------------------------------------------------------------------------------------
-class PrepStore(BatchStore):
+class PrepStore(RecordStore):
     """The run's ``prepared/<dataset>/<chunk key>.{npz,parquet}`` entries."""
 
     folder = "prepared"
     crash_prefix = "prep"
-
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(run_dir)
-
-    def done(self, dataset: str, key: str) -> bool:  # type: ignore[override]
-        return super().done("_", dataset, key)
-
-    def save(self, dataset: str, key: str, records: pd.DataFrame, arrays: dict[str, np.ndarray]) -> None:  # type: ignore[override]
-        super().save("_", dataset, key, records, arrays)
-
-    def load(self, dataset: str, key: str):  # type: ignore[override]
-        return super().load("_", dataset, key)
-
-    def _base(self, method: str, dataset: str, key: str) -> Path:
-        from g2face_eval.harness.records import safe_name
-
-        return self.root / safe_name(dataset) / key
 
 
 def chunk_key(chash: str, kind: str, dataset: str, ids: list[str]) -> str:
@@ -358,7 +341,7 @@ def prepare_gallery(src: DatasetSource, preparer: Preparer, oracles, store: Prep
             df = _entry(items, fails)
             drop_images(items)
             if store is not None:
-                store.save(src.name, key, df, arrays)
+                store.save(src.name, key, records=df, arrays=arrays)
         for r in oracles.recognizers:
             embs[r].append(arrays[f"emb_{r}"])
         labels += [it.meta["identity"] for it in items]
@@ -426,6 +409,6 @@ def prepare_chunk(src: DatasetSource, preparer: Preparer, oracles, store: PrepSt
     arrays = reference_arrays(oracles, src.name, items)
     df = _entry(items, fails)
     if store is not None:
-        store.save(src.name, key, df, arrays)
+        store.save(src.name, key, records=df, arrays=arrays)
     emb = {r: arrays[f"emb_{r}"] for r in oracles.recognizers}
     return Chunk(src.name, index, key, items, fails, emb), arrays

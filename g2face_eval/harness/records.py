@@ -112,11 +112,14 @@ class ArrayCache:
         atomic.write_via(self._path(namespace, key), w)
 
 
-class BatchStore:
-    """Completed (method, dataset, batch) records of one run; a batch present here is skipped on rerun."""
+class RecordStore:
+    """Completed units of work of one run, each a records table (``.parquet``) plus named arrays (``.npz``)
+    under ``<run>/<folder>/<part>/.../<key>``; a unit present here is skipped on rerun. Subclasses name the
+    folder and the parts: ``BatchStore`` (method, dataset, batch key), ``prepare.PrepStore`` (dataset, chunk
+    key)."""
 
-    folder = "batches"
-    crash_prefix = "batch"  # crashpoints hit: <prefix>_npz, <prefix>_saved
+    folder = "records"
+    crash_prefix = "records"  # crashpoints hit: <prefix>_npz, <prefix>_saved
 
     def __init__(self, run_dir: Path) -> None:
         self.root = Path(run_dir) / self.folder
@@ -128,32 +131,38 @@ class BatchStore:
                 except OSError:
                     pass
 
-    @staticmethod
-    def batch_key(ids: list[str]) -> str:
-        """Digest of the batch's identity: callers prefix the config and method hashes to the image ids."""
-        return digest(*ids)[:16]
+    def _base(self, parts: tuple[str, ...]) -> Path:
+        *folders, key = parts
+        return self.root.joinpath(*(safe_name(f) for f in folders), key)
 
-    def _base(self, method: str, dataset: str, key: str) -> Path:
-        return self.root / safe_name(method) / safe_name(dataset) / key
-
-    def done(self, method: str, dataset: str, key: str) -> bool:
-        b = self._base(method, dataset, key)
+    def done(self, *parts: str) -> bool:
+        b = self._base(parts)
         return b.with_suffix(".parquet").exists() and b.with_suffix(".npz").exists()
 
-    def save(
-        self, method: str, dataset: str, key: str, records: pd.DataFrame, features: dict[str, np.ndarray]
-    ) -> None:
+    def save(self, *parts: str, records: pd.DataFrame, arrays: dict[str, np.ndarray]) -> None:
         from g2face_eval import crashpoints
 
-        b = self._base(method, dataset, key)
-        write_npz(b.with_suffix(".npz"), features)  # features first: .parquet marks completion
+        b = self._base(parts)
+        write_npz(b.with_suffix(".npz"), arrays)  # arrays first: .parquet marks completion
         crashpoints.hit(f"{self.crash_prefix}_npz")
         write_table(records, b.with_suffix(".parquet"))
         crashpoints.hit(f"{self.crash_prefix}_saved")
 
-    def load(self, method: str, dataset: str, key: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-        b = self._base(method, dataset, key)
+    def load(self, *parts: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        b = self._base(parts)
         df = pd.read_parquet(b.with_suffix(".parquet"))
         with np.load(b.with_suffix(".npz"), allow_pickle=False) as z:
-            feats = {k: z[k] for k in z.files}
-        return df, feats
+            arrays = {k: z[k] for k in z.files}
+        return df, arrays
+
+
+class BatchStore(RecordStore):
+    """Completed (method, dataset, batch) records of one run and the outputs' feature vectors."""
+
+    folder = "batches"
+    crash_prefix = "batch"
+
+    @staticmethod
+    def batch_key(ids: list[str]) -> str:
+        """Digest of the batch's identity: callers prefix the config and method hashes to the image ids."""
+        return digest(*ids)[:16]

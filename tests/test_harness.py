@@ -116,6 +116,28 @@ def test_sanity_strong_vs_tiny_vs_identity(small_run):
     )
 
 
+def test_demographics_break_down_every_per_image_metric(small_run):
+    """utkface: every per-image metric per gender/race/age band, with the aggregate table's aggregation --
+    each value equals the records' mean over that group."""
+    res, _ = small_run
+    demo = res["demographics"]
+    rec = res["records"]
+    u = rec[(rec.status == "ok") & (rec.dataset == "utkface")]
+    assert {"gender", "race", "age_band"} <= set(demo.attribute)
+    for metric in ("deid_success_rate_sface", "ssim", "pose_error_deg", "detection_rate_yunet",
+                   "recovery_psnr"):
+        d = demo[(demo.metric == metric) & (demo.attribute == "gender") & (demo.dataset == "utkface")]
+        assert not d.empty, metric
+        for r in d.itertuples():
+            v = u[(u.method == r.method) & (u.gender == r.group)][metric].to_numpy(float)
+            v = v[np.isfinite(v)]
+            assert r.n == v.size and r.value == pytest.approx(v.mean(), abs=1e-12), (metric, r.method, r.group)
+            assert r.ci_lo <= r.value + 1e-12 <= r.ci_hi + 2e-12
+    agg = res["aggregate"]
+    a = agg[(agg.metric == "ssim")].aggregation.iloc[0]
+    assert set(demo[demo.metric == "ssim"].aggregation) == {a}
+
+
 def test_mlflow_parent_children_artifacts(small_run):
     import mlflow
 

@@ -421,10 +421,26 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c not in NON_METRIC and pd.api.types.is_numeric_dtype(df[c])]
 
 
+def summarize(metric: str, values: np.ndarray, n_boot: int, seed: int) -> dict | None:
+    """One per-image metric's finite values -> its declared aggregate with a bootstrap 95% CI (a "rate" whose
+    values are not all 0/1 is averaged as a mean), or None when no value is finite."""
+    from g2face_eval.metrics import bootstrap
+
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return None
+    sp = _spec(metric)
+    agg = sp.aggregation if sp.aggregation in ("mean", "rate", "median") else "mean"
+    if agg == "rate" and not np.isin(v, (0.0, 1.0)).all():
+        agg = "mean"
+    lo, hi = bootstrap.ci(v, agg, n_boot, seed)
+    return dict(metric=metric, value=bootstrap.aggregate(v, agg), ci_lo=lo, ci_hi=hi, n=int(v.size),
+                aggregation=agg, higher_is_better=sp.higher_is_better)
+
+
 def aggregate(
     records: pd.DataFrame, set_metrics: list[dict], latency: dict, n_boot: int, seed: int
 ) -> pd.DataFrame:
-    from g2face_eval.metrics import bootstrap
 
     rows = []
     for (method, dataset), g in records.groupby(["method", "dataset"], sort=True):
@@ -457,28 +473,9 @@ def aggregate(
             )
         )
         for c in metric_columns(ok):
-            v = ok[c].to_numpy(dtype=np.float64)
-            v = v[np.isfinite(v)]
-            if v.size == 0:
-                continue
-            sp = _spec(c)
-            agg = sp.aggregation if sp.aggregation in ("mean", "rate", "median") else "mean"
-            if agg == "rate" and not np.isin(v, (0.0, 1.0)).all():
-                agg = "mean"
-            lo, hi = bootstrap.ci(v, agg, n_boot, seed)
-            rows.append(
-                dict(
-                    method=method,
-                    dataset=dataset,
-                    metric=c,
-                    value=bootstrap.aggregate(v, agg),
-                    ci_lo=lo,
-                    ci_hi=hi,
-                    n=int(v.size),
-                    aggregation=agg,
-                    higher_is_better=sp.higher_is_better,
-                )
-            )
+            row = summarize(c, ok[c].to_numpy(dtype=np.float64), n_boot, seed)
+            if row is not None:
+                rows.append(dict(method=method, dataset=dataset, **row))
     for s in set_metrics:
         sp = _spec(s["metric"])
         rows.append(
@@ -529,41 +526,30 @@ def aggregate(
     return df
 
 
-def demographics(records: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
-    """De-identification rates per demographic group (gender, race, age band) where labelled."""
-    from g2face_eval.metrics import bootstrap
+DEMOGRAPHIC_ATTRIBUTES = ("gender", "race", "age_band")
 
+
+def demographics(records: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """Every per-image metric per demographic group (gender, race, age band) where labelled, aggregated as
+    in the aggregate table (declared aggregation, bootstrap 95% CI). Set metrics (Fréchet distances) are not
+    broken down."""
+    cols = ["method", "dataset", "attribute", "group", "metric", "value", "ci_lo", "ci_hi", "n", "aggregation",
+            "higher_is_better"]
     rows = []
     ok = records[records["status"] == "ok"]
-    metrics = [c for c in ok.columns if c.startswith(("deid_success_rate_", "deid_mean_similarity_"))]
-    for attr in ("gender", "race", "age_band"):
+    metrics = metric_columns(ok)
+    for attr in DEMOGRAPHIC_ATTRIBUTES:
         if attr not in ok.columns:
             continue
         sub = ok[ok[attr].notna()]
         for (method, dataset, grp), g in sub.groupby(["method", "dataset", attr], sort=True):
             for m in metrics:
-                v = g[m].to_numpy(np.float64)
-                v = v[np.isfinite(v)]
-                if v.size == 0:
-                    continue
-                agg = "rate" if m.startswith("deid_success_rate_") else "mean"
-                lo, hi = bootstrap.ci(v, agg, n_boot, seed)
-                rows.append(
-                    dict(
-                        method=method,
-                        dataset=dataset,
-                        attribute=attr,
-                        group=str(grp),
-                        metric=m,
-                        value=float(v.mean()),
-                        ci_lo=lo,
-                        ci_hi=hi,
-                        n=int(v.size),
-                    )
-                )
-    return pd.DataFrame(
-        rows, columns=["method", "dataset", "attribute", "group", "metric", "value", "ci_lo", "ci_hi", "n"]
-    )
+                row = summarize(m, g[m].to_numpy(np.float64), n_boot, seed)
+                if row is not None:
+                    rows.append(dict(method=method, dataset=dataset, attribute=attr, group=str(grp), **row))
+    df = pd.DataFrame(rows, columns=cols)
+    df["higher_is_better"] = df["higher_is_better"].astype(object)
+    return df
 
 
 SUMMARY_METRICS = (

@@ -173,10 +173,58 @@ def latency(agg: pd.DataFrame, out: Path) -> Path | None:
     return path
 
 
+DEMOGRAPHIC_FIGURE_METRICS = (
+    ("deid_success_rate_sface", "deid_success_rate_dlib", "deid_mean_similarity_sface"),  # the first present
+    ("ssim",),
+    ("pose_error_deg",),
+    ("detection_rate_yunet",),
+)
+
+
+def demographic_metrics(demo: pd.DataFrame) -> list[str]:
+    """The metrics the demographic figures (and the report's demographic table) show, where present."""
+    present = set(demo["metric"]) if demo is not None and not demo.empty else set()
+    return [next(m for m in opts if m in present) for opts in DEMOGRAPHIC_FIGURE_METRICS
+            if any(m in present for m in opts)]
+
+
 def demographics(demo: pd.DataFrame, out: Path) -> list[Path]:
+    """One figure per (dataset, attribute): a panel per metric of ``demographic_metrics``, bars per method
+    and group with 95% CIs."""
     paths = []
-    if demo is None or demo.empty:
+    metrics = demographic_metrics(demo)
+    if not metrics:
         return paths
+    d0 = demo[demo["metric"].isin(metrics)]
+    for (dataset, attr), d in d0.groupby(["dataset", "attribute"], sort=True):
+        methods = sorted(d["method"].unique())
+        groups = sorted(d["group"].unique())
+        width = max(6, 0.5 * len(methods) * len(groups) / 2)
+        fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 3.2 * len(metrics)), squeeze=False)
+        w = 0.8 / max(1, len(groups))
+        for ax, metric in zip(axes[:, 0], metrics, strict=True):
+            dm = d[d["metric"] == metric]
+            for j, g in enumerate(groups):
+                dd = dm[dm["group"] == g].set_index("method").reindex(methods)
+                v = dd["value"].to_numpy(float)
+                err = [
+                    np.nan_to_num(v - dd["ci_lo"].to_numpy(float)),
+                    np.nan_to_num(dd["ci_hi"].to_numpy(float) - v),
+                ]
+                ax.bar(np.arange(len(methods)) + j * w, v, w, yerr=err, label=f"{g}", capsize=1.5)
+            ax.set_xticks(np.arange(len(methods)) + 0.4 - w / 2)
+            ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
+            ax.set_ylabel(metric, fontsize=8)
+            if metric.startswith(("deid_success", "detection_rate")):
+                ax.set_ylim(0, 1.05)
+            ax.legend(fontsize=7, title=attr, title_fontsize=7, ncol=min(5, len(groups)))
+        axes[0, 0].set_title(f"By {attr} — {dataset}", fontsize=10)
+        fig.tight_layout()
+        path = out / f"demographics_{dataset}_{attr}.png"
+        fig.savefig(path, dpi=DPI)
+        plt.close(fig)
+        paths.append(path)
+    return paths
     present = set(demo["metric"])
     metric = next(
         (

@@ -101,6 +101,9 @@ def test_work_was_sharded_and_mlflow_finished(runs):
     shards = json.loads((two / "shards.json").read_text())
     assert shards["world_size"] == 2 and len(shards["batches"]) == 6
     assert sorted(shards["batches"].values()) == [0, 0, 0, 0, 1, 1]  # batches 0, 2 -> rank 0; 1 -> rank 1
+    (inv,) = json.loads((two / "invocations.json").read_text())
+    assert inv["world_size"] == 2 and inv["batches_computed"] == inv["batches_total"] == 6
+    assert len(inv["git_hash"] or "x" * 40) == 40 and inv["wall_s"] > 0
 
 
 def test_killed_distributed_run_keeps_every_rank_batches_and_resumes(runs, tmp_path):
@@ -116,6 +119,8 @@ def test_killed_distributed_run_keeps_every_rank_batches_and_resumes(runs, tmp_p
     assert 2 <= len(kept) <= 4
     assert _run(tmp_path, 1) == d
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # not recomputed
+    (inv,) = json.loads((d / "invocations.json").read_text())  # the killed invocation never completed
+    assert inv["world_size"] == 1 and inv["batches_computed"] == 6 - len(kept) and inv["batches_total"] == 6
     a, b = (
         pd.read_parquet(x / "records.parquet").sort_values(["method", "dataset", "id"]).reset_index(drop=True)
         for x in (one, d)

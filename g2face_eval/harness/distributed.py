@@ -22,6 +22,7 @@ skips them.
 from __future__ import annotations
 
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def _init(cfg: dict):
 
 def evaluate_distributed(cfg: dict | None = None, **kw) -> dict | None:
     """Run on every rank; returns ``evaluate``'s result on rank 0 and None on the other ranks."""
+    started = time.time()
     cfg = C.make_config(cfg or {})
     rank, n, group, own = _init(cfg)
     try:
@@ -74,7 +76,8 @@ def evaluate_distributed(cfg: dict | None = None, **kw) -> dict | None:
         res = None
         if rank == 0:
             shards = {f"{m}/{d}/{k}": r for r, part in enumerate(gathered) for m, d, k in part}
-            res = E.evaluate(cfg, **kw)
+            res = E.evaluate(cfg, _provenance={"started": started, "world_size": n,
+                                               "batches_computed": len(shards)}, **kw)
             from g2face_eval.harness.records import atomic_write_json
 
             # which rank computed which batch in this invocation (provenance; resumed batches are absent)

@@ -764,12 +764,21 @@ def evaluate(
     progress: bool = True,
     _interrupt_after: int | None = None,
     quiet: bool = False,
+    _provenance: dict | None = None,
 ) -> dict:
     """Run the evaluation described by ``cfg`` (see ``harness.config``). Returns a dict with ``run_dir``,
-    ``records`` (DataFrame), ``aggregate`` (DataFrame), ``tracking_uri``, ``parent_run_id``."""
+    ``records`` (DataFrame), ``aggregate`` (DataFrame), ``tracking_uri``, ``parent_run_id``.
+
+    Each invocation (a first run or a resume) is appended to ``<run>/invocations.json``: start and end time,
+    wall time, git hash, world size and how many batches it computed -- so the commit that computed each
+    result survives a later resume (``environment.json`` holds the latest invocation's environment).
+    ``_provenance`` (from ``distributed``): ``started`` (epoch s), ``world_size``, ``batches_computed`` of the
+    distributed phase that preceded this call."""
     from g2face_eval.harness.tracking import Tracker, environment_info, ui_command
 
-    t_start = time.perf_counter()
+    prov = dict(_provenance or {})
+    started = float(prov.get("started", time.time()))
+    t_start = time.perf_counter() - (time.time() - started)
     S = setup(C.make_config(cfg or {}))
     cfg, run_dir, name = S.cfg, S.run_dir, S.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -788,7 +797,7 @@ def evaluate(
     with tracker.parent_run(params, tags={"g2face.run": name}) as parent_id:
         tracker.log_artifact(parent_id, run_dir / "config.json")
         tracker.log_artifact(parent_id, run_dir / "environment.json")
-        compute(S, prep, store, progress=progress and not quiet, interrupt_after=_interrupt_after)
+        done = compute(S, prep, store, progress=progress and not quiet, interrupt_after=_interrupt_after)
         all_records, set_metrics = [], []
         latency_path = run_dir / "latency.json"
         latency = json.loads(latency_path.read_text()) if latency_path.exists() else {}
@@ -835,6 +844,12 @@ def evaluate(
         if (run_dir / "samples").is_dir():
             tracker.log_artifacts(parent_id, run_dir / "samples", "samples")
         tracker.log_metrics(parent_id, _mlflow_metrics(agg, prefix_method=True))
+        _record_invocation(run_dir, started, time.perf_counter() - t_start, {
+            "world_size": int(prov.get("world_size", 1)),
+            "batches_computed": int(prov.get("batches_computed", 0)) + len(done),
+            "batches_total": sum(len(ix.chunk_ids) for ix in indexes.values()) * len(S.runners),
+        })
+        tracker.log_artifact(parent_id, run_dir / "invocations.json")
         try:  # figures + report (logged with the parent run)
             from g2face_eval.reports.build import build_report
 
@@ -868,6 +883,20 @@ def evaluate(
         "wall_s": wall,
         "run_name": name,
     }
+
+
+def _record_invocation(run_dir: Path, started: float, wall_s: float, extra: dict) -> None:
+    from datetime import datetime, timezone
+
+    from g2face_eval.harness.tracking import environment_info
+
+    path = run_dir / "invocations.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    env = environment_info()
+    iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
+    history.append({"started": iso(started), "finished": iso(started + wall_s), "wall_s": round(wall_s, 1),
+                    "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), **extra})
+    atomic_write_json(path, history)
 
 
 @dataclass

@@ -1137,15 +1137,11 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"wrote {out_dir / 'robustness.json'}")
         return 0
     bench = Bench(a, out_dir)
-    import signal
+    from g2face_eval.interrupts import sigterm_exits
 
-    def _term(*_):  # a killed run (e.g. the device call's timeout) still leaves status "failed" + its rows
-        raise SystemExit(143)
-
-    with contextlib.suppress(ValueError):  # not in the main thread
-        signal.signal(signal.SIGTERM, _term)
-    try:
-        doc = bench.run()
+    try:  # a killed run (e.g. the device call's timeout) still leaves status "failed" + its rows
+        with sigterm_exits():
+            doc = bench.run()
     except BaseException:
         bench.doc["status"] = "failed"
         bench.save()

@@ -1130,25 +1130,19 @@ def cli(argv: list[str] | None = None) -> int:
     C.add_arguments(ap)
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     ns = ap.parse_args(argv)
-    import signal
-
-    def _terminate(signum, frame):  # SIGTERM: unwind so MLflow runs end as KILLED
-        raise SystemExit(128 + signum)
-
-    try:
-        signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not in the main thread
-        pass
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = C.from_args(ns)
     except (ValueError, OSError) as e:
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2
-    if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: images sharded across ranks
-        from g2face_eval.harness.distributed import evaluate_distributed
+    from g2face_eval.interrupts import sigterm_exits
 
-        evaluate_distributed(cfg, progress=not ns.no_progress)
-        return 0
-    evaluate(cfg, progress=not ns.no_progress)
+    with sigterm_exits():  # SIGTERM: unwind so MLflow runs end as KILLED
+        if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: images sharded across ranks
+            from g2face_eval.harness.distributed import evaluate_distributed
+
+            evaluate_distributed(cfg, progress=not ns.no_progress)
+        else:
+            evaluate(cfg, progress=not ns.no_progress)
     return 0

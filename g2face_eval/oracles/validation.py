@@ -168,8 +168,12 @@ def _key(lfw: Path, rel: str) -> str:
     return f"{rel}|{st.st_size}|{st.st_mtime_ns}"
 
 
-def _worker_init(names):
+def _worker_init(names, pool_worker: bool = False):
     global _W
+    if pool_worker:  # a forked worker must die on the pool's SIGTERM, whatever handler its parent installed
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from .detectors import get_detector
     from .recognizers import get_recognizer
 
@@ -229,8 +233,13 @@ def compute_embeddings(lfw: Path, rels: list[str], names: list[str], workers: in
             import multiprocessing as mp
 
             ctx = mp.get_context("fork")
-            with ctx.Pool(workers, initializer=_worker_init, initargs=(names,)) as pool:
+            pool = ctx.Pool(workers, initializer=_worker_init, initargs=(names, True))
+            try:
                 consume(pool.imap_unordered(_star, [(a, names) for a in args], chunksize=8))
+                pool.close()  # normal end: workers exit on their own
+            finally:
+                pool.terminate()
+                pool.join()
         else:
             _worker_init(names)
             consume(_process(a, names) for a in args)

@@ -84,16 +84,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
-    import signal
+    from g2face_eval.interrupts import sigterm_exits
 
-    def _terminate(signum, frame):  # SIGTERM (preemption): unwind so the MLflow run ends as KILLED
-        raise SystemExit(128 + signum)
-
-    try:
-        signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not in the main thread
-        pass
-    run(cfg, resume=args.resume, log=lambda m: print(m, flush=True))
+    with sigterm_exits():  # SIGTERM (preemption): unwind so the MLflow run ends as KILLED
+        run(cfg, resume=args.resume, log=lambda m: print(m, flush=True))
     return 0
 
 

@@ -225,38 +225,3 @@ def demographics(demo: pd.DataFrame, out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
-    present = set(demo["metric"])
-    metric = next(
-        (
-            m
-            for m in ("deid_success_rate_sface", "deid_success_rate_dlib", "deid_mean_similarity_sface")
-            if m in present
-        ),
-        sorted(present)[0],
-    )
-    d0 = demo[demo["metric"] == metric]
-    for (dataset, attr), d in d0.groupby(["dataset", "attribute"], sort=True):
-        methods = sorted(d["method"].unique())
-        groups = sorted(d["group"].unique())
-        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(methods) * len(groups) / 2), 3.8))
-        w = 0.8 / max(1, len(groups))
-        for j, g in enumerate(groups):
-            dd = d[d["group"] == g].set_index("method").reindex(methods)
-            v = dd["value"].to_numpy(float)
-            err = [
-                np.nan_to_num(v - dd["ci_lo"].to_numpy(float)),
-                np.nan_to_num(dd["ci_hi"].to_numpy(float) - v),
-            ]
-            ax.bar(np.arange(len(methods)) + j * w, v, w, yerr=err, label=f"{g}", capsize=1.5)
-        ax.set_xticks(np.arange(len(methods)) + 0.4 - w / 2)
-        ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel(metric, fontsize=8)
-        ax.set_ylim(0, 1.05) if metric.startswith("deid_success") else None
-        ax.legend(fontsize=7, title=attr, title_fontsize=7, ncol=min(5, len(groups)))
-        ax.set_title(f"De-identification by {attr} — {dataset}", fontsize=10)
-        fig.tight_layout()
-        path = out / f"demographics_{dataset}_{attr}.png"
-        fig.savefig(path, dpi=DPI)
-        plt.close(fig)
-        paths.append(path)
-    return paths

@@ -441,7 +441,6 @@ def summarize(metric: str, values: np.ndarray, n_boot: int, seed: int) -> dict |
 def aggregate(
     records: pd.DataFrame, set_metrics: list[dict], latency: dict, n_boot: int, seed: int
 ) -> pd.DataFrame:
-
     rows = []
     for (method, dataset), g in records.groupby(["method", "dataset"], sort=True):
         ok = g[g["status"] == "ok"]
@@ -784,7 +783,8 @@ def evaluate(
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg)
     store, prep = BatchStore(run_dir), PrepStore(run_dir)
-    atomic_write_json(run_dir / "environment.json", environment_info())
+    env = environment_info()
+    atomic_write_json(run_dir / "environment.json", env)
     seed = int(cfg["seed"])
     n_boot = int(cfg["bootstrap_samples"])
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -845,6 +845,7 @@ def evaluate(
             tracker.log_artifacts(parent_id, run_dir / "samples", "samples")
         tracker.log_metrics(parent_id, _mlflow_metrics(agg, prefix_method=True))
         _record_invocation(run_dir, started, time.perf_counter() - t_start, {
+            "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"),
             "world_size": int(prov.get("world_size", 1)),
             "batches_computed": int(prov.get("batches_computed", 0)) + len(done),
             "batches_total": sum(len(ix.chunk_ids) for ix in indexes.values()) * len(S.runners),
@@ -888,14 +889,11 @@ def evaluate(
 def _record_invocation(run_dir: Path, started: float, wall_s: float, extra: dict) -> None:
     from datetime import datetime, timezone
 
-    from g2face_eval.harness.tracking import environment_info
-
     path = run_dir / "invocations.json"
     history = json.loads(path.read_text()) if path.exists() else []
-    env = environment_info()
     iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
     history.append({"started": iso(started), "finished": iso(started + wall_s), "wall_s": round(wall_s, 1),
-                    "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), **extra})
+                    **extra})
     atomic_write_json(path, history)
 
 

@@ -169,10 +169,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
         raise ValueError("Fréchet statistics contain NaN or inf")
     diff = mu1 - mu2
     tr_covmean = _trace_sqrt_product(s1, s2)
-    fd = float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    scale = float(diff.dot(diff) + np.trace(s1) + np.trace(s2))
+    fd = scale - 2 * tr_covmean
     # a distance: a negative value within round-off of the traces (identical sets: ~-1e-5 on a trace of ~50,
     # rank-deficient covariances) is 0; a larger negative one is left visible
-    scale = float(diff.dot(diff) + np.trace(s1) + np.trace(s2))
     return 0.0 if -1e-6 * max(scale, 1.0) <= fd < 0 else fd
 
 

@@ -237,8 +237,10 @@ def compute_embeddings(lfw: Path, rels: list[str], names: list[str], workers: in
             try:
                 consume(pool.imap_unordered(_star, [(a, names) for a in args], chunksize=8))
                 pool.close()  # normal end: workers exit on their own
-            finally:
+            except BaseException:
                 pool.terminate()
+                raise
+            finally:
                 pool.join()
         else:
             _worker_init(names)

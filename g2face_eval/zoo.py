@@ -302,9 +302,9 @@ def _load_sface(p: Path):
 
 
 def _load_dlib_resnet(p: Path):
-    import dlib
+    from .oracles.dlib_resnet import DlibResNet
 
-    return dlib.face_recognition_model_v1(str(p))
+    return DlibResNet.from_dat(p)
 
 
 def _load_dlib_shape(p: Path):
@@ -440,7 +440,7 @@ _add(
     sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
     licence="CC0 / public domain (dlib models, Davis King)",
     input=InputSpec((150, 150), (0, 255), None, None, "RGB"),
-    description="dlib ResNet face descriptor (128-d) on get_face_chip(150, padding 0.25)",
+    description="dlib ResNet face descriptor (128-d) on get_face_chip(150, padding 0.25); run by our torch port",
     loader=_load_dlib_resnet,
 )
 _add(

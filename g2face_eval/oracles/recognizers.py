@@ -3,7 +3,9 @@
 * "sface" (offline default): cv2.FaceRecognizerSF on 112x112 BGR crops aligned to the ArcFace template with
   our own Umeyama alignment (pixel-identical to SFace's alignCrop up to rounding).
 * "dlib" (offline default): dlib ResNet on its own 150x150 chip: shape_predictor_5 run on a face rectangle
-  derived from the detector's 5 landmarks, then dlib.get_face_chip(size=150, padding=0.25).
+  derived from the detector's 5 landmarks, then dlib.get_face_chip(size=150, padding=0.25). The network itself
+  runs as a batched torch port of dlib's .dat (oracles/dlib_resnet.py: same descriptors to ~1e-6, ~11x faster
+  on CPU than the dlib wheel).
 * "arcface_r50", "arcface_r100": insightface iresnet (user weights), 112x112 RGB in [-1, 1].
 * "facenet_vggface2": facenet-pytorch InceptionResnetV1 (user weights), 160x160 crops aligned to the ArcFace
   template scaled to 160, standardised (x - 127.5) / 128.
@@ -130,12 +132,14 @@ class DlibRecognizer(Recognizer):
         shape = self._sp(img, rect)
         return np.asarray(dlib.get_face_chip(img, shape, size=150, padding=0.25))
 
-    def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
-        if not crops:
-            return np.zeros((0, self.dim), np.float32)
-        chips = [np.ascontiguousarray(c) for c in crops]
-        desc = self._net.compute_face_descriptor(chips)
-        return _l2(np.array([np.asarray(d) for d in desc]))
+    def embed_aligned(self, crops: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        import torch
+
+        out = []
+        for i in range(0, len(crops), batch_size):
+            with torch.inference_mode():
+                out.append(self._net(torch.from_numpy(np.stack(crops[i : i + batch_size]))).numpy())
+        return _l2(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
 
 
 class _TorchRecognizer(Recognizer):

@@ -174,6 +174,9 @@ def _worker_init(names, pool_worker: bool = False):
         import signal
 
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        import torch
+
+        torch.set_num_threads(1)  # one process per core; the torch recognizers must not oversubscribe
     from .detectors import get_detector
     from .recognizers import get_recognizer
 

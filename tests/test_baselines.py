@@ -93,6 +93,22 @@ def test_gaussian_blur_large_sigma_and_constant():
     assert torch.allclose(gaussian_blur(c, 64.0), c, atol=1e-5)  # kernel larger than the image
 
 
+@pytest.mark.parametrize("sigma", [1.0, 4.0, 16.0, 64.0])
+def test_gaussian_blur_matches_scipy(datasets_root, sigma):
+    """scipy.ndimage.gaussian_filter (mode "nearest" = edge replication, truncate 3) on a real face, also for
+    a non-square crop and kernels wider than the image."""
+    import scipy.ndimage as nd
+    from PIL import Image
+
+    f = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[0]
+    x = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1).double()[None] / 255
+    x = x[..., 10:250, :]  # 240 x 256
+    want = nd.gaussian_filter(x[0].numpy(), sigma=(0, sigma, sigma), mode="nearest", truncate=3.0)
+    got = gaussian_blur(x.float(), sigma)[0].double().numpy()
+    assert np.abs(want - x[0].numpy()).max() > 0.05  # the blur does something
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+
+
 def test_mask_helpers():
     p = np.zeros((8, 8), np.uint8)
     p[2:4, 2:4] = 1  # skin

@@ -103,6 +103,23 @@ def test_effnet_normalisation_matches_bn_stats(datasets_root):
     assert abs(np.log(lite)) < 0.7 < abs(np.log(imnet))
 
 
+def test_effnet_folded_batchnorms_same_features(datasets_root, effnet):
+    """The extractor runs the network with its batch norms folded into the convolutions: same features as the
+    plain network (eval-mode batch norms) on real faces, up to float round-off."""
+    import torch.nn.functional as F
+
+    x = _faces(datasets_root, 8)
+    plain = R.load_effnet_lite0()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in effnet.module.net.modules())
+    with torch.no_grad():
+        z = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+        z = (z - torch.tensor(R.EFFNET_LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(R.EFFNET_LITE_STD).view(1, 3, 1, 1)
+        want = plain.features(z)
+        got = effnet.module.net.features(z.contiguous(memory_format=torch.channels_last))
+    assert want.abs().max() > 0.5
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.slow
 def test_fd_effnet_grows_with_blur_and_matches_torch_fidelity_kid(datasets_root, effnet):
     import torch_fidelity

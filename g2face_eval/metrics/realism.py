@@ -349,6 +349,24 @@ def load_effnet_lite0(weights_path: str | None = None) -> EfficientNetLite0:
     return net.eval().requires_grad_(False)
 
 
+def fold_batchnorms(net: EfficientNetLite0) -> EfficientNetLite0:
+    """Fold every (inference-mode) batch norm into the convolution before it, in place: the same function up
+    to float round-off (~1e-5 on the pooled features), ~1.4x faster on CPU."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for blk in net._blocks:
+        pairs += [
+            (blk, c, b)
+            for c, b in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+            if hasattr(blk, c)
+        ]
+    for mod, conv, bn in pairs:
+        setattr(mod, conv, fuse_conv_bn_eval(getattr(mod, conv), getattr(mod, bn)))
+        setattr(mod, bn, nn.Identity())
+    return net.requires_grad_(False)
+
+
 try:  # torch-fidelity custom extractor
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase as _TFBase
 except Exception:  # pragma: no cover - torch-fidelity is a declared dependency
@@ -362,8 +380,10 @@ class FeatureExtractorEffNetLite0(_TFBase):
 
     def __init__(self, name: str, features_list, feature_extractor_weights_path: str | None = None, **kwargs):
         super().__init__(name, list(features_list))
-        # channels_last: the depthwise convolutions run ~1.4x faster on CPU (features differ by ~1e-5)
-        self.net = load_effnet_lite0(feature_extractor_weights_path).to(memory_format=torch.channels_last)
+        # batch norms folded into the convolutions and channels_last: ~1.4x faster each on CPU (features differ
+        # from the plain network by ~1e-5)
+        net = fold_batchnorms(load_effnet_lite0(feature_extractor_weights_path))
+        self.net = net.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(EFFNET_LITE_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(EFFNET_LITE_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
@@ -446,7 +466,7 @@ EXTRACTORS.add(
     "effnet_lite0",
     ExtractorSpec(
         "effnet_lite0",
-        "effnet-lite0/same-pad/bilinear-aa-224/tf-lite-norm/channels-last/v2",
+        "effnet-lite0/same-pad/bilinear-aa-224/tf-lite-norm/bn-folded-channels-last/v3",
         1280,
         "effnet_lite0",
         "fd_effnet_lite0",
@@ -497,9 +517,7 @@ def _sha256(path: str) -> str:
     return fn(Path(path)) if fn is not None else zoo.sha256_file(path)
 
 
-def get_extractor(
-    name: str, device: str | torch.device = "cpu", weights_path: str | None = None
-) -> FeatureExtractor:
+def get_extractor(name: str, device: str | torch.device = "cpu", weights_path: str | None = None) -> FeatureExtractor:
     """Build a registered extractor. ``weights_path`` overrides the zoo (tests, custom files; no digest
     check).    Raises MetricUnavailable when the zoo file is missing or fails verification."""
     spec = EXTRACTORS.get(name)
@@ -521,13 +539,9 @@ def get_extractor(
         if not isinstance(sd, dict) or "fc.weight" not in sd:
             raise ValueError(f"{weights_path}: not a torch-fidelity InceptionV3 state dict")
         del sd
-        module = FeatureExtractorInceptionV3(
-            spec.tf_name, [spec.feature], feature_extractor_weights_path=weights_path
-        )
+        module = FeatureExtractorInceptionV3(spec.tf_name, [spec.feature], feature_extractor_weights_path=weights_path)
     else:
-        module = FeatureExtractorEffNetLite0(
-            spec.tf_name, [spec.feature], feature_extractor_weights_path=weights_path
-        )
+        module = FeatureExtractorEffNetLite0(spec.tf_name, [spec.feature], feature_extractor_weights_path=weights_path)
     module = module.to(dev).eval()
     return FeatureExtractor(spec, module, dev, _sha256(weights_path))
 
@@ -611,9 +625,7 @@ def reference_features(
     if use_cache:
         st = FrechetStats(extractor.dim).update(feats) if len(feats) else None
         extra = st.state() if st is not None else {}
-        _atomic_save_npz(
-            path, features=feats.astype(np.float32), **{f"stats_{k}": v for k, v in extra.items()}
-        )
+        _atomic_save_npz(path, features=feats.astype(np.float32), **{f"stats_{k}": v for k, v in extra.items()})
     return feats
 
 
@@ -691,15 +703,22 @@ class RealismAccumulator:
         return self.stats.n
 
 
-def realism_metrics_streamed(extractor_name: str, real: RealismAccumulator, fake: RealismAccumulator, *,
-                             kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 2020
-                             ) -> dict[str, float]:
+def realism_metrics_streamed(
+    extractor_name: str,
+    real: RealismAccumulator,
+    fake: RealismAccumulator,
+    *,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 2020,
+) -> dict[str, float]:
     """Like ``realism_metrics`` from accumulators: FD on every image's statistics (equal to the batch formula up
     to float summation order); KID on the bounded, order-independent samples (the same subsets as
     ``realism_metrics`` only when both sets have <= ``kid_subset_size`` images, where every subset is the whole
     set)."""
     spec = EXTRACTORS.get(extractor_name)
     fd = frechet_distance_stats(real.stats, fake.stats)
-    k_mean, _ = kid(real.sample.features(), fake.sample.features(), subsets=kid_subsets,
-                    subset_size=kid_subset_size, seed=seed)
+    k_mean, _ = kid(
+        real.sample.features(), fake.sample.features(), subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+    )
     return {spec.fd_metric: fd, spec.kid_metric: k_mean}

@@ -296,9 +296,9 @@ def _load_yunet(p: Path):
 
 
 def _load_sface(p: Path):
-    import cv2
+    from .models.identity import OnnxTorch
 
-    return cv2.FaceRecognizerSF.create(str(p), "")
+    return OnnxTorch(p).eval()
 
 
 def _load_dlib_resnet(p: Path):
@@ -427,8 +427,8 @@ _add(
     relpath="models/face_recognition_sface_2021dec_int8bq.onnx",
     sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
     licence="Apache-2.0 (OpenCV Zoo)",
-    input=InputSpec((112, 112), (0, 255), None, None, "BGR"),
-    description="SFace recognizer (128-d), on ArcFace-template aligned 112x112 BGR crops",
+    input=InputSpec((112, 112), (0, 255), None, None, "RGB"),
+    description="SFace recognizer (128-d), on ArcFace-template aligned 112x112 crops; run as a torch graph",
     loader=_load_sface,
 )
 _add(

@@ -96,3 +96,26 @@ def test_pixelate_baseline(benchmark):
     mask = torch.ones(B, 1, 256, 256)
     keys = [b"k%d" % i for i in range(B)]
     benchmark(lambda: m.anonymize(x, keys, face_masks=mask))
+
+
+def test_blur_baseline_sigma64(benchmark):
+    from baselines.blur import gaussian_blur
+
+    x = torch.rand(B, 3, 256, 256)
+    benchmark(gaussian_blur, x, 64.0)
+
+
+def test_dlib_resnet_port(benchmark):
+    from g2face_eval import zoo
+
+    net = zoo.load("dlib_resnet")
+    chips = torch.randint(0, 256, (B, 150, 150, 3), dtype=torch.uint8)
+    benchmark(_nograd, net, chips)
+
+
+def test_effnet_lite0_features(benchmark):
+    from g2face_eval.metrics import realism
+
+    ext = realism.get_extractor("effnet_lite0")
+    x = torch.rand(B, 3, 256, 256)
+    benchmark(ext, x)

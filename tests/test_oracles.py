@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
+from g2face_eval import zoo
 from g2face_eval.oracles import alignment, detectors, recognizers
 
 DETECTORS = ["yunet", "mtcnn", "dlib_hog"]
@@ -106,7 +107,7 @@ def test_align_arcface_puts_landmarks_on_template(faces):
     crop = alignment.align_arcface(img, f.landmarks5)
     assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
     # same warp as OpenCV SFace's alignCrop (BGR in, BGR out)
-    sf = recognizers.get_recognizer("sface")._net
+    sf = cv2.FaceRecognizerSF.create(str(zoo.path("sface")), "")
     row = np.concatenate([f.box, f.landmarks5.ravel(), [f.score]]).astype(np.float32)[None]
     ref = sf.alignCrop(np.ascontiguousarray(img[:, :, ::-1]), row)[:, :, ::-1]
     assert np.abs(ref.astype(int) - crop).mean() < 0.5
@@ -127,6 +128,23 @@ def test_ffhq_crop(faces):
     side = np.linalg.norm(quad[3] - quad[0])
     eye_dist = np.linalg.norm(f.landmarks5[1] - f.landmarks5[0])
     assert 0.2 < eye_dist / side < 0.3
+
+
+def test_sface_recognizer_equals_opencv(datasets_root):
+    """The 'sface' recognizer runs SFace's ONNX graph batched in torch (batch norms folded): the same features
+    as OpenCV's FaceRecognizerSF.feature on real aligned faces."""
+    rec, det = recognizers.get_recognizer("sface"), detectors.get_detector("yunet")
+    ref = cv2.FaceRecognizerSF.create(str(zoo.path("sface")), "")
+    people = sorted(p for p in (datasets_root / "lfw" / "lfw-deepfunneled").iterdir() if p.is_dir())[:10]
+    crops = []
+    for person in people:
+        img = _read(sorted(person.iterdir())[0])
+        crops.append(rec.align(img, det.detect(img)[0]))
+    want = np.stack([ref.feature(np.ascontiguousarray(c[:, :, ::-1])).reshape(-1) for c in crops])
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    got = rec.embed_aligned(crops)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert (got @ got.T)[np.triu_indices(10, 1)].max() < 0.9  # ten different people
 
 
 @pytest.mark.parametrize("name", recognizers.DEFAULT_RECOGNIZERS)

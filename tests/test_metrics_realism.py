@@ -83,6 +83,26 @@ def test_kid_matches_torch_fidelity():
     assert R.kid_details(f1, f2, subsets=2, subset_size=1000)["subset_size"] == 50
 
 
+def test_kid_whole_gram_path_equals_per_subset_path(monkeypatch):
+    """Moderate sets index whole kernel matrices, large ones build each subset's: the same numbers, and both equal
+    torch-fidelity's (subsets drawn by the same RandomState sequence)."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    rng = np.random.default_rng(2)
+    f1 = rng.normal(size=(90, 16)).astype(np.float32)
+    f2 = (rng.normal(size=(80, 16)) * 1.1).astype(np.float32)
+    whole = R.kid_details(f1, f2, subsets=15, subset_size=60)
+    monkeypatch.setattr(R, "KID_WHOLE_GRAM_MAX", 0)
+    direct = R.kid_details(f1, f2, subsets=15, subset_size=60)
+    assert whole["mean"] == pytest.approx(direct["mean"], rel=1e-12)
+    assert whole["std"] == pytest.approx(direct["std"], rel=1e-12)
+    ref = kid_features_to_metric(
+        torch.from_numpy(f1).double(), torch.from_numpy(f2).double(), kid_subsets=15, kid_subset_size=60, verbose=False
+    )
+    assert whole["mean"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
+    assert whole["std"] == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-9)
+
+
 # ---- EfficientNet-lite0 -----------------------------------------------------------------------------------
 def test_effnet_normalisation_matches_bn_stats(datasets_root):
     """The stem BatchNorm running statistics tell which input scaling the weights were trained with."""

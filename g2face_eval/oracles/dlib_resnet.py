@@ -106,7 +106,10 @@ def read_dat(path: str | Path) -> dict:
     r.expect("loss_metric_2")
     r.float(), r.float()  # margin, distance threshold (training only)
     # versions of the nested add_layer / tag / skip wrappers, outermost first, down to the input layer
-    while not (r.b[r.p] == 0x01 and r.b[r.p + 1] == len("input_rgb_image_sized")):
+    while True:
+        r._need(2)
+        if r.b[r.p] == 0x01 and r.b[r.p + 1] == len("input_rgb_image_sized"):
+            break
         r.int()
         if r.p > 4096:
             raise DlibFormatError("no input_rgb_image_sized layer near the start of the file")

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"g2face-eval: unknown command {name!r}; known: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from .allocator import tune_malloc
+
+    tune_malloc()  # large short-lived CPU tensors: fewer page faults (allocator.py; G2FACE_MALLOC_TUNING=0 opts out)
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.cli(rest) or 0)
 

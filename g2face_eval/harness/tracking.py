@@ -63,7 +63,9 @@ def environment_info() -> dict:
             pkgs[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pkgs[name] = None
-    info = {"python": sys.version, "platform": platform.platform(), "packages": pkgs}
+    from g2face_eval.allocator import applied
+
+    info = {"python": sys.version, "platform": platform.platform(), "packages": pkgs, "allocator": applied()}
     try:
         import torch
 

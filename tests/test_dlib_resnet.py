@@ -74,3 +74,8 @@ def test_format_errors(tmp_path):
     renamed.write_bytes(data.replace(b"\x01\x05con_4", b"\x01\x05con_9", 1))
     with pytest.raises(dlib_resnet.DlibFormatError, match="unknown layer 'con_9'"):
         dlib_resnet.read_dat(renamed)
+    pooled = tmp_path / "pooled.dat"  # forward hard-codes the 3x3/2 max pool: a file with another one is refused
+    assert data.count(b"max_pool_2\x01\x03\x01\x03") == 1
+    pooled.write_bytes(data.replace(b"max_pool_2\x01\x03\x01\x03", b"max_pool_2\x01\x02\x01\x02"))
+    with pytest.raises(dlib_resnet.DlibFormatError, match="pooling settings"):
+        dlib_resnet.DlibResNet.from_dat(pooled)

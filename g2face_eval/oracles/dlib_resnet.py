@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 INPUT_SIZE = 150
-# (channels, number of ares blocks after the first block, first block downsamples) per level, bottom-up
+# (channels, ares blocks in the level, its first block downsamples) per level, bottom-up
 LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
 
 
@@ -174,6 +174,17 @@ def _expected_kinds() -> list[str]:
     return seq + ["avg_pool", "fc"]
 
 
+def _check_fixed_settings(layers: list[tuple[str, dict]]) -> None:
+    """``forward`` hard-codes the pooling windows and each level's width: the file must agree."""
+    pools = [p for k, p in layers if k.endswith("_pool")]
+    want = [(3, 2, 0)] + [(2, 2, 0)] * sum(down for _, _, down in LEVELS) + [(0, 1, 0)]  # last: global average
+    if [(p["size"], p["stride"], p["pad"]) for p in pools] != want:
+        raise DlibFormatError("pooling settings differ from dlib_face_recognition_resnet_model_v1")
+    widths = [p["weight"].shape[0] for k, p in layers if k == "con"][1:]  # after the stem: two per block
+    if widths != [c for c, blocks, _ in LEVELS for _ in range(2 * blocks)]:
+        raise DlibFormatError("level widths differ from dlib_face_recognition_resnet_model_v1")
+
+
 def _pad_to(x: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
     return F.pad(x, (0, w - x.shape[3], 0, h - x.shape[2], 0, c - x.shape[1]))
 
@@ -196,6 +207,7 @@ class DlibResNet(nn.Module):
         layers = parsed["layers"]
         if [k for k, _ in layers] != _expected_kinds():
             raise DlibFormatError("layer sequence differs from dlib_face_recognition_resnet_model_v1")
+        _check_fixed_settings(layers)
         self.register_buffer("mean", torch.from_numpy(parsed["mean"]).view(1, 3, 1, 1))
         convs = []
         for i, (kind, p) in enumerate(layers):

@@ -405,10 +405,14 @@ def sync_check(config: str = "tiny", device: str = "meta", ops=("anonymize", "re
 
 # ============================================================================================ FLOPs + rate
 def count_flops(fn: Callable[[], object]) -> tuple[float, dict[str, float]]:
-    """(total FLOPs, {module: FLOPs}) of one call; conv + matmul only, 2 x MAC (FlopCounterMode)."""
+    """(total FLOPs, {module: FLOPs}) of one call; conv + matmul only, 2 x MAC (FlopCounterMode). The FIR
+    layers are counted in their direct form (``stylegan2.direct_fir``: 16 multiply-adds per output, as the
+    reference's native-op count), not as the banded matrix products they run as."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
+    from g2face_eval.models.stylegan2 import direct_fir
+
+    with FlopCounterMode(display=False) as fc, torch.no_grad(), direct_fir():
         fn()
     per_mod = {k: float(sum(v.values())) for k, v in fc.get_flop_counts().items()}
     return float(fc.get_total_flops()), per_mod

@@ -157,15 +157,68 @@ def test_wplus_index_mapping():
 
 def test_hiding_injection_row_major_reshape():
     inj = HidingInjection(16384, 32, 8)
-    got = {}
-    inj.conv.register_forward_pre_hook(lambda m, a: got.setdefault("x", a[0]))
     bits = torch.arange(512 * 32, dtype=torch.float32).view(1, 512, 32)
-    inj(bits)
-    x = got["x"]
-    assert x.shape == (1, 16, 32, 32)
-    for c, r in [(0, 0), (3, 7), (15, 31)]:
-        assert torch.equal(x[0, c, r], bits[0, 32 * c + r])  # row r of channel c = float 32c+r
     assert torch.count_nonzero(inj.weight) == 0  # zero-initialised output scale
+    with torch.no_grad():
+        inj.weight.fill_(1 / math.sqrt(2))       # output = leaky_relu(selected input channel), inputs >= 0
+        inj.conv.bias.zero_()
+        for c, r in [(0, 0), (3, 7), (15, 31)]:
+            inj.conv.weight.zero_()
+            inj.conv.weight[0, c] = 1.0
+            x = inj(bits)
+            assert x.shape == (1, 8, 32, 32)
+            assert torch.allclose(x[0, 0, r], bits[0, 32 * c + r])  # row r of channel c = float 32c+r
+
+
+def test_fused_layer_forms_equal_their_definitions():
+    """The generator layers compute their official definitions with fewer passes (bias dropped before an
+    instance norm, 1/sqrt(2) folded into the norm, lerp blend, fused StyledConv / injection epilogues): each
+    equals the literal formula in float64, in both memory layouts."""
+    torch.manual_seed(0)
+    from g2face_eval.models.g2face import FusionMask, PyramidBlock
+
+    def inorm(t):
+        return F.instance_norm(t, eps=1e-5)
+
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 6, 12, 12, dtype=torch.float64).contiguous(memory_format=fmt)
+        pb = PyramidBlock(6, 10, down=True).double()
+        for m in pb.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.normal_(m.bias)              # nonzero biases: dropping them must not matter
+        c1, c2, sk = pb.conv1.conv, pb.conv2.conv, pb.skip.conv
+        a = F.leaky_relu(inorm(c1(x)), 0.2)
+        ref = (F.leaky_relu(inorm(c2(a)), 0.2) + inorm(sk(x))) / math.sqrt(2)
+        for grad in (False, True):                         # inference drops the biases, training adds them
+            with torch.set_grad_enabled(grad):
+                assert torch.allclose(pb(x), ref, atol=1e-10)
+
+        fm = FusionMask(18, 6).double()
+        torch.nn.init.normal_(fm.conv.bias)
+        g, p_, i = (torch.randn(2, 6, 12, 12, dtype=torch.float64).contiguous(memory_format=fmt) for _ in range(3))
+        mask = torch.sigmoid(inorm(fm.conv(torch.cat([g, p_, i], 1))))
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                assert torch.allclose(fm(g, p_, i), mask * g + (1 - mask) * p_, atol=1e-10)
+
+        inj = HidingInjection(16384, 32, 5).double()
+        for t in (inj.conv.bias, inj.activate.bias, inj.weight):
+            torch.nn.init.normal_(t)
+        bits = (torch.rand(2, 512, 32) > 0.5).double()
+        xb = bits.reshape(2, 16, 32, 32)
+        ref = sg.fused_leaky_relu(inj.conv(xb), inj.activate.bias) * inj.weight
+        assert torch.allclose(inj(bits), ref, atol=1e-10)
+
+    for up in (False, True):
+        sc = sg.StyledConv(4, 6, 3, 8, upsample=up).double()
+        with torch.no_grad():
+            sc.noise.weight.fill_(0.7)
+            sc.activate.bias.normal_()
+        x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+        st = torch.randn(2, 8, dtype=torch.float64)
+        nz = torch.randn(2, 1, 16 if up else 8, 16 if up else 8, dtype=torch.float64)
+        ref = sc.activate(sc.noise(sc.conv(x, st), nz))
+        assert torch.allclose(sc(x, st, nz), ref, atol=1e-10)
 
 
 def test_official_injection_and_fusion_channels():
@@ -209,3 +262,36 @@ def test_tiny_trains_one_step():
     loss.backward()
     no_grad = [n for n, p in m.named_parameters() if p.grad is None]
     assert no_grad == []
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_fir_modules_equal_direct_upfirdn(fmt):
+    """Blur / Upsample run as two matrix products (fir_matrix); they equal the direct depthwise formulation
+    (itself checked against a naive loop above) for the generator's upsampling blur, the ToRGB upsampler and
+    the discriminator's downsampling blur, in both memory layouts, with the output in the input's layout;
+    a non-separable kernel loaded from a state dict falls back to the direct form; direct_fir() forces it."""
+    torch.manual_seed(0)
+    cases = [(sg.Blur((1, 3, 3, 1), pad=(1, 1), upsample_factor=2), (2, 5, 17, 17), {}),
+             (sg.Upsample((1, 3, 3, 1)), (2, 3, 8, 8), {"up": 2}),
+             (sg.Blur((1, 3, 3, 1), pad=(2, 1)), (2, 4, 16, 16), {})]
+    for mod, shape, kw in cases:
+        x = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=fmt)
+        mod = mod.double()
+        assert mod.taps is not None
+        ref = sg.upfirdn2d(x, mod.kernel, pad=mod.pad, **kw)
+        out = mod(x)
+        assert out.shape == ref.shape
+        assert torch.allclose(out, ref, atol=1e-12)
+        if fmt == torch.channels_last:
+            assert out.is_contiguous(memory_format=torch.channels_last)
+        with sg.direct_fir():
+            assert torch.equal(mod(x), ref)
+    blur = sg.Blur((1, 3, 3, 1), pad=(1, 1)).double()
+    k = torch.rand(4, 4, dtype=torch.float64)                          # rank 4: not separable
+    blur.load_state_dict({"kernel": k})
+    assert blur.taps is None
+    x = torch.randn(1, 2, 9, 9, dtype=torch.float64).contiguous(memory_format=fmt)
+    assert torch.allclose(blur(x), sg.upfirdn2d(x, k, pad=(1, 1)), atol=1e-12)
+    blur.load_state_dict({"kernel": torch.outer(k[0], k[:, 0])})      # separable again: matrices rebuilt
+    assert blur.taps is not None
+    assert torch.allclose(blur(x), sg.upfirdn2d(x, blur.kernel, pad=(1, 1)), atol=1e-12)

@@ -247,16 +247,53 @@ class KeyedNoise(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- generator
-class ConvNormAct(nn.Module):
-    """conv (plain nn.Conv2d with bias) -> InstanceNorm2d(affine=False, eps 1e-5) -> [LeakyReLU 0.2]."""
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0
+           ) -> torch.Tensor:
+    """``F.conv2d``; on CUDA an input with fewer than 8 channels (the RGB image) and its weight are zero-padded to
+    8 channels, the same sum, so cuDNN takes a tensor-core kernel (on the H200, 3 -> 128 channels at 256 px and
+    batch 32 ran as a generic 0.8 ms implicit GEMM for 15 GFLOP)."""
+    cin = x.shape[1]
+    if x.is_cuda and cin < 8:
+        x = F.pad(x, (0, 0, 0, 0, 0, 8 - cin))
+        weight = F.pad(weight, (0, 0, 0, 0, 0, 8 - cin))
+    return F.conv2d(x, weight, bias, stride, padding)
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, act: bool = True):
+
+def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """InstanceNorm2d(affine=False) output times an optional per-channel ``weight``, in x's memory layout.
+
+    NCHW: ``F.instance_norm`` (one statistics pass + one transform pass). channels_last: the same arithmetic
+    from ``var_mean`` (biased variance, as InstanceNorm), because ``F.instance_norm`` copies a channels_last
+    input to NCHW and back (measured on the H200: 2.9 ms vs 1.8 ms for 32x128x256x256 bf16)."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+        r = torch.rsqrt(var + eps)
+        if weight is not None:
+            r = r * weight.to(r.dtype).view(1, -1, 1, 1)
+        return (x - mean) * r
+    return F.instance_norm(x, weight=weight, eps=eps)
+
+
+class ConvNormAct(nn.Module):
+    """conv (plain nn.Conv2d with bias) -> InstanceNorm2d(affine=False, eps 1e-5) -> [LeakyReLU 0.2], times
+    ``out_scale`` (PyramidBlock folds its 1/sqrt(2) here; leaky ReLU commutes with a positive scale).
+
+    The conv bias (official state dict) is added only while autograd records (so the parameter has its exact,
+    zero, gradient for optimisers and DDP): the instance norm subtracts each channel's mean, which removes a
+    per-channel constant exactly, so at inference adding it would only cost a pass over the activation."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, padding: int, act: bool = True,
+                 out_scale: float = 1.0):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding)
         self.act = act
+        self.out_scale = float(out_scale)
+        self.register_buffer("in_weight", torch.full((out_ch,), self.out_scale), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.instance_norm(self.conv(x), eps=1e-5)
+        c = self.conv
+        y = conv2d(x, c.weight, c.bias if torch.is_grad_enabled() else None, c.stride, c.padding)
+        x = instance_norm(y, self.in_weight if self.out_scale != 1.0 else None)
         return F.leaky_relu(x, 0.2) if self.act else x
 
 
@@ -267,15 +304,17 @@ class PyramidBlock(nn.Module):
         super().__init__()
         k, s = (4, 2) if down else (3, 1)
         self.conv1 = ConvNormAct(in_ch, in_ch, 3, 1, 1)
-        self.conv2 = ConvNormAct(in_ch, out_ch, k, s, 1)
-        self.skip = ConvNormAct(in_ch, out_ch, k, s, 1, act=False)
+        self.conv2 = ConvNormAct(in_ch, out_ch, k, s, 1, out_scale=1.0 / math.sqrt(2.0))
+        self.skip = ConvNormAct(in_ch, out_ch, k, s, 1, act=False, out_scale=1.0 / math.sqrt(2.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.conv2(self.conv1(x)) + self.skip(x)) * (1.0 / math.sqrt(2.0))
+        return self.conv2(self.conv1(x)) + self.skip(x)       # the 1/sqrt(2) is inside conv2 and skip
 
 
 class FusionMask(nn.Module):
-    """IFF block: mask = sigmoid(IN(conv1x1(concat[gen, pyr, (inj)]))); fused = mask*gen + (1-mask)*pyr."""
+    """IFF block: mask = sigmoid(IN(conv1x1(concat[gen, pyr, (inj)]))); fused = mask*gen + (1-mask)*pyr,
+    computed as one ``lerp`` (the conv bias is added only while autograd records: the norm removes it, see
+    ConvNormAct)."""
 
     def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
@@ -283,12 +322,18 @@ class FusionMask(nn.Module):
 
     def forward(self, gen: torch.Tensor, pyr: torch.Tensor, inj: torch.Tensor | None = None) -> torch.Tensor:
         parts = [gen, pyr] if inj is None else [gen, pyr, inj]
-        mask = torch.sigmoid(F.instance_norm(self.conv(torch.cat(parts, 1)), eps=1e-5))
-        return mask * gen + (1 - mask) * pyr
+        dt = pyr.dtype
+        bias = self.conv.bias if torch.is_grad_enabled() else None          # removed by the norm (ConvNormAct)
+        mask = torch.sigmoid(instance_norm(F.conv2d(torch.cat([t.to(dt) for t in parts], 1), self.conv.weight,
+                                                    bias)))
+        return torch.lerp(pyr, gen.to(dt), mask.to(dt))
 
 
 class HidingInjection(nn.Module):
-    """bits (B, n_bits/32, 32) -> row-major view (B, n_bits/s^2, s, s) -> conv1x1 -> FusedLeakyReLU -> * weight."""
+    """bits (B, n_bits/32, 32) -> row-major view (B, n_bits/s^2, s, s) -> conv1x1 -> FusedLeakyReLU -> * weight.
+
+    Computed as conv1x1 with the two biases summed -> leaky ReLU -> * (sqrt(2) * weight): the same function in
+    three passes over the activation instead of five."""
 
     def __init__(self, n_bits: int, resolution: int, out_ch: int):
         super().__init__()
@@ -301,8 +346,9 @@ class HidingInjection(nn.Module):
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
         s = self.resolution
         x = bits.reshape(bits.shape[0], self.in_ch, s, s)
-        x = self.activate(self.conv(x))
-        return x * self.weight.to(x.dtype)
+        a = self.activate
+        y = F.conv2d(x, self.conv.weight, self.conv.bias + a.bias)
+        return F.leaky_relu(y, a.negative_slope) * (self.weight * a.scale).to(y.dtype)
 
 
 class G2FaceGenerator(SynthesisNetwork):
@@ -434,7 +480,8 @@ class HidingExtractor(nn.Module):
         self.conv1x1_output = nn.Conv2d(w, 1, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv1x1_output(self.body(F.leaky_relu(self.conv1x1_input(x), 0.1)))
+        c = self.conv1x1_input
+        y = self.conv1x1_output(self.body(F.leaky_relu(conv2d(x, c.weight, c.bias), 0.1)))
         return y.reshape(y.shape[0], *self.cfg.bits_shape)
 
 

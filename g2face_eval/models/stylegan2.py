@@ -8,8 +8,13 @@ Design for fast inference:
 * every constant (FIR kernels) is a registered buffer built once in ``__init__``; the FIR layers also keep the
   kernel pre-flipped and pre-shaped for the depthwise conv as a non-persistent buffer (``kernel_flipped``;
   state dicts are unchanged), refreshed when the state dict is loaded;
-* ``upfirdn2d`` is reshape + pad + depthwise conv (no host sync, no data-dependent shapes), so it fuses under
-  torch.compile and runs in bf16/fp16 (the kernel is cast to the activation dtype);
+* the FIR layers (``Blur``, ``Upsample``) filter separably with two matrix products (``fir_matrix``: the
+  (out, in) matrix of upsample -> pad -> filter -> downsample along one axis, built once per input size, dtype
+  and device), in either memory layout: on the H200 a depthwise 4x4 convolution ran at ~200 GB/s in NCHW and
+  ~60 GB/s in channels_last, and was the largest non-convolution cost of the generator. ``upfirdn2d`` (reshape +
+  pad + depthwise conv) is the direct formulation: the reference the matrices are tested against, the path of a
+  non-separable kernel, and what ``direct_fir()`` selects so FLOP counts state the filter's nominal cost
+  (16 multiply-adds per output) rather than the banded matrices' ~4-65x more;
 * inference weight cache (``cache_weights``, off by default; ``G2Face.set_inference_cache`` turns it on for the
   fast path): equalised-lr scaled weights, the demodulation weight norms and their casts to the activation dtype
   are computed once and reused while no gradient is recorded; an entry is rebuilt when its source parameter
@@ -26,7 +31,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,17 +80,115 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
     return F.conv2d(x, weight, stride=down, groups=c)
 
 
+_DIRECT_FIR = False
+
+
+@contextmanager
+def direct_fir():
+    """Inside: the FIR layers use the direct depthwise formulation (``upfirdn2d``), e.g. for FLOP counting."""
+    global _DIRECT_FIR
+    old, _DIRECT_FIR = _DIRECT_FIR, True
+    try:
+        yield
+    finally:
+        _DIRECT_FIR = old
+
+
+def separable_taps(kernel: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(vertical, horizontal) 1-D taps of a rank-1 2-D FIR kernel, as a true convolution applies them
+    (outer(v, h) == kernel), or None when the kernel is not separable."""
+    k = kernel.detach().double().cpu()
+    if k.ndim != 2 or not torch.isfinite(k).all() or float(k.abs().sum()) == 0:
+        return None
+    r = int(k.abs().sum(1).argmax())                    # a row with the largest mass
+    v = k[:, int(k[r].abs().argmax())] / k[r, int(k[r].abs().argmax())]
+    h = k[r]
+    if not torch.allclose(torch.outer(v, h), k, rtol=1e-6, atol=1e-9 * float(k.abs().max())):
+        return None
+    return tuple(float(t) for t in v), tuple(float(t) for t in h)
+
+
+def fir_matrix(taps: Sequence[float], n_in: int, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)
+               ) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of ``upfirdn2d`` along one axis: zero-insertion by ``up``, padding
+    ``pad`` (negative crops), true convolution with ``taps``, keeping every ``down``-th sample."""
+    p0, p1 = pad
+    n_up = n_in * up
+    k = len(taps)
+    n_out = (n_up + p0 + p1 - k) // down + 1
+    if n_out < 1:
+        raise ValueError(f"FIR output would be empty (n_in={n_in}, up={up}, down={down}, pad={pad}, taps={k})")
+    m = np.zeros((n_out, n_in))
+    flipped = taps[::-1]                                # correlation taps
+    for i in range(n_out):
+        for t in range(k):
+            q = i * down + t - p0                       # index into the upsampled, unpadded signal
+            if 0 <= q < n_up and q % up == 0:
+                m[i, q // up] += flipped[t]
+    return torch.from_numpy(m)
+
+
+def _left_matmul(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """m (r, n) applied to every (n, k) matrix x[i] of x (N, n, k): one strided batched GEMM (m not copied)."""
+    return torch.bmm(m.expand(x.shape[0], -1, -1), x)
+
+
+def upfirdn2d_separable(x: torch.Tensor, mh: torch.Tensor, mw: torch.Tensor) -> torch.Tensor:
+    """(B,C,H,W) -> mh @ x @ mw.T per channel; channels_last in -> channels_last out, else contiguous.
+
+    ``mh`` (Ho, Hp) and ``mw`` (Wo, Wp) may carry zero columns beyond H / W (Hp, Wp >= H, W): the GEMMs then
+    see 16-byte aligned leading dimensions (on the H200 a K of 257 fell back to a slow pre-Hopper kernel)."""
+    b, c, h, w = x.shape
+    ho, wo = mh.shape[0], mw.shape[0]
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        xp = x.permute(0, 2, 3, 1)                                          # (B,H,W,C) contiguous
+        y = _left_matmul(mw[:, :w], xp.reshape(b * h, w, c))                # along W: (B*H, Wo, C)
+        z = _left_matmul(mh[:, :h], y.view(b, h, wo * c))                   # along H: (B, Ho, Wo*C)
+        return z.view(b, ho, wo, c).permute(0, 3, 1, 2)
+    x = x.contiguous()
+    if mw.shape[1] != w:                                                    # x is the GEMM's A: pad its rows
+        x = F.pad(x, (0, mw.shape[1] - w))
+    y = torch.matmul(x, mw.t())                                             # along W: (B,C,H,Wo), one GEMM
+    return _left_matmul(mh[:, :h], y.view(b * c, h, wo)).view(b, c, ho, wo)
+
+
 class _FIR(nn.Module):
-    """Base of the FIR modules: persistent ``kernel`` (state-dict key) + non-persistent ``kernel_flipped``."""
+    """Base of the FIR modules: persistent ``kernel`` (state-dict key) + non-persistent ``kernel_flipped``;
+    separable kernels run as two matrix products (``fir_matrix``, cached per input size / dtype / device)."""
+
+    up, down = 1, 1
 
     def _set_kernel(self, k: torch.Tensor) -> None:
         self.register_buffer("kernel", k)
         self.register_buffer("kernel_flipped", flip_kernel(k), persistent=False)
+        self._refresh_taps()
+
+    def _refresh_taps(self) -> None:
+        self.taps = separable_taps(self.kernel) if self.kernel.device.type != "meta" else None
+        self._matrices: dict = {}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         with torch.no_grad():
             self.kernel_flipped = flip_kernel(self.kernel).to(self.kernel_flipped.device)
+        self._refresh_taps()
+
+    @torch.compiler.disable
+    def _matrix_pair(self, h: int, w: int, dtype: torch.dtype, device: torch.device):
+        key = (h, w, dtype, device)
+        hit = self._matrices.get(key)
+        if hit is None:
+            align = 8 if device.type == "cuda" else 1   # zero columns up to a multiple of 8 (GEMM alignment)
+            hit = tuple(F.pad(fir_matrix(t, n, self.up, self.down, self.pad), (0, -n % align)).to(device, dtype)
+                        for t, n in zip(self.taps, (h, w), strict=True))
+            self._matrices[key] = hit
+        return hit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.taps is None or _DIRECT_FIR or self.kernel.device.type == "meta":
+            return upfirdn2d(x, self.kernel_flipped, up=self.up, down=self.down, pad=self.pad, flipped=True)
+        mh, mw = self._matrix_pair(x.shape[-2], x.shape[-1], x.dtype, x.device)
+        return upfirdn2d_separable(x, mh, mw)
 
 
 class Blur(_FIR):
@@ -91,14 +196,11 @@ class Blur(_FIR):
 
     def __init__(self, kernel: Sequence[float], pad: tuple[int, int], upsample_factor: int = 1):
         super().__init__()
+        self.pad = tuple(pad)
         k = make_kernel(kernel)
         if upsample_factor > 1:
             k = k * (upsample_factor ** 2)
         self._set_kernel(k)
-        self.pad = tuple(pad)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upfirdn2d(x, self.kernel_flipped, pad=self.pad, flipped=True)
 
 
 class Upsample(_FIR):
@@ -106,14 +208,11 @@ class Upsample(_FIR):
 
     def __init__(self, kernel: Sequence[float], factor: int = 2):
         super().__init__()
-        self.factor = factor
+        self.factor = self.up = factor
         k = make_kernel(kernel) * (factor ** 2)
-        self._set_kernel(k)
         p = k.shape[0] - factor
         self.pad = ((p + 1) // 2 + factor - 1, p // 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upfirdn2d(x, self.kernel_flipped, up=self.factor, pad=self.pad, flipped=True)
+        self._set_kernel(k)
 
 
 class WeightCache:
@@ -243,6 +342,13 @@ class ModulatedConv2d(WeightCache, nn.Module):
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        out, d = self.modulated(x, style)
+        return out if d is None else out * d.to(out.dtype)[:, :, None, None]
+
+    def modulated(self, x: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(conv of the style-scaled input [then blurred], demodulation coefficients (B, out) fp32 or None):
+        ``forward`` = their product. The demodulation is a per-(sample, channel) scale, so it commutes with the
+        per-channel blur and callers can fuse it into their epilogue (StyledConv)."""
         s = self.modulation(style)                                      # (B, in)
         dt = x.dtype
         xs = x * s.to(dt)[:, :, None, None]
@@ -256,15 +362,15 @@ class ModulatedConv2d(WeightCache, nn.Module):
             wc = self._cached(f"w_{dt}_{cl}", lambda: self._w().to(dt).contiguous(memory_format=fmt),
                               self.weight)
             out = F.conv2d(xs, wc, padding=self.padding)
+        d = None
         if self.demodulate:
             # demod[b,o] = rsqrt(sum_i s[b,i]^2 * sum_kk w[o,i,kk]^2 + eps), in float32
             wsq_t = self._cached("wsq_t", lambda: self._w().float().pow(2).sum(dim=(2, 3)).t(),
                                  self.weight)                           # (in, out)
             d = torch.rsqrt(s.float().pow(2) @ wsq_t + self.eps)        # (B, out)
-            out = out * d.to(out.dtype)[:, :, None, None]
         if self.upsample:
             out = self.blur(out)
-        return out
+        return out, d
 
     def _w(self) -> torch.Tensor:
         return self.weight[0] * self.scale                              # (out, in, k, k)
@@ -305,7 +411,21 @@ class StyledConv(nn.Module):
         self.activate = FusedLeakyReLU(out_ch)
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        return self.activate(self.noise(self.conv(x, style), noise))
+        """leaky_relu(conv * demod + w * noise + bias) * sqrt(2), computed as
+        leaky_relu(conv * (demod * sqrt(2)) + (w * sqrt(2)) * noise + bias * sqrt(2)) (a leaky ReLU commutes
+        with a positive scale): three passes over the activation instead of five."""
+        out, d = self.conv.modulated(x, style)
+        b, _, h, w = out.shape
+        dt = out.dtype
+        if noise is None:                                   # official: a fresh N(0,1) map per forward
+            noise = torch.randn(b, 1, h, w, device=out.device, dtype=dt)
+        a = self.activate
+        acc = torch.promote_types(torch.float32, dt)     # the scale folded in at >= fp32, rounded once to dt
+        ds = (d.to(acc) * a.scale if d is not None else out.new_full((b, out.shape[1]), a.scale, dtype=acc))
+        nz = (self.noise.weight * a.scale).to(dt) * noise.to(dt)                  # (B, 1, H, W)
+        y = torch.addcmul(nz, out, ds.to(dt)[:, :, None, None])
+        y = y.add_((a.bias * a.scale).to(dt).view(1, -1, 1, 1))
+        return F.leaky_relu(y, a.negative_slope, inplace=True)
 
 
 class ToRGB(nn.Module):

@@ -977,6 +977,8 @@ def plot(doc: dict, path: Path) -> Path | None:
             if r["suite"] != suite:
                 continue
             label = (f"{r['config']} {r['op']} {r['variant']}" if suite == "g2face" else r["name"])
+            if suite == "g2face" and r["name"] != "g2face":
+                label += f" ({r['name']})"                 # g2face_reference: the fp32 reference path
             series.setdefault(label, []).append((r["batch"], r["ms_per_image"]))
         for label, pts in sorted(series.items()):
             pts.sort()
@@ -1119,16 +1121,22 @@ def cli(argv: list[str] | None = None) -> int:
     from g2face_eval import settings
 
     results_dir = Path(a.results_dir) if a.results_dir else settings.results_dir()
-    if a.ingest:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if a.ingest:  # a bench.json from elsewhere (any file name): copied into its own run folder, then logged
         src = Path(a.ingest)
         doc = json.loads(src.read_text())
-        fig = None if a.no_plot else plot(doc, src.parent / "bench_latency.png")
-        uri = log_mlflow(doc, src.parent, results_dir, fig)
-        print(f"ingested {src} -> {uri}")
+        if not doc.get("reference") and (ref := load_reference()):
+            doc["reference"] = ref   # the device machine has no ../shared: the official numbers are added here
+            doc.setdefault("notes", []).append("reference added at ingest from the local reference file")
+        out_dir = Path(a.out) if a.out else results_dir / "bench" / f"ingested-{stamp}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out_dir / "bench.json", json.dumps(doc, indent=2))
+        fig = None if a.no_plot else plot(doc, out_dir / "bench_latency.png")
+        uri = log_mlflow(doc, out_dir, results_dir, fig)
+        print(f"ingested {src} -> {out_dir} ({uri})")
         return 0
     if a.threads:
         torch.set_num_threads(a.threads)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(a.out) if a.out else results_dir / "bench" / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
     if a.jpeg:  # payload robustness (BER / authenticated recovery after JPEG), no timing

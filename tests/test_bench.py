@@ -179,3 +179,24 @@ def test_cli_skips_gpu_only_variants_on_cpu(tmp_path):
                "--no-checks"])
     rows = json.loads((out / "bench.json").read_text())["results"]
     assert [r["status"] for r in rows] == ["skipped"]
+
+
+def test_cli_ingest_of_a_gpu_json(tmp_path):
+    """--ingest logs a bench JSON produced on the lent GPU (any file name; here the committed H200 compile
+    cells) into its own run folder: the JSON (with the official reference numbers added when they were
+    missing), the latency figure, an MLflow run with its metrics."""
+    import sqlite3
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "docs/gpu_runs/h200_2026-11-26/bench_compile_b32.json"
+    out = tmp_path / "ingested"
+    assert bench.cli(["--ingest", str(src), "--out", str(out), "--results-dir", str(tmp_path)]) == 0
+    got, orig = json.loads((out / "bench.json").read_text()), json.loads(src.read_text())
+    assert got["results"] == orig["results"] and got["device"] == orig["device"]
+    if bench.load_reference():                   # the official H200 numbers, missing on the device machine
+        assert orig.get("reference") is None and got["reference"]["anonymize_ms"]
+    assert (out / "bench_latency.png").stat().st_size > 1000
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        keys = {k for (k,) in db.execute("select key from metrics")}
+    assert "g2face/g2face/official/anonymize/bf16_compile/b32/median_ms" in keys
+    assert "matmul_tflops" in keys

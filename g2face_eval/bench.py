@@ -486,6 +486,21 @@ def peak_rss_mb() -> float:
     return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
 
 
+def record_step(steps: dict, name: str, fn: Callable[[], dict | None]) -> dict:
+    """``steps[name] = fn()`` plus its wall time; an exception is recorded as ``{"error": ...}`` (traceback
+    printed) so a one-call device script goes on to its next step. Used by the scripts/gpu_*.py checks."""
+    import traceback
+
+    t = time.perf_counter()
+    try:
+        res = fn() or {}
+    except Exception as e:  # noqa: BLE001 - recorded, the script continues
+        traceback.print_exc()
+        res = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
+    steps[name] = {**res, "wall_s": round(time.perf_counter() - t, 1)}
+    return steps[name]
+
+
 def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict:
     cuda = device.type == "cuda"
     for _ in range(warmup):

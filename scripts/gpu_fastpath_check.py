@@ -16,7 +16,6 @@ import math
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -61,6 +60,8 @@ def main() -> int:
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    from g2face_eval import bench
+
     doc: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": {}, "timings": []}
 
     def save():
@@ -70,18 +71,9 @@ def main() -> int:
         def deco(fn):
             if a.only and not any(o in name for o in a.only.split(",")) and name != BASELINE:
                 return
-            t = time.perf_counter()
-            try:
-                doc["steps"][name] = fn()
-            except Exception as e:  # noqa: BLE001
-                traceback.print_exc()
-                doc["steps"][name] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
-            doc["steps"][name] = {**(doc["steps"][name] or {}), "wall_s": round(time.perf_counter() - t, 1)}
-            print(name, doc["steps"][name], flush=True)
+            print(name, bench.record_step(doc["steps"], name, fn), flush=True)
             save()
         return deco
-
-    from g2face_eval import bench
 
     dev = torch.device("cuda")
     p = bench.build_pipeline("official", dev)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -35,27 +33,11 @@ WARMUP, REPEATS = 3, 10
 
 
 def cuda_ms(fn) -> float:
-    """Median ms per call: CUDA events on a GPU, perf_counter on the CPU (dry run)."""
-    cuda = torch.cuda.is_available()
-    for _ in range(WARMUP):
-        fn()
-    if cuda:
-        torch.cuda.synchronize()
-    ts = []
-    for _ in range(REPEATS):
-        if cuda:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            ts.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-    ts.sort()
-    return round(ts[len(ts) // 2], 3)
+    """Median ms per call (``bench.time_fn``: CUDA events on a GPU, perf_counter on the CPU dry run)."""
+    from g2face_eval import bench
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return round(bench.time_fn(fn, dev, WARMUP, REPEATS)["median_ms"], 3)
 
 
 def main() -> int:
@@ -81,13 +63,8 @@ def main() -> int:
         (out / "profile.json").write_text(json.dumps(doc, indent=2))
 
     def step(name, fn):
-        t = time.perf_counter()
-        try:
-            doc["steps"][name] = fn()
-        except Exception as e:  # noqa: BLE001
-            traceback.print_exc()
-            doc["steps"][name] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
-        print(f"[{time.perf_counter() - t:6.1f}s] {name}: {json.dumps(doc['steps'][name])[:900]}", flush=True)
+        res = bench.record_step(doc["steps"], name, fn)
+        print(f"{name}: {json.dumps(res)[:900]}", flush=True)
         save()
 
     step("matmul_rate", lambda: bench.matmul_rate(dev))
@@ -133,7 +110,7 @@ def main() -> int:
                 "seg_anon_generator": cuda_ms(lambda: f._seg_anon(x, coeffs, bits, seeds)),
                 "seg_extract": cuda_ms(lambda: f._seg_extract(y)),
                 "seg_rec_generator": cuda_ms(lambda: f._seg_rec(y, dec.embeddings, coeffs_y, dec.bits, seeds)),
-                "peak_mib": round(torch.cuda.max_memory_allocated() / 2 ** 20) if dev.type == "cuda" else None,
+                "peak_mib_last_op": round(torch.cuda.max_memory_allocated() / 2 ** 20) if dev.type == "cuda" else None,
             }
 
     variants = {"bf16": dict(amp_dtype=torch.bfloat16), "bf16_cl": dict(amp_dtype=torch.bfloat16,

@@ -200,3 +200,11 @@ def test_cli_ingest_of_a_gpu_json(tmp_path):
         keys = {k for (k,) in db.execute("select key from metrics")}
     assert "g2face/g2face/official/anonymize/bf16_compile/b32/median_ms" in keys
     assert "matmul_tflops" in keys
+
+
+def test_record_step_records_errors_and_goes_on():
+    steps: dict = {}
+    assert bench.record_step(steps, "ok", lambda: {"x": 1})["x"] == 1
+    err = bench.record_step(steps, "bad", lambda: 1 / 0)
+    assert err["error"].startswith("ZeroDivisionError") and "wall_s" in err
+    assert set(steps) == {"ok", "bad"} and steps["ok"]["wall_s"] >= 0

@@ -1145,7 +1145,7 @@ def cli(argv: list[str] | None = None) -> int:
             doc.setdefault("notes", []).append("reference added at ingest from the local reference file")
         out_dir = Path(a.out) if a.out else results_dir / "bench" / f"ingested-{stamp}"
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(out_dir / "bench.json", json.dumps(doc, indent=2))
+        atomic_write_json(out_dir / "bench.json", doc)
         fig = None if a.no_plot else plot(doc, out_dir / "bench_latency.png")
         uri = log_mlflow(doc, out_dir, results_dir, fig)
         print(f"ingested {src} -> {out_dir} ({uri})")

@@ -287,13 +287,13 @@ class ConvNormAct(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding)
         self.act = act
-        self.out_scale = float(out_scale)
-        self.register_buffer("in_weight", torch.full((out_ch,), self.out_scale), persistent=False)
+        in_weight = torch.full((out_ch,), float(out_scale)) if out_scale != 1.0 else None
+        self.register_buffer("in_weight", in_weight, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         y = conv2d(x, c.weight, c.bias if torch.is_grad_enabled() else None, c.stride, c.padding)
-        x = instance_norm(y, self.in_weight if self.out_scale != 1.0 else None)
+        x = instance_norm(y, self.in_weight)
         return F.leaky_relu(x, 0.2) if self.act else x
 
 

@@ -140,6 +140,20 @@ def test_effnet_folded_batchnorms_same_features(datasets_root, effnet):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+def test_extractor_cpu_microbatches_same_features(datasets_root, effnet, monkeypatch):
+    """On CPU the extractor feeds its network a few images at a time (cache-sized activations): the features of
+    a batch are those of the batch run whole, and of each image run alone."""
+    x = _faces(datasets_root, 10)
+    got = effnet(x)  # micro-batches of CPU_MICROBATCH, the last one short
+    assert effnet.CPU_MICROBATCH < len(x)
+    monkeypatch.setattr(R.FeatureExtractor, "CPU_MICROBATCH", len(x))
+    whole = effnet(x)
+    single = np.concatenate([effnet(x[i : i + 1]) for i in range(len(x))])
+    assert got.shape == (10, 1280) and np.abs(got).max() > 0.5
+    np.testing.assert_allclose(got, whole, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, single, atol=1e-4, rtol=0)
+
+
 @pytest.mark.slow
 def test_fd_effnet_grows_with_blur_and_matches_torch_fidelity_kid(datasets_root, effnet):
     import torch_fidelity

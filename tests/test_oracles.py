@@ -147,6 +147,25 @@ def test_sface_recognizer_equals_opencv(datasets_root):
     assert (got @ got.T)[np.triu_indices(10, 1)].max() < 0.9  # ten different people
 
 
+def test_sface_frozen_cpu_graph_equals_eager(datasets_root):
+    """On CPU the SFace recognizer runs a frozen, oneDNN-optimised TorchScript copy of its graph (traced once, on
+    whatever batch comes first): the same embeddings as the eager network at other batch sizes too."""
+    import torch
+
+    rec, det = recognizers.get_recognizer("sface"), detectors.get_detector("yunet")
+    people = sorted(p for p in (datasets_root / "lfw" / "lfw-deepfunneled").iterdir() if p.is_dir())[10:22]
+    crops = []
+    for person in people:
+        img = _read(sorted(person.iterdir())[0])
+        crops.append(rec.align(img, det.detect(img)[0]))
+    got = np.concatenate([rec.embed_aligned(crops[:5]), rec.embed_aligned(crops[5:6]), rec.embed_aligned(crops[6:])])
+    assert isinstance(rec._frozen_net, torch.jit.ScriptModule)  # the frozen graph did the work
+    with torch.inference_mode():
+        x = rec._prepare(torch.from_numpy(np.stack(crops)))
+        want = recognizers._l2(rec._net(x).numpy())
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", recognizers.DEFAULT_RECOGNIZERS)
 def test_recognizer_separates_same_and_different(datasets_root, name):
     rec = recognizers.get_recognizer(name)

@@ -68,16 +68,18 @@ def ssim(
     import numpy as np
 
     B, C, H, W = a.shape
-    g = _gaussian_1d(sigma, 3.5, torch.float64, "cpu").numpy()
+    # float32 filtering of the images scaled to [0, 1] (SSIM is scale-free when C1, C2 scale with the range):
+    # ~2x faster than float64, within 1e-5 of skimage on real faces (tests/test_metrics_image.py)
+    g = _gaussian_1d(sigma, 3.5, torch.float64, "cpu").numpy().astype(np.float32)
     p = g.size // 2
     if H < g.size or W < g.size:
         raise ValueError(f"ssim needs images of at least {g.size}x{g.size}, got {H}x{W}")
-    x = a.detach().double().cpu().reshape(B * C, H, W).numpy()
-    y = b.detach().double().cpu().reshape(B * C, H, W).numpy()
-    c1, c2 = (k1 * r) ** 2, (k2 * r) ** 2
+    x = (a.detach().double().cpu() / r).float().reshape(B * C, H, W).numpy()
+    y = (b.detach().double().cpu() / r).float().reshape(B * C, H, W).numpy()
+    c1, c2 = k1**2, k2**2
 
-    def filt(t: np.ndarray) -> np.ndarray:  # separable gaussian (float64, OpenCV), 'valid' region only
-        return cv2.sepFilter2D(t, cv2.CV_64F, g, g, borderType=cv2.BORDER_REFLECT)[p : H - p, p : W - p]
+    def filt(t: np.ndarray) -> np.ndarray:  # separable gaussian (OpenCV), 'valid' region only
+        return cv2.sepFilter2D(t, cv2.CV_32F, g, g, borderType=cv2.BORDER_REFLECT)[p : H - p, p : W - p]
 
     out = np.empty(B * C)
     for i in range(B * C):  # one channel at a time: the working set stays in cache
@@ -86,7 +88,7 @@ def ssim(
         uxx, uyy, uxy = filt(xi * xi), filt(yi * yi), filt(xi * yi)
         vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
         s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-        out[i] = s.mean()
+        out[i] = s.mean(dtype=np.float64)
     return torch.from_numpy(out.reshape(B, C).mean(1))
 
 

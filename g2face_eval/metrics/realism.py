@@ -513,11 +513,18 @@ class FeatureExtractor:
         v = hashlib.sha256(self.spec.version.encode()).hexdigest()[:8]
         return f"{self.name}-{v}-{self.weights_sha256[:16]}"
 
+    # on CPU the network runs a few images at a time: a convolution's activations for 4 images stay in cache,
+    # for 32 they do not (EfficientNet-lite0 on 2 cores: ~2x faster per image at 4 than at 32; same features)
+    CPU_MICROBATCH = 4
+
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         x = quantize(batch).to(self.device)
-        (feats,) = self.module(x)
-        return feats.float().cpu().numpy()
+        step = self.CPU_MICROBATCH if x.device.type == "cpu" else max(len(x), 1)
+        feats = [self.module(x[i : i + step])[0] for i in range(0, len(x), step)]
+        if not feats:
+            return np.zeros((0, self.dim), np.float32)
+        return torch.cat(feats).float().cpu().numpy()
 
     def extract(self, batches: Iterable[torch.Tensor]) -> np.ndarray:
         out = [self(b) for b in batches]

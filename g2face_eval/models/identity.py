@@ -136,6 +136,16 @@ class OnnxTorch(nn.Module):
                 raise NotImplementedError(f"ONNX op {n.op_type} not supported by OnnxTorch")
             self.ops.append((n.op_type, ins, n.output[0], attrs))
         self.ops = self._fold_conv_bn(self.ops, consts)
+        # names whose last reader is op k: dropped from the environment right after it, so a batch's activations
+        # are freed (and their memory reused) as the chain goes, not all held to the end
+        last: dict[str, int] = {}
+        for k, (_, ins, _, _) in enumerate(self.ops):
+            for i in ins:
+                if i and i not in consts:
+                    last[i] = k
+        self._free_after: list[tuple[str, ...]] = [
+            tuple(n for n, k2 in last.items() if k2 == k and n != self.output_name) for k in range(len(self.ops))
+        ]
         self._names: dict[str, str] = {}
         for _, ins, _, _ in self.ops:
             for i in ins:
@@ -210,8 +220,10 @@ class OnnxTorch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env: dict[str, torch.Tensor] = {self.input_name: x}
-        for op, ins, out, a in self.ops:
+        for (op, ins, out, a), dead in zip(self.ops, self._free_after, strict=True):
             v = [self._get(env, i) if i else None for i in ins]
+            for name in dead:
+                del env[name]
             if op == "Sub":
                 r = v[0] - v[1].to(v[0].dtype)
             elif op == "Mul":

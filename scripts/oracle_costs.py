@@ -53,7 +53,7 @@ def main() -> int:
         tm(f"embed_{r}", lambda rec=rec: rec.embed(anon, faces))
     for d, det in O.detectors.items():
         tm(f"detect_{d}", lambda det=det: [det.detect(x) for x in anon])
-    tm("mesh", lambda: [O.mesh_of(x) for x in anon])
+    tm("mesh", lambda: [O.mesh_of(x) for x in anon])  # with its own YuNet detection (the harness reuses detect_yunet's)
     for n, ext in O.extractors.items():
         tm(f"features_{n}", lambda ext=ext: _features(ext, anon))
     tm("psnr", lambda: _psnr(anon, imgs))

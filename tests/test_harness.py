@@ -267,3 +267,38 @@ def test_repeat_option_gives_distinct_ids_loading_the_same_pixels():
     assert rep == f"{base[0]}#r1"
     np.testing.assert_array_equal(src.load(rep).image, src.load(base[0]).image)
     assert src.load(rep).id == rep
+
+
+def test_batch_metrics_detects_each_output_once(datasets_root):
+    """Per output image the detection rate and the face mesh share one YuNet detection (the mesh crops around
+    the first face the detection rate already found) and the mesh metrics are those of the mesh run alone."""
+    from types import SimpleNamespace
+
+    import cv2
+
+    from g2face_eval.metrics import attributes as A
+    from g2face_eval.oracles import detectors as Dt
+    from g2face_eval.oracles.geometry import get_face_mesh
+
+    files = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[:3]
+    orig = [np.ascontiguousarray(cv2.imread(str(f))[:, :, ::-1]) for f in files]
+    anon = [cv2.GaussianBlur(im, (0, 0), 2) for im in orig]
+    yunet, mesh = Dt.get_detector("yunet"), get_face_mesh()
+    calls = []
+
+    class Counting:
+        def detect(self, image):
+            calls.append(image)
+            return yunet.detect(image)
+
+    oracles = SimpleNamespace(recognizers={}, detectors={"yunet": Counting()}, mesh=mesh, lpips=None)
+    oracles.mesh_of = lambda img, faces=None: E.Oracles.mesh_of(oracles, img, faces)
+    items = [SimpleNamespace(id=f"f{i}", meta={}, image=im, face=yunet.detect(im)[0]) for i, im in enumerate(orig)]
+    ctx = E.BatchContext("celebahq256", {}, [mesh.analyze(im) for im in orig])
+    df = E.batch_metrics(items, anon, ctx, oracles, reversible=False)
+    assert len(calls) == len(anon)  # one detection per output, not one more inside the mesh
+    assert df["detection_rate_yunet"].tolist() == [1.0, 1.0, 1.0]
+    alone = [mesh.analyze(a) for a in anon]  # each output's mesh with the mesh's own detection
+    want = [float(A.pose_error(np.array([[a.yaw, a.pitch, a.roll]]), np.array([[o.yaw, o.pitch, o.roll]]))[0])
+            for a, o in zip(alone, ctx.mesh, strict=True)]
+    np.testing.assert_allclose(df["pose_error_deg"].to_numpy(), want, rtol=0, atol=1e-9)

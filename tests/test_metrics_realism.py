@@ -140,18 +140,23 @@ def test_effnet_folded_batchnorms_same_features(datasets_root, effnet):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_extractor_cpu_microbatches_same_features(datasets_root, effnet, monkeypatch):
-    """On CPU the extractor feeds its network a few images at a time (cache-sized activations): the features of
-    a batch are those of the batch run whole, and of each image run alone."""
+def test_extractor_cpu_microbatches_and_frozen_graph_same_features(datasets_root, effnet, monkeypatch):
+    """On CPU the extractor feeds its network a few images at a time (cache-sized activations) through a frozen
+    TorchScript graph of the trunk: the features of a batch are those of the batch run whole, of each image run
+    alone, and of the eager network."""
     x = _faces(datasets_root, 10)
     got = effnet(x)  # micro-batches of CPU_MICROBATCH, the last one short
     assert effnet.CPU_MICROBATCH < len(x)
+    assert isinstance(effnet.module._trunk.frozen, torch.jit.ScriptModule)
     monkeypatch.setattr(R.FeatureExtractor, "CPU_MICROBATCH", len(x))
     whole = effnet(x)
     single = np.concatenate([effnet(x[i : i + 1]) for i in range(len(x))])
+    monkeypatch.setattr(effnet.module._trunk, "frozen", None)  # no graph and none to build: the eager trunk
+    monkeypatch.setattr(effnet.module._trunk, "_failed", True)
+    eager = effnet(x)
     assert got.shape == (10, 1280) and np.abs(got).max() > 0.5
-    np.testing.assert_allclose(got, whole, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(got, single, atol=1e-4, rtol=0)
+    for other in (whole, single, eager):
+        np.testing.assert_allclose(got, other, atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow

@@ -159,7 +159,7 @@ def test_sface_frozen_cpu_graph_equals_eager(datasets_root):
         img = _read(sorted(person.iterdir())[0])
         crops.append(rec.align(img, det.detect(img)[0]))
     got = np.concatenate([rec.embed_aligned(crops[:5]), rec.embed_aligned(crops[5:6]), rec.embed_aligned(crops[6:])])
-    assert isinstance(rec._frozen_net, torch.jit.ScriptModule)  # the frozen graph did the work
+    assert isinstance(rec._run.frozen, torch.jit.ScriptModule)  # the frozen graph did the work
     with torch.inference_mode():
         x = rec._prepare(torch.from_numpy(np.stack(crops)))
         want = recognizers._l2(rec._net(x).numpy())
@@ -224,6 +224,20 @@ def test_mesh_landmarks_and_flip(faces, mesh):
     assert f is not None
     assert np.sign(f.yaw) == -np.sign(r.yaw) and abs(f.yaw + r.yaw) < 6
     assert abs(f.roll + r.roll) < 4 and abs(f.pitch - r.pitch) < 5
+
+
+def test_mesh_reuses_given_detections(faces, mesh):
+    """The harness hands the mesh the YuNet detections it already made for the detection rate: the same mesh as
+    when the mesh detects by itself; an empty list means its detector found nothing (whole-image fallback)."""
+    assert mesh.detector_name == "yunet"
+    img = faces["lfw"]
+    found = detectors.get_detector("yunet").detect(img)
+    own, given = mesh.analyze(img), mesh.analyze(img, found)
+    assert own is not None and given is not None
+    np.testing.assert_array_equal(given.landmarks, own.landmarks)
+    assert (given.yaw, given.pitch, given.roll) == (own.yaw, own.pitch, own.roll)
+    whole = mesh.analyze(img, [])  # no detection: the mesh runs on the whole image
+    assert whole is not None and not np.array_equal(whole.landmarks, own.landmarks)
 
 
 def test_mesh_on_small_face_in_large_image(faces, mesh):

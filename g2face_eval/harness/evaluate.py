@@ -144,12 +144,13 @@ class Oracles:
                     self.cache.put(f"emb_{rec}", keys[i], e[j])
         return np.stack(out).astype(np.float32)
 
-    def mesh_of(self, img: np.ndarray):
-        """The face mesh of an image, or None (no mesh oracle, or no face found)."""
+    def mesh_of(self, img: np.ndarray, faces: list | None = None):
+        """The face mesh of an image, or None (no mesh oracle, or no face found). ``faces``: the image's
+        detections by the mesh's own detector (``mesh.detector_name``) when already computed."""
         if self.mesh is None:
             return None
         try:
-            return self.mesh.analyze(img)
+            return self.mesh.analyze(img, faces)
         except Exception:  # noqa: BLE001 - a mesh failure is a per-image "not found"
             return None
 
@@ -356,12 +357,14 @@ def batch_metrics(
                 cols[f"recovered_id_success_{r}"] = I.recovered_success(I.cosine_similarity(er, eo), thr)
             cols[f"wrongkey_similarity_{r}"] = I.cosine_similarity(ew, eo)
             cols[f"diversity_similarity_{r}"] = I.cosine_similarity(e2, ea)
-    for d, det in oracles.detectors.items():
-        cols[f"detection_rate_{d}"] = A.detection_rate([det.detect(a) for a in anon])
+    found = {d: [det.detect(a) for a in anon] for d, det in oracles.detectors.items()}
+    for d, faces_d in found.items():
+        cols[f"detection_rate_{d}"] = A.detection_rate(faces_d)
     if oracles.mesh is not None:
         pe, ed, nme, ok = [], [], [], []
+        mesh_faces = found.get(oracles.mesh.detector_name)  # the mesh crops around its detector's first face
         for j, a in enumerate(anon):
-            mo, ma = ctx.mesh[j], oracles.mesh_of(a)
+            mo, ma = ctx.mesh[j], oracles.mesh_of(a, None if mesh_faces is None else mesh_faces[j])
             if mo is None or ma is None:
                 pe.append(np.nan), ed.append(np.nan), nme.append(np.nan), ok.append(ma is not None)
                 continue

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from g2face_eval import atomic, settings
 from g2face_eval.imaging import check_batch
 from g2face_eval.metrics.base import MetricUnavailable
+from g2face_eval.models.frozen import FrozenOnCPU
 from g2face_eval.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -345,6 +346,17 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self.features(x))
 
 
+class _Trunk(nn.Module):
+    """``net.features`` as a module's forward (what ``models.frozen.FrozenOnCPU`` traces)."""
+
+    def __init__(self, net: EfficientNetLite0) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
 def _effnet_weights_path(explicit: str | None = None) -> str:
     if explicit is not None:
         return str(explicit)
@@ -398,6 +410,7 @@ class FeatureExtractorEffNetLite0(_TFBase):
         # from the plain network by ~1e-5)
         net = fold_batchnorms(load_effnet_lite0(feature_extractor_weights_path))
         self.net = net.to(memory_format=torch.channels_last)
+        self._trunk = FrozenOnCPU(_Trunk(self.net))  # on CPU a frozen graph (~1.15x; same features to 1e-5)
         self.register_buffer("mean", torch.tensor(EFFNET_LITE_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(EFFNET_LITE_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
@@ -428,7 +441,7 @@ class FeatureExtractorEffNetLite0(_TFBase):
                 h, size=(self.INPUT_IMAGE_SIZE,) * 2, mode="bilinear", align_corners=False, antialias=True
             )
         h = ((h - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        feats = self.net.features(h)
+        feats = self._trunk(h)
         out = {"1280": feats}
         if "logits" in self.features_list:
             out["logits"] = self.net._fc(feats)

@@ -131,16 +131,16 @@ class FaceMesh:
         )
         self._lock = threading.Lock()
         self.crop_size = crop_size
-        self._detector_name = detector
+        self.detector_name = detector  # the detectors.get_detector name whose first face the mesh is run on
         self._detector = None
 
     def _detect(self, image):
-        if self._detector_name is None:
+        if self.detector_name is None:
             return []
         if self._detector is None:
             from .detectors import get_detector
 
-            self._detector = get_detector(self._detector_name)
+            self._detector = get_detector(self.detector_name)
         return self._detector.detect(image)
 
     def _run(self, rgb: np.ndarray) -> np.ndarray | None:
@@ -151,8 +151,9 @@ class FaceMesh:
         lm = res.multi_face_landmarks[0].landmark
         return np.array([(p.x, p.y, p.z) for p in lm], dtype=np.float64)
 
-    def landmarks(self, image: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(468,3) landmarks in image pixels and the box used, or (None, None)."""
+    def landmarks(self, image: np.ndarray, faces: list | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(468,3) landmarks in image pixels and the box used, or (None, None). ``faces``: this image's detections
+        by ``detector_name`` when the caller already has them (score-descending, as ``detect`` returns them)."""
         if (
             not isinstance(image, np.ndarray)
             or image.dtype != np.uint8
@@ -163,7 +164,8 @@ class FaceMesh:
         h, w = image.shape[:2]
         if min(h, w) < 16:
             return None, None
-        faces = self._detect(image)
+        if faces is None:
+            faces = self._detect(image)
         if faces:
             x, y, bw, bh = faces[0].box
             side = 2.0 * max(bw, bh)
@@ -197,8 +199,8 @@ class FaceMesh:
         out = np.stack([lm[:, 0] * w, lm[:, 1] * h, lm[:, 2] * w], 1)
         return out.astype(np.float32), None
 
-    def analyze(self, image: np.ndarray) -> MeshResult | None:
-        lm, box = self.landmarks(image)
+    def analyze(self, image: np.ndarray, faces: list | None = None) -> MeshResult | None:
+        lm, box = self.landmarks(image, faces)
         if lm is None:
             return None
         return result_from_landmarks(lm, box)

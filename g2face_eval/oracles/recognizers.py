@@ -19,8 +19,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,45 +90,21 @@ class _TorchRecognizer(Recognizer):
     size = 112  # aligned crop side (ArcFace template scaled to it)
     mean, std = 127.5, 127.5
     batch_size = 32
-    # run on CPU as a frozen TorchScript graph with oneDNN-prepacked convolutions (``_frozen``): worth it for
-    # graphs of many small elementwise ops between depthwise convolutions (SFace: ~1.7x on CPU, same features to
-    # ~1e-6); plain eager otherwise
+    # on CPU, run as a frozen TorchScript graph (models.frozen): worth it for graphs of many small elementwise ops
+    # between depthwise convolutions (SFace: ~1.7x, same embeddings to ~1e-6); plain eager otherwise
     freeze_on_cpu = False
 
     def __init__(self) -> None:
+        from ..models.frozen import FrozenOnCPU
+
         self._net = zoo.load(self.weights[0])
-        self._frozen_net = None
-        self._freeze_lock = threading.Lock()
+        self._run = FrozenOnCPU(self._net) if self.freeze_on_cpu else self._net
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         return align_arcface(image, face.landmarks5, self.size)
 
     def _prepare(self, x):
         return ((x.float() - self.mean) / self.std).permute(0, 3, 1, 2).contiguous()
-
-    def _frozen(self, example):
-        """The network traced on ``example`` (its batch size does not matter: a chain of convolutions), frozen
-        and optimised for CPU inference; None when TorchScript cannot take it (the eager network is used)."""
-        import torch
-
-        with self._freeze_lock:
-            if self._frozen_net is None:
-                try:
-                    with warnings.catch_warnings(), torch.no_grad():
-                        warnings.simplefilter("ignore")  # TorchScript's deprecation notices
-                        traced = torch.jit.trace(self._net.eval(), example, check_trace=False)
-                        self._frozen_net = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-                except Exception:  # noqa: BLE001 - an optimisation only: fall back to the eager network
-                    self._frozen_net = False
-            return self._frozen_net or None
-
-    def forward(self, x):
-        """The network on a prepared batch: the frozen graph on CPU when ``freeze_on_cpu``, else eager."""
-        import torch
-
-        with torch.inference_mode():
-            net = self._frozen(x) if self.freeze_on_cpu and x.device.type == "cpu" else None
-            return (net or self._net)(x)
 
     def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
         import torch
@@ -139,7 +113,7 @@ class _TorchRecognizer(Recognizer):
         for i in range(0, len(crops), self.batch_size):
             with torch.inference_mode():
                 x = self._prepare(torch.from_numpy(np.stack(crops[i : i + self.batch_size])))
-            out.append(self.forward(x).float().numpy())
+                out.append(self._run(x).float().numpy())
         return _l2(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
 
 

@@ -410,7 +410,7 @@ class FeatureExtractorEffNetLite0(_TFBase):
         # from the plain network by ~1e-5)
         net = fold_batchnorms(load_effnet_lite0(feature_extractor_weights_path))
         self.net = net.to(memory_format=torch.channels_last)
-        self._trunk = FrozenOnCPU(_Trunk(self.net))  # on CPU a frozen graph (~1.15x; same features to 1e-5)
+        self._trunk = FrozenOnCPU(_Trunk(self.net))  # on CPU a frozen graph (same features to 1e-5)
         self.register_buffer("mean", torch.tensor(EFFNET_LITE_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(EFFNET_LITE_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
@@ -526,8 +526,9 @@ class FeatureExtractor:
         v = hashlib.sha256(self.spec.version.encode()).hexdigest()[:8]
         return f"{self.name}-{v}-{self.weights_sha256[:16]}"
 
-    # on CPU the network runs a few images at a time: a convolution's activations for 4 images stay in cache,
-    # for 32 they do not (EfficientNet-lite0 on 2 cores: ~2x faster per image at 4 than at 32; same features)
+    # on CPU the network runs a few images at a time: bounded activations (one EfficientNet-lite0 feature map of 32
+    # images is ~150 MB). Speed: ~2x per image vs 32 at a time without the CLI's malloc settings (ad hoc), neutral
+    # with them (docs/BENCH.md); the same features either way (test)
     CPU_MICROBATCH = 4
 
     @torch.no_grad()

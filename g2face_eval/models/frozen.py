@@ -2,9 +2,9 @@
 
 ``FrozenOnCPU(net)(x)`` runs ``net`` on ``x``; on CPU (and with autograd off) through a TorchScript trace of
 ``net``, frozen and optimised for inference (convolutions prepacked for oneDNN, elementwise ops kept in its
-blocked layout). For the small-image networks of the evaluation it is measurably faster on CPU than eager
-(SFace ~1.7x, EfficientNet-lite0 ~1.15x; ``scripts/oracle_costs.py``) and gives the same outputs up to float
-round-off (tests: ~1e-6 on SFace embeddings, ~1e-5 on EfficientNet features).
+blocked layout). For the small-image networks of the evaluation it is faster on CPU than eager (SFace 20-49 ->
+16-18 ms per image by ``scripts/oracle_costs.py``, EfficientNet-lite0 trunk ~1.15x ad hoc; docs/BENCH.md) and
+gives the same outputs up to float round-off (tests: ~1e-6 on SFace embeddings, ~1e-5 on EfficientNet features).
 
 The trace is taken on the first CPU call's batch; the networks it is used for are convolution chains whose
 graph does not depend on the batch size (tested at other sizes). Anything TorchScript cannot take falls back to

@@ -92,7 +92,8 @@ class _TorchRecognizer(Recognizer):
     mean, std = 127.5, 127.5
     batch_size = 32
     # on CPU, run as a frozen TorchScript graph (models.frozen): worth it for graphs of many small elementwise ops
-    # between depthwise convolutions (SFace: ~1.7x, same embeddings to ~1e-6); plain eager otherwise
+    # between depthwise convolutions (SFace, same embeddings to ~1e-6); plain eager otherwise (no gain measured for
+    # the dlib port)
     freeze_on_cpu = False
 
     def __init__(self) -> None:

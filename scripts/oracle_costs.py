@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import cv2
 import torch
 
+from g2face_eval import bench
 from g2face_eval.allocator import tune_malloc
 from g2face_eval.harness import config as C
 from g2face_eval.harness.evaluate import Oracles, _features, _psnr, _ssim
@@ -39,14 +39,9 @@ def main() -> int:
     anon = [cv2.GaussianBlur(im, (0, 0), 4) for im in imgs]
     O = Oracles(cfg, ArrayCache(tempfile.mkdtemp()))  # noqa: E741
 
-    def tm(name, fn, repeats=3):  # one warm-up pass (lazy model set-up), then the best of ``repeats``
-        fn()
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
-        print(f"{name:22s} {best / len(imgs) * 1000:8.2f} ms/img", flush=True)
+    def tm(name, fn):  # one warm-up pass (lazy model set-up), then the best of 3
+        best = min(bench.time_fn(fn, torch.device("cpu"), warmup=1, repeats=3)["times_ms"])
+        print(f"{name:22s} {best / len(imgs):8.2f} ms/img", flush=True)
 
     for r, rec in O.recognizers.items():
         tm(f"align_{r}", lambda rec=rec: [rec.align(x, f) for x, f in zip(anon, faces, strict=True)])

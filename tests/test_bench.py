@@ -97,6 +97,39 @@ def test_fast_path_has_no_host_sync(config):
     assert ev == {"anonymize": [], "recover": []}, ev
 
 
+@pytest.mark.parametrize("amp,cl", [(None, False), (torch.bfloat16, True)])
+def test_compiled_paths_trace_as_one_graph(tiny_pipe, amp, cl):
+    """torch.compile sees each device path as ONE graph: a graph break (e.g. the FIR layers' host-built matrices,
+    which broke the graph at every Blur / Upsample and made dynamo recompile StyledConv per resolution until its
+    recompile limit left the rest eager) would split it. Traced by dynamo with the eager backend (no inductor
+    build), for the bench's tensor API and the Anonymizer's compiled segments."""
+    from g2face_eval.models import stylegan2 as sg
+
+    p = tiny_pipe
+    assert sg.FIR_UNDER_COMPILE == "stencil"
+    x, _ = _inputs(p)
+    s = torch.arange(2, dtype=torch.int64)
+    p.amp_dtype, p.channels_last = amp, cl
+    bench.set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)
+    try:
+        with torch.no_grad():
+            y = p.anonymize(x, s)[0]
+            for fn, args in ((p.anonymize, (x, s)), (p.recover, (y, s))):
+                ex = torch._dynamo.explain(fn)(*args)
+                assert (ex.graph_count, ex.graph_break_count) == (1, 0), [str(b.reason)[:300]
+                                                                          for b in ex.break_reasons]
+            f = p.fast
+            xm = x * 2 - 1
+            coeffs, ident = f._seg_priors(xm)
+            bits = f.payload.encode(ident, fast=True)
+            ex = torch._dynamo.explain(f._seg_anon)(xm, coeffs, bits, s)
+            assert (ex.graph_count, ex.graph_break_count) == (1, 0), [str(b.reason)[:300] for b in ex.break_reasons]
+    finally:
+        p.amp_dtype, p.channels_last = None, False
+        bench.set_memory_format(p.model, torch.contiguous_format)
+        torch._dynamo.reset()
+
+
 def test_sync_detector_catches_known_patterns():
     x = torch.ones(4, device="meta")
     cpu_const = torch.arange(4.0)

@@ -295,3 +295,46 @@ def test_fir_modules_equal_direct_upfirdn(fmt):
     blur.load_state_dict({"kernel": torch.outer(k[0], k[:, 0])})      # separable again: matrices rebuilt
     assert blur.taps is not None
     assert torch.allclose(blur(x), sg.upfirdn2d(x, blur.kernel, pad=(1, 1)), atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_fir_stencil_equals_direct_upfirdn(fmt):
+    """fir_stencil (the form the FIR layers take under torch.compile) equals the direct depthwise upfirdn2d for
+    the generator's upsampling blur, the ToRGB upsampler (up=2), a decimating filter (down=2), an asymmetric
+    separable kernel (so a flipped tap order would show) and a negative (cropping) pad, in both layouts."""
+    torch.manual_seed(1)
+    v, h = torch.tensor([1.0, 2.0, 5.0, -1.0], dtype=torch.float64), torch.tensor([3.0, -2.0, 1.0],
+                                                                                   dtype=torch.float64)
+    k4 = sg.make_kernel((1, 3, 3, 1)).double()
+    cases = [(k4 * 4, 1, 1, (1, 1)), (k4 * 4, 2, 1, (2, 1)), (k4, 1, 2, (1, 1)), (k4, 1, 1, (2, 1)),
+             (torch.outer(v, h), 1, 1, (2, 0)), (torch.outer(v, h), 1, 1, (-1, 2)), (torch.outer(v, h), 2, 2, (1, 3))]
+    for k, up, down, pad in cases:
+        taps = sg.separable_taps(k)
+        assert taps is not None
+        x = torch.randn(2, 3, 11, 13, dtype=torch.float64).contiguous(memory_format=fmt)
+        ref = sg.upfirdn2d(x, k, up=up, down=down, pad=pad)
+        out = sg.fir_stencil(x, *taps, up=up, down=down, pad=pad)
+        assert out.shape == ref.shape, (up, down, pad)
+        assert torch.allclose(out, ref, atol=1e-12), (up, down, pad, float((out - ref).abs().max()))
+
+
+def test_fir_layers_use_stencil_only_while_compiling(monkeypatch):
+    """Eager Blur / Upsample keep the matrix form; while torch.compile traces (simulated here) both take
+    fir_stencil (no host-built matrices, so no graph break), unless FIR_UNDER_COMPILE says "matmul"."""
+    calls = []
+    real = sg.fir_stencil
+    monkeypatch.setattr(sg, "fir_stencil", lambda *a, **k: calls.append(1) or real(*a, **k))
+    blur = sg.Blur((1, 3, 3, 1), pad=(1, 1), upsample_factor=2).double()
+    up = sg.Upsample((1, 3, 3, 1)).double()
+    x = torch.randn(1, 2, 9, 9, dtype=torch.float64)
+    refs = [sg.upfirdn2d(x, blur.kernel, pad=blur.pad), sg.upfirdn2d(x, up.kernel, up=2, pad=up.pad)]
+    for mod, ref in zip((blur, up), refs, strict=True):
+        assert torch.allclose(mod(x), ref, atol=1e-12)
+    assert not calls
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for mod, ref in zip((blur, up), refs, strict=True):
+        assert torch.allclose(mod(x), ref, atol=1e-12)
+    assert len(calls) == 2
+    monkeypatch.setattr(sg, "FIR_UNDER_COMPILE", "matmul")
+    blur(x)
+    assert len(calls) == 2

@@ -152,6 +152,47 @@ def upfirdn2d_separable(x: torch.Tensor, mh: torch.Tensor, mw: torch.Tensor) -> 
     return _left_matmul(mh[:, :h], y.view(b * c, h, wo)).view(b, c, ho, wo)
 
 
+def fir_stencil(x: torch.Tensor, taps_v: Sequence[float], taps_h: Sequence[float], up: int = 1, down: int = 1,
+                pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """``upfirdn2d`` with a separable kernel as weighted sums of shifted slices, one axis at a time (along W with
+    ``taps_h``, then along H with ``taps_v``; zero insertion, pad / crop, true convolution, decimation). Many
+    passes in eager mode, but traceable without host work: under ``torch.compile`` inductor fuses each axis into
+    one pointwise kernel that reads its neighbours in place, in either memory layout (no layout copies, unlike
+    the matrix products, whose per-size matrices are built on the host; see ``FIR_UNDER_COMPILE``)."""
+    p0, p1 = pad
+
+    def along(t: torch.Tensor, taps: Sequence[float], last: bool) -> torch.Tensor:
+        dim = t.dim() - 1 if last else t.dim() - 2
+        if up > 1:                                                      # zero insertion
+            s = list(t.shape)
+            t = t.unsqueeze(dim + 1)
+            t = F.pad(t, (0, up - 1) if last else (0, 0, 0, up - 1))
+            s[dim] *= up
+            t = t.reshape(s)
+        if p0 > 0 or p1 > 0:
+            t = F.pad(t, (max(p0, 0), max(p1, 0)) if last else (0, 0, max(p0, 0), max(p1, 0)))
+        if p0 < 0 or p1 < 0:
+            t = t.narrow(dim, max(-p0, 0), t.shape[dim] - max(-p0, 0) - max(-p1, 0))
+        n_out = t.shape[dim] - len(taps) + 1
+        out = None
+        for i, c in enumerate(reversed(tuple(taps))):                  # correlation taps
+            if c == 0:
+                continue
+            term = t.narrow(dim, i, n_out) * c
+            out = term if out is None else out + term
+        if down > 1:
+            out = out[..., ::down] if last else out[..., ::down, :]
+        return out
+
+    return along(along(x, taps_h, True), taps_v, False)
+
+
+# How a separable FIR runs while torch.compile traces: "stencil" (``fir_stencil``, fused by inductor, no graph
+# break) or "matmul" (``upfirdn2d_separable``, the eager form; its matrices are built on the host, so every FIR
+# layer is a graph break). Read at trace time.
+FIR_UNDER_COMPILE = "stencil"
+
+
 class _FIR(nn.Module):
     """Base of the FIR modules: persistent ``kernel`` (state-dict key) + non-persistent ``kernel_flipped``;
     separable kernels run as two matrix products (``fir_matrix``, cached per input size / dtype / device)."""
@@ -187,6 +228,8 @@ class _FIR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.taps is None or _DIRECT_FIR or self.kernel.device.type == "meta":
             return upfirdn2d(x, self.kernel_flipped, up=self.up, down=self.down, pad=self.pad, flipped=True)
+        if FIR_UNDER_COMPILE == "stencil" and torch.compiler.is_compiling():
+            return fir_stencil(x, *self.taps, up=self.up, down=self.down, pad=self.pad)
         mh, mw = self._matrix_pair(x.shape[-2], x.shape[-1], x.dtype, x.device)
         return upfirdn2d_separable(x, mh, mw)
 

@@ -1,0 +1,241 @@
+"""torch.compile of the G2Face fast path on a lent GPU: which FIR form and layout, what the priors cost, and the
+b=32 / b=64 numbers of the best setting (one short device call, time-budgeted).
+
+    python3 scripts/gpu_compile_study.py OUT_DIR [--budget 420]
+    python3 scripts/gpu_compile_study.py /tmp/dry --device cpu --config tiny --batch 2 --batch-big 4 --repeats 1
+
+Official config (256 px, random weights, official payload), tensor API (``BenchPipeline.anonymize`` /
+``recover``, wrapped exactly as ``g2face-eval bench`` wraps its ``_compile`` / ``_graph`` variants by
+``bench.make_callable``: the whole call compiled, priors included), bf16 autocast, CUDA-event medians
+(``bench.time_fn``). Steps, in priority order, each skipped when the time budget is spent:
+
+1. ``priors``: eager identity (iresnet50 at 112) and geometry (ResNet-50 at 256) alone, fp32 as the fast path
+   runs them, and the geometry network in channels_last fp32 and in bf16 (with its coefficient error);
+2. ``anon_b{B}_{fir}_{layout}``: compiled anonymize at batch B for FIR form (``stylegan2.FIR_UNDER_COMPILE``:
+   stencil / matmul) x layout (nchw / cl): first-call (compile) seconds, median ms, PSNR vs the fp32 eager
+   output, hidden bits identical, and a kernel-time breakdown of one profiled call (convolutions, layout
+   transposes, triton pointwise / reductions, GEMMs; top kernels);
+3. for the fastest of step 2: anonymize with CUDA graphs on top, recover (compiled, + graphs), both at batch
+   ``--batch-big``; then the same setting with inductor ``freezing``.
+Writes OUT_DIR/compile_study.json after every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def kernel_breakdown(prof, calls: int) -> dict:
+    """ms per call by kernel family + the 15 largest kernels, from a torch.profiler run of ``calls`` calls."""
+    fam: dict[str, float] = {}
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None)
+        if t is None:
+            t = getattr(e, "self_cuda_time_total", 0.0)
+        if not t or e.key.startswith("aten::") or e.key.startswith("cuda") or "Memcpy" in e.key:
+            continue
+        k = e.key
+        low = k.lower()
+        if "nchwtonhwc" in low or "nhwctonchw" in low:
+            f = "layout_transpose"
+        elif "triton_poi" in low:
+            f = "triton_pointwise"
+        elif "triton_red" in low or "triton_per" in low:
+            f = "triton_reduction"
+        elif "triton" in low:
+            f = "triton_other"
+        elif "fprop" in low or "dgrad" in low or "conv" in low or "implicit" in low or "xmma" in low:
+            f = "convolution"
+        elif "gemm" in low or "cutlass" in low or "matmul" in low or "nvjet" in low:
+            f = "gemm"
+        else:
+            f = "other"
+        ms = t / 1000.0 / calls
+        fam[f] = fam.get(f, 0.0) + ms
+        rows.append((ms, k[:90], e.count // calls))
+    rows.sort(reverse=True)
+    return {"family_ms_per_call": {k: round(v, 3) for k, v in sorted(fam.items(), key=lambda kv: -kv[1])},
+            "total_kernel_ms_per_call": round(sum(fam.values()), 3),
+            "top_kernels": [[n, round(ms, 3), c] for ms, n, c in rows[:15]]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--config", default="official")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch-big", type=int, default=64)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--budget", type=float, default=420.0, help="seconds; a compile step needs >= 75 s left")
+    ap.add_argument("--grid", default="stencil:cl,stencil:nchw,matmul:nchw",
+                    help="FIR form:layout pairs of step 2, in order")
+    a = ap.parse_args()
+    t_start = time.perf_counter()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from g2face_eval import bench
+    from g2face_eval.models import stylegan2 as sg
+    from g2face_eval.models.g2face import set_memory_format
+
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    doc: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
+                 "cudnn": torch.backends.cudnn.version(), "config": a.config, "batch": a.batch,
+                 "batch_big": a.batch_big, "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+                 "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32), "steps": {}}
+
+    def left() -> float:
+        return a.budget - (time.perf_counter() - t_start)
+
+    def save():
+        doc["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        (out / "compile_study.json").write_text(json.dumps(doc, indent=1))
+
+    def step(name, fn, need: float = 0.0):
+        if left() < need:
+            doc["steps"][name] = {"skipped": f"time budget ({left():.0f} s left, needs {need:.0f})"}
+        else:
+            bench.record_step(doc["steps"], name, fn)
+        print(f"[{time.perf_counter() - t_start:6.1f}s] {name}: {json.dumps(doc['steps'][name])[:700]}", flush=True)
+        save()
+
+    def ms(fn) -> float:
+        return round(bench.time_fn(fn, dev, a.warmup, a.repeats)["median_ms"], 3)
+
+    p = bench.build_pipeline(a.config, dev)
+    g = torch.Generator().manual_seed(0)
+
+    def inputs(b):
+        x01 = torch.rand(b, 3, p.cfg.size, p.cfg.size, generator=g).to(dev)
+        return x01, torch.arange(b, device=dev, dtype=torch.int64) * 7919 + 3
+
+    x01, seeds = inputs(a.batch)
+    with torch.no_grad():
+        ref_y, ref_bits = (t.clone() for t in p.anonymize(x01, seeds))         # fp32 eager, default layout
+
+    # ---- 1. priors
+    def priors():
+        x = x01 * 2 - 1
+        r = {}
+        with torch.no_grad():
+            r["identity_fp32_ms"] = ms(lambda: p.identity(x))
+            r["geometry_fp32_ms"] = ms(lambda: p.geometry.coefficients(x))
+            c_ref = p.geometry.coefficients(x).float()
+            e_ref = p.identity(x).float()
+            xc = x.contiguous(memory_format=torch.channels_last)
+            p.geometry.to(memory_format=torch.channels_last)
+            p.identity.to(memory_format=torch.channels_last)
+            try:
+                r["geometry_cl_fp32_ms"] = ms(lambda: p.geometry.coefficients(xc))
+                r["identity_cl_fp32_ms"] = ms(lambda: p.identity(xc))
+                r["identity_cl_fp32_identical"] = bool(torch.equal(p.identity(xc).float(), e_ref))
+                with torch.autocast(dev.type, dtype=torch.bfloat16):
+                    r["geometry_cl_bf16_ms"] = ms(lambda: p.geometry.coefficients(xc))
+                    c16 = p.geometry.coefficients(xc).float()
+                r["geometry_bf16_max_rel_err"] = float((c16 - c_ref).abs().max() / c_ref.abs().max())
+                r["geometry_cl_fp32_max_rel_err"] = float(
+                    (p.geometry.coefficients(xc).float() - c_ref).abs().max() / c_ref.abs().max())
+            finally:
+                p.geometry.to(memory_format=torch.contiguous_format)
+                p.identity.to(memory_format=torch.contiguous_format)
+        return r
+
+    step("priors", priors)
+
+    # ---- 2. FIR form x layout, compiled anonymize
+    def configure(fir: str, cl: bool):
+        sg.FIR_UNDER_COMPILE = fir
+        p.amp_dtype, p.channels_last = torch.bfloat16, cl
+        set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)
+
+    def compiled(op: str, b: int, fir: str, layout: str, graph: bool = False, profile: bool = True):
+        def run():
+            configure(fir, layout == "cl")
+            xx, ss = (x01, seeds) if b == a.batch else inputs(b)
+            if op == "recover":
+                with torch.no_grad():
+                    xx = p.anonymize(xx, ss)[0].clone()
+            spec = {"amp": torch.bfloat16, "cl": layout == "cl", "compile": True, "graph": graph}
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fn = bench.make_callable(getattr(p, op), (xx, ss), dev, spec)
+                res = fn()
+                if cuda:
+                    torch.cuda.synchronize()
+            r = {"first_call_s": round(time.perf_counter() - t0, 1), "median_ms": ms(fn)}
+            r["images_per_s"] = round(b * 1000 / r["median_ms"], 1)
+            if cuda:
+                r["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
+            if op == "anonymize" and b == a.batch:
+                y, bits = res
+                r["psnr_db_vs_fp32_eager_min"] = round(float(bench.psnr_db(y.float(), ref_y).min()), 2)
+                r["hidden_bits_identical"] = bool(torch.equal(bits, ref_bits))
+            if profile and cuda:
+                from torch.profiler import ProfilerActivity
+                from torch.profiler import profile as tprof
+
+                with tprof(activities=[ProfilerActivity.CUDA]) as pr:
+                    for _ in range(2):
+                        fn()
+                    torch.cuda.synchronize()
+                r["kernels"] = kernel_breakdown(pr, 2)
+            return r
+        return run
+
+    grid = [tuple(s.split(":")) for s in a.grid.split(",") if s]
+    for fir, layout in grid:
+        step(f"anonymize_b{a.batch}_{fir}_{layout}", compiled("anonymize", a.batch, fir, layout), need=75)
+        torch._dynamo.reset()
+    done = {k: v for k, v in doc["steps"].items() if k.startswith("anonymize_b") and "median_ms" in v}
+    if not done:
+        save()
+        return 1
+    best = min(done, key=lambda k: done[k]["median_ms"])
+    fir, layout = best.split("_")[-2:]
+    doc["best"] = {"fir": fir, "layout": layout, "step": best}
+    save()
+
+    # ---- 3. the best setting: + CUDA graphs, recover, the big batch, freezing
+    tag = f"{fir}_{layout}"
+    step(f"anonymize_b{a.batch}_{tag}_graph", compiled("anonymize", a.batch, fir, layout, graph=True,
+                                                        profile=False), need=30)
+    step(f"recover_b{a.batch}_{tag}", compiled("recover", a.batch, fir, layout), need=75)
+    step(f"recover_b{a.batch}_{tag}_graph", compiled("recover", a.batch, fir, layout, graph=True, profile=False),
+         need=30)
+    torch._dynamo.reset()
+    for op in ("anonymize", "recover"):
+        step(f"{op}_b{a.batch_big}_{tag}", compiled(op, a.batch_big, fir, layout, profile=False), need=75)
+        step(f"{op}_b{a.batch_big}_{tag}_graph", compiled(op, a.batch_big, fir, layout, graph=True, profile=False),
+             need=30)
+        torch._dynamo.reset()
+
+    def frozen():
+        import torch._inductor.config as ic
+
+        ic.freezing = True
+        try:
+            return compiled("anonymize", a.batch, fir, layout)()
+        finally:
+            ic.freezing = False
+
+    step(f"anonymize_b{a.batch}_{tag}_freezing", frozen, need=75)
+    doc["done"] = True
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

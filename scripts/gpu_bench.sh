@@ -28,8 +28,8 @@ if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.max.sm \
     --format=csv 2>&1 | tee "$OUT_DIR/bench.log" || true
   DEFAULTS=(--device cuda --configs official,shipped,tiny --batches 1,8,32,64,128
-            --variants fp32,bf16,bf16_cl,fp16_cl,fp32_graph,bf16_graph,bf16_cl_graph,bf16_cl_compile
-            --compile-batches 1,32 --compile-ops anonymize --compile-reserve 100 --compile-timeout 150
+            --variants fp32,bf16,bf16_cl,fp16_cl,fp32_graph,bf16_graph,bf16_cl_graph,bf16_cl_compile,bf16_cl_compile_graph
+            --compile-batches 32,64 --compile-ops anonymize --compile-reserve 100 --compile-timeout 150
             --warmup 3 --repeats 10 --time-budget 330)
 else
   # dry run: same code path, smallest sweep (the graph/compile variants are recorded as skipped on CPU)

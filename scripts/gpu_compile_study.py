@@ -16,7 +16,8 @@ Official config (256 px, random weights, official payload), tensor API (``BenchP
    output, hidden bits identical, and a kernel-time breakdown of one profiled call (convolutions, layout
    transposes, triton pointwise / reductions, GEMMs; top kernels);
 3. for the fastest of step 2: anonymize with CUDA graphs on top, recover (compiled, + graphs), both at batch
-   ``--batch-big``; then the same setting with inductor ``freezing``.
+   ``--batch-big``; then anonymize at ``--batch-big`` with inductor ``freezing`` (+ graphs).
+``--steps`` picks the groups (``matmul_rate``, the floor's denominator, only when asked).
 Writes OUT_DIR/compile_study.json after every step.
 """
 
@@ -80,6 +81,9 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; a compile step needs >= 75 s left")
     ap.add_argument("--grid", default="stencil:cl,stencil:nchw,matmul:nchw",
                     help="FIR form:layout pairs of step 2, in order")
+    ap.add_argument("--steps", default="priors,grid,best,big,freezing",
+                    help="which step groups run: matmul_rate, priors, grid (2), best / big / freezing (3; without "
+                         "grid they use the first --grid pair)")
     a = ap.parse_args()
     t_start = time.perf_counter()
     out = Path(a.out)
@@ -153,7 +157,11 @@ def main() -> int:
                 p.identity.to(memory_format=torch.contiguous_format)
         return r
 
-    step("priors", priors)
+    steps = set(a.steps.split(","))
+    if "matmul_rate" in steps:
+        step("matmul_rate", lambda: bench.matmul_rate(dev))
+    if "priors" in steps:
+        step("priors", priors)
 
     # ---- 2. FIR form x layout, compiled anonymize
     def configure(fir: str, cl: bool):
@@ -196,42 +204,52 @@ def main() -> int:
         return run
 
     grid = [tuple(s.split(":")) for s in a.grid.split(",") if s]
-    for fir, layout in grid:
-        step(f"anonymize_b{a.batch}_{fir}_{layout}", compiled("anonymize", a.batch, fir, layout), need=75)
-        torch._dynamo.reset()
-    done = {k: v for k, v in doc["steps"].items() if k.startswith("anonymize_b") and "median_ms" in v}
-    if not done:
-        save()
-        return 1
-    best = min(done, key=lambda k: done[k]["median_ms"])
-    fir, layout = best.split("_")[-2:]
+    if "grid" in steps:
+        for fir, layout in grid:
+            step(f"anonymize_b{a.batch}_{fir}_{layout}", compiled("anonymize", a.batch, fir, layout), need=75)
+            torch._dynamo.reset()
+        done = {k: v for k, v in doc["steps"].items() if k.startswith("anonymize_b") and "median_ms" in v}
+        if not done:
+            save()
+            return 1
+        best = min(done, key=lambda k: done[k]["median_ms"])
+        fir, layout = best.split("_")[-2:]
+    else:
+        fir, layout = grid[0]
+        best = None
     doc["best"] = {"fir": fir, "layout": layout, "step": best}
     save()
 
     # ---- 3. the best setting: + CUDA graphs, recover, the big batch, freezing
     tag = f"{fir}_{layout}"
-    step(f"anonymize_b{a.batch}_{tag}_graph", compiled("anonymize", a.batch, fir, layout, graph=True,
-                                                        profile=False), need=30)
-    step(f"recover_b{a.batch}_{tag}", compiled("recover", a.batch, fir, layout), need=75)
-    step(f"recover_b{a.batch}_{tag}_graph", compiled("recover", a.batch, fir, layout, graph=True, profile=False),
-         need=30)
-    torch._dynamo.reset()
-    for op in ("anonymize", "recover"):
-        step(f"{op}_b{a.batch_big}_{tag}", compiled(op, a.batch_big, fir, layout, profile=False), need=75)
-        step(f"{op}_b{a.batch_big}_{tag}_graph", compiled(op, a.batch_big, fir, layout, graph=True, profile=False),
-             need=30)
+    if "best" in steps:
+        step(f"anonymize_b{a.batch}_{tag}_graph", compiled("anonymize", a.batch, fir, layout, graph=True,
+                                                            profile=False), need=30)
+        step(f"recover_b{a.batch}_{tag}", compiled("recover", a.batch, fir, layout), need=75)
+        step(f"recover_b{a.batch}_{tag}_graph", compiled("recover", a.batch, fir, layout, graph=True,
+                                                          profile=False), need=30)
         torch._dynamo.reset()
+    if "big" in steps:
+        for op in ("anonymize", "recover"):
+            step(f"{op}_b{a.batch_big}_{tag}", compiled(op, a.batch_big, fir, layout, profile=False), need=75)
+            step(f"{op}_b{a.batch_big}_{tag}_graph", compiled(op, a.batch_big, fir, layout, graph=True,
+                                                              profile=False), need=30)
+            torch._dynamo.reset()
 
     def frozen():
         import torch._inductor.config as ic
 
         ic.freezing = True
         try:
-            return compiled("anonymize", a.batch, fir, layout)()
+            r = compiled("anonymize", a.batch_big, fir, layout)()
+            r["graph"] = compiled("anonymize", a.batch_big, fir, layout, graph=True, profile=False)()
+            return r
         finally:
             ic.freezing = False
+            torch._dynamo.reset()
 
-    step(f"anonymize_b{a.batch}_{tag}_freezing", frozen, need=75)
+    if "freezing" in steps:
+        step(f"anonymize_b{a.batch_big}_{tag}_freezing", frozen, need=75)
     doc["done"] = True
     save()
     return 0

@@ -37,8 +37,9 @@ path, on the same networks and keys:
   ``Anonymizer`` base class validates inputs and outputs with ``check_batch``, which reads back a few flags.)
 * autocast (``amp_dtype`` bf16/fp16; every custom op is plain torch and runs in bf16/fp16; the autocast weight
   cast cache is off so CUDA graphs stay valid), ``channels_last`` (generator + extractor; priors keep the default
-  layout so the hidden bits are the reference's), ``compile=True`` (``torch.compile`` of the generator / extractor
-  segments, ``dynamic=False``; optional, never required; the priors stay eager so the hidden bits are exact)
+  layout so the hidden bits are the reference's), ``compile=True`` (``torch.compile`` of every device segment,
+  ``dynamic=False``; optional, never required; the identity prior always runs eager, ``_identity``, so the
+  hidden bits stay exact; the FIR layers take their stencil form, ``stylegan2.FIR_UNDER_COMPILE``)
   and ``cuda_graphs=True`` (one CUDA graph per device segment and input shape, static input buffers; ignored
   off CUDA).
 * ``anonymize_tensors(images01, seeds)`` / ``recover_tensors`` (official payload only): the whole pipeline as
@@ -283,9 +284,7 @@ class G2FaceAnonymizer(Anonymizer):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _run(self, name: str, fn, *args: torch.Tensor):
-        # the priors are not compiled: inductor's fused kernels move the fp32 embedding by an ulp, which changes
-        # the official payload's hidden mantissa bits (measured on H200); they are still CUDA-graphed
-        if self.compile and name != "priors":
+        if self.compile:
             f = self._compiled.get(name)
             if f is None:
                 f = self._compiled[name] = torch.compile(fn, dynamic=False)
@@ -294,10 +293,19 @@ class G2FaceAnonymizer(Anonymizer):
             return self._graphs.run(name, fn, args)
         return fn(*args)
 
+    @torch.compiler.disable
+    def _identity(self, x: torch.Tensor) -> torch.Tensor:
+        """The identity embedding, eager even inside a compiled segment (one intended graph break): inductor's
+        fused kernels move the fp32 embedding by an ulp, which changes the official payload's hidden mantissa
+        bits (seen on the H200); CUDA graphs still capture it."""
+        with self._amp_fast(prior=True):
+            return self.identity(x).float()
+
     def _seg_priors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [-1,1] -> (coeffs (B,147) fp32, identity (B,id_dim) fp32); default layout, fp32 unless amp_priors."""
         with self._amp_fast(prior=True):
-            return self._geometry(x), self.identity(x).float()
+            coeffs = self._geometry(x)
+        return coeffs, self._identity(x)
 
     def _seg_anon(self, x: torch.Tensor, coeffs: torch.Tensor, bits: torch.Tensor, seeds: torch.Tensor
                   ) -> torch.Tensor:

@@ -17,13 +17,16 @@ Official config (256 px, random weights, official payload), tensor API (``BenchP
    transposes, triton pointwise / reductions, GEMMs; top kernels);
 3. for the fastest of step 2: anonymize with CUDA graphs on top, recover (compiled, + graphs), both at batch
    ``--batch-big``; then anonymize at ``--batch-big`` with inductor ``freezing`` (+ graphs).
-``--steps`` picks the groups (``matmul_rate``, the floor's denominator, only when asked).
+``--steps`` picks the groups (``matmul_rate``, the floor's denominator, only when asked); a ``--grid`` cell may
+name an inductor preset as a third field (``INDUCTOR_PRESETS``, e.g. ``stencil:cl:cdt``). A step name that
+recurs (``--batch`` equal to ``--batch-big``) is kept as ``<name>_again``.
 Writes OUT_DIR/compile_study.json after every step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -32,6 +35,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# inductor settings a grid cell may add (third field of --grid); applied while that cell compiles and runs
+INDUCTOR_PRESETS = {"cdt": {"coordinate_descent_tuning": True},
+                    "cdt_aggr": {"coordinate_descent_tuning": True, "aggressive_fusion": True}}
 
 
 def kernel_breakdown(prof, calls: int) -> dict:
@@ -80,7 +87,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; a compile step needs >= 75 s left")
     ap.add_argument("--grid", default="stencil:cl,stencil:nchw,matmul:nchw",
-                    help="FIR form:layout pairs of step 2, in order")
+                    help="FIR form:layout[:inductor preset] cells of step 2, in order (presets: "
+                         + ", ".join(INDUCTOR_PRESETS) + ")")
     ap.add_argument("--steps", default="priors,grid,best,big,freezing",
                     help="which step groups run: matmul_rate, priors, grid (2), best / big / freezing (3; without "
                          "grid they use the first --grid pair)")
@@ -109,6 +117,8 @@ def main() -> int:
         (out / "compile_study.json").write_text(json.dumps(doc, indent=1))
 
     def step(name, fn, need: float = 0.0):
+        while name in doc["steps"]:          # e.g. --batch == --batch-big: keep both runs (and the profile)
+            name += "_again"
         if left() < need:
             doc["steps"][name] = {"skipped": f"time budget ({left():.0f} s left, needs {need:.0f})"}
         else:
@@ -169,8 +179,15 @@ def main() -> int:
         p.amp_dtype, p.channels_last = torch.bfloat16, cl
         set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)
 
-    def compiled(op: str, b: int, fir: str, layout: str, graph: bool = False, profile: bool = True):
+    def compiled(op: str, b: int, fir: str, layout: str, graph: bool = False, profile: bool = True,
+                 preset: str = ""):
         def run():
+            import torch._inductor.config as ic
+
+            with ic.patch(**INDUCTOR_PRESETS[preset]) if preset else contextlib.nullcontext():
+                return _run()
+
+        def _run():
             configure(fir, layout == "cl")
             xx, ss = (x01, seeds) if b == a.batch else inputs(b)
             if op == "recover":
@@ -203,37 +220,41 @@ def main() -> int:
             return r
         return run
 
-    grid = [tuple(s.split(":")) for s in a.grid.split(",") if s]
+    grid = [(*c.split(":"), "")[:3] for c in a.grid.split(",") if c]
     if "grid" in steps:
-        for fir, layout in grid:
-            step(f"anonymize_b{a.batch}_{fir}_{layout}", compiled("anonymize", a.batch, fir, layout), need=75)
+        cells = {}
+        for fir, layout, preset in grid:
+            name = f"anonymize_b{a.batch}_{fir}_{layout}" + (f"_{preset}" if preset else "")
+            step(name, compiled("anonymize", a.batch, fir, layout, preset=preset), need=75)
+            cells[name] = (fir, layout, preset)
             torch._dynamo.reset()
-        done = {k: v for k, v in doc["steps"].items() if k.startswith("anonymize_b") and "median_ms" in v}
+        done = {k: doc["steps"][k]["median_ms"] for k in cells if "median_ms" in doc["steps"].get(k, {})}
         if not done:
             save()
             return 1
-        best = min(done, key=lambda k: done[k]["median_ms"])
-        fir, layout = best.split("_")[-2:]
+        best = min(done, key=done.get)
+        fir, layout, preset = cells[best]
     else:
-        fir, layout = grid[0]
+        fir, layout, preset = grid[0]
         best = None
-    doc["best"] = {"fir": fir, "layout": layout, "step": best}
+    doc["best"] = {"fir": fir, "layout": layout, "inductor_preset": preset, "step": best}
     save()
 
     # ---- 3. the best setting: + CUDA graphs, recover, the big batch, freezing
-    tag = f"{fir}_{layout}"
+    tag = f"{fir}_{layout}" + (f"_{preset}" if preset else "")
     if "best" in steps:
         step(f"anonymize_b{a.batch}_{tag}_graph", compiled("anonymize", a.batch, fir, layout, graph=True,
-                                                            profile=False), need=30)
-        step(f"recover_b{a.batch}_{tag}", compiled("recover", a.batch, fir, layout), need=75)
+                                                            profile=False, preset=preset), need=30)
+        step(f"recover_b{a.batch}_{tag}", compiled("recover", a.batch, fir, layout, preset=preset), need=75)
         step(f"recover_b{a.batch}_{tag}_graph", compiled("recover", a.batch, fir, layout, graph=True,
-                                                          profile=False), need=30)
+                                                          profile=False, preset=preset), need=30)
         torch._dynamo.reset()
     if "big" in steps:
         for op in ("anonymize", "recover"):
-            step(f"{op}_b{a.batch_big}_{tag}", compiled(op, a.batch_big, fir, layout, profile=False), need=75)
+            step(f"{op}_b{a.batch_big}_{tag}", compiled(op, a.batch_big, fir, layout, profile=False,
+                                                        preset=preset), need=75)
             step(f"{op}_b{a.batch_big}_{tag}_graph", compiled(op, a.batch_big, fir, layout, graph=True,
-                                                              profile=False), need=30)
+                                                              profile=False, preset=preset), need=30)
             torch._dynamo.reset()
 
     def frozen():

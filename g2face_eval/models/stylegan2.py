@@ -14,7 +14,9 @@ Design for fast inference:
   ~60 GB/s in channels_last, and was the largest non-convolution cost of the generator. ``upfirdn2d`` (reshape +
   pad + depthwise conv) is the direct formulation: the reference the matrices are tested against, the path of a
   non-separable kernel, and what ``direct_fir()`` selects so FLOP counts state the filter's nominal cost
-  (16 multiply-adds per output) rather than the banded matrices' ~4-65x more;
+  (16 multiply-adds per output) rather than the banded matrices' ~4-65x more; while ``torch.compile`` traces,
+  they run as ``fir_stencil`` (shifted weighted slices that inductor fuses; the host-built matrices would break
+  the graph at every FIR layer);
 * inference weight cache (``cache_weights``, off by default; ``G2Face.set_inference_cache`` turns it on for the
   fast path): equalised-lr scaled weights, the demodulation weight norms and their casts to the activation dtype
   are computed once and reused while no gradient is recorded; an entry is rebuilt when its source parameter

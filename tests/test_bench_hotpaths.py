@@ -119,3 +119,25 @@ def test_effnet_lite0_features(benchmark):
     ext = realism.get_extractor("effnet_lite0")
     x = torch.rand(B, 3, 256, 256)
     benchmark(ext, x)
+
+
+@pytest.fixture(scope="module")
+def embedded_faces():
+    from g2face_eval.data.datasets import open_dataset
+
+    return [s.image for s in list(open_dataset("embedded"))[:B]]
+
+
+@pytest.mark.parametrize("how", ["detect", "any_face", "any_face_unlikely"])
+def test_dlib_hog(benchmark, embedded_faces, how):
+    """The dlib-HOG detection-rate decision on 256 px faces: full detect (with the shape predictor), the
+    coarse-tail-first any_face, and any_face told a face is unlikely (one full scan)."""
+    from g2face_eval.oracles.detectors import get_detector
+
+    det = get_detector("dlib_hog")
+    fn = {
+        "detect": lambda: [bool(det.detect(x)) for x in embedded_faces],
+        "any_face": lambda: [det.any_face(x) for x in embedded_faces],
+        "any_face_unlikely": lambda: [det.any_face(x, likely=False) for x in embedded_faces],
+    }[how]
+    assert benchmark(fn) == [True] * len(embedded_faces)

@@ -64,6 +64,67 @@ def test_detector_bad_inputs(name):
         det.detect(np.zeros((64, 64), np.uint8))
 
 
+def _degraded(img: np.ndarray) -> list[np.ndarray]:
+    """The kinds of output the harness asks "is there still a face?" of: kept, blurred, pixelated, noised,
+    masked, flipped."""
+    h, w = img.shape[:2]
+    out = [img, cv2.GaussianBlur(img, (0, 0), 4), cv2.GaussianBlur(img, (0, 0), 12), img[:, ::-1]]
+    for cells in (8, 16):
+        small = cv2.resize(img, (cells, cells), interpolation=cv2.INTER_AREA)
+        out.append(cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST))
+    noisy = img.astype(np.float32) + np.random.default_rng(0).normal(0, 60, img.shape)
+    out.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    masked = img.copy()
+    masked[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 128
+    out.append(masked)
+    return [np.ascontiguousarray(x) for x in out]
+
+
+class _RunSpy:
+    """Records the image shapes dlib's detector is run on."""
+
+    def __init__(self, det):
+        self.det, self.shapes = det, []
+
+    def run(self, img, upsample, adjust):
+        self.shapes.append((img.shape[:2], upsample))
+        return self.det.run(img, upsample, adjust)
+
+
+def test_dlib_any_face_is_detects_decision(datasets_root, faces):
+    """DlibHOGDetector.any_face (coarse pyramid tail first) gives exactly detect()'s decision, with and without
+    the hint, on real faces and degraded copies (both decisions occur), at the harness's 256 px and at other
+    sizes; and a face found on the tail costs one small scan."""
+    import dlib
+
+    files = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[:6]
+    imgs = [x for f in files for x in _degraded(_read(f))]
+    big = np.full((480, 640, 3), 90, np.uint8)
+    big[100:356, 200:456] = _read(files[0])
+    imgs += [faces["lfw"], faces["celeba"], big, _read(files[1])[:200, 20:240], np.full((64, 64, 3), 7, np.uint8)]
+    det = detectors.DlibHOGDetector()
+    ref = [bool(det.detect(x)) for x in imgs]
+    assert 0.25 < np.mean(ref) < 0.9, ref  # both decisions are exercised
+    assert [det.any_face(x) for x in imgs] == ref
+    assert [det.any_face(x, likely=False) for x in imgs] == ref
+    ups, downs = det._plan(256, 256)
+    assert ups == [(513, 514)] and downs[-1] == (170, 170) and len(downs) == 6  # dlib's own pyramid sizes
+    # the rebuilt tail is dlib's own pyramid: its detections carry scores (float64) that the full scan reports too
+    raw, tails = det._det, 0
+    for x in imgs[:42]:
+        level = x
+        for h, w in ups + downs:
+            level = dlib.resize_image(level, h, w)
+        tail_scores = raw.run(level, 0, 0.0)[1]
+        if len(tail_scores):
+            tails += 1
+            assert max(tail_scores) in set(raw.run(x, 1, 0.0)[1])
+    assert tails >= 10
+    spy = det._det = _RunSpy(raw)
+    assert det.any_face(imgs[0])  # a 256 px face is found on the tail: one scan of a 170 px level
+    assert spy.shapes == [((170, 170), 0)]
+
+
 def test_detectors_agree_on_landmarks(faces):
     img = faces["lfw"]
     ref = detectors.get_detector("yunet").detect(img)[0].landmarks5

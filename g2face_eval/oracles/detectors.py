@@ -47,6 +47,12 @@ class Detector:
     def detect(self, image: np.ndarray) -> list[Face]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def any_face(self, image: np.ndarray, likely: bool = True) -> bool:
+        """Whether ``detect`` finds at least one face (the detection-rate decision), always the same decision;
+        a detector may answer it more cheaply. ``likely`` is a hint (e.g. another detector found a face) that
+        may only change the cost."""
+        return bool(self.detect(image))
+
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")
 
@@ -136,14 +142,63 @@ def dlib_shape_to_arcface5(pts: np.ndarray) -> np.ndarray:
 
 @DETECTORS.register("dlib_hog")
 class DlibHOGDetector(Detector):
-    name = "dlib_hog"
+    """dlib's HOG frontal face detector (``scan_fhog_pyramid<pyramid_down<6>>``, 5 filters, 80x80 window).
 
-    def __init__(self, upsample: int = 1, adjust_threshold: float = 0.0):
+    ``any_face`` gives the decision of ``detect`` more cheaply when a face is big. dlib scans every level of an
+    image pyramid it builds itself (``upsample`` x ``pyramid_up``, then ``pyramid_down<6>`` again and again, both
+    a bilinear ``resize_image``, the latter to ``5n // 6``) and reports a face iff some window on some level
+    scores >= the threshold (non-maximum suppression only thins a non-empty set). So, when a face is likely, it
+    first runs dlib on the coarse tail of that pyramid, rebuilt with dlib's own ``resize_image`` (the same
+    images, hence the same features and scores), and scans the whole pyramid only when the tail has no face. A
+    tail is used only when it has no level the full scan lacks (dlib counts levels by ``rect_down`` of the image
+    rectangle until a side is < 64). Tested against ``detect`` on real anonymized outputs (tests/test_oracles.py).
+    """
+
+    name = "dlib_hog"
+    MIN_LAYER = 64  # scan_fhog_pyramid's min_pyramid_layer_width/height in dlib's serialized frontal detector
+    RATE = 6  # pyramid_down<6>
+
+    def __init__(self, upsample: int = 1, adjust_threshold: float = 0.0, coarse_side: int = 192):
         import dlib
 
         self._det = dlib.get_frontal_face_detector()
         self._sp = zoo.load("dlib_shape5")
         self.upsample, self.adjust = upsample, adjust_threshold
+        self.coarse_side = coarse_side  # the tail starts at the first level whose shorter side is <= this
+        self._plans: dict[tuple[int, int], tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
+
+    @classmethod
+    def _num_levels(cls, h: int, w: int) -> int:
+        """dlib's ``create_fhog_pyramid`` level count for an (h, w) image."""
+        import dlib
+
+        pyr, rect, levels = dlib.pyramid_down(cls.RATE), dlib.rectangle(0, 0, w - 1, h - 1), 0
+        while True:
+            rect, levels = pyr.rect_down(rect), levels + 1
+            if rect.width() < cls.MIN_LAYER or rect.height() < cls.MIN_LAYER or levels >= 1000:
+                return levels
+
+    def _plan(self, h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The sizes dlib's pyramid takes for an (h, w) image: each ``pyramid_up`` step, then pyramid levels
+        1..k down to the tail's first level k; no levels when there is no usable tail (scan everything)."""
+        key = (h, w)
+        if key not in self._plans:
+            import dlib
+
+            pyr2, ups = dlib.pyramid_down(2), []
+            for _ in range(self.upsample):  # dlib's pyramid_up: bilinear resize to rect_up's extent
+                up = pyr2.rect_up(dlib.rectangle(0, 0, w - 1, h - 1))
+                h, w = up.bottom() + 1, up.right() + 1
+                ups.append((h, w))
+            downs, total = [(h, w)], self._num_levels(h, w)
+            while min(downs[-1]) > self.coarse_side and len(downs) < total:
+                dh, dw = downs[-1]
+                downs.append(((self.RATE - 1) * dh // self.RATE, (self.RATE - 1) * dw // self.RATE))
+            k = len(downs) - 1
+            if k == 0 or self._num_levels(*downs[-1]) > total - k:
+                downs = downs[:1]  # the tail would scan a level the full pyramid lacks: no shortcut
+            self._plans[key] = (ups, downs[1:])
+        return self._plans[key]
 
     def detect(self, image: np.ndarray) -> list[Face]:
         if not _check_image(image):
@@ -160,6 +215,25 @@ class DlibHOGDetector(Detector):
             faces.append(Face(box=box, landmarks5=dlib_shape_to_arcface5(pts), score=float(s)))
         del dlib
         return sorted(faces, key=lambda f: -f.score)
+
+    def any_face(self, image: np.ndarray, likely: bool = True) -> bool:
+        if not _check_image(image):
+            return False
+        import dlib
+
+        img = np.ascontiguousarray(image)
+        ups, downs = self._plan(*img.shape[:2])
+        if not likely or not downs:
+            return bool(self._det.run(img, self.upsample, self.adjust)[0])
+        level0 = img
+        for h, w in ups:
+            level0 = dlib.resize_image(level0, h, w)
+        tail = level0
+        for h, w in downs:  # pyramid levels 1..k, as dlib's pyramid_down<6> builds them
+            tail = dlib.resize_image(tail, h, w)
+        if self._det.run(tail, 0, self.adjust)[0]:
+            return True
+        return bool(self._det.run(level0, 0, self.adjust)[0])  # no face on the tail: scan every level
 
 
 _cache: dict[str, Detector] = {}

@@ -151,7 +151,8 @@ class DlibHOGDetector(Detector):
     first runs dlib on the coarse tail of that pyramid, rebuilt with dlib's own ``resize_image`` (the same
     images, hence the same features and scores), and scans the whole pyramid only when the tail has no face. A
     tail is used only when it has no level the full scan lacks (dlib counts levels by ``rect_down`` of the image
-    rectangle until a side is < 64). Tested against ``detect`` on real anonymized outputs (tests/test_oracles.py).
+    rectangle until a side is < 64). Tested against ``detect`` and dlib's own scores on real faces and degraded
+    copies (tests/test_oracles.py).
     """
 
     name = "dlib_hog"

@@ -361,7 +361,7 @@ def batch_metrics(
     # (Detector.any_face: the same decision, cheaper), with the faces found so far as a hint for the cost
     mesh_det = oracles.mesh.detector_name if oracles.mesh is not None else None
     found = {d: [det.detect(a) for a in anon] for d, det in oracles.detectors.items() if d == mesh_det}
-    hint = next(iter(found.values()), [True] * n)
+    hint = found.get(mesh_det, [True] * n)
     for d, det in oracles.detectors.items():
         if d not in found:
             found[d] = [det.any_face(a, likely=bool(h)) for a, h in zip(anon, hint, strict=True)]

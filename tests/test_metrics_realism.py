@@ -298,3 +298,160 @@ def test_streamed_realism_equals_batch_formula_and_is_order_independent():
         idx = perm[s : s + 50]
         shuffled.add([ids[i] for i in idx], fake[idx])
     np.testing.assert_array_equal(shuffled.features(), acc_f.sample.features())
+
+
+# ---- id-aware KID (anonymized versions of the same faces) -------------------------------------------------
+def _poly(a, b):
+    return (float(np.dot(a, b)) / len(a) + 1.0) ** 3
+
+
+def _kid_brute_force(x, y, ids_x, ids_y, subsets, m, seed=2020):
+    """Double loops: off-diagonal means within each set, cross mean over the pairs of different ids; the subsets
+    drawn as torch-fidelity does (x then y, one RandomState)."""
+    rng = np.random.RandomState(seed)
+    vals = []
+    for _ in range(subsets):
+        sa, sb = rng.choice(len(x), m, replace=False), rng.choice(len(y), m, replace=False)
+        xx = sum(_poly(x[i], x[j]) for i in sa for j in sa if i != j) / (m * (m - 1))
+        yy = sum(_poly(y[i], y[j]) for i in sb for j in sb if i != j) / (m * (m - 1))
+        xy = [_poly(x[i], y[j]) for i in sa for j in sb if ids_x[i] != ids_y[j]]
+        vals.append(xx + yy - 2 * sum(xy) / len(xy))
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+def _paired_same_distribution(rng, n, d, noise=0.3):
+    """x ~ N(0, I), y = a x + sqrt(1 - a^2) e (x plus small noise, rescaled): y has x's distribution (true
+    MMD^2 = 0) but y_i stays close to x_i."""
+    x = rng.normal(size=(n, d))
+    a = 1.0 / np.sqrt(1.0 + noise**2)
+    return x, a * x + np.sqrt(1.0 - a * a) * rng.normal(size=(n, d))
+
+
+@pytest.mark.parametrize("m", [7, 12])  # subsets of the sets, and the smaller set whole
+def test_id_aware_kid_equals_brute_force(m, monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(14, 5))
+    y = 0.7 * x[:12] + rng.normal(size=(12, 5)) * 0.5 + 0.2
+    ids_x = [f"f{i}" for i in range(14)]
+    ids_y = [f"f{i}" for i in range(9)] + ["g0", "g1", "f3"]  # shared, unshared and a repeated id
+    want = _kid_brute_force(x, y, ids_x, ids_y, subsets=6, m=m)
+    got = R.kid_details(x, y, real_ids=ids_x, fake_ids=ids_y, subsets=6, subset_size=m)
+    assert got["subset_size"] == m
+    assert got["mean"] == pytest.approx(want[0], rel=1e-10, abs=1e-12)
+    assert got["std"] == pytest.approx(want[1], rel=1e-10, abs=1e-12)
+    assert R.kid(x, y, subsets=6, subset_size=m)[0] != pytest.approx(want[0], rel=1e-3)  # the exclusion matters
+    monkeypatch.setattr(R, "KID_WHOLE_GRAM_MAX", 0)  # per-subset kernel matrices: same numbers
+    got = R.kid(x, y, real_ids=ids_x, fake_ids=ids_y, subsets=6, subset_size=m)[0]
+    assert got == pytest.approx(want[0], rel=1e-10, abs=1e-12)
+    with pytest.raises(ValueError):
+        R.kid(x, y, real_ids=ids_x[:-1], fake_ids=ids_y)
+
+
+def test_id_aware_kid_zero_for_identical_sets_where_torch_fidelity_is_negative(monkeypatch):
+    x = np.random.default_rng(4).normal(size=(40, 16))
+    ids = [f"f{i}" for i in range(40)]
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(R, "KID_WHOLE_GRAM_MAX", 0)
+        assert abs(R.kid(x, x.copy(), real_ids=ids, fake_ids=list(ids), subsets=10, subset_size=40)[0]) <= 1e-12
+        assert R.kid(x, x.copy(), subsets=10, subset_size=40)[0] < -0.1  # the bias of torch-fidelity's estimator
+
+
+def test_id_aware_kid_unbiased_on_paired_sets_torch_fidelity_biased_downward():
+    """Sets of one distribution (true KID 0), fake row i sharing real row i's id, over seeds, with subsets (of 30
+    from 50) drawn independently for the two sets: fake_i an independent draw (both estimators ~0), and fake_i
+    = real_i + small noise (rescaled): the id-aware mean still ~0, torch-fidelity's clearly negative."""
+    ids = [f"f{i}" for i in range(50)]
+    kw = dict(subsets=10, subset_size=30)
+    for correlated in (False, True):
+        aware, plain = [], []
+        for s in range(40):
+            rng = np.random.default_rng(100 + s)
+            x, y = _paired_same_distribution(rng, 50, 16) if correlated else rng.normal(size=(2, 50, 16))
+            aware.append(R.kid(x, y, real_ids=ids, fake_ids=ids, **kw)[0])
+            plain.append(R.kid(x, y, **kw)[0])
+        aware, plain = np.array(aware), np.array(plain)
+        se = aware.std() / np.sqrt(len(aware))
+        assert abs(aware.mean()) < 4 * se < 0.05
+        if correlated:
+            assert plain.mean() < -0.1 and plain.max() < 0
+        else:
+            assert abs(plain.mean()) < 4 * plain.std() / np.sqrt(len(plain))
+
+
+def test_id_aware_kid_without_shared_ids_is_torch_fidelity_exactly(monkeypatch):
+    from torch_fidelity.metric_kid import kid_features_to_metric, mmd2
+
+    rng = np.random.default_rng(5)
+    f1 = rng.normal(size=(60, 32)).astype(np.float32)
+    f2 = (rng.normal(size=(50, 32)) + 0.2).astype(np.float32)
+    kw = dict(subsets=20, subset_size=40)
+    ids1, ids2 = [f"a{i}" for i in range(60)], [f"b{i}" for i in range(50)]
+    for whole in (True, False):
+        if not whole:
+            monkeypatch.setattr(R, "KID_WHOLE_GRAM_MAX", 0)
+        plain = R.kid_details(f1, f2, **kw)
+        assert R.kid_details(f1, f2, real_ids=ids1, fake_ids=ids2, **kw) == plain  # bit for bit
+    ref = kid_features_to_metric(
+        torch.from_numpy(f1).double(), torch.from_numpy(f2).double(), kid_subsets=20, kid_subset_size=40, verbose=False
+    )
+    assert plain["mean"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
+    a, b = f1[:40].astype(np.float64), f2[:40].astype(np.float64)
+    kxx, kxy, kyy = ((u @ v.T / 32 + 1) ** 3 for u, v in ((a, a), (a, b), (b, b)))
+    assert R._mmd2_unbiased(kxx, kxy, kyy, np.zeros(kxy.shape, bool)) == R._mmd2_unbiased(kxx, kxy, kyy)
+    assert R._mmd2_unbiased(kxx, kxy, kyy) == pytest.approx(mmd2(kxx, kxy, kyy), rel=1e-12)
+
+
+def _hash_order(ids):
+    import hashlib
+
+    return sorted(ids, key=lambda i: hashlib.sha256(f"kid\0{i}".encode()).digest())
+
+
+def test_streamed_kid_keeps_failed_images_originals():
+    """The harness's case: the fake accumulator holds the anonymized versions of the real ids, fed in another
+    order, one of which failed (absent). KID leaves out the same-id pairs but keeps every original, the failed
+    image's included: the direct id-aware ``kid`` on all the real rows, and moving that original changes it."""
+    rng = np.random.default_rng(8)
+    n, d = 60, 16
+    ids = [f"img{i:04d}" for i in range(n)]
+    real, fake = _paired_same_distribution(rng, n, d)
+    moved = real.copy()
+    moved[7] += 1.0  # the failed image's original
+    missing = ids[7]
+    acc_r, acc_moved, acc_f = R.RealismAccumulator(d), R.RealismAccumulator(d), R.RealismAccumulator(d)
+    for s in range(0, n, 16):
+        acc_r.add(ids[s : s + 16], real[s : s + 16])
+        acc_moved.add(ids[s : s + 16], moved[s : s + 16])
+    order = [i for i in rng.permutation(n) if ids[i] != missing]
+    for s in range(0, len(order), 25):
+        idx = order[s : s + 25]
+        acc_f.add([ids[i] for i in idx], fake[idx])
+    assert len(acc_r.sample) == n and len(acc_f.sample) == n - 1
+
+    row = {i: r for r, i in enumerate(ids)}
+    ids_r = _hash_order(ids)  # the samples' row order
+    ids_f = [i for i in ids_r if i != missing]
+    xr, xf = real[[row[i] for i in ids_r]].astype(np.float32), fake[[row[i] for i in ids_f]].astype(np.float32)
+    kw = dict(subsets=5, subset_size=40)
+    got = R.realism_metrics_streamed("effnet_lite0", acc_r, acc_f, kid_subsets=5, kid_subset_size=40)
+    assert got["kid_effnet_lite0"] == R.kid(xr, xf, real_ids=ids_r, fake_ids=ids_f, **kw)[0]
+    other = R.realism_metrics_streamed("effnet_lite0", acc_moved, acc_f, kid_subsets=5, kid_subset_size=40)
+    assert abs(other["kid_effnet_lite0"] - got["kid_effnet_lite0"]) > 1e-3
+    assert R.kid(xr, xf, **kw)[0] < got["kid_effnet_lite0"] - 0.1  # torch-fidelity's estimator: biased downward
+
+
+def test_realism_metrics_passes_ids():
+    rng = np.random.default_rng(10)
+    real, fake = _paired_same_distribution(rng, 50, 16)
+    ids = [f"f{i}" for i in range(50)]
+    perm = rng.permutation(50)[:45]  # shuffled, five failed
+    ids_f = [ids[i] for i in perm]
+    kw = dict(kid_subsets=5, kid_subset_size=30)
+    got = R.realism_metrics("effnet_lite0", real, fake[perm], real_ids=ids, fake_ids=ids_f, **kw)
+    want = R.kid(real, fake[perm], real_ids=ids, fake_ids=ids_f, subsets=5, subset_size=30)[0]
+    assert got["kid_effnet_lite0"] == want
+    assert got["fd_effnet_lite0"] == R.frechet_distance_features(real, fake[perm])
+    no_ids = R.realism_metrics("effnet_lite0", real, fake[perm], **kw)  # no ids: torch-fidelity's estimator
+    assert no_ids["kid_effnet_lite0"] == R.kid(real, fake[perm], subsets=5, subset_size=30)[0]
+    assert no_ids["kid_effnet_lite0"] < -0.1 < got["kid_effnet_lite0"]

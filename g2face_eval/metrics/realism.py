@@ -24,11 +24,17 @@ Statistics
   rank-deficient covariances, where scipy's ``sqrtm`` warns); equal to torch-fidelity's value (tests).
 * ``frechet_distance_features(f1, f2)``: same value from feature sets; exact low-rank shortcut (nuclear norm
   of A1 A2^T) when a set has no more samples than dimensions.
-* ``kid(f1, f2, subsets=100, subset_size=1000, ...)`` -> (mean, std): unbiased MMD^2 with the polynomial
-  kernel (x.y/d + 1)^3 over random subsets drawn exactly like torch-fidelity (``np.random.RandomState(seed)``,
-  seed 2020, without replacement, features_1 then features_2 per subset). When a set has fewer samples than
-  ``subset_size`` the subset size is reduced to the smaller set size (torch-fidelity would refuse); the
-  effective size is returned by ``kid_details``.
+* ``kid(f1, f2, subsets=100, subset_size=1000, real_ids=None, fake_ids=None, ...)`` -> (mean, std): MMD^2 with
+  the polynomial kernel (x.y/d + 1)^3 over random subsets drawn exactly like torch-fidelity
+  (``np.random.RandomState(seed)``, seed 2020, without replacement, features_1 then features_2 per subset).
+  Id-aware estimator: the cross term averages k(x_i, y_j) over the pairs whose ids differ. The harness compares
+  the originals with the anonymized versions of the SAME faces; torch-fidelity's estimator (all of K_XY) then
+  counts the matched k(original, output) and is biased downward (negative for output == input). Leaving out
+  the same-id pairs makes it unbiased when different faces are independent, and 0 for identical sets; every
+  sample of both sets is kept (the same reference set for every method, as for FD). Without shared ids (or
+  without ids) it is torch-fidelity's estimator exactly. When a set has fewer samples than ``subset_size``
+  the subset size is reduced to the smaller set size (torch-fidelity would refuse); the effective size is
+  returned by ``kid_details``.
 
 Reference caching: ``reference_features(extractor, key, batches_fn)`` returns the features of a reference set,
 cached under ``settings.cache_dir()/realism`` in a file named by the extractor name/version, the weight file's
@@ -206,17 +212,27 @@ def frechet_distance_features(f1, f2) -> float:
 KID_WHOLE_GRAM_MAX = 5000 * 5000  # |x| * |y| up to which kid_details builds whole kernel matrices (3 x 200 MB)
 
 
-def _mmd2_unbiased(k_xx: np.ndarray, k_xy: np.ndarray, k_yy: np.ndarray) -> float:
+def _mmd2_unbiased(k_xx: np.ndarray, k_xy: np.ndarray, k_yy: np.ndarray, same: np.ndarray | None = None) -> float:
+    """MMD^2 of one subset (m samples per set): off-diagonal means of K_XX and K_YY minus twice the mean of K_XY
+    over the pairs (i, j) whose ids differ; ``same`` marks the same-id pairs (boolean, K_XY's shape; None:
+    none). A same-id pair is one face before and after anonymization, not two independent draws: its (large)
+    k(x_i, y_j) would bias the cross term upward and the estimate downward. With no same-id pair the removed
+    sum is 0.0, so the value is torch-fidelity's ``mmd2(..., mmd_est="unbiased")`` operation for operation."""
     m = k_xx.shape[0]
     sum_xx = k_xx.sum() - np.trace(k_xx)
     sum_yy = k_yy.sum() - np.trace(k_yy)
-    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2 * k_xy.sum() / (m * m))
+    sum_xy, n_xy = k_xy.sum(), k_xy.size
+    if same is not None:
+        sum_xy, n_xy = sum_xy - k_xy[same].sum(), n_xy - int(same.sum())
+    return float((sum_xx + sum_yy) / (m * (m - 1)) - 2 * sum_xy / n_xy)
 
 
 def kid_details(
     f1,
     f2,
     *,
+    real_ids=None,
+    fake_ids=None,
     subsets: int = 100,
     subset_size: int = 1000,
     degree: int = 3,
@@ -224,16 +240,33 @@ def kid_details(
     coef0: float = 1.0,
     seed: int = 2020,
 ) -> dict[str, float]:
+    """KID = mean (and std) over random subsets of MMD^2 with the kernel (g x.y + coef0)^degree, g = 1/d.
+
+    Subsets as torch-fidelity: per subset a draw of ``m`` rows of f1, then one of f2
+    (``np.random.RandomState(seed)``, without replacement); ``m = min(subset_size, len(f1), len(f2))``
+    (torch-fidelity would refuse a set smaller than subset_size), returned as ``subset_size``.
+
+    ``real_ids`` / ``fake_ids``: one id per row of f1 / f2 (compared as ``str``). With both, the id-aware
+    estimator ``_mmd2_unbiased(..., same)``: the cross term leaves out the drawn pairs of one id (e.g. an
+    original and its anonymized version), so KID is unbiased when different faces are independent and 0 for
+    identical sets; every row of both sets is kept. Without them, or when no id is shared, torch-fidelity's
+    estimator exactly (only unbiased for independent sets: biased downward on paired ones)."""
     x, y = _np64(f1), _np64(f2)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"expected (N,D) and (M,D) features, got {x.shape} and {y.shape}")
     m = min(int(subset_size), len(x), len(y))
     if m < 2:
         raise ValueError("KID needs at least 2 samples per set")
+    codes_x = codes_y = None
+    if real_ids is not None and fake_ids is not None:
+        if len(real_ids) != len(x) or len(fake_ids) != len(y):
+            raise ValueError("one id per feature vector")
+        codes = np.unique([str(i) for i in [*real_ids, *fake_ids]], return_inverse=True)[1].reshape(-1)
+        codes_x, codes_y = codes[: len(x)], codes[len(x) :]
     g = 1.0 / x.shape[1] if gamma is None else float(gamma)
 
-    def kernel(a, b):
-        return (a @ b.T * g + coef0) ** degree
+    def kernel(a, b):  # b.T copied: one gemm for K_XX, K_YY and K_XY alike (numpy would take syrk for a @ a.T),
+        return (a @ np.array(b.T, order="C") * g + coef0) ** degree  # so identical sets give KID 0 exactly
 
     # Sets of moderate size: the three kernel matrices once, each subset indexes them (the subsets overlap
     # heavily; 100 subsets of 1,000 from 1,000 features cost 300 Gram products of 1000x1280 the direct way).
@@ -250,11 +283,13 @@ def kid_details(
         else:
             a, b = x[ia], y[ib]
             kxx, kyy, kxy = kernel(a, a), kernel(b, b), kernel(a, b)
-        mmds[i] = _mmd2_unbiased(kxx, kxy, kyy)
+        same = None if codes_x is None else codes_x[ia][:, None] == codes_y[ib][None, :]
+        mmds[i] = _mmd2_unbiased(kxx, kxy, kyy, same)
     return {"mean": float(mmds.mean()), "std": float(mmds.std()), "subset_size": m, "subsets": subsets}
 
 
 def kid(f1, f2, **kw) -> tuple[float, float]:
+    """(mean, std) of ``kid_details`` (same keywords)."""
     d = kid_details(f1, f2, **kw)
     return d["mean"], d["std"]
 
@@ -672,11 +707,23 @@ def realism_metrics(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     seed: int = 2020,
+    real_ids=None,
+    fake_ids=None,
 ) -> dict[str, float]:
     """{fd_metric: FD, kid_metric: KID mean} under the METRICS names for this extractor
-    (fid/kid or fd_effnet_lite0/kid_effnet_lite0)."""
+    (fid/kid or fd_effnet_lite0/kid_effnet_lite0), both on all the features of both sets. Pass ``real_ids`` and
+    ``fake_ids`` (one per row) when the fake set holds transformed versions of the real images: KID then leaves
+    out the same-id pairs (``kid_details``); without them it is torch-fidelity's estimator."""
     spec = EXTRACTORS.get(extractor_name)
-    k_mean, _ = kid(real_features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+    k_mean, _ = kid(
+        real_features,
+        fake_features,
+        real_ids=real_ids,
+        fake_ids=fake_ids,
+        subsets=kid_subsets,
+        subset_size=kid_subset_size,
+        seed=seed,
+    )
     return {spec.fd_metric: frechet_distance_features(real_features, fake_features), spec.kid_metric: k_mean}
 
 
@@ -688,11 +735,13 @@ KID_SAMPLE_MAX = 5000  # features kept per set for KID (a bottom-k sample by id 
 
 class FeatureSample:
     """At most ``k`` feature vectors of a set, chosen by the smallest sha256(id): a uniform sample that does
-    not depend on the order or sharding in which the images arrive. ``features()`` is in hash order."""
+    not depend on the order or sharding in which the images arrive. ``features()`` is in hash order, and so is
+    ``ids()`` (the ids as ``str``, row for row, for KID's same-id exclusion)."""
 
     def __init__(self, k: int = KID_SAMPLE_MAX) -> None:
         self.k = int(k)
         self._prio: list[bytes] = []
+        self._ids: list[str] = []
         self._feats: list[np.ndarray] = []
 
     def add(self, ids, features) -> FeatureSample:
@@ -700,7 +749,9 @@ class FeatureSample:
         if len(ids) != len(x):
             raise ValueError("one id per feature vector")
         for i, f in zip(ids, x, strict=True):
-            self._prio.append(hashlib.sha256(f"kid\0{i}".encode()).digest())
+            key = str(i)
+            self._prio.append(hashlib.sha256(f"kid\0{key}".encode()).digest())
+            self._ids.append(key)
             self._feats.append(f)
         if len(self._prio) > 2 * self.k:
             self._trim()
@@ -709,6 +760,7 @@ class FeatureSample:
     def _trim(self) -> None:
         order = sorted(range(len(self._prio)), key=self._prio.__getitem__)[: self.k]
         self._prio = [self._prio[i] for i in order]
+        self._ids = [self._ids[i] for i in order]
         self._feats = [self._feats[i] for i in order]
 
     def __len__(self) -> int:
@@ -717,6 +769,10 @@ class FeatureSample:
     def features(self) -> np.ndarray:
         self._trim()
         return np.stack(self._feats) if self._feats else np.zeros((0, 0), np.float32)
+
+    def ids(self) -> list[str]:
+        self._trim()
+        return list(self._ids)
 
 
 class RealismAccumulator:
@@ -748,12 +804,19 @@ def realism_metrics_streamed(
     seed: int = 2020,
 ) -> dict[str, float]:
     """Like ``realism_metrics`` from accumulators: FD on every image's statistics (equal to the batch formula up
-    to float summation order); KID on the bounded, order-independent samples (the same subsets as
-    ``realism_metrics`` only when both sets have <= ``kid_subset_size`` images, where every subset is the whole
-    set)."""
+    to float summation order); KID on the bounded, order-independent samples with their ids, so the same-id
+    pairs (an original and its anonymized version) are left out of the cross term and every sampled original
+    counts, those of failed images included (the same subsets as ``realism_metrics`` only when both sets have
+    <= ``kid_subset_size`` images, where every subset is the whole set)."""
     spec = EXTRACTORS.get(extractor_name)
     fd = frechet_distance_stats(real.stats, fake.stats)
     k_mean, _ = kid(
-        real.sample.features(), fake.sample.features(), subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+        real.sample.features(),
+        fake.sample.features(),
+        real_ids=real.sample.ids(),
+        fake_ids=fake.sample.ids(),
+        subsets=kid_subsets,
+        subset_size=kid_subset_size,
+        seed=seed,
     )
     return {spec.fd_metric: fd, spec.kid_metric: k_mean}

@@ -24,7 +24,9 @@ the payload stay fp32 so the hidden bits are exactly the fp32 ones), ``bf16_cl``
 
 Timing: ``warmup`` untimed calls, then ``repeats`` timed calls; GPU: CUDA events around each call (plus host
 wall clock), CPU: ``time.perf_counter``. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU (weights
-included), process peak RSS on CPU (a process high-water mark, not per cell). FLOPs:
+included), on CPU the process's resident-set peak during the cell's timed calls (Linux: ``VmHWM`` reset through
+``/proc/self/clear_refs`` at the cell's start, ``metrics.latency``; everything resident counts, loaded weights
+included; NaN where the kernel does not allow the reset). FLOPs:
 ``torch.utils.flop_counter.FlopCounterMode`` at batch 1 on the ``meta`` device (conv + matmul, 2 x MAC, like
 the reference), and the device's matmul rate (bf16 on GPU, fp32 on CPU) measured in the same run:
 ``floor_ms = FLOPs / rate``, ``ratio_to_floor = median / floor``.
@@ -58,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from g2face_eval import atomic
+from g2face_eval.metrics import latency
 from g2face_eval.models.g2face import set_memory_format  # noqa: F401 - re-exported (bench API)
 
 SCHEMA = "g2face-eval/bench/v1"
@@ -479,13 +482,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_rss_mb() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
-
-
 def record_step(steps: dict, name: str, fn: Callable[[], dict | None]) -> dict:
     """``steps[name] = fn()`` plus its wall time; an exception is recorded as ``{"error": ...}`` (traceback
     printed) so a one-call device script goes on to its next step. Used by the scripts/gpu_*.py checks."""
@@ -506,8 +502,14 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     for _ in range(warmup):
         fn()
     _sync(device)
+    rss_note = ""
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            latency.reset_rss_peak()
+        except OSError as e:
+            rss_note = f"{type(e).__name__}: {e}"
     ev, wall = [], []
     for _ in range(repeats):
         if cuda:
@@ -529,9 +531,11 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     if cuda:
         res["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
         res["memory_kind"] = "cuda_max_allocated"
+    elif not rss_note:
+        res["peak_memory_mb"] = latency.rss_peak_mb()
+        res["memory_kind"] = "process_rss_peak_of_cell"
     else:
-        res["peak_memory_mb"] = peak_rss_mb()
-        res["memory_kind"] = "process_peak_rss"
+        res["peak_memory_mb"], res["memory_kind"], res["memory_note"] = float("nan"), "unavailable", rss_note
     return res
 
 

@@ -200,7 +200,8 @@ _add(
     "bit error rate of the payload decoded from the anonymized image",
 )
 _add("fid", False, "set", "", "Frechet Inception distance (torch-fidelity InceptionV3, pool3 2048-d)")
-_add("kid", False, "set", "", "kernel Inception distance (unbiased poly-kernel MMD^2, mean over subsets)")
+_add("kid", False, "set", "", "kernel Inception distance (unbiased poly-kernel MMD^2, mean over subsets; "
+     "same-face pairs left out of the cross term)")
 _add(
     "fd_effnet_lite0",
     False,
@@ -213,7 +214,8 @@ _add(
     False,
     "set",
     "",
-    "KID on EfficientNet-lite0 pooled 1280-d features (not KID-Inception)",
+    "KID on EfficientNet-lite0 pooled 1280-d features (not KID-Inception; same-face pairs left out of the "
+    "cross term)",
 )
 _add(
     "pose_error_deg",
@@ -237,7 +239,9 @@ _add(
     False,
     "set",
     "MiB",
-    "peak memory: torch.cuda.max_memory_allocated on GPU, process peak RSS on CPU",
+    "peak additional memory of the timed calls over the level just before them (weights and other memory "
+    "already held excluded): torch.cuda max_memory_allocated - memory_allocated on GPU, Linux VmHWM (reset via "
+    "/proc/self/clear_refs) - VmRSS on CPU; NaN where unavailable",
 )
 
 # ---- image similarity of the anonymized face to its original, and harness outcome rates ----------------------

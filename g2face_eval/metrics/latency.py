@@ -2,27 +2,57 @@
 
 ``measure(fn, batch_size, warmup=3, runs=10, device="cpu") -> LatencyResult``:
   * ``fn()`` runs one batch of ``batch_size`` images (inputs prepared by the caller, outside the timing).
-  * ``warmup`` untimed calls first (cudnn autotuning, allocator, lazy init).
+  * ``warmup`` untimed calls first (cudnn autotuning, allocator, lazy init), then ``runs`` timed calls.
   * GPU (``device`` is CUDA): each run is bracketed by ``torch.cuda.Event(enable_timing=True)`` records and
-    synchronised; peak memory is ``torch.cuda.max_memory_allocated(device)`` after
-    ``reset_peak_memory_stats`` (tensor allocations by PyTorch only; not the CUDA context or other libraries).
-  * CPU: ``time.perf_counter`` around each call; peak memory is the process's peak resident set size from
-    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on macOS), i.e. the high-water mark of
-    the whole process since it started — an upper bound for the callable, not a per-call figure.
+    synchronised. CPU: ``time.perf_counter`` around each call.
   * Reported: per-batch times (ms), ``median_ms``/``p90_ms`` per batch, ``ms_per_image`` = median / batch,
     ``p90_ms_per_image``, ``images_per_second`` = batch_size / median seconds, ``peak_memory_mb`` (MiB).
+
+``peak_memory_mb`` is the *peak additional memory of the timed calls*: the highest memory use while the
+``runs`` timed calls ran, minus the use just before the first of them. What was already held before them
+(the method's own weights, other methods' models, the metric oracles, Python and torch themselves) is not
+counted, on either device; ``memory_baseline_mb`` keeps that starting level (baseline + peak = absolute peak).
+  * GPU, ``memory_kind = "cuda_allocated_peak_increase"``: ``torch.cuda.max_memory_allocated(device)`` after
+    ``reset_peak_memory_stats`` minus ``torch.cuda.memory_allocated(device)`` at that reset -- bytes of live
+    PyTorch tensors on that device only (not the caching allocator's reserved-but-free blocks, the CUDA
+    context, cuDNN/cuBLAS handles or other libraries' allocations).
+  * CPU, ``memory_kind = "rss_peak_increase"`` (Linux >= 4.0): the kernel's resident-set high-water mark is
+    reset to the current RSS by writing ``5`` to ``/proc/self/clear_refs``; after the calls ``VmHWM`` minus the
+    ``VmRSS`` read at the reset (both from ``/proc/self/status``) is reported -- resident pages of the whole
+    process, whatever allocated them (torch, numpy, other libraries, other threads of the process). Before the
+    reset ``gc.collect()`` and glibc's ``malloc_trim(0)`` hand the heap memory freed by the warm-up calls back
+    to the kernel, so that memory the calls free and allocate again every time (their activations) is counted
+    even where malloc keeps freed memory (``g2face_eval.allocator``'s tuning keeps up to 1 GiB); as a side
+    effect the first timed call faults those pages in again (one slower run, which the median of three or
+    more runs ignores).
+    Buffers kept across calls (persistent scratch pads, caches filled during warm-up) are in the baseline.
+  * CPU where that is impossible (no ``/proc``: macOS, Windows; ``clear_refs`` not writable: restricted
+    container; kernel < 4.0): ``peak_memory_mb`` is NaN, ``memory_kind = "unavailable"`` and ``memory_note``
+    says why -- never the process-lifetime peak (``getrusage().ru_maxrss``), which only grows and would give
+    every method evaluated in one process the same figure. NaN metrics are not logged to MLflow (``tracking``).
 """
 
 from __future__ import annotations
 
-import resource
+import ctypes
+import gc
+import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+
+PROC_SELF = Path("/proc/self")  # module attribute so that tests can point it at a directory without the files
+
+KIND_CUDA = "cuda_allocated_peak_increase"
+KIND_RSS = "rss_peak_increase"
+KIND_UNAVAILABLE = "unavailable"
 
 
 @dataclass
@@ -37,8 +67,10 @@ class LatencyResult:
     ms_per_image: float
     p90_ms_per_image: float
     images_per_second: float
-    peak_memory_mb: float
-    memory_kind: str  # "cuda_max_allocated" | "process_peak_rss"
+    peak_memory_mb: float  # peak increase over memory_baseline_mb during the timed calls; NaN when unavailable
+    memory_kind: str  # KIND_CUDA | KIND_RSS | KIND_UNAVAILABLE
+    memory_baseline_mb: float = float("nan")  # allocated (GPU) / resident (CPU) MiB just before the timed calls
+    memory_note: str = ""  # why the memory figure is unavailable ("" otherwise)
 
     def metrics(self) -> dict[str, float]:
         """Values under the METRICS names the harness logs."""
@@ -52,9 +84,38 @@ class LatencyResult:
         return asdict(self)
 
 
-def peak_rss_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024.0 * 1024.0) if sys.platform == "darwin" else r / 1024.0
+def _status_kib(name: str) -> int:
+    """A ``kB`` field (``VmRSS``, ``VmHWM``) of ``/proc/self/status``; OSError when absent."""
+    with open(PROC_SELF / "status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {name} in {PROC_SELF / 'status'}")
+
+
+def _release_free_heap() -> None:
+    """Collect garbage and return free malloc memory to the kernel (glibc only; elsewhere a no-op)."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc (musl)
+            return
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        trim(0)
+
+
+def reset_rss_peak() -> float:
+    """Reset the process's resident-set high-water mark (``VmHWM``) to its current RSS and return that RSS in
+    MiB. Raises OSError where the kernel does not allow it (no /proc, clear_refs not writable, kernel < 4.0)."""
+    with open(PROC_SELF / "clear_refs", "w", encoding="ascii") as f:
+        f.write("5")  # CLEAR_REFS_MM_HIWATER_RSS: touches no page, only resets mm->hiwater_rss
+    return _status_kib("VmRSS") / 1024.0
+
+
+def rss_peak_mb() -> float:
+    """The process's resident-set high-water mark (``VmHWM``) in MiB since the last ``reset_rss_peak``."""
+    return _status_kib("VmHWM") / 1024.0
 
 
 def summarize(times_ms, batch_size: int) -> dict[str, float]:
@@ -85,9 +146,11 @@ def measure(
     for _ in range(warmup):
         fn()
     times: list[float] = []
+    peak, base, note = float("nan"), float("nan"), ""
     if cuda:
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
+        base_b = torch.cuda.memory_allocated(dev)
         for _ in range(runs):
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
@@ -96,15 +159,29 @@ def measure(
             end.record()
             end.synchronize()
             times.append(float(start.elapsed_time(end)))
-        peak = torch.cuda.max_memory_allocated(dev) / (1024.0 * 1024.0)
-        kind = "cuda_max_allocated"
+        torch.cuda.synchronize(dev)
+        base = base_b / 2**20
+        peak = (torch.cuda.max_memory_allocated(dev) - base_b) / 2**20
+        kind = KIND_CUDA
     else:
+        _release_free_heap()
+        try:
+            base = reset_rss_peak()
+        except OSError as e:
+            note = f"cannot reset the resident-set peak ({PROC_SELF / 'clear_refs'}): {type(e).__name__}: {e}"
         for _ in range(runs):
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1000.0)
-        peak = peak_rss_mb()
-        kind = "process_peak_rss"
+        if not note:
+            try:
+                peak = max(0.0, rss_peak_mb() - base)
+            except OSError as e:
+                note = f"cannot read VmHWM: {type(e).__name__}: {e}"
+        if note:
+            base = float("nan")
+            log.warning("peak_memory_mb unavailable on CPU: %s", note)
+        kind = KIND_UNAVAILABLE if note else KIND_RSS
     s = summarize(times, batch_size)
     return LatencyResult(
         batch_size=batch_size,
@@ -114,5 +191,7 @@ def measure(
         times_ms=times,
         peak_memory_mb=float(peak),
         memory_kind=kind,
+        memory_baseline_mb=float(base),
+        memory_note=note,
         **s,
     )

@@ -12,8 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_via(path: str | Path, writer: Callable[[str], None]) -> Path:
-    """Call ``writer(tmp_path)`` to produce the file, then move it onto ``path``."""
+def write_via(path: str | Path, writer: Callable[[str], None], *, durable: bool = False) -> Path:
+    """Call ``writer(tmp_path)`` to produce the file, then move it onto ``path``. ``durable``: also flush the
+    file and the rename to the disk (``fsync``), so that a power loss cannot leave an empty or partial file
+    under ``path`` either; for files that mark work as done (the run stores), not for caches."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -21,12 +23,25 @@ def write_via(path: str | Path, writer: Callable[[str], None]) -> Path:
     try:
         writer(tmp)
         os.chmod(tmp, 0o644)
+        if durable:
+            _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if durable:
+        with contextlib.suppress(OSError):  # directories cannot be opened for fsync on every platform
+            _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     return path
+
+
+def _fsync(path: str | Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

@@ -84,6 +84,13 @@ FILE_CASES: dict[str, tuple[str, callable, str, str]] = {
     ),
     "no_face": ("flat.png", lambda: _enc(np.full((128, 128, 3), 128, np.uint8), "PNG"), "failed", "no face"),
     "five_faces": ("five.png", lambda: _enc(_five_faces(), "PNG"), "ok", ""),
+    # an extreme aspect ratio (YuNet has returned infinite boxes on such strips): no face, not a crash
+    "strip_16x5000": (
+        "strip.png",
+        lambda: _enc(np.asarray(Image.fromarray(_face()).resize((5000, 16))), "PNG"),
+        "failed",
+        "no face",
+    ),
     # YuNet does not find a face lying on its side: a clear per-image failure, the run goes on
     "face_rotated_90": (
         "rot90.png",
@@ -150,7 +157,8 @@ def test_run_completes_and_leaves_no_partial_files(bad_run):
             json.loads(p.read_text())  # every JSON parses
     agg = res["aggregate"]
     n_failed = agg[(agg.metric == "n_failed")].set_index("method")["value"]
-    assert (n_failed == 9).all()  # the refused files are counted, not dropped
+    expected = sum(expect == "failed" for _, _, expect, _ in FILE_CASES.values())
+    assert expected == 10 and (n_failed == expected).all()  # the refused files are counted, not dropped
     import mlflow
 
     client = mlflow.MlflowClient(res["tracking_uri"])
@@ -328,3 +336,30 @@ def test_api_case_outcome(case, tmp_path, monkeypatch):
     assert msg in str(e.value), str(e.value)
     if case == "weight_wrong_sha256":  # names the file and both digests
         assert "G2Face.pth" in str(e.value) or zoo.WEIGHTS.get("g2face_official").filename in str(e.value)
+
+
+def test_an_exception_in_preparation_is_that_images_failure(monkeypatch):
+    """Whatever the preparation of one image raises (an OpenCV error on a degenerate detection, ...) becomes
+    that image's failure record; the other images of the chunk are prepared."""
+    from types import SimpleNamespace
+
+    from g2face_eval.harness import prepare as P
+
+    class Src:
+        name, aligned = "folder", True
+
+        def load(self, sid):
+            return SimpleNamespace(id=sid, image=_face(), mask=None, meta={})
+
+    preparer = P.Preparer(256)
+    real = preparer.prepare
+
+    def prepare(sample, aligned):
+        if sample.id == "bad":
+            raise RuntimeError("cv2.error: degenerate warp")
+        return real(sample, aligned)
+
+    monkeypatch.setattr(preparer, "prepare", prepare)
+    items, fails = P.load_prepare(Src(), preparer, ["good", "bad"])
+    assert [it.id for it in items] == ["good"]
+    assert fails[0][0] == "bad" and "prepare failed: RuntimeError: cv2.error" in fails[0][1]

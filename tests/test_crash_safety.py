@@ -245,3 +245,24 @@ def test_train_kill9_resume_continues_the_same_mlflow_run(datasets_root, tmp_pat
     assert runs[0].info.status == "FINISHED"
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "g_total"))
     assert steps[-1] == 6 and steps[0] < 3
+
+
+def test_run_store_writes_are_fsynced_and_caches_are_not(tmp_path, monkeypatch):
+    """A unit's .npz and .parquet reach the disk (file and rename) before the unit counts as done; the image
+    cache's many small writes skip the fsync."""
+    import os
+
+    import numpy as np
+    import pandas as pd
+
+    from g2face_eval.harness.records import BatchStore, ImageCache
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    store = BatchStore(tmp_path / "run")
+    store.save("m", "d", "k", records=pd.DataFrame({"a": [1]}), arrays={"x": np.zeros(3)})
+    assert store.done("m", "d", "k") and len(synced) == 4  # two files, each + its folder
+    synced.clear()
+    ImageCache(tmp_path / "cache").put("ns", "key", np.zeros((8, 8, 3), np.uint8))
+    assert synced == []

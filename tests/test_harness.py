@@ -4,6 +4,7 @@ identities, utkface), resume after interruption, MLflow completeness, report bui
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -302,3 +303,99 @@ def test_batch_metrics_detects_each_output_once(datasets_root):
     want = [float(A.pose_error(np.array([[a.yaw, a.pitch, a.roll]]), np.array([[o.yaw, o.pitch, o.roll]]))[0])
             for a, o in zip(alone, ctx.mesh, strict=True)]
     np.testing.assert_allclose(df["pose_error_deg"].to_numpy(), want, rtol=0, atol=1e-9)
+
+
+def _runner(tmp_path, name: str):
+    from g2face_eval import methods as M
+    from g2face_eval.harness.records import ArrayCache, ImageCache
+
+    method = M.METHODS.get(name)()
+    return E.MethodRunner(name, method, C.method_hash(method.config()), ImageCache(tmp_path / "out"),
+                          ArrayCache(tmp_path / "arr"), "cpu")
+
+
+def _embedded_faces(n: int, size: int = 256) -> list[np.ndarray]:
+    from PIL import Image
+
+    faces = sorted((Path(E.__file__).resolve().parents[1] / "data" / "embedded" / "faces").glob("*.jpg"))[:n]
+    return [np.asarray(Image.open(p).convert("RGB").resize((size, size))) for p in faces]
+
+
+def test_output_cache_is_keyed_by_the_input_pixels_and_mask(tmp_path):
+    """The output cache is shared across runs: the same dataset/id/key with another mask or another prepared
+    image (e.g. another image_size) is another input, never a cache hit on the old output."""
+    img = _embedded_faces(1)[0]
+    mask = np.zeros(img.shape[:2], np.uint8)
+    mask[40:120, 60:200] = 1
+    key = [b"k" * 32]
+    shared = _runner(tmp_path / "shared", "mask_black")
+    with_mask = shared.anonymize("ds", ["a"], [img], key, [mask])[0][0]
+    no_mask = shared.anonymize("ds", ["a"], [img], key, [None])[0][0]
+    fresh = _runner(tmp_path / "fresh", "mask_black").anonymize("ds", ["a"], [img], key, [None])[0][0]
+    assert np.array_equal(no_mask, fresh)
+    assert not np.array_equal(no_mask, with_mask)
+    assert (with_mask[40:120, 60:200] == 0).all()  # the mask region is blacked out, the rest is not all black
+    small = np.ascontiguousarray(img[::2, ::2])  # the same face prepared at 128 px
+    assert shared.anonymize("ds", ["a"], [small], key, [None])[0][0].shape == small.shape
+
+
+def test_face_masks_apply_per_image_not_per_batch(tmp_path):
+    """A batch mixing images with and without a face mask: each output equals that image run alone."""
+    a, b = _embedded_faces(2)
+    mask = np.zeros(a.shape[:2], np.uint8)
+    mask[30:110, 50:210] = 1
+    keys = [b"a" * 32, b"b" * 32]
+    mixed = _runner(tmp_path / "mixed", "pixelate_8").anonymize("ds", ["a", "b"], [a, b], keys, [mask, None])[0]
+    alone_a = _runner(tmp_path / "a", "pixelate_8").anonymize("ds", ["a"], [a], keys[:1], [mask])[0][0]
+    alone_b = _runner(tmp_path / "b", "pixelate_8").anonymize("ds", ["b"], [b], keys[1:], [None])[0][0]
+    assert np.array_equal(mixed[0], alone_a) and np.array_equal(mixed[1], alone_b)
+    # the mask was used for image a (pixelation outside its detected face box but inside the mask would differ)
+    detected_a = _runner(tmp_path / "d", "pixelate_8").anonymize("ds", ["a"], [a], keys[:1], [None])[0][0]
+    assert not np.array_equal(alone_a, detected_a)
+
+
+def test_a_method_failing_everywhere_leaves_a_complete_run(tmp_path, monkeypatch):
+    """Its images become failure records, its latency an error entry; the other methods' results, the
+    aggregate and records are written."""
+    from PIL import Image
+
+    from g2face_eval import methods as M
+    from g2face_eval.anonymizer import Anonymizer
+
+    class AlwaysFails(Anonymizer):
+        name = "always_fails"
+
+        def _anonymize(self, images, keys, face_masks):
+            raise RuntimeError("boom")
+
+    monkeypatch.setitem(M.METHODS._items, "always_fails", AlwaysFails)
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i, im in enumerate(_embedded_faces(2)):
+        Image.fromarray(im).save(root / f"{i}.png")
+    cfg = _cfg(tmp_path, tmp_path, methods=["always_fails", "pixelate_8"], datasets=["folder"],
+               dataset_options={"folder": {"root": str(root)}}, recognizers=["sface"], detectors=["yunet"])
+    res = E.evaluate(cfg, progress=False, quiet=True)
+    rec = res["records"]
+    bad = rec[rec.method == "always_fails"]
+    assert len(bad) == 2 and (bad.status == "failed").all() and bad.reason.str.contains("boom").all()
+    assert (rec[rec.method == "pixelate_8"].status == "ok").all()
+    lat = json.loads((Path(res["run_dir"]) / "latency.json").read_text())
+    assert "boom" in lat["always_fails"]["error"] and lat["pixelate_8"]["latency_ms_per_image"] > 0
+    agg = res["aggregate"]
+    rows = agg[(agg.method == "pixelate_8") & agg.metric.isin(["latency_ms_per_image", "peak_memory_mb"])]
+    assert dict(zip(rows.metric, rows.aggregation, strict=True)) == {"latency_ms_per_image": "median",
+                                                                     "peak_memory_mb": "set"}
+    assert not ((agg.method == "always_fails") & (agg.metric == "latency_ms_per_image")).any()
+
+
+def test_resume_by_other_code_is_reported(tmp_path):
+    said: list[str] = []
+    say = lambda fmt, *a: said.append(fmt % a)  # noqa: E731
+    E._warn_on_mixed_commits(tmp_path, {"git_hash": "abc", "git_dirty": False}, say)  # first invocation
+    (tmp_path / "invocations.json").write_text(json.dumps([{"git_hash": "abc", "git_dirty": False}]))
+    E._warn_on_mixed_commits(tmp_path, {"git_hash": "abc", "git_dirty": False}, say)  # same code: silent
+    assert said == []
+    E._warn_on_mixed_commits(tmp_path, {"git_hash": "def", "git_dirty": False}, say)
+    E._warn_on_mixed_commits(tmp_path, {"git_hash": "abc", "git_dirty": True}, say)
+    assert len(said) == 2 and "def" in said[0] and "abc" in said[0] and "uncommitted" in said[1]

@@ -16,6 +16,7 @@ disk; metrics are computed per image; the batch's records are persisted and skip
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -118,6 +119,18 @@ class Oracles:
             self.unavailable["lpips_alex"] = getattr(e, "reason", str(e))
         self.extractors = _feature_extractors(self.unavailable, str(cfg["device"]), cfg.get("feature_extractors"))
 
+    def in_force(self) -> dict:
+        """The oracles this run measures with (part of the run's configuration hash): which metrics a run's
+        records can have depends on the weights installed, so adding one (LPIPS, Inception) between an
+        interrupted run and its rerun starts a new run instead of mixing records with and without it."""
+        return {
+            "recognizers": dict(sorted(self.thresholds.items())),
+            "detectors": sorted(self.detectors),
+            "face_mesh": self.mesh is not None,
+            "lpips": ["alex"] if self.lpips is not None else [],
+            "feature_extractors": sorted(self.extractors),
+        }
+
     # embeddings of original images, cached on disk by content
     def embed(
         self,
@@ -194,6 +207,12 @@ def _feature_extractors(unavailable: dict, device: str = "cpu", names: list[str]
     return out
 
 
+def _array_digest(a: np.ndarray) -> str:
+    """Content digest of an array, its dtype and shape included (fixed length, so it composes in ``digest``)."""
+    a = np.ascontiguousarray(a)
+    return f"{a.dtype.str}{a.shape}:" + hashlib.sha256(a.tobytes()).hexdigest()
+
+
 def _features(ext, images: list[np.ndarray], chunk: int = 32) -> np.ndarray:
     parts = [
         np.asarray(ext(to_tensor(images[s : s + chunk])), np.float64) for s in range(0, len(images), chunk)
@@ -224,9 +243,12 @@ class MethodRunner:
         masks: list[np.ndarray | None] | None,
     ) -> tuple[list[np.ndarray], list[float | None], list[np.ndarray | None]]:
         ns = self._ns(op)
+        # keyed by the input's pixels (and face mask): the cache is shared across runs, and the same image id
+        # prepared under another configuration (image size, mask options) is another input
+        ms = masks if masks is not None and self.method.uses_face_mask else [None] * len(inputs)
         ckeys = [
-            digest(dataset, i, k, x.tobytes() if op != "anonymize" else b"")
-            for i, k, x in zip(ids, keys, inputs, strict=False)
+            digest(dataset, i, k, _array_digest(x), _array_digest(m) if m is not None else "no mask")
+            for i, k, x, m in zip(ids, keys, inputs, ms, strict=True)
         ]
         imgs: list[np.ndarray | None] = [self.cache.get(ns, k) for k in ckeys]
         side: list[np.ndarray | None] = [
@@ -234,25 +256,19 @@ class MethodRunner:
         ]
         todo = [i for i, (im, s) in enumerate(zip(imgs, side, strict=False)) if im is None or s is None]
         if todo:
-            x = to_tensor([inputs[i] for i in todo]).to(self.device)
-            with torch.no_grad():
-                if op == "anonymize":
-                    fm = None
-                    if masks is not None and all(masks[i] is not None for i in todo):
-                        fm = (
-                            torch.from_numpy(np.stack([masks[i] for i in todo]))[:, None]
-                            .float()
-                            .to(self.device)
-                        )
-                    out = self.method.anonymize(x, [keys[i] for i in todo], face_masks=fm)
-                else:
-                    out = self.method.recover(x, [keys[i] for i in todo])
-            u8 = to_uint8(out.images)
+            # images with a face mask use it, the others the method's own face detection: one call each, so an
+            # image's output never depends on whether its batch-mates have masks
+            groups = [[i for i in todo if ms[i] is not None], [i for i in todo if ms[i] is None]]
+            todo = [i for g in groups for i in g]
+            outs = [self._call(op, g, inputs, keys, ms) for g in groups if g]
+            u8 = np.concatenate([to_uint8(o.images) for o in outs])
+            got_ok = [ok for o in outs for ok in (o.ok if o.ok is not None else [None] * len(o.images))]
+            obits = [b for o in outs for b in (o.bits if o.bits is not None else [None] * len(o.images))]
             for j, i in enumerate(todo):
-                ok = -1.0 if out.ok is None else float(bool(out.ok[j]))
+                ok = -1.0 if got_ok[j] is None else float(bool(got_ok[j]))
                 bits = (
-                    np.asarray(out.bits[j].detach().cpu().numpy(), np.float32)
-                    if out.bits is not None
+                    np.asarray(obits[j].detach().cpu().numpy(), np.float32)
+                    if obits[j] is not None
                     else np.zeros(0, np.float32)
                 )
                 s = np.concatenate([[ok], bits]).astype(np.float32)
@@ -262,6 +278,16 @@ class MethodRunner:
         oks = [None if s[0] < 0 else bool(s[0]) for s in side]
         bits = [s[1:] if s.size > 1 else None for s in side]
         return imgs, oks, bits
+
+    def _call(self, op: str, idx: list[int], inputs, keys, masks):
+        x = to_tensor([inputs[i] for i in idx]).to(self.device)
+        with torch.no_grad():
+            if op == "recover":
+                return self.method.recover(x, [keys[i] for i in idx])
+            fm = None
+            if masks[idx[0]] is not None:
+                fm = torch.from_numpy(np.stack([masks[i] for i in idx]))[:, None].float().to(self.device)
+            return self.method.anonymize(x, [keys[i] for i in idx], face_masks=fm)
 
     def anonymize(self, dataset, ids, images, keys, masks):
         return self._run("anonymize", dataset, ids, images, keys, masks)
@@ -512,7 +538,7 @@ def aggregate(
                         ci_lo=np.nan,
                         ci_hi=np.nan,
                         n=int(lat.get("runs", 0)),
-                        aggregation="median",
+                        aggregation=sp.aggregation,
                         higher_is_better=sp.higher_is_better,
                     )
                 )
@@ -685,10 +711,11 @@ def setup(cfg: dict) -> Setup:
         M.METHODS.get(m)  # fail fast on unknown names
     cache_root = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
     icache, acache = ImageCache(cache_root / "outputs"), ArrayCache(cache_root / "arrays")
-    # Oracles first: the recognizer thresholds in force are part of the configuration (and of its hash), so
-    # a threshold file that changes between an interrupted run and its rerun never mixes records.
+    # Oracles first: the oracles in force and their recognizer thresholds are part of the configuration (and
+    # of its hash), so a threshold file or a weight file that changes between an interrupted run and its rerun
+    # never mixes records.
     oracles = Oracles(cfg, acache)
-    cfg_resolved = {**cfg, "methods": method_names, "thresholds": dict(sorted(oracles.thresholds.items()))}
+    cfg_resolved = {**cfg, "methods": method_names, "oracles": oracles.in_force()}
     name = C.run_name(cfg_resolved)
     device = str(cfg["device"])
     runners = {}
@@ -793,6 +820,7 @@ def evaluate(
     atomic_write_json(run_dir / "config.json", cfg)
     store, prep = BatchStore(run_dir), PrepStore(run_dir)
     env = environment_info()
+    _warn_on_mixed_commits(run_dir, env, say=log.warning)
     atomic_write_json(run_dir / "environment.json", env)
     seed = int(cfg["seed"])
     n_boot = int(cfg["bootstrap_samples"])
@@ -817,8 +845,12 @@ def evaluate(
             set_metrics += msets
             for dname, ix in indexes.items():
                 _write_grid(S, runner, dname, ix.head[:n_grid])
-            if mname not in latency:
-                latency[mname] = _latency(S, runner, indexes, int(cfg["latency_repeats"]))
+            if mname not in latency or "error" in latency[mname]:
+                try:
+                    latency[mname] = _latency(S, runner, indexes, int(cfg["latency_repeats"]))
+                except Exception as e:  # noqa: BLE001 - a method that fails here failed per image too: recorded
+                    log.warning("latency of %s failed: %s", mname, e)
+                    latency[mname] = {"error": f"{type(e).__name__}: {e}"}
                 atomic_write_json(latency_path, latency)
             mdf = pd.concat([d for d in mrecords if len(d)], ignore_index=True) if mrecords else pd.DataFrame()
             all_records.append(mdf)
@@ -893,6 +925,20 @@ def evaluate(
         "wall_s": wall,
         "run_name": name,
     }
+
+
+def _warn_on_mixed_commits(run_dir: Path, env: dict, say) -> None:
+    """A resume by other code than the earlier invocations' (another commit, or uncommitted changes) mixes
+    results of both in one run: say so (``invocations.json`` keeps which invocation computed how many batches)."""
+    path = run_dir / "invocations.json"
+    if not path.exists():
+        return
+    seen = {(h.get("git_hash"), bool(h.get("git_dirty"))) for h in json.loads(path.read_text())}
+    now = (env.get("git_hash"), bool(env.get("git_dirty")))
+    if seen != {now} or now[1]:
+        say("resuming run %s with code %s%s; earlier invocations ran %s: its results may mix code versions "
+            "(see invocations.json)", run_dir.name, now[0], " (uncommitted changes)" if now[1] else "",
+            ", ".join(f"{h}{' (dirty)' if d else ''}" for h, d in sorted(seen, key=str)))
 
 
 def _record_invocation(run_dir: Path, started: float, wall_s: float, extra: dict) -> None:
@@ -1129,6 +1175,8 @@ def _latency(S: Setup, runner: MethodRunner, indexes: dict[str, DatasetIndex], r
         "batch_size": res.batch_size,
         "device": res.device,
         "memory_kind": res.memory_kind,
+        "memory_baseline_mb": res.memory_baseline_mb,
+        "memory_note": res.memory_note,
     }
 
 

@@ -248,7 +248,10 @@ def load_prepare(src: DatasetSource, preparer: Preparer, ids: list[str], role: s
         except (OSError, ValueError) as e:
             fails.append((sid, f"load failed: {e}", {}))
             continue
-        r = preparer.prepare(s, src.aligned)
+        try:
+            r = preparer.prepare(s, src.aligned)
+        except Exception as e:  # noqa: BLE001 - one image the preparation cannot take is that image's failure
+            r = f"prepare failed: {type(e).__name__}: {e}"
         if isinstance(r, str):
             fails.append((sid, r, norm_meta(dict(s.meta or {}))))
             continue

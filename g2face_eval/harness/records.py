@@ -29,20 +29,20 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic.write_json(path, obj)
 
 
-def write_table(df: pd.DataFrame, path: Path) -> None:
-    """parquet (or csv by suffix), atomically."""
+def write_table(df: pd.DataFrame, path: Path, *, durable: bool = False) -> None:
+    """parquet (or csv by suffix), atomically (``durable``: fsync'd, see ``atomic.write_via``)."""
     if Path(path).suffix == ".csv":
-        atomic.write_via(path, lambda t: df.to_csv(t, index=False))
+        atomic.write_via(path, lambda t: df.to_csv(t, index=False), durable=durable)
     else:
-        atomic.write_via(path, lambda t: df.to_parquet(t, index=False))
+        atomic.write_via(path, lambda t: df.to_parquet(t, index=False), durable=durable)
 
 
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_npz(path: Path, arrays: dict[str, np.ndarray], *, durable: bool = False) -> None:
     def w(t):
         with open(t, "wb") as f:
             np.savez(f, **arrays)
 
-    atomic.write_via(path, w)
+    atomic.write_via(path, w, durable=durable)
 
 
 def safe_name(s: str) -> str:
@@ -143,9 +143,11 @@ class RecordStore:
         from g2face_eval import crashpoints
 
         b = self._base(parts)
-        write_npz(b.with_suffix(".npz"), arrays)  # arrays first: .parquet marks completion
+        # arrays first: .parquet marks completion; both fsync'd, so a power loss cannot leave an empty
+        # .parquet that marks a unit done
+        write_npz(b.with_suffix(".npz"), arrays, durable=True)
         crashpoints.hit(f"{self.crash_prefix}_npz")
-        write_table(records, b.with_suffix(".parquet"))
+        write_table(records, b.with_suffix(".parquet"), durable=True)
         crashpoints.hit(f"{self.crash_prefix}_saved")
 
     def load(self, *parts: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

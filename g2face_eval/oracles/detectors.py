@@ -85,6 +85,8 @@ class YuNetDetector(Detector):
                 score=float(r[14]),
             )
             for r in out
+            # YuNet returns boxes like (1.2e30, -inf, 0, inf) on extreme aspect ratios (16x5000 px): not a face
+            if np.isfinite(r[:15]).all() and np.abs(r[:14]).max() <= 4 * max(h, w)
         ]
         return sorted(faces, key=lambda f: -f.score)
 

@@ -6,6 +6,11 @@ On the official config (random weights, official payload) and a tiny keyed confi
 fp32 reference path (PSNR, hidden / recovered bits), bf16 / fp16 autocast and channels_last, CUDA graphs and
 torch.compile vs eager, batch-composition independence; then a few timings (CUDA events, median of 10) of
 reference vs fast variants. Writes OUT_DIR/fastpath_check.json (rewritten after every step).
+
+Exit status 1 when the fp32 fast path's recovery differs from the reference's (recovered images below 40 dB
+PSNR, or recovered bits not identical; the official payload has no authentication, so recovery always runs the
+generator here) or a timing is not finite. (tests/test_g2face_fastpath.py makes the same comparison on CPU
+with an oracle extractor, so that recovery authenticates, for both payload modes.)
 """
 
 from __future__ import annotations
@@ -45,6 +50,18 @@ def cuda_ms(fn, warmup=3, repeats=10) -> float:
 
 
 BASELINE = "official_fast_vs_reference_fp32"
+RECOVER_PSNR_MIN_DB = 40.0  # fast vs reference recovery: below this, or differing recovered bits, exits 1
+
+
+def recovery_failure(res: dict) -> str | None:
+    """Why the baseline step's recovery comparison fails (None: PSNR >= 40 dB and identical recovered bits)."""
+    p, same = res.get("psnr_recover_db"), res.get("recovered_bits_identical")
+    if "error" in res or p is None or same is None:
+        return f"fast vs reference recovery not compared: {res.get('error', 'missing fields')}"
+    if not (p >= RECOVER_PSNR_MIN_DB and same is True):  # NaN PSNR fails too
+        return (f"fast vs reference recovery: PSNR {p:.2f} dB (need >= {RECOVER_PSNR_MIN_DB:.0f}), "
+                f"recovered bits identical: {same}")
+    return None
 
 
 class Timeout(Exception):
@@ -106,6 +123,10 @@ def main() -> int:
                     "finite": bool(torch.isfinite(f.images).all())}
         finally:
             fast.configure()
+
+    early = recovery_failure(doc["steps"].get(BASELINE, {}))
+    if early:  # reported now; the script goes on with its other steps and exits 1 at the end
+        print(f"FAIL: {early}", file=sys.stderr, flush=True)
 
     for name, kw in [("bf16", dict(amp=torch.bfloat16)), ("fp16_cl", dict(amp=torch.float16, cl=True)),
                      ("bf16_cl", dict(amp=torch.bfloat16, cl=True)), ("fp32_cl", dict(cl=True)),
@@ -193,9 +214,12 @@ def main() -> int:
             print(row, flush=True)
             doc["timings"].append(row)
             save()
-    doc["ok"] = not any(isinstance(v, dict) and "error" in v for v in doc["steps"].values())
+    rec_fail = recovery_failure(doc["steps"].get(BASELINE, {}))
+    if rec_fail:
+        print(f"FAIL: {rec_fail}", file=sys.stderr, flush=True)
+    doc["ok"] = not rec_fail and not any(isinstance(v, dict) and "error" in v for v in doc["steps"].values())
     save()
-    return 0 if all(math.isfinite(r.get("anonymize_ms", 0)) for r in doc["timings"]) else 1
+    return 0 if not rec_fail and all(math.isfinite(r.get("anonymize_ms", 0)) for r in doc["timings"]) else 1
 
 
 if __name__ == "__main__":

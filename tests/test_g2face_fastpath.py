@@ -85,10 +85,47 @@ def test_fast_matches_reference_fp32(runs):
     assert torch.equal(f.bits, r.bits), "hidden payload bits differ"
     p = psnr_db(f.images, r.images)
     assert float(p.min()) >= 40.0, p
+    # the shipped model's recovery never authenticates (ok all False, output = the anonymised input), so this
+    # compares only the extractor bits and the fail-closed pass-through; the recovery generator pass itself is
+    # compared in test_fast_matches_reference_recovery_with_oracle below
     rr, fr = runs["ref_rec"], runs["fast_rec"]
     assert torch.equal(fr.bits, rr.bits), "recovered (extracted) payload bits differ"
     assert torch.equal(fr.ok, rr.ok)
     assert float(psnr_db(fr.images, rr.images).min()) >= 40.0
+
+
+@pytest.mark.parametrize("payload", ["keyed", "official"])
+def test_fast_matches_reference_recovery_with_oracle(payload):
+    """Recovery that really runs, fast vs reference: the tiny config of test_g2face_anonymizer.py with its
+    OracleExtractor (returns the hidden bits, here with 16 of 1024 flipped), so the keyed payload decodes and
+    authenticates (RS corrects the flips) and the official payload decodes; both paths recover the same
+    anonymised images and must agree (PSNR >= 40 dB, identical extracted bits)."""
+    from test_g2face_anonymizer import CFG, OracleExtractor, _make  # tests/ is on sys.path
+
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    keys = derive_keys("fast-recovery", ["a", "b", "c"])
+    ref, fast = _make(payload=payload, fast=False), _make(payload=payload, fast=True)  # same seed: same weights
+    assert fast.fast and not ref.fast
+    a = ref.anonymize(x, keys)
+    assert torch.equal(fast.anonymize(x, keys).bits, a.bits)
+    flips = torch.zeros_like(a.bits, dtype=torch.bool)
+    flips[:, torch.randperm(CFG.n_bits, generator=torch.Generator().manual_seed(4))[:16]] = True
+    extracted = torch.where(flips, 1 - a.bits, a.bits)
+    for anon in (ref, fast):
+        anon.model.hiding_extractor = OracleExtractor(CFG.bits_shape)
+        anon.model.hiding_extractor.bits = extracted
+    rr, fr = ref.recover(a.images, keys), fast.recover(a.images, keys)
+    if payload == "keyed":
+        assert rr.ok is not None and fr.ok is not None
+        assert bool(rr.ok.all()) and bool(fr.ok.all()), (rr.ok, fr.ok)  # authenticated on both paths
+    else:
+        assert rr.ok is None and fr.ok is None  # no authentication in the official mode
+    assert torch.equal(rr.bits, extracted) and torch.equal(fr.bits, extracted)
+    # recovery ran (not the fail-closed pass-through of the input)
+    assert float((rr.images - a.images).abs().mean()) > 1e-3 and float((fr.images - a.images).abs().mean()) > 1e-3
+    assert torch.equal(fr.bits, rr.bits), "recovered payload bits differ"
+    p = psnr_db(fr.images, rr.images)
+    assert float(p.min()) >= 40.0, p
 
 
 def test_bf16_autocast_runs_and_is_close(shipped_parts, faces, runs):

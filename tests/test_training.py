@@ -36,12 +36,26 @@ def _images(root, n=16):
     return load_train_images(32, root, limit=n, log=lambda *_: None)
 
 
+def _official_lr(k: int, warmup: int = 10, gamma: float = 0.95) -> float:
+    """Reference manifest: lr 0 after construction, base*k/10 for official epochs 1..10 (the scheduler is
+    stepped once at the start of each epoch), then x0.95 per epoch from epoch 11."""
+    return 0.0 if k == 0 else (k / warmup if k <= warmup else gamma ** (k - warmup))
+
+
 def test_lr_schedule_official():
-    # GradualWarmupScheduler(multiplier=1, 10 epochs) then ExponentialLR(0.95) per epoch
-    assert lr_factor(0, 10, 0.95) == 0.0
-    assert lr_factor(5, 10, 0.95) == 0.5
-    assert lr_factor(10, 10, 0.95) == 1.0
-    assert math.isclose(lr_factor(12, 10, 0.95), 0.95 ** 2)
+    # GradualWarmupScheduler(multiplier=1, 10 epochs) then ExponentialLR(0.95), stepped at the start of every
+    # epoch: 0-based training epoch e runs at official epoch e + 1, so no training epoch runs at lr 0
+    assert math.isclose(lr_factor(0, 10, 0.95), 0.1)
+    assert math.isclose(lr_factor(4, 10, 0.95), 0.5)
+    assert lr_factor(9, 10, 0.95) == 1.0
+    assert math.isclose(lr_factor(10, 10, 0.95), 0.95)
+    assert math.isclose(lr_factor(11, 10, 0.95), 0.95 ** 2)
+    for e in range(40):
+        assert math.isclose(lr_factor(e, 10, 0.95), _official_lr(e + 1), rel_tol=1e-12), e
+    # cpu-small preset (warm-up 1): the first epoch trains at the full lr, then decays
+    assert lr_factor(0, 1, 0.95) == 1.0 and math.isclose(lr_factor(1, 1, 0.95), 0.95)
+    # no warm-up (the shipped checkpoint's --warmup-epochs 0): full lr in epoch 0, x gamma per epoch after it
+    assert lr_factor(0, 0, 0.95) == 1.0
     assert lr_factor(3, 0, 0.95) == 0.95 ** 3
 
 
@@ -62,20 +76,25 @@ def test_losses_finite_and_falling(datasets_root):
     assert "r1" in hist[0] and "geometry" in hist[0] and "perceptual" in hist[0]
 
 
-def test_resume_is_exact(datasets_root, tmp_path):
+@pytest.mark.parametrize("split", [2, 3])  # resume at an epoch boundary / in the middle of an epoch
+def test_resume_is_exact(datasets_root, tmp_path, split):
     imgs = _images(datasets_root)
     cfg = _cfg(datasets_root, steps=4, steps_per_epoch=2, warmup_epochs=1)
     straight = Trainer(cfg, images=imgs, log=lambda *_: None)
     h_all = straight.fit(4)
+    expected = [cfg.lr * f for f in (1.0, 1.0, 0.95, 0.95)]  # warm-up 1, 2 steps per epoch
+    assert [h["lr_g"] for h in h_all] == pytest.approx(expected, rel=1e-12)  # epoch 0 does not run at lr 0
+    assert [g["lr"] for g in straight.opt_g.param_groups] == pytest.approx([cfg.lr * 0.95, cfg.lr_pretrained * 0.95])
 
     first = Trainer(cfg, images=imgs, log=lambda *_: None)
-    h1 = first.fit(2)
+    h1 = first.fit(split)
     first.save(tmp_path / "ck")
     del first
     second = Trainer(cfg, images=imgs, log=lambda *_: None)
     second.load(tmp_path / "ck")
-    assert second.step == 2
+    assert second.step == split
     h2 = second.fit(4)
+    assert [h["lr_g"] for h in h2] == [h["lr_g"] for h in h_all[split:]]  # resumed lr == uninterrupted lr
     assert h1 + h2 == h_all
     a, b = straight.state_tensors(), second.state_tensors()
     assert a.keys() == b.keys()

@@ -9,6 +9,15 @@ recover(images, keys):
     r = anonymous_net(y, style_mlp(decoded.embeddings, geometry(y)), decoded.bits, keyed noise)
     -> Output(images, ok=decoded.ok (keyed) / None (official), bits=hard extracted bits)
 
+Official payload mode vs test.py: recovery here is what a recoverer holding only the image can do, which
+differs from the official test.py in two ways. (1) The generator's recovery pass gets the bits *extracted from
+the image* (``decoded.bits``); test.py feeds it the same bit tensor it hid during anonymisation (the true bits,
+unknowable from the image alone), and uses the extracted bits only for the identity vector. (2) Anonymisation
+returns ``(y+1)/2`` clamped to [0,1] and recovery reads that clamped image (and clamps its output), whereas
+test.py passes the unclamped generator output y to extraction and recovery (clipping only to save images). So
+with extraction bit errors (and slightly even without, where y leaves [-1,1]) our official-mode recovery
+numbers differ from test.py's. (In keyed mode the generator gets the error-corrected codeword.)
+
 Fail-closed recovery (keyed mode): for an image whose payload does not decode or does not authenticate under the
 given key (wrong key, tampering, too many bit errors) ``ok`` is False and the returned image is the input
 (anonymised) image unchanged; the decoded bytes are never used, so no original identity is exposed.
@@ -340,6 +349,8 @@ class G2FaceAnonymizer(Anonymizer):
         return Output(out, bits=bits, info={"payload": self.payload.mode})
 
     def _recover_fast(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
+        """Official payload: the generator gets the extracted bits and reads the clamped [0,1] input, not
+        test.py's hidden bits / unclamped output (module docstring, "Official payload mode vs test.py")."""
         x01 = images.to(self.device, torch.float32, non_blocking=True)
         y = x01 * 2 - 1
         seeds = key_seeds(keys, self.device)
@@ -365,7 +376,8 @@ class G2FaceAnonymizer(Anonymizer):
 
     @torch.no_grad()
     def recover_tensors(self, images01: torch.Tensor, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Official payload: (B,3,H,W) anonymised [0,1] + seeds -> (recovered [0,1], hard extracted bits)."""
+        """Official payload: (B,3,H,W) anonymised [0,1] + seeds -> (recovered [0,1], hard extracted bits). The
+        generator is fed the extracted bits (test.py feeds the hidden ones; see the module docstring)."""
         if self.payload.host_work:
             raise ValueError("recover_tensors needs a device payload (payload='official')")
         y = images01 * 2 - 1
@@ -390,6 +402,8 @@ class G2FaceAnonymizer(Anonymizer):
         return Output(out, bits=bits, info={"payload": self.payload.mode})
 
     def _recover_reference(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
+        """As ``_recover_fast``: in the official payload mode the generator gets the bits extracted from the
+        image, not test.py's hidden bit tensor (module docstring, "Official payload mode vs test.py")."""
         y = images.to(self.device, torch.float32) * 2 - 1
         b = y.shape[0]
         seeds = key_seeds(keys, self.device)

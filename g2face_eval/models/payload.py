@@ -109,6 +109,13 @@ class Decoded:
 class OfficialPayload:
     """Raw float2bit(embedding), exactly as the official code (no key, no authentication).
 
+    Recovery in this mode differs from the official test.py (see ``models/anonymizer.py``, "Official payload
+    mode vs test.py"): ``decode`` returns the bits extracted from the image (``Decoded.bits``) and the
+    anonymizer feeds *those* to the generator, whereas test.py feeds the same bit tensor it hid during
+    anonymisation (which a recoverer cannot know from the image alone); and the anonymizer reads the clamped
+    [0,1] image where test.py uses the unclamped generator output. So with extraction bit errors, our
+    official-mode recovery numbers differ from test.py's.
+
     ``fast=True`` (encode/decode): device constants built once per device, hard bits ``sigmoid(x) > 0.5``
     (== round(sigmoid(x)), half-to-even at 0.5), integer IEEE assembly; bit-identical to ``fast=False``."""
 

@@ -11,7 +11,8 @@ One step (official train.py, see the reference manifest's ``forward_facts``):
   D:              logistic loss on x vs (x_rec.detach() on even steps, y.detach() on odd steps);
                   R1 x5 on every 16th step (step % 16 == 0), no lazy scaling
   optimisers:     Adam betas (0, 0.999); G groups lr 1e-3 (new parts) / 1e-4 (StyleGAN synthesis part);
-                  D lr 1e-3 constant; G lr x (epoch / warmup) during warm-up, then x 0.95^(epoch - warmup)
+                  D lr 1e-3 constant; G lr x (e+1)/warmup in 0-based epoch e <= warmup-1, then
+                  x 0.95^(e+1-warmup) (``lr_factor``)
 
 All randomness of a step (z, payload bits, StyledConv noise maps, extractor noise, flips) is drawn from
 generators seeded by (seed, step, shard), so resuming is exact and W ranks x A micro-batches equal one process
@@ -156,10 +157,23 @@ def make_geometry(name: str) -> nn.Module:
 
 
 def lr_factor(epoch: int, warmup: int, gamma: float) -> float:
-    """GradualWarmupScheduler(multiplier=1, total_epoch=warmup) then ExponentialLR(gamma), per epoch."""
-    if warmup > 0 and epoch <= warmup:
-        return epoch / warmup
-    return gamma ** (epoch - max(warmup, 0))
+    """G learning-rate factor of the 0-based training epoch ``epoch``: the official
+    GradualWarmupScheduler(multiplier=1, total_epoch=warmup) then ExponentialLR(gamma).
+
+    The official scheduler leaves lr 0 after construction and is stepped once at the start of every epoch, so
+    the first training epoch already runs at official epoch 1: training epoch e uses official epoch e + 1, i.e.
+    (e + 1) / warmup while e + 1 <= warmup, then gamma ** (e + 1 - warmup) (warm-up 10: 0.1, 0.2, ..., 1.0 for
+    epochs 0..9, then 0.95, 0.95^2, ...). No training epoch runs at lr 0. (The reference manifest simulated this
+    under torch 2.13 and notes that the original torch 2.1.2 may differ by one epoch at the hand-off.)
+
+    ``warmup <= 0`` (no warm-up): gamma ** e, i.e. full lr in the first epoch and x gamma per epoch after it
+    (the schedule the shipped checkpoint was trained with, ``--warmup-epochs 0``)."""
+    if warmup <= 0:
+        return gamma ** epoch
+    e = epoch + 1
+    if e <= warmup:
+        return e / warmup
+    return gamma ** (e - warmup)
 
 
 # ----------------------------------------------------------------------------------------------- trainer

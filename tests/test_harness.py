@@ -399,3 +399,38 @@ def test_resume_by_other_code_is_reported(tmp_path):
     E._warn_on_mixed_commits(tmp_path, {"git_hash": "def", "git_dirty": False}, say)
     E._warn_on_mixed_commits(tmp_path, {"git_hash": "abc", "git_dirty": True}, say)
     assert len(said) == 2 and "def" in said[0] and "abc" in said[0] and "uncommitted" in said[1]
+
+
+def test_failed_closed_recoveries_are_not_scored_as_recoveries(tmp_path, monkeypatch):
+    """A keyed method whose recovery authenticates for some images only: recovery PSNR/SSIM average the
+    authenticated ones (a failed-closed recovery returned its input, the anonymized face), and a failed one
+    counts as identity not recovered."""
+    import torch
+    from PIL import Image
+
+    from g2face_eval import methods as M
+    from g2face_eval.anonymizer import Anonymizer, Output
+
+    class FlipHalfRecovers(Anonymizer):
+        name, reversible = "flip_half", True
+
+        def _anonymize(self, images, keys, face_masks):
+            return Output(images.flip(-1), ok=torch.ones(len(keys), dtype=torch.bool))
+
+        def _recover(self, images, keys):
+            ok = torch.tensor([k[0] % 2 == 0 for k in keys])  # authenticates for about half of the keys
+            return Output(torch.where(ok[:, None, None, None], images.flip(-1), images), ok=ok)
+
+    monkeypatch.setitem(M.METHODS._items, "flip_half", FlipHalfRecovers)
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i, im in enumerate(_embedded_faces(6)):
+        Image.fromarray(im).save(root / f"{i}.png")
+    cfg = _cfg(tmp_path, tmp_path, methods=["flip_half"], datasets=["folder"], recognizers=["sface"],
+               detectors=["yunet"], dataset_options={"folder": {"root": str(root)}})
+    rec = E.evaluate(cfg, progress=False, quiet=True)["records"]
+    ok = rec.recovery_ok_rate.to_numpy() == 1.0
+    assert 0 < ok.sum() < len(rec)
+    assert np.isfinite(rec.recovery_psnr[ok]).all() and (rec.recovery_psnr[ok] >= E.PSNR_CAP_DB - 1e-9).all()
+    assert rec.recovery_psnr[~ok].isna().all() and rec.recovery_ssim[~ok].isna().all()
+    assert (rec.recovered_id_success_sface[~ok] == 0).all() and (rec.recovered_id_success_sface[ok] == 1).all()

@@ -149,6 +149,19 @@ def test_tables_markdown_latex():
     assert r"a\_b" in tex and r"\toprule" in tex and "--" in tex
 
 
+def test_wide_table_shows_counts_authentication_and_mesh_coverage():
+    """What qualifies the other columns is in the table: images processed and failed (integers), the share of
+    recoveries that authenticated, wrong keys rejected, mesh coverage of the attribute columns, KID."""
+    vals = {"n_images": 30, "n_failed": 4, "recovery_ok_rate": 0.0, "wrongkey_rejected_rate": 1.0,
+            "mesh_detected_rate": 0.4, "kid_effnet_lite0": 0.1, "pose_error_deg": 3.0}
+    agg = pd.DataFrame([dict(method="g", dataset="d", metric=k, value=float(v), ci_lo=np.nan, ci_hi=np.nan)
+                        for k, v in vals.items()])
+    w = tables.wide(agg, "d").iloc[0]
+    assert (w["n ok"], w["n failed"]) == ("30", "4")
+    assert (w["Rec. auth."], w["Wrong key rej."], w["Mesh found"], w["KID-EffNet"]) == ("0.000", "1.000", "0.400",
+                                                                                        "0.100")
+
+
 def test_report_from_synthetic_results_renders(tmp_path):
     run = synthetic_run(tmp_path / "results" / "run1")
     out = build.build_report(run, tmp_path / "out", quiet=True)
@@ -165,6 +178,7 @@ def test_report_from_synthetic_results_renders(tmp_path):
     ):
         assert (out / f).is_file(), f
     page = (out / "report.html").read_text()
+    assert tables.NOTE in (out / "report.md").read_text() and "Rec. auth." in tables.NOTE
     assert 'src="data:image/png;base64,' in page and "<img" in page
     assert not re.search(r'src="(?!data:)', page), "report must be self-contained"
     r = render_check(out / "report.html", tmp_path)

@@ -346,11 +346,17 @@ def batch_metrics(
     rec_wrong: list | None = None,
     anon2: list | None = None,
     extra: dict | None = None,
+    rec_ok: list[bool | None] | None = None,
 ) -> pd.DataFrame:
+    """The per-image metric columns of one batch of a method's outputs. ``rec_ok``: per image, whether the
+    right-key recovery authenticated (None: the method has no authentication). A recovery that failed closed
+    returned its input, not a recovered face: its recovery PSNR/SSIM/LPIPS are NaN (those means are over the
+    authenticated recoveries; ``recovery_ok_rate`` says how many) and its identity counts as not recovered."""
     from g2face_eval.metrics import attributes as A
     from g2face_eval.metrics import identity as I
 
     n = len(items)
+    rec_failed = np.array([o is False for o in rec_ok] if rec_ok is not None else [False] * n)
     orig = [it.image for it in items]
     faces = [it.face for it in items]
     cols: dict[str, Any] = {"id": [it.id for it in items], **meta_columns([it.meta for it in items])}
@@ -380,7 +386,8 @@ def batch_metrics(
             ew = oracles.embed(r, rec_wrong, faces, ns, ids)
             e2 = oracles.embed(r, anon2, faces, ns, ids)
             if thr is not None:
-                cols[f"recovered_id_success_{r}"] = I.recovered_success(I.cosine_similarity(er, eo), thr)
+                ok = I.recovered_success(I.cosine_similarity(er, eo), thr)
+                cols[f"recovered_id_success_{r}"] = np.where(rec_failed, 0.0, np.asarray(ok, float))
             cols[f"wrongkey_similarity_{r}"] = I.cosine_similarity(ew, eo)
             cols[f"diversity_similarity_{r}"] = I.cosine_similarity(e2, ea)
     # the mesh crops around its detector's first face, so that detector returns faces; the others only decide
@@ -419,10 +426,11 @@ def batch_metrics(
         cols["pose_error_deg"], cols["expression_distance"] = pe, ed
         cols["landmark_nme"], cols["mesh_detected_rate"] = nme, ok
     if reversible and rec is not None:
-        cols["recovery_psnr"] = _psnr(rec, orig)
-        cols["recovery_ssim"] = _ssim(rec, orig)
+        nan_if_failed = lambda v: np.where(rec_failed, np.nan, np.asarray(v, float))  # noqa: E731
+        cols["recovery_psnr"] = nan_if_failed(_psnr(rec, orig))
+        cols["recovery_ssim"] = nan_if_failed(_ssim(rec, orig))
         if oracles.lpips is not None:
-            cols["recovery_lpips_alex"] = oracles.lpips(_to_batch(rec), _to_batch(orig), 1.0).numpy()
+            cols["recovery_lpips_alex"] = nan_if_failed(oracles.lpips(_to_batch(rec), _to_batch(orig), 1.0).numpy())
         cols["diversity_lpips_alex" if oracles.lpips is not None else "diversity_ssim"] = (
             oracles.lpips(_to_batch(anon2), _to_batch(anon), 1.0).numpy()
             if oracles.lpips is not None
@@ -587,6 +595,7 @@ def demographics(records: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
 
 
 SUMMARY_METRICS = (
+    "n_failed",
     "deid_success_rate_sface",
     "deid_success_rate_dlib",
     "deid_mean_similarity_sface",
@@ -595,6 +604,7 @@ SUMMARY_METRICS = (
     "fd_effnet_lite0",
     "pose_error_deg",
     "detection_rate_yunet",
+    "recovery_ok_rate",
     "recovery_psnr",
     "recovered_id_success_sface",
     "latency_ms_per_image",
@@ -1090,7 +1100,7 @@ def _run_batch(
     try:
         anon, oks, bits = runner.anonymize(dname, ids, imgs, keys, masks)
         extra: dict[str, Any] = {}
-        rec = rec_w = anon2 = None
+        rec = rec_w = anon2 = rok = None
         if method.reversible:
             keys2 = derive_keys(master + "/second-key", ids)
             wrong = derive_keys(master + "/wrong-key", ids)
@@ -1105,7 +1115,8 @@ def _run_batch(
                 from g2face_eval.metrics.identity import bit_error_rate
 
                 extra["payload_ber"] = bit_error_rate(np.stack(bits).round(), np.stack(rbits).round())
-        df = batch_metrics(batch, anon, ctx, oracles, method.reversible, rec, rec_w, anon2, extra)
+        df = batch_metrics(batch, anon, ctx, oracles, method.reversible, rec, rec_w, anon2, extra,
+                           rec_ok=rok)
         df["status"] = "ok"
         feats = {ext: _features(fn, anon) for ext, fn in oracles.extractors.items()}
         return df, feats

@@ -114,7 +114,8 @@ _family(
     True,
     "rate",
     "fraction",
-    "share of recovered faces whose similarity to the original reaches the FAR-1e-3 threshold",
+    "share of right-key recoveries whose face matches the original at the FAR-1e-3 threshold (a recovery that "
+    "failed authentication counts as not recovered)",
     KNOWN_RECOGNIZERS,
 )
 _family(
@@ -188,10 +189,14 @@ _add(
     "fraction",
     "rank-5 identification of anonymized probes against the original gallery (lower: better privacy)",
 )
-_add("recovery_psnr", True, "mean", "dB", "PSNR between recovered and original image")
-_add("recovery_ssim", True, "mean", "", "SSIM (gaussian, sigma 1.5) between recovered and original image")
-_add("recovery_lpips_alex", False, "mean", "", "LPIPS (AlexNet) between recovered and original image")
-_add("recovery_lpips_vgg", False, "mean", "", "LPIPS (VGG16) between recovered and original image")
+_add("recovery_psnr", True, "mean", "dB", "PSNR between recovered and original image, over the recoveries that "
+     "authenticated (a failed-closed recovery returns its input: not counted; see recovery_ok_rate)")
+_add("recovery_ssim", True, "mean", "", "SSIM (gaussian, sigma 1.5) between recovered and original image, over the "
+     "recoveries that authenticated")
+_add("recovery_lpips_alex", False, "mean", "", "LPIPS (AlexNet) between recovered and original image, over the "
+     "recoveries that authenticated")
+_add("recovery_lpips_vgg", False, "mean", "", "LPIPS (VGG16) between recovered and original image, over the "
+     "recoveries that authenticated")
 _add(
     "payload_ber",
     False,

@@ -72,12 +72,11 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
     for d in datasets:
         w = tables.wide(agg, d)
         (out / f"table_{d}.md").write_text(tables.markdown(w))
-        (out / f"table_{d}.tex").write_text(
-            tables.latex(w, caption=f"Results on {d} (95% bootstrap CIs)", label=f"tab:{d}")
-        )
-        md += [f"## {d}\n", tables.markdown(w)]
-        tex.append(tables.latex(w, caption=f"Results on {d} (95% bootstrap CIs)", label=f"tab:{d}"))
-        tparts += [f"<h3>{d}</h3>", html.table_html(w)]
+        tex_table = tables.latex(w, caption=f"Results on {d}. {tables.NOTE}", label=f"tab:{d}")
+        (out / f"table_{d}.tex").write_text(tex_table)
+        md += [f"## {d}\n", tables.markdown(w), f"\n{tables.NOTE}\n"]
+        tex.append(tex_table)
+        tparts += [f"<h3>{d}</h3>", html.table_html(w), f"<p>{html.html.escape(tables.NOTE)}</p>"]
     sections.append(("Results (value [95% CI])", tparts))
     # figures
     fparts = []

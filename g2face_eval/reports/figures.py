@@ -72,6 +72,10 @@ def privacy_utility(agg: pd.DataFrame, dataset: str, out: Path) -> Path | None:
         if not methods:
             ax.set_visible(False)
             continue
+        absent = [m for m in y.index if m not in x.index]
+        if absent:  # e.g. no face for the mesh in any output: said on the panel, not silently dropped
+            ax.text(0.01, 0.01, "no value, not shown: " + ", ".join(absent), transform=ax.transAxes, fontsize=6,
+                    va="bottom", color="0.35", wrap=True)
         xv = x.loc[methods, "value"].to_numpy(float)
         yv = y.loc[methods, "value"].to_numpy(float)
         y_hib = ym.startswith("deid_success_rate")
@@ -121,6 +125,7 @@ BAR_METRICS = (
     "pose_error_deg",
     "detection_rate_yunet",
     "detection_rate_dlib_hog",
+    "recovery_ok_rate",
     "recovery_psnr",
     "recovered_id_success_sface",
     "payload_ber",
@@ -138,12 +143,15 @@ def metric_bars(agg: pd.DataFrame, dataset: str, out: Path, metrics=BAR_METRICS)
     for ax, m in zip(axes.flat, present, strict=False):
         d = _get(agg, dataset, m).sort_index()
         v = d["value"].to_numpy(float)
-        lo = np.where(np.isnan(d["ci_lo"]), v, d["ci_lo"])
-        hi = np.where(np.isnan(d["ci_hi"]), v, d["ci_hi"])
-        ax.bar(range(len(d)), v, yerr=[v - lo, hi - v], color="C0", ecolor="0.3", capsize=2)
+        ax.bar(range(len(d)), v, color="C0")
+        has_ci = np.isfinite(d["ci_lo"].to_numpy(float)) & np.isfinite(d["ci_hi"].to_numpy(float))
+        if has_ci.any():  # error bars only where a CI exists (set metrics such as FD have none)
+            i = np.flatnonzero(has_ci)
+            ax.errorbar(i, v[i], yerr=[v[i] - d["ci_lo"].to_numpy(float)[i], d["ci_hi"].to_numpy(float)[i] - v[i]],
+                        fmt="none", ecolor="0.3", capsize=2)
         ax.set_xticks(range(len(d)))
         ax.set_xticklabels(d.index, rotation=60, ha="right", fontsize=7)
-        ax.set_title(m, fontsize=9)
+        ax.set_title(m if has_ci.any() else f"{m} (no CI)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(present) :]:
         ax.set_visible(False)

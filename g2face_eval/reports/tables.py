@@ -7,6 +7,8 @@ import math
 import pandas as pd
 
 HEADLINE = (
+    "n_images",
+    "n_failed",
     "deid_success_rate_sface",
     "deid_success_rate_dlib",
     "deid_mean_similarity_sface",
@@ -16,20 +18,26 @@ HEADLINE = (
     "psnr",
     "lpips_alex",
     "fd_effnet_lite0",
+    "kid_effnet_lite0",
     "fid",
     "kid",
+    "mesh_detected_rate",
     "pose_error_deg",
     "expression_distance",
     "landmark_nme",
     "detection_rate_yunet",
+    "recovery_ok_rate",
     "recovery_psnr",
     "recovery_ssim",
     "recovered_id_success_sface",
+    "wrongkey_rejected_rate",
     "wrongkey_similarity_sface",
     "payload_ber",
 )
 
 LABELS = {
+    "n_images": "n ok",
+    "n_failed": "n failed",
     "deid_success_rate_sface": "De-ID (SFace)",
     "deid_success_rate_dlib": "De-ID (dlib)",
     "deid_mean_similarity_sface": "Sim. (SFace)",
@@ -39,19 +47,32 @@ LABELS = {
     "psnr": "PSNR",
     "lpips_alex": "LPIPS",
     "fd_effnet_lite0": "FD-EffNet",
+    "kid_effnet_lite0": "KID-EffNet",
+    "mesh_detected_rate": "Mesh found",
     "fid": "FID",
     "kid": "KID",
     "pose_error_deg": "Pose err.",
     "expression_distance": "Expr. dist.",
     "landmark_nme": "NME",
     "detection_rate_yunet": "Det. (YuNet)",
+    "recovery_ok_rate": "Rec. auth.",
     "recovery_psnr": "Rec. PSNR",
     "recovery_ssim": "Rec. SSIM",
     "recovered_id_success_sface": "Rec. ID",
+    "wrongkey_rejected_rate": "Wrong key rej.",
     "wrongkey_similarity_sface": "Wrong-key sim.",
     "payload_ber": "BER",
     "latency_ms_per_image": "ms/img",
 }
+
+
+NOTE = (
+    "Cells: value [95% bootstrap CI]; set metrics (FD, KID) and counts have no CI. Rates and means are over the "
+    "images a method processed (n ok; failures in n failed). Pose, expression and NME average only the outputs in "
+    "which the face mesh found a face (Mesh found); recovery PSNR/SSIM only the recoveries that authenticated "
+    "(Rec. auth.; a failed-closed recovery returns its input and counts as identity not recovered in Rec. ID). "
+    "'–': no value (no face for the mesh, no authenticated recovery, or not applicable)."
+)
 
 
 def _fmt(v: float, lo: float, hi: float, digits: int = 3) -> str:
@@ -74,7 +95,8 @@ def wide(agg: pd.DataFrame, dataset: str, metrics: tuple[str, ...] = HEADLINE) -
         r = {"method": m}
         for k in present:
             x = a[(a["method"] == m) & (a["metric"] == k)]
-            r[LABELS.get(k, k)] = _fmt(*x[["value", "ci_lo", "ci_hi"]].iloc[0]) if len(x) else "–"
+            digits = 0 if k in ("n_images", "n_failed") else 3
+            r[LABELS.get(k, k)] = _fmt(*x[["value", "ci_lo", "ci_hi"]].iloc[0], digits) if len(x) else "–"
         if lat:
             r[LABELS["latency_ms_per_image"]] = f"{lat[m]:.1f}" if m in lat else "–"
         rows.append(r)

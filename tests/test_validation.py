@@ -27,6 +27,33 @@ def test_threshold_at_far():
     assert (neg > t).sum() == 3 and (neg >= t).sum() == 4
 
 
+def test_operating_threshold_accepts_at_most_far_negatives_under_the_metrics_rule():
+    """The recorded threshold is used with "same iff similarity >= threshold" (metrics.identity): it must lie
+    above the 4th-largest negative, where rounding to 6 digits could land on or below it (one negative more)."""
+    from g2face_eval.metrics import identity as I
+
+    rng = np.random.default_rng(0)
+    for neg in (rng.uniform(-0.2, 0.6, 3000), np.r_[np.linspace(0, 0.3, 2996), 0.338464, 0.35, 0.36, 0.39]):
+        t = V.operating_threshold(V.threshold_at_far(neg, 1e-3))
+        assert I.recovered_success(neg, t).sum() == 3  # exactly floor(FAR * N) negatives accepted
+        assert abs(t * 1e6 - round(t * 1e6)) < 1e-6  # on the 1e-6 grid
+
+
+def test_shipped_thresholds_match_the_published_accuracies():
+    """The thresholds every de-identification rate uses come from a full LFW run within 0.5 points of the
+    published accuracy, at FAR <= 1e-3 measured at the recorded threshold."""
+    import json
+
+    from g2face_eval.oracles.recognizers import THRESHOLDS_FILE
+
+    recs = json.loads(THRESHOLDS_FILE.read_text())["recognizers"]
+    for name in ("sface", "dlib"):
+        r = recs[name]
+        assert r["n_pairs"] == 6000 and r["folds"] == list(range(10)), name
+        assert abs(r["accuracy"] - r["published_accuracy"]) <= 0.5, (name, r["accuracy"])
+        assert r["far_measured"] <= 1e-3 and 0 < r["threshold"] < 1, name
+
+
 def test_read_pairs(datasets_root):
     pairs = V.read_pairs(V.lfw_root(datasets_root))
     assert len(pairs) == 6000 and sum(p.same for p in pairs) == 3000

@@ -6,7 +6,9 @@ Per-sample outputs (numpy) feed ``bootstrap.ci``; the harness logs them under
 
 * ``cosine_similarity(a, b)`` -> (N,) row-wise cosine (rows need not be normalised).
 * ``protection_success(sim, threshold)`` -> (N,) bool, ``sim < threshold`` (de-identified). Rate = mean.
-* ``recovered_success(sim, threshold)`` -> (N,) bool, ``sim >= threshold`` (identity restored).
+* ``recovered_success(sim, threshold)`` -> (N,) bool, ``sim >= threshold`` (identity restored; a tie counts as
+  the same person, in the attacker's favour: ``validation.operating_threshold`` puts the recorded threshold
+  above the FAR-defining negative for this rule).
 * ``identification_hits(probe, probe_labels, gallery, gallery_labels, ks=(1, 5))`` -> {k: (N,) bool}:
   closed-set identification by cosine similarity. Ranking is per identity: an identity's score is its best
   gallery image's similarity; a probe's rank is 1 + the number of *other* identities scoring strictly higher

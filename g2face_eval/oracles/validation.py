@@ -9,10 +9,11 @@ Protocol (standard "unrestricted, labeled outside data" verification):
     accuracy on the other 9 folds (searched over the midpoints of their sorted similarities; ties: the middle
     of the best candidates) is applied to the held-out fold; mean and std over folds are reported (a subset
     with fewer than 10 official folds is split into 10 balanced sub-folds);
-  * threshold at FAR 1e-3: over all negative pairs (3000 on the full set), the threshold t is the
-    (floor(FAR * N) + 1)-th largest negative similarity, with the rule "same person iff similarity > t",
-    so at most floor(FAR * N) negatives (3 of 3000) are accepted;
-    TAR at t over the positive pairs is reported.
+  * threshold at FAR 1e-3: over all negative pairs (3000 on the full set), t is the (floor(FAR * N) + 1)-th
+    largest negative similarity, so "same person iff similarity > t" accepts at most floor(FAR * N)
+    negatives (3 of 3000); the recorded threshold is the smallest multiple of 1e-6 above t
+    (``operating_threshold``), because the metrics count "similarity >= threshold" as the same person (ties go
+    to the attacker); FAR and TAR are reported at the recorded threshold with that rule.
 The full run writes ``oracles/thresholds.json`` which ``Recognizer.threshold`` reads.
 Embeddings and detections are cached under ``settings.cache_dir()/lfw`` (keyed by image path, size, mtime).
 """
@@ -118,6 +119,14 @@ def threshold_at_far(neg_sims: np.ndarray, far: float = FAR) -> float:
     s = np.sort(np.asarray(neg_sims))[::-1]
     k = int(np.floor(far * len(s)))
     return float(s[min(k, len(s) - 1)])
+
+
+def operating_threshold(t: float) -> float:
+    """The recorded operating threshold for ``t`` from ``threshold_at_far``: the smallest multiple of 1e-6
+    strictly above t. The metrics count a similarity equal to the threshold as the same person (ties go to
+    the attacker, ``metrics.identity``), so the recorded value must lie above the (floor(far*N)+1)-th negative
+    itself; rounding t to 6 digits could land on or below it and accept one negative more than ``far``."""
+    return (np.floor(t * 1e6) + 1) / 1e6
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,7 +304,8 @@ def validate(
             "10-fold verification: threshold maximising accuracy on 9 folds applied to the held-out fold "
             "(mean over folds); cosine similarity of L2-normalised embeddings, "
             "same iff similarity > threshold; "
-            "threshold at FAR 1e-3 = (floor(FAR*N)+1)-th largest similarity of the N negative pairs"
+            "threshold at FAR 1e-3 = the smallest multiple of 1e-6 above the (floor(FAR*N)+1)-th largest "
+            "similarity of the N negative pairs; the metrics count similarity >= threshold as the same person"
         ),
         "recognizers": {},
     }
@@ -304,15 +314,16 @@ def validate(
         b = np.stack([emb[n][p.b] for p in pairs])
         sims = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         mean, std, _ = kfold_accuracy(sims, same, fold_ids)
-        t = threshold_at_far(sims[~same], FAR)
+        t = operating_threshold(threshold_at_far(sims[~same], FAR))
         results["recognizers"][n] = {
             "accuracy": round(100 * mean, 3),
             "accuracy_std": round(100 * std, 3),
             "published_accuracy": PUBLISHED.get(n),
-            "threshold": round(t, 6),
+            "threshold": float(t),
             "far": FAR,
-            "far_measured": float(((sims[~same]) > t).mean()),
-            "tar_at_threshold": round(float((sims[same] > t).mean()), 6),
+            # at the recorded threshold, with the metrics' rule (same iff similarity >= threshold)
+            "far_measured": float((sims[~same] >= t).mean()),
+            "tar_at_threshold": round(float((sims[same] >= t).mean()), 6),
             "n_negatives": int((~same).sum()),
             "n_pairs": len(pairs),
             "folds": results["folds"],

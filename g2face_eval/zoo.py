@@ -9,7 +9,9 @@ Sources
   * ``user``: a file the user places in ``settings.weights_dir()`` (env ``G2FACE_WEIGHTS_DIR``).
 
 Nothing is ever downloaded. A file with a digest on record is verified before use (once per
-(path, size, mtime), also remembered across processes in ``settings.cache_dir()/sha256_cache.json``);
+(path, size, mtime, inode, ctime), also remembered across processes in ``settings.cache_dir()/sha256_cache.json``;
+the inode and ctime - which users cannot set - catch a file replaced by one of the same size with its mtime
+preserved, e.g. ``cp -p``, ``rsync -t`` or ``touch -d``);
 a user file without a published digest is accepted and its digest is printed by ``weights list`` so it can
 be recorded. torch files are always loaded with ``torch.load(weights_only=True)``.
 """
@@ -162,7 +164,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 _lock = threading.Lock()
-_digests: dict[tuple[str, int, int], str] = {}
+_digests: dict[tuple[str, int, int, int, int], str] = {}
 
 
 def _cache_file() -> Path:
@@ -176,13 +178,15 @@ def _disk_cache() -> dict[str, str]:
         return {}
 
 
-def _key(path: Path) -> tuple[str, int, int]:
+def _key(path: Path) -> tuple[str, int, int, int, int]:
+    # mtime alone is user-settable (cp -p, rsync -t, touch -d): the inode changes when the file is replaced by
+    # another one and the ctime whenever its content or metadata change, and neither can be set by a user
     st = path.stat()
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 def digest(path: Path) -> str:
-    """sha256 of a file, cached by (path, size, mtime) in memory and on disk."""
+    """sha256 of a file, cached by (path, size, mtime, inode, ctime) in memory and on disk."""
     key = _key(path)
     with _lock:
         if key in _digests:
@@ -192,6 +196,9 @@ def digest(path: Path) -> str:
     value = disk.get(skey)
     if value is None:
         value = sha256_file(path)
+        # drop stale entries of this path (older versions of the file, or the former (path, size, mtime) keys)
+        prefix = key[0] + "|"
+        disk = {k: v for k, v in disk.items() if not k.startswith(prefix)}
         disk[skey] = value
         try:
             _cache_file().parent.mkdir(parents=True, exist_ok=True)
@@ -481,7 +488,20 @@ _add(
     sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
     licence="Apache-2.0 (MediaPipe)",
     input=InputSpec((192, 192), (0.0, 1.0), None, None, "RGB"),
-    description="MediaPipe face mesh (informational: mediapipe loads it itself)",
+    description="MediaPipe face mesh landmark model (mediapipe loads it itself; FaceMesh verifies it first)",
+    loader=None,
+)
+_add(
+    name="mediapipe_face_detection_short_range",
+    filename="face_detection_short_range.tflite",
+    source="package",
+    package="mediapipe",
+    relpath="modules/face_detection/face_detection_short_range.tflite",
+    sha256="bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    licence="Apache-2.0 (MediaPipe)",
+    input=InputSpec((128, 128), (-1.0, 1.0), None, None, "RGB"),
+    description="MediaPipe BlazeFace short-range detector, the face detection subgraph of the face mesh graph "
+    "(mediapipe loads it itself; FaceMesh verifies it first)",
     loader=None,
 )
 _add(

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import pathlib
 import pickle
+import re
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +58,113 @@ def test_wrong_sha256_names_file_and_both_digests(tmp_path, monkeypatch):
     assert "cd" * 32 in msg and actual in msg
     with pytest.raises(zoo.WeightIntegrityError):
         zoo.load("g2face_official")  # the loader is never reached
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MediaPipe face mesh: the tflite files mediapipe loads itself are verified before its graph is built
+# --------------------------------------------------------------------------------------------------------------
+MESH_TFLITE = ("mediapipe_face_detection_short_range", "mediapipe_face_mesh")  # what the legacy graph opens
+
+
+@pytest.fixture
+def mp_events(monkeypatch, tmp_path):
+    """Records zoo.path calls ("verify:<name>") and builds of mediapipe's FaceMesh graph ("build"), in order."""
+    from mediapipe.python.solutions import face_mesh as mp_face_mesh
+
+    monkeypatch.setenv("G2FACE_CACHE_DIR", str(tmp_path / "cache"))
+    events: list[str] = []
+    real_path, real_build = zoo.path, mp_face_mesh.FaceMesh
+
+    def spy_path(name):
+        events.append(f"verify:{name}")
+        return real_path(name)
+
+    def spy_build(*a, **k):
+        events.append("build")
+        return real_build(*a, **k)
+
+    monkeypatch.setattr(zoo, "path", spy_path)
+    monkeypatch.setattr(mp_face_mesh, "FaceMesh", spy_build)
+    return events
+
+
+def _copy_mesh_files(root: Path, tamper: str | None) -> None:
+    """Copies of the mesh tflite files under ``root`` at their package-relative paths; ``tamper``: flip a byte."""
+    for name in MESH_TFLITE:
+        spec = zoo.WEIGHTS.get(name)
+        data = bytearray(zoo.location(name).read_bytes())
+        if name == tamper:
+            data[len(data) // 2] ^= 0xFF
+        dst = root / spec.relpath
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(bytes(data))
+
+
+def test_face_mesh_verifies_every_tflite_before_building(mp_events):
+    from g2face_eval.oracles.geometry import FaceMesh
+
+    FaceMesh(detector=None)
+    assert "build" in mp_events
+    verified_before = {e.split(":", 1)[1] for e in mp_events[: mp_events.index("build")] if e.startswith("verify:")}
+    assert set(MESH_TFLITE) <= verified_before, mp_events
+
+
+@pytest.mark.parametrize("tamper", [*MESH_TFLITE, None])
+def test_face_mesh_refuses_tampered_package_tflite(tamper, mp_events, tmp_path, monkeypatch):
+    """The zoo pointed at a fake mediapipe package folder holding copies of the files, one of them modified."""
+    from g2face_eval.oracles.geometry import FaceMesh
+
+    fake = tmp_path / "site" / "mediapipe"
+    _copy_mesh_files(fake, tamper)
+    real_dir = zoo.package_dir
+    monkeypatch.setattr(zoo, "package_dir", lambda pkg: fake if pkg == "mediapipe" else real_dir(pkg))
+    if tamper is None:  # intact copies pass
+        FaceMesh(detector=None)
+        assert mp_events[-1] == "build"
+        return
+    spec = zoo.WEIGHTS.get(tamper)
+    with pytest.raises(zoo.WeightIntegrityError) as e:
+        FaceMesh(detector=None)
+    assert e.value.name == tamper and e.value.path == fake / spec.relpath and e.value.expected == spec.sha256
+    assert "build" not in mp_events  # refused before mediapipe opened anything
+
+
+@pytest.mark.parametrize("where", ["mediapipe", "bazel-bin/mediapipe"])
+@pytest.mark.parametrize("tampered", [True, False])
+def test_face_mesh_refuses_tampered_shadowing_tflite(where, tampered, mp_events, tmp_path, monkeypatch):
+    """mediapipe tries ./mediapipe/modules/... and ./bazel-bin/mediapipe/modules/... before the installed package,
+    so a copy there is what it loads: a modified one is refused, an identical one accepted."""
+    from g2face_eval.oracles.geometry import FaceMesh
+
+    monkeypatch.chdir(tmp_path)
+    _copy_mesh_files(tmp_path / where, "mediapipe_face_detection_short_range" if tampered else None)
+    if not tampered:
+        FaceMesh(detector=None)
+        assert mp_events[-1] == "build"
+        return
+    with pytest.raises(zoo.WeightIntegrityError) as e:
+        FaceMesh(detector=None)
+    assert e.value.path == tmp_path / where / "modules/face_detection/face_detection_short_range.tflite"
+    assert "build" not in mp_events
+
+
+def test_face_mesh_tflite_list_matches_what_mediapipe_opens(tmp_path):
+    """Under strace: the .tflite files FaceMesh's graph really opens are exactly the verified zoo entries."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed")
+    code = "from g2face_eval.oracles.geometry import FaceMesh; FaceMesh(detector=None)"
+    log = tmp_path / "trace"
+    env = {**os.environ, "PYTHONPATH": str(PKG.parent), "G2FACE_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = ["strace", "-f", "-ff", "-e", "trace=open,openat", "-o", str(log), sys.executable, "-c", code]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and "ptrace" in r.stderr.lower():
+        pytest.skip(f"strace cannot trace here: {r.stderr.strip()[-200:]}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    opened = set()
+    for f in tmp_path.glob("trace.*"):  # one file per thread: no "<unfinished ...>" splits
+        for m in re.finditer(r'open(?:at)?\(.*?"([^"]+\.tflite)".*\) = \d+', f.read_text()):
+            opened.add(Path(m.group(1)).resolve())
+    assert opened == {zoo.location(n).resolve() for n in MESH_TFLITE}
 
 
 def _zoo_load(p: Path, monkeypatch):

@@ -4,8 +4,10 @@ file of the right structure (tensors stored as stride-0 views, so the files are 
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -36,6 +38,7 @@ def test_expected_entries():
         "mtcnn_rnet",
         "mtcnn_onet",
         "mediapipe_face_mesh",
+        "mediapipe_face_detection_short_range",
         "effnet_lite0",
     } <= set(PACKAGE)
     assert {
@@ -116,6 +119,42 @@ def test_digest_cache_by_path_size_mtime(tmp_path, monkeypatch):
     assert zoo.digest(f) == d1 and len(calls) == 1
     f.write_bytes(b"abcd")  # size changes -> re-hash
     assert zoo.digest(f) != d1 and len(calls) == 2
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+@pytest.mark.parametrize("how", ["in_place", "renamed_over"])
+def test_same_size_same_mtime_replacement_rehashed(cache, how, tmp_path, monkeypatch):
+    """A verified weight replaced by same-size different bytes with its mtime restored (cp -p, rsync -t, touch -d)
+    is re-hashed and refused, whether the earlier digest sits in the in-memory or only in the on-disk cache."""
+    f = tmp_path / "weights" / zoo.WEIGHTS.get("g2face_official").filename
+    good = bytes(range(256)) * 4
+    f.write_bytes(good)
+    _with_spec(monkeypatch, "g2face_official", sha256=zoo.sha256_file(f), sha256_prefix=None)
+    assert zoo.path("g2face_official") == f  # verified, digest cached
+    if cache == "disk":
+        zoo._digests.clear()
+        assert zoo._cache_file().is_file()
+    st0 = f.stat()
+    bad = bytes(255 - b for b in good)
+    assert len(bad) == len(good) and bad != good
+    for _ in range(200):  # ctime has clock-tick granularity: make sure it moved (it always does in practice)
+        if how == "in_place":  # same inode, content rewritten
+            f.write_bytes(bad)
+        else:  # a different file renamed over it (a new inode)
+            tmp = f.with_name("incoming.tmp")
+            tmp.write_bytes(bad)
+            os.replace(tmp, f)
+        os.utime(f, ns=(st0.st_atime_ns, st0.st_mtime_ns))
+        if f.stat().st_ctime_ns != st0.st_ctime_ns:
+            break
+        time.sleep(0.01)
+    st1 = f.stat()
+    assert (st1.st_size, st1.st_mtime_ns) == (st0.st_size, st0.st_mtime_ns)  # what the old cache key looked at
+    with pytest.raises(zoo.WeightIntegrityError):
+        zoo.path("g2face_official")
+    # the restored file verifies again
+    f.write_bytes(good)
+    assert zoo.path("g2face_official") == f
 
 
 def test_sha256_prefix_checked(monkeypatch, tmp_path):

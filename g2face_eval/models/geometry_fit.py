@@ -70,6 +70,9 @@ class MeshRunner:
         os.environ.setdefault("GLOG_minloglevel", "2")
         from mediapipe.python.solutions import face_mesh
 
+        from g2face_eval.oracles.geometry import verify_mesh_weights
+
+        verify_mesh_weights()  # sha256 of the tflite files the graph loads, before building it
         self._fm = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
                                       min_detection_confidence=0.5)
 

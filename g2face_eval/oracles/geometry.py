@@ -24,9 +24,12 @@ import base64
 import threading
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .. import zoo
 
 CROP_SIZE = 384
 EYE_OUTER = (33, 263)  # subject's right / left eye outer corners in MediaPipe's topology
@@ -122,8 +125,40 @@ def normalise_shape(lm: np.ndarray) -> np.ndarray:
     return c / max(np.linalg.norm(c[EYE_OUTER[1]] - c[EYE_OUTER[0]]), 1e-9)
 
 
+# The tflite files MediaPipe opens itself while the legacy face_mesh graph below (face_landmark_front_cpu.binarypb,
+# refine_landmarks=False) is built: its FaceDetectionShortRangeCpu subgraph loads face_detection_short_range.tflite
+# and its FaceLandmarkCpu subgraph face_landmark.tflite (face_landmark_with_attention.tflite only with
+# refine_landmarks=True). An strace of the construction shows exactly these two opened, both during start_run in
+# the constructor, none later in process().
+MESH_WEIGHTS = ("mediapipe_face_detection_short_range", "mediapipe_face_mesh")
+
+
+def verify_mesh_weights() -> list[Path]:
+    """Verify (sha256, through the zoo) every tflite file the face mesh graph will load; call before building it.
+
+    MediaPipe resolves a model path ``mediapipe/modules/...`` by trying, in this order, the current directory,
+    ``bazel-bin/`` under it, then the installed package; a copy in either of the first two shadows the package
+    file, so it is verified as well (it must carry the same digest). Returns the verified package files."""
+    out = []
+    for name in MESH_WEIGHTS:
+        p = zoo.path(name)
+        spec = zoo.WEIGHTS.get(name)
+        rel = Path("mediapipe") / (spec.relpath or spec.filename)
+        for shadow in (Path.cwd() / rel, Path.cwd() / "bazel-bin" / rel):
+            if not shadow.exists() or shadow.resolve() == p.resolve():
+                continue
+            if not shadow.is_file():
+                raise zoo.WeightError(f"weight {name!r}: {str(shadow)!r} shadows the package file and is not a file")
+            actual = zoo.digest(shadow)
+            if actual != (spec.sha256 or "").lower():
+                raise zoo.WeightIntegrityError(name, shadow, (spec.sha256 or "").lower(), actual)
+        out.append(p)
+    return out
+
+
 class FaceMesh:
     def __init__(self, detector: str | None = "yunet", crop_size: int = CROP_SIZE):
+        verify_mesh_weights()  # before the graph is built: building it loads the models
         from mediapipe.python.solutions import face_mesh
 
         self._mesh = face_mesh.FaceMesh(

@@ -374,8 +374,17 @@ def test_a_method_failing_everywhere_leaves_a_complete_run(tmp_path, monkeypatch
     for i, im in enumerate(_embedded_faces(2)):
         Image.fromarray(im).save(root / f"{i}.png")
     cfg = _cfg(tmp_path, tmp_path, methods=["always_fails", "pixelate_8"], datasets=["folder"],
-               dataset_options={"folder": {"root": str(root)}}, recognizers=["sface"], detectors=["yunet"])
+               dataset_options={"folder": {"root": str(root)}}, recognizers=["sface"], detectors=["yunet"],
+               key="secret-master-key-42")
     res = E.evaluate(cfg, progress=False, quiet=True)
+    # the master key is never recorded (config.json, MLflow params), only its fingerprint
+    written = (Path(res["run_dir"]) / "config.json").read_text()
+    assert "secret-master-key-42" not in written and E.key_fingerprint("secret-master-key-42") in written
+    import mlflow
+
+    params = mlflow.MlflowClient(res["tracking_uri"]).get_run(res["parent_run_id"]).data.params
+    assert params["key"] == E.key_fingerprint("secret-master-key-42")
+    assert not any("secret-master-key-42" in v for v in params.values())
     rec = res["records"]
     bad = rec[rec.method == "always_fails"]
     assert len(bad) == 2 and (bad.status == "failed").all() and bad.reason.str.contains("boom").all()
@@ -434,3 +443,18 @@ def test_failed_closed_recoveries_are_not_scored_as_recoveries(tmp_path, monkeyp
     assert np.isfinite(rec.recovery_psnr[ok]).all() and (rec.recovery_psnr[ok] >= E.PSNR_CAP_DB - 1e-9).all()
     assert rec.recovery_psnr[~ok].isna().all() and rec.recovery_ssim[~ok].isna().all()
     assert (rec.recovered_id_success_sface[~ok] == 0).all() and (rec.recovered_id_success_sface[ok] == 1).all()
+
+
+def test_celebahq256_defaults_to_its_held_out_test_split(datasets_root, caplog):
+    """The shipped learned checkpoints were trained on celebahq256's train split: the harness evaluates the
+    test split unless asked otherwise, and says so when asked otherwise."""
+    from g2face_eval.data import datasets as D
+    from g2face_eval.harness.prepare import DatasetSource
+
+    test_ids = set(D.open_dataset("celebahq256", root=datasets_root, split="test").ids())
+    train_ids = set(D.open_dataset("celebahq256", root=datasets_root, split="train").ids())
+    src = DatasetSource("celebahq256", {"datasets_root": str(datasets_root), "limit": 20})
+    assert len(src.ids) == 20 and set(src.ids) <= test_ids and not caplog.records
+    src = DatasetSource("celebahq256", {"datasets_root": str(datasets_root), "limit": 20,
+                                        "dataset_options": {"celebahq256": {"split": "all"}}})
+    assert set(src.ids) & train_ids and "not held-out" in caplog.text

@@ -713,6 +713,13 @@ class Setup:
         return BatchStore.batch_key([self.chash, self.runners[mname].mhash, *ids])
 
 
+def key_fingerprint(key: str) -> str:
+    """A public stand-in for the master key in what a run records (HMAC-SHA256 of a fixed label, 16 hex)."""
+    import hmac
+
+    return "fingerprint:" + hmac.new(key.encode(), b"g2face-eval key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
 def setup(cfg: dict) -> Setup:
     from g2face_eval import methods as M
 
@@ -725,7 +732,10 @@ def setup(cfg: dict) -> Setup:
     # of its hash), so a threshold file or a weight file that changes between an interrupted run and its rerun
     # never mixes records.
     oracles = Oracles(cfg, acache)
-    cfg_resolved = {**cfg, "methods": method_names, "oracles": oracles.in_force()}
+    # the master key itself is never written (config.json, MLflow params, the config hash): whoever holds it can
+    # recompute every image's key and open the keyed payloads; a fingerprint tells runs with other keys apart
+    cfg_resolved = {**cfg, "key": key_fingerprint(str(cfg["key"])), "methods": method_names,
+                    "oracles": oracles.in_force()}
     name = C.run_name(cfg_resolved)
     device = str(cfg["device"])
     runners = {}

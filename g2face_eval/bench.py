@@ -454,25 +454,33 @@ def pipeline_flops(config: str) -> dict:
     return out
 
 
-def matmul_rate(device: torch.device, seconds: float = 1.0) -> dict:
-    """Dense matmul rate in TFLOP/s: bf16 8192^3 on GPU, fp32 1024^3 (repeated) on CPU."""
+def matmul_rate(device: torch.device, seconds: float = 1.0, dtype: torch.dtype | None = None,
+                tf32: bool = False) -> dict:
+    """Dense matmul rate in TFLOP/s: bf16 8192^3 on GPU, fp32 1024^3 (repeated) on CPU (the floor's denominator).
+    ``dtype`` / ``tf32``: another precision, e.g. fp32 with TF32 matmuls on GPU, the precision the fp32 priors
+    run in (for a dtype-aware floor; recorded, not used by the bench's floor)."""
     cuda = device.type == "cuda"
     n = 8192 if cuda else 1024
-    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    reps, t0 = 0, time.perf_counter()
-    while True:
-        a @ b
-        reps += 1
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    try:
+        for _ in range(3):
+            a @ b
         _sync(device)
-        if time.perf_counter() - t0 > seconds and reps >= 3:
-            break
-    dt = time.perf_counter() - t0
-    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "reps": reps,
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            a @ b
+            reps += 1
+            _sync(device)
+            if time.perf_counter() - t0 > seconds and reps >= 3:
+                break
+        dt = time.perf_counter() - t0
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+    return {"dtype": str(dtype).replace("torch.", "") + ("+tf32" if tf32 and cuda else ""), "n": n, "reps": reps,
             "tflops": 2.0 * n ** 3 * reps / dt / 1e12, "threads": torch.get_num_threads()}
 
 
@@ -531,6 +539,10 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     if cuda:
         res["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
         res["memory_kind"] = "cuda_max_allocated"
+        # a CUDA-graph cell replays into the graph's private pool, captured during warm-up: its activations are
+        # reserved, not allocated, so peak_memory_mb leaves them out; the reserved peak (caching-allocator slack
+        # included) covers them
+        res["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2 ** 20
     elif not rss_note:
         res["peak_memory_mb"] = latency.rss_peak_mb()
         res["memory_kind"] = "process_rss_peak_of_cell"

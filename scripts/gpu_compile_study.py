@@ -170,6 +170,7 @@ def main() -> int:
     steps = set(a.steps.split(","))
     if "matmul_rate" in steps:
         step("matmul_rate", lambda: bench.matmul_rate(dev))
+        step("matmul_rate_tf32", lambda: bench.matmul_rate(dev, dtype=torch.float32, tf32=True))  # the priors' rate
     if "priors" in steps:
         step("priors", priors)
 

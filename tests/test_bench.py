@@ -248,3 +248,14 @@ def test_record_step_records_errors_and_goes_on():
     err = bench.record_step(steps, "bad", lambda: 1 / 0)
     assert err["error"].startswith("ZeroDivisionError") and "wall_s" in err
     assert set(steps) == {"ok", "bad"} and steps["ok"]["wall_s"] >= 0
+
+
+def test_matmul_rate_other_precision_restores_tf32_flag():
+    import torch
+
+    from g2face_eval import bench
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    r = bench.matmul_rate(torch.device("cpu"), seconds=0.05, dtype=torch.float32, tf32=not before)
+    assert r["dtype"] == "float32" and r["tflops"] > 0 and r["reps"] >= 3  # TF32 exists only on CUDA
+    assert torch.backends.cuda.matmul.allow_tf32 == before

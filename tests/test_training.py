@@ -123,6 +123,7 @@ def _ddp_worker(rank, world, port, root, out):
         h2 = tr.fit(2)
         if rank == 0:
             torch.save({"grads": grads, "hist": h1 + h2}, out)
+        ddp.cleanup(sync=True)
     finally:
         ddp.cleanup()
 

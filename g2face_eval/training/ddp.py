@@ -47,8 +47,13 @@ def init(device: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
-def cleanup() -> None:
+def cleanup(sync: bool = False) -> None:
+    """Tear the process group down. ``sync`` (the normal end of a run): a barrier first, so that no rank
+    destroys its gloo context while a peer still communicates (seen once as a SIGABRT, "terminate called without
+    an active exception", in a rank of the two-rank test); the error path skips it (a failed peer never arrives)."""
     if dist.is_available() and dist.is_initialized():
+        if sync and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -647,6 +647,7 @@ def run(cfg: TrainConfig, resume: str | None = None, log=print, trainer_cls: typ
             elif resume != "auto":
                 raise FileNotFoundError(f"--resume {rp}: no checkpoint there")
         tr.fit()
+        ddp.cleanup(sync=True)
         return tr
     finally:
         ddp.cleanup()

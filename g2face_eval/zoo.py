@@ -227,6 +227,12 @@ def path(name: str) -> Path:
     p = folder / spec.filename
     if not p.is_file():
         raise WeightMissingError(name, spec.filename, folder, _where_hint(spec))
+    return verify_file(name, p)
+
+
+def verify_file(name: str, p: Path) -> Path:
+    """Check the file ``p`` against weight ``name``'s digest on record (WeightIntegrityError); returns ``p``."""
+    spec = WEIGHTS.get(name)
     if spec.sha256 or spec.sha256_prefix:
         actual = digest(p)
         if spec.sha256 and actual != spec.sha256.lower():

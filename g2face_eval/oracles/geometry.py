@@ -149,9 +149,7 @@ def verify_mesh_weights() -> list[Path]:
                 continue
             if not shadow.is_file():
                 raise zoo.WeightError(f"weight {name!r}: {str(shadow)!r} shadows the package file and is not a file")
-            actual = zoo.digest(shadow)
-            if actual != (spec.sha256 or "").lower():
-                raise zoo.WeightIntegrityError(name, shadow, (spec.sha256 or "").lower(), actual)
+            zoo.verify_file(name, shadow)
         out.append(p)
     return out
 

@@ -90,6 +90,13 @@ def bit2float(bits: torch.Tensor) -> torch.Tensor:
     return (1.0 - 2.0 * s) * torch.exp2(e - 127.0) * m
 
 
+def uniform_bits(batch: int, n_bits: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batch, n_bits) float {0,1}, i.i.d. Bernoulli(1/2): the bit statistics of the keyed payload (ciphertext
+    + Reed-Solomon parity, permuted), i.e. ``KeyedPayload.random_bits`` without building the codec (training
+    draws it for any generator size, also one too small to carry a keyed embedding)."""
+    return torch.randint(0, 2, (batch, n_bits), device=device, generator=generator).float()
+
+
 def logits_to_bits(logits: torch.Tensor) -> torch.Tensor:
     """Official hard decision: torch.round(sigmoid(logits)) (half-to-even: a logit of 0 gives bit 0)."""
     return torch.round(torch.sigmoid(logits.float()))
@@ -377,7 +384,7 @@ class KeyedPayload:
 
     def random_bits(self, batch: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training payload matching the keyed bit statistics: i.i.d. Bernoulli(1/2)."""
-        return torch.randint(0, 2, (batch, self.n_bits), device=device, generator=generator).float()
+        return uniform_bits(batch, self.n_bits, device=device, generator=generator)
 
     def _decode_one(self, stream: np.ndarray, rel: np.ndarray | None, key: bytes
                     ) -> tuple[np.ndarray | None, np.ndarray | None]:

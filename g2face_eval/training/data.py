@@ -76,6 +76,8 @@ class ShardedBatches:
 
     def __init__(self, images_u8: torch.Tensor, global_batch: int, seed: int, flip: bool = True,
                  fixed: bool = False):
+        if global_batch < 1:
+            raise ValueError(f"global batch {global_batch} < 1")
         if len(images_u8) < global_batch:
             raise ValueError(f"{len(images_u8)} training images < global batch {global_batch}")
         self.images, self.global_batch, self.seed = images_u8, global_batch, seed
@@ -88,6 +90,9 @@ class ShardedBatches:
     def indices(self, epoch: int, step_in_epoch: int) -> torch.Tensor:
         if self.fixed:  # always the first global batch (overfitting checks)
             return torch.arange(self.global_batch)
+        if not 0 <= step_in_epoch < self.steps_per_epoch:
+            raise ValueError(f"step {step_in_epoch} of a data epoch: {len(self.images)} images give "
+                             f"{self.steps_per_epoch} global batches of {self.global_batch} per epoch")
         perm = torch.randperm(len(self.images), generator=generator(self.seed, 11, epoch))
         return perm[step_in_epoch * self.global_batch:(step_in_epoch + 1) * self.global_batch]
 

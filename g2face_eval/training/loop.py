@@ -2,7 +2,8 @@
 
 One step (official train.py, see the reference manifest's ``forward_facts``):
 
-  anonymisation:  c_x = geo(x), id_x = ID(x) (frozen priors), rand_id = Map2ID(z), bits_a = float2bit(randn),
+  anonymisation:  c_x = geo(x), id_x = ID(x) (frozen priors), rand_id = Map2ID(z), bits_a = random payload bits
+                  (``TrainConfig.payload``: "keyed" uniform bits, the default, or the official float2bit(randn)),
                   y = G(x, style_mlp(rand_id, [c_x id, exp, angles]), bits_a), logits_a = E(y + 0.01 n)
   recovery:       x_rec = G(y.detach(), style_mlp(id_x, cond(geo(y))), bits_r), logits_r = E(x_rec + 0.01 n)
   G losses:       L1 + perceptual (y vs x, x_rec vs x); id: cos(rand_id, ID(y), +1), cos(id_x, ID(x_rec), +1),
@@ -12,7 +13,10 @@ One step (official train.py, see the reference manifest's ``forward_facts``):
                   R1 x5 on every 16th step (step % 16 == 0), no lazy scaling
   optimisers:     Adam betas (0, 0.999); G groups lr 1e-3 (new parts) / 1e-4 (StyleGAN synthesis part);
                   D lr 1e-3 constant; G lr x (e+1)/warmup in 0-based epoch e <= warmup-1, then
-                  x 0.95^(e+1-warmup) (``lr_factor``)
+                  x 0.95^(e+1-warmup) (``lr_factor``), where an epoch of the *schedule* is the official epoch
+                  length, ceil(70,000 FFHQ images / global batch) steps (``OFFICIAL_EPOCH_IMAGES``), unless
+                  ``steps_per_epoch`` is given; the data loader's own epoch (reshuffle) is one pass over our
+                  (much smaller) train split and is independent of it
 
 All randomness of a step (z, payload bits, StyledConv noise maps, extractor noise, flips) is drawn from
 generators seeded by (seed, step, shard), so resuming is exact and W ranks x A micro-batches equal one process
@@ -53,6 +57,24 @@ SYNTHESIS_PREFIXES = ("input.", "conv1.", "to_rgb1.", "convs.", "to_rgbs.")
 
 MLFLOW_RUN_FILE = "mlflow_run.json"  # <out>/: the MLflow run id of this training folder (resume continues it)
 
+# Length of one epoch of the official LR schedule, in images. The official G2Face trains on FFHQ, 70,000 images
+# (reference manifest ``hyperparameters.data.train``: "FFHQ (sorted listing)"), and steps its warm-up /
+# exponential scheduler once per pass over it. Our train split (celebahq256, 3,500 images) is 20x smaller, so
+# an epoch of *our* data would decay the lr 20x faster per iteration; the schedule therefore counts official
+# epochs: ceil(OFFICIAL_EPOCH_IMAGES / global batch) steps each (the manifest does not record the training
+# loader's drop_last; floor instead of ceil would differ by one step per epoch).
+OFFICIAL_EPOCH_IMAGES = 70_000
+
+PAYLOADS = ("keyed", "official")
+
+# TrainConfig fields a resume may change (run length, cadence, output, logging, the machine; ``init_generator``
+# only initialises weights that the checkpoint replaces). Every other field defines the run - its data order,
+# random draws, model, losses or optimiser - and must match the checkpoint (``Trainer.load``).
+RESUME_MAY_CHANGE = frozenset({"steps", "ckpt_every", "log_every", "sample_every", "out", "mlflow", "mlflow_uri",
+                               "experiment", "device", "data_root", "init_generator"})
+# G2Face-mode fields added after checkpoints were written, with the value those checkpoints trained with
+LEGACY_G2FACE_DEFAULTS = {"payload": "official"}
+
 
 @dataclass
 class TrainConfig:
@@ -62,7 +84,9 @@ class TrainConfig:
     batch: int = 8  # per rank and step (official batch_size_per_gpu 8)
     accum: int = 1  # micro-batches per rank and step
     steps: int = 100000  # official num_iter
-    steps_per_epoch: int | None = None  # None: len(train split) // global batch
+    # steps per epoch of the LR schedule (not the data loader's epoch, which is always one pass over the train
+    # split); None: the official epoch, ceil(OFFICIAL_EPOCH_IMAGES / global batch)
+    steps_per_epoch: int | None = None
     lr: float = 1e-3
     lr_pretrained: float = 1e-4
     lr_d: float = 1e-3
@@ -75,6 +99,13 @@ class TrainConfig:
     perceptual: str = "auto"  # "lpips_vgg" | "effnet" | "auto" | "none"
     init_generator: str | None = None  # stylegan pre-train dir / safetensors / "zoo:stylegan2_ffhq256"
     extractor_noise: float = 0.01
+    # random payload bits hidden in training. "keyed" (default): uniform i.i.d. bits, the statistics of the keyed
+    # payload (ciphertext + RS parity) that the shipped g2face hides at inference (models/shipped.build and
+    # G2FaceAnonymizer default to payload="keyed"; the tiny shipped config cannot even carry the official
+    # 32-bit floats of its identity), so the extractor learns the bits it will have to read. "official":
+    # float2bit(randn) as the official train.py, whose sign/exponent columns are nearly constant - training on
+    # them leaves the extractor biased on exactly those columns of a keyed payload.
+    payload: str = "keyed"
     weights: LossWeights = field(default_factory=LossWeights)
     data_root: str | None = None
     limit: int | None = None  # use only the first N train images
@@ -95,6 +126,23 @@ class TrainConfig:
     sg_lr: float = 2e-3
     sg_r1: float = 10.0
 
+    def __post_init__(self):
+        """Reject settings no run can train with (clear errors at construction instead of mid-run ones)."""
+        bad = []
+        for name in ("batch", "accum", "log_every"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                bad.append(f"{name}={getattr(self, name)!r} (must be an integer >= 1)")
+        if self.steps_per_epoch is not None and not (isinstance(self.steps_per_epoch, int)
+                                                     and self.steps_per_epoch >= 1):
+            bad.append(f"steps_per_epoch={self.steps_per_epoch!r} (must be None or an integer >= 1)")
+        for name in ("steps", "ckpt_every"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
+                bad.append(f"{name}={getattr(self, name)!r} (must be an integer >= 0)")
+        if self.payload not in PAYLOADS:
+            bad.append(f"payload={self.payload!r} (must be one of {', '.join(PAYLOADS)})")
+        if bad:
+            raise ValueError("invalid training config: " + "; ".join(bad))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["betas"] = list(self.betas)
@@ -102,10 +150,26 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """Rebuild a recorded config; fields a checkpoint predates get the value it trained with."""
         d = dict(d)
+        if d.get("mode", "g2face") == "g2face":
+            d = {**LEGACY_G2FACE_DEFAULTS, **d}
         d["weights"] = LossWeights(**d.get("weights", {}))
         d["betas"] = tuple(d.get("betas", (0.0, 0.999)))
         return cls(**d)
+
+
+def schedule_steps_per_epoch(cfg: TrainConfig, world: int = 1) -> int:
+    """Steps per epoch of the LR schedule: ``cfg.steps_per_epoch`` when given, else the official epoch,
+    ceil(OFFICIAL_EPOCH_IMAGES / global batch) with global batch = batch x accum x world."""
+    if cfg.steps_per_epoch is not None:
+        return cfg.steps_per_epoch
+    return math.ceil(OFFICIAL_EPOCH_IMAGES / (cfg.batch * cfg.accum * world))
+
+
+def lr_factor_at(step: int, steps_per_epoch: int, warmup: int, gamma: float) -> float:
+    """G learning-rate factor of the 0-based ``step`` (``lr_factor`` of schedule epoch step // steps_per_epoch)."""
+    return lr_factor(step // steps_per_epoch, warmup, gamma)
 
 
 def g2face_config(cfg: TrainConfig, id_dim: int):
@@ -189,7 +253,10 @@ class Trainer:
                                                                     log=log)
         self.global_batch = cfg.batch * cfg.accum * self.info.world
         self.data = ShardedBatches(imgs, self.global_batch, cfg.seed, flip=cfg.flip, fixed=cfg.fixed_batch)
-        self.spe = cfg.steps_per_epoch or self.data.steps_per_epoch
+        # two separate epochs: the data loader's (one pass over the train split, then reshuffle; ``_data_pos``)
+        # and the LR schedule's (the official epoch length unless cfg.steps_per_epoch; ``_set_epoch_lr``)
+        self.data_spe = self.data.steps_per_epoch
+        self.sched_spe = schedule_steps_per_epoch(cfg, self.info.world)
         self.step = 0
         if cfg.mode == "g2face":
             self._build_g2face()
@@ -200,6 +267,21 @@ class Trainer:
         for m in self.trainable_modules():
             ddp.broadcast_module(m, self.info)
         self._mlflow = None
+
+    def resolved(self) -> dict:
+        """How this run resolved its settings (recorded in checkpoints and MLflow params, checked on resume)."""
+        # a subclass with its own __init__ (baselines/learned/base.py) walks data and schedule by one ``spe``
+        coupled = getattr(self, "spe", None)
+        sched = getattr(self, "sched_spe", coupled)
+        return {"world_size": self.info.world, "global_batch": self.global_batch,
+                "n_train_images": len(self.data.images), "data_steps_per_epoch": getattr(self, "data_spe", coupled),
+                "sched_steps_per_epoch": sched, "amp_dtype": "bfloat16" if self.amp else "float32",
+                "lr_factor_final": (lr_factor_at(max(self.cfg.steps - 1, 0), sched, self.cfg.warmup_epochs,
+                                                 self.cfg.gamma) if self.cfg.mode != "stylegan" else 1.0)}
+
+    def _data_pos(self, step: int) -> tuple[int, int]:
+        """(data epoch, step in it) of a global step: the loader reshuffles after each full pass."""
+        return divmod(step, self.data_spe)
 
     # ---------------------------------------------------------------- build
     def _build_g2face(self):
@@ -228,10 +310,16 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt_g, lambda e: lr_factor(e, cfg.warmup_epochs, cfg.gamma))
         if self.info.is_main:
+            r = self.resolved()
+            src = ("--steps-per-epoch" if cfg.steps_per_epoch is not None
+                   else f"official epoch: ceil({OFFICIAL_EPOCH_IMAGES} / {self.global_batch})")
             self.log(f"[train] g2face {self.gcfg.to_dict()}; identity={type(self.idp).__name__} "
-                     f"geometry={type(self.geo).__name__} perceptual={self.perc_name}; global batch "
-                     f"{self.global_batch} ({self.info.world} rank(s) x {cfg.accum} x {cfg.batch}), "
-                     f"{self.spe} steps/epoch, device {self.dev}, amp={'bf16' if self.amp else 'off'}")
+                     f"geometry={type(self.geo).__name__} perceptual={self.perc_name} payload={cfg.payload}; "
+                     f"global batch {self.global_batch} ({self.info.world} rank(s) x {cfg.accum} x {cfg.batch}), "
+                     f"device {self.dev}, amp={r['amp_dtype']}")
+            self.log(f"[train] lr schedule: {self.sched_spe} steps/epoch ({src}), warm-up {cfg.warmup_epochs} "
+                     f"epoch(s), gamma {cfg.gamma}: G lr factor {r['lr_factor_final']:.4g} at the final step "
+                     f"{cfg.steps}; data: {r['n_train_images']} images, reshuffled every {self.data_spe} steps")
 
     def _build_stylegan(self):
         from g2face_eval.models.stylegan2 import Discriminator, Generator
@@ -249,7 +337,8 @@ class Trainer:
         self.perc_name = "none"
         if self.info.is_main:
             self.log(f"[train] stylegan2 pre-training: size {cfg.size}, channel_base {width}, style_dim "
-                     f"{style_dim}, global batch {self.global_batch}, device {self.dev}")
+                     f"{style_dim}, global batch {self.global_batch}, constant lr, data reshuffled every "
+                     f"{self.data_spe} steps, device {self.dev}, amp={self.resolved()['amp_dtype']}")
 
     def trainable_modules(self) -> list[nn.Module]:
         return [self.model] if self.cfg.mode == "g2face" else [self.gen, self.disc]
@@ -270,17 +359,23 @@ class Trainer:
             self.log(f"[train] initialised {len(take)} synthesis tensors of anonymous_net from {src}")
 
     # ---------------------------------------------------------------- randomness
-    def _draws(self, step: int, shard: int, b: int) -> dict:
-        from g2face_eval.models.payload import float2bit
+    def _payload_bits(self, b: int, g: torch.Generator) -> torch.Tensor:
+        """(b, n_bits/32, 32) random payload bits of ``cfg.payload`` from the step's generator ``g``."""
+        from g2face_eval.models.payload import float2bit, uniform_bits
 
+        gc = self.gcfg
+        if self.cfg.payload == "keyed":
+            return uniform_bits(b, gc.n_bits, generator=g).reshape(b, *gc.bits_shape)
+        return float2bit(torch.randn(b, gc.n_bits // 32, generator=g))
+
+    def _draws(self, step: int, shard: int, b: int) -> dict:
         g = generator(self.cfg.seed, 21, step, shard)
         d: dict = {}
         if self.cfg.mode == "g2face":
             gc = self.gcfg
-            n_f = gc.n_bits // 32
             d["z"] = torch.randn(b, gc.z_dim, generator=g)
-            d["bits_a"] = float2bit(torch.randn(b, n_f, generator=g))
-            d["bits_r"] = float2bit(torch.randn(b, n_f, generator=g))
+            d["bits_a"] = self._payload_bits(b, g)
+            d["bits_r"] = self._payload_bits(b, g)
             shapes = self.model.noise_shapes()
             d["noise_a"] = [torch.randn(b, 1, h, w, generator=g) for h, w in shapes]
             d["noise_r"] = [torch.randn(b, 1, h, w, generator=g) for h, w in shapes]
@@ -297,13 +392,13 @@ class Trainer:
     # ---------------------------------------------------------------- one step
     def train_step(self) -> dict[str, float]:
         step = self.step
-        epoch, sie = divmod(step, self.spe)
-        self._set_epoch_lr(epoch)
+        self._set_epoch_lr(step // self.sched_spe)
+        data_epoch, data_step = self._data_pos(step)
         shards = self.info.world * self.cfg.accum
         if self.cfg.mode == "g2face":
-            logs = self._g2face_step(step, epoch, sie, shards)
+            logs = self._g2face_step(step, data_epoch, data_step, shards)
         else:
-            logs = self._stylegan_step(step, epoch, sie, shards)
+            logs = self._stylegan_step(step, data_epoch, data_step, shards)
         self.step += 1
         logs["lr_g"] = self.opt_g.param_groups[0]["lr"]
         return ddp.all_mean(logs, self.info)
@@ -314,7 +409,7 @@ class Trainer:
                 g["lr"] = base * self.sched.lr_lambdas[0](epoch)
             self.sched.last_epoch = epoch
 
-    def _g2face_step(self, step, epoch, sie, shards) -> dict[str, float]:
+    def _g2face_step(self, step, data_epoch, data_step, shards) -> dict[str, float]:
         cfg, w, m = self.cfg, self.cfg.weights, self.model
         acc = cfg.accum
         m.discriminator.requires_grad_(False)
@@ -323,7 +418,7 @@ class Trainer:
         keep = []
         for a in range(acc):
             shard = self.info.rank * acc + a
-            x = self.data.batch(epoch, sie, shard, shards).to(self.dev)
+            x = self.data.batch(data_epoch, data_step, shard, shards).to(self.dev)
             r = self._draws(step, shard, x.shape[0])
             with self._autocast():
                 parts, y, x_rec = self._g2face_losses(x, r)
@@ -331,6 +426,8 @@ class Trainer:
             (total / acc).backward()
             for k, v in parts.items():
                 logs[k] = logs.get(k, 0.0) + float(v.detach()) / acc
+            for k, v in self._bit_acc.items():
+                logs[k] = logs.get(k, 0.0) + v / acc
             logs["g_total"] = logs.get("g_total", 0.0) + float(total.detach()) / acc
             keep.append((x, y.detach(), x_rec.detach()))
         ddp.average_gradients(self.g_params, self.info)
@@ -382,12 +479,12 @@ class Trainer:
         p["hiding"] = w.hiding * (hiding_bce(logits_a, r["bits_a"]) + hiding_bce(logits_r, r["bits_r"]))
         p["adv"] = w.adversarial * (g_nonsaturating(m.discriminator(y))
                                     + g_nonsaturating(m.discriminator(x_rec)))
-        with torch.no_grad():
-            ba = (logits_a.float() > 0).float()
-            self._bit_acc = float((ba == r["bits_a"]).float().mean())
+        with torch.no_grad():  # hard-decision bit accuracy of the extractor on y (anonymised) and x_rec (recovery)
+            self._bit_acc = {"bit_acc": float(((logits_a.float() > 0).float() == r["bits_a"]).float().mean()),
+                             "bit_acc_rec": float(((logits_r.float() > 0).float() == r["bits_r"]).float().mean())}
         return p, y, x_rec
 
-    def _stylegan_step(self, step, epoch, sie, shards) -> dict[str, float]:
+    def _stylegan_step(self, step, data_epoch, data_step, shards) -> dict[str, float]:
         cfg, acc = self.cfg, self.cfg.accum
         logs: dict[str, float] = {}
         keep = []
@@ -395,7 +492,7 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         for a in range(acc):
             shard = self.info.rank * acc + a
-            x = self.data.batch(epoch, sie, shard, shards).to(self.dev)
+            x = self.data.batch(data_epoch, data_step, shard, shards).to(self.dev)
             r = self._draws(step, shard, x.shape[0])
             with self._autocast():
                 fake = self.gen(r["z"], noise=r["noise"])
@@ -431,17 +528,21 @@ class Trainer:
         return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
     def save(self, path: str | Path) -> Path:
-        """Checkpoint dir: model.safetensors (all weights) + train_state.pt (optimisers, scheduler, step, RNG
-        states, config; load with weights_only=True) + config.json. Written atomically (tmp dir + rename)."""
+        """Checkpoint dir: model.safetensors (all weights; metadata: step, mode, config, ``run`` = ``resolved()``,
+        payload) + train_state.pt (optimisers, scheduler, step, RNG states, config; load with weights_only=True)
+        + config.json. Written atomically (tmp dir + rename)."""
         from safetensors.torch import save_file
 
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        meta = {"step": str(self.step), "mode": self.cfg.mode, "config": json.dumps(self.cfg.to_dict())}
+        resolved = self.resolved()
+        meta = {"step": str(self.step), "mode": self.cfg.mode, "config": json.dumps(self.cfg.to_dict()),
+                "run": json.dumps(resolved)}
         if self.cfg.mode == "g2face":
             meta["g2face_config"] = json.dumps(self.gcfg.to_dict())
+            meta["payload"] = self.cfg.payload  # the training payload bits (TrainConfig.payload)
         save_file(self.state_tensors(), str(tmp / "model.safetensors"), metadata=meta)
         np_state = np.random.get_state()
         state = {
@@ -457,7 +558,8 @@ class Trainer:
             "config": json.dumps(self.cfg.to_dict()),
         }
         torch.save(state, tmp / "train_state.pt")
-        (tmp / "config.json").write_text(json.dumps({"step": self.step, **self.cfg.to_dict()}, indent=1))
+        (tmp / "config.json").write_text(json.dumps({"step": self.step, **self.cfg.to_dict(), "resolved": resolved},
+                                                    indent=1))
         # swap without a window where no complete checkpoint exists: old -> <name>.old, tmp -> name, drop old
         old = path.with_name(path.name + ".old")
         if path.exists():
@@ -470,10 +572,65 @@ class Trainer:
         shutil.rmtree(old, ignore_errors=True)
         return path
 
+    def check_resumable(self, path: str | Path) -> None:
+        """Raise ValueError when the checkpoint at ``path`` was trained with other run-defining settings than
+        this trainer's (every TrainConfig field but ``RESUME_MAY_CHANGE``; the schedule's resolved steps per
+        epoch; the number of training images; world size x accum, whose split may change since W ranks x A
+        micro-batches equal one process with W*A micro-batches). Checkpoints written before a field existed
+        count as trained with its legacy value (``LEGACY_G2FACE_DEFAULTS``)."""
+        from safetensors import safe_open
+
+        with safe_open(str(Path(path) / "model.safetensors"), "pt") as f:
+            meta = dict(f.metadata() or {})
+        saved = json.loads(meta.get("config", "{}"))
+        run = json.loads(meta.get("run", "{}"))  # absent: written before run facts were recorded
+        now, cur = json.loads(json.dumps(self.cfg.to_dict())), self.resolved()  # JSON types, as saved
+        legacy = LEGACY_G2FACE_DEFAULTS if saved.get("mode", "g2face") == "g2face" else {}
+        diffs = []
+        for k, v in now.items():
+            if k in RESUME_MAY_CHANGE or k in ("steps_per_epoch", "accum"):
+                continue
+            old = saved.get(k, legacy.get(k, v))
+            if old != v:
+                note = "" if k in saved else ", the checkpoint predates this option"
+                diffs.append(f"{k} ({old!r} in the checkpoint, {v!r} now{note})")
+        old_accum = saved.get("accum", now["accum"])
+        if "world_size" in run:
+            if run["world_size"] * old_accum != self.info.world * now["accum"]:
+                diffs.append(f"world_size x accum ({run['world_size']} x {old_accum} in the checkpoint, "
+                             f"{self.info.world} x {now['accum']} now)")
+        elif old_accum != now["accum"]:
+            diffs.append(f"accum ({old_accum!r} in the checkpoint, {now['accum']!r} now)")
+        if "n_train_images" in run and run["n_train_images"] != cur["n_train_images"]:
+            diffs.append(f"training images ({run['n_train_images']} in the checkpoint, {cur['n_train_images']} "
+                         "now)")
+        if now["mode"] != "stylegan":  # the stylegan pre-training's lr is constant
+            old_sched = run.get("sched_steps_per_epoch")
+            if old_sched is None:  # legacy checkpoint: steps_per_epoch or one pass over the train split
+                old_sched = saved.get("steps_per_epoch") or cur["n_train_images"] // cur["global_batch"]
+            if old_sched != cur["sched_steps_per_epoch"]:
+                diffs.append(f"steps_per_epoch of the lr schedule ({old_sched} in the checkpoint, "
+                             f"{cur['sched_steps_per_epoch']} now; pass --steps-per-epoch {old_sched} to continue "
+                             "its schedule)")
+        if diffs:
+            raise ValueError(f"cannot resume from {path}: it was trained with other run-defining settings: "
+                             f"{'; '.join(diffs)}. Resume with the checkpoint's settings (only "
+                             f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change) or start a new run.")
+        if self.info.is_main:
+            old_data = run.get("data_steps_per_epoch") or saved.get("steps_per_epoch") or cur["data_steps_per_epoch"]
+            if hasattr(self, "data_spe") and old_data != self.data_spe:  # legacy: data epoch = schedule epoch
+                self.log(f"[train] note: {path} predates the separate data epoch (its data was reshuffled every "
+                         f"{old_data} steps); from here on every {self.data_spe} steps, full passes over the "
+                         "train split: the data order differs from what the old code would have drawn")
+            if run.get("amp_dtype", cur["amp_dtype"]) != cur["amp_dtype"]:
+                self.log(f"[train] note: {path} trained in {run['amp_dtype']}, continuing in {cur['amp_dtype']}")
+
     def load(self, path: str | Path) -> None:
+        """Resume from a ``save`` dir (after ``check_resumable``): weights, optimisers, scheduler, step, RNGs."""
         from safetensors.torch import load_file
 
         path = Path(path)
+        self.check_resumable(path)
         sd = load_file(str(path / "model.safetensors"), device=str(self.dev))
         if self.cfg.mode == "g2face":
             self.model.load_state_dict(sd)
@@ -523,8 +680,7 @@ class Trainer:
             atomic.write_json(Path(self.cfg.out) / MLFLOW_RUN_FILE, {"run_id": run.info.run_id, "uri": uri})
             flat = {k: v for k, v in self.cfg.to_dict().items() if k != "weights"}
             flat.update({f"w_{k}": v for k, v in self.cfg.weights.to_dict().items()})
-            flat.update({"perceptual_loss": self.perc_name, "world_size": self.info.world,
-                         "global_batch": self.global_batch})
+            flat.update({"perceptual_loss": self.perc_name, **self.resolved()})
             mlflow.log_params({k: str(v)[:250] for k, v in flat.items()})
         self._mlflow = (mlflow, run)
 
@@ -568,7 +724,10 @@ class Trainer:
     def fit(self, steps: int | None = None, ckpt_dir: str | Path | None = None) -> list[dict[str, float]]:
         """Train until ``self.step == steps`` (default cfg.steps); returns the per-step logs."""
         steps = self.cfg.steps if steps is None else steps
-
+        coupled = getattr(self, "spe", None)  # a subclass that indexes the data by schedule epochs (see resolved)
+        if coupled is not None and not self.cfg.fixed_batch and coupled > self.data.steps_per_epoch:
+            raise ValueError(f"steps_per_epoch {coupled} > the {self.data.steps_per_epoch} global batches of "
+                             f"{self.global_batch} in {len(self.data.images)} training images")
         ckpt_dir = Path(ckpt_dir or self.cfg.out)
         self._mlflow_start()
         history = []
@@ -601,7 +760,8 @@ class Trainer:
                                                     step=s)
                 if self._mlflow and (s % self.cfg.sample_every == 0 or s == steps):
                     self._log_samples()
-            if self.cfg.ckpt_every and (s % self.cfg.ckpt_every == 0 or s == steps):
+            # every ckpt_every steps (0: never in between) and always at the last step of the run
+            if s == steps or (self.cfg.ckpt_every and s % self.cfg.ckpt_every == 0):
                 if self.info.is_main:
                     self.save(ckpt_dir / "last")
                 ddp.barrier(self.info)

@@ -9,9 +9,14 @@ Decoder init:          g2face-eval train --pretrain-stylegan --preset cpu-small 
 
 Defaults reproduce the official configuration (256 px, official widths, batch 8 per GPU, 100k iterations,
 lr 1e-3 / 1e-4 (pretrained synthesis) / D 1e-3, Adam betas (0, 0.999), 10 warm-up epochs then x0.95 per
-epoch, R1 5 every 16 steps, loss weights of the official train.py). The perceptual loss is LPIPS-VGG when the
-zoo's ``lpips_vgg`` user file is present, otherwise the offline EfficientNet-lite0 feature substitute (logged
-by name).
+epoch, R1 5 every 16 steps, loss weights of the official train.py). An epoch of the lr schedule is the
+official one, 70,000 FFHQ images, i.e. ceil(70000 / global batch) steps (2,188 on 4 GPUs x 8), not a pass over
+our 3,500-image train split (the data is reshuffled after every such pass; ``--steps-per-epoch`` sets the
+schedule's epoch in steps). The perceptual loss is LPIPS-VGG when the zoo's ``lpips_vgg`` user file is
+present, otherwise the offline EfficientNet-lite0 feature substitute (logged by name). One deliberate
+deviation: the hidden training bits are uniform (``--payload keyed``, the statistics of the keyed payload the
+shipped model hides at inference) instead of the official float2bit(randn) (``--payload official``).
+The start-up log states the resolved schedule (steps per epoch, lr factor at the final step) and amp dtype.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, help=f"per-rank batch (default {d.batch})")
     ap.add_argument("--accum", type=int, help="micro-batches per rank and step")
     ap.add_argument("--steps", type=int, help=f"total iterations (default {d.steps})")
-    ap.add_argument("--steps-per-epoch", type=int)
+    ap.add_argument("--steps-per-epoch", type=int,
+                    help="steps per epoch of the lr schedule (default: the official epoch, ceil(70000 / global "
+                         "batch)); the data is reshuffled after each pass over the train split regardless")
     ap.add_argument("--lr", type=float)
     ap.add_argument("--lr-pretrained", type=float)
     ap.add_argument("--lr-d", type=float)
@@ -52,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--identity", choices=["auto", "arcface", "sface"])
     ap.add_argument("--geometry", choices=["mediapipe_lmm", "d3dfr", "none"])
     ap.add_argument("--perceptual", choices=["auto", "lpips_vgg", "effnet", "none"])
+    ap.add_argument("--payload", choices=["keyed", "official"],
+                    help=f"training payload bits: keyed = uniform (default {d.payload!r}, as the shipped model "
+                         "hides at inference) | official = float2bit(randn)")
     ap.add_argument("--init-generator",
                     help="stylegan pre-train checkpoint dir, safetensors or zoo:stylegan2_ffhq256")
     ap.add_argument("--data-root", help="datasets root holding celebahq256/ (default $G2FACE_DATASETS)")

@@ -16,11 +16,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from g2face_eval.data.datasets import FACE_REGION_CLASSES
 from g2face_eval.imaging import to_uint8
 
-# CelebAMask-HQ parsing classes that make up the face region (skin, nose, glasses, eyes, brows, ears, mouth,
-# lips); hair, hat, accessories, neck and cloth stay outside.
-FACE_PARSING_CLASSES: tuple[int, ...] = tuple(range(1, 13))
+# CelebAMask-HQ parsing classes that make up the face region: the harness's one definition
+# (``g2face_eval.data.datasets.FACE_REGION_CLASSES``, the same object): skin, nose, glasses, eyes, brows, mouth,
+# lips. Ears, hair, hat, jewellery, neck, cloth and background stay outside.
+FACE_PARSING_CLASSES: tuple[int, ...] = FACE_REGION_CLASSES
 
 _DETECTOR = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -94,9 +94,22 @@ class Anonymizer(abc.ABC):
         if self.input_size is not None and tuple(images.shape[-2:]) != (self.input_size, self.input_size):
             raise ValueError(f"{self.name} works at {self.input_size}x{self.input_size}, "
                              f"got {tuple(images.shape[-2:])}")
-        if face_masks is not None and (face_masks.shape[0] != images.shape[0]
-                                       or face_masks.shape[-2:] != images.shape[-2:]):
-            raise ValueError(f"{self.name}: face_masks shape {tuple(face_masks.shape)} does not match images")
+        if face_masks is not None:
+            b, _, h, w = images.shape
+            if not isinstance(face_masks, torch.Tensor) or tuple(face_masks.shape) != (b, 1, h, w):
+                got = tuple(face_masks.shape) if isinstance(face_masks, torch.Tensor) else type(face_masks).__name__
+                raise ValueError(f"{self.name}: face_masks must be a (B,1,H,W) tensor matching the images, i.e. "
+                                 f"{(b, 1, h, w)}; got {got}")
+
+
+def check_options(method: str, given: Iterable[str], accepted: Iterable[str]) -> None:
+    """Refuse factory options a method does not take (``method_options`` in a run's configuration) with a
+    ValueError listing the accepted ones, instead of ignoring them or failing deep inside with a TypeError."""
+    accepted = sorted(accepted)
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown option(s) {', '.join(unknown)}; accepted: "
+                         f"{', '.join(accepted) or '(none)'}")
 
 
 METHODS: Registry = Registry("method")

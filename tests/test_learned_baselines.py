@@ -177,3 +177,111 @@ def test_train_steps_checkpoint_export_roundtrip(datasets_root, tmp_path, shared
     out.write_bytes(bytes(raw))
     with pytest.raises(B.ChecksumError):
         B.load_exported(out)
+
+
+def _tiny_train_dir(root):
+    """A minimal training checkpoint dir (<root>/last/model.safetensors) of a tiny ``fit`` model."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model = B.make_baseline("fit", size=32, width=8, n_res=1, d_width=8)
+    last = root / "last"
+    last.mkdir(parents=True)
+    sd = {f"generator.{k}": v.contiguous() for k, v in model.generator.state_dict().items()}
+    cfg = {"model": {"size": 32, "width": 8, "n_res": 1, "d_width": 8}}
+    save_file(sd, str(last / "model.safetensors"), metadata={"mode": "fit", "config": json.dumps(cfg), "step": "3"})
+    return last
+
+
+def test_export_record_beside_the_file_never_in_checkpoint_dir(tmp_path, monkeypatch):
+    """An export target without .safetensors used to write its sha256 record to CHECKPOINT_DIR/<name>.sha256,
+    overwriting the shipped record; it is refused, and a record always sits beside its file."""
+    ckdir = tmp_path / "ckdir"
+    ckdir.mkdir()
+    (ckdir / "fit.sha256").write_text("shipped-record  fit.safetensors\n")
+    monkeypatch.setattr(B, "CHECKPOINT_DIR", ckdir)
+    train = _tiny_train_dir(tmp_path / "train")
+    out_dir = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"must end in \.safetensors"):
+        B.export(train, out_dir / "fit")
+    assert not out_dir.exists()
+    digest = B.export(train, out_dir / "fit.safetensors")
+    assert (out_dir / "fit.sha256").read_text().split()[0] == digest
+    assert sorted(p.name for p in out_dir.iterdir()) == ["fit.safetensors", "fit.sha256"]
+    assert B.load_model(out_dir / "fit.safetensors").name == "fit"
+    assert sorted(p.name for p in ckdir.iterdir()) == ["fit.sha256"]
+    assert (ckdir / "fit.sha256").read_text() == "shipped-record  fit.safetensors\n"
+    assert B.sha256_path("fit") == ckdir / "fit.sha256"  # a bare name: the shipped record
+    with pytest.raises(ValueError, match=r"must end in \.safetensors"):
+        B.load_exported(out_dir / "fit")
+
+
+def test_corrupt_checkpoint_is_an_error_missing_one_is_left_out(monkeypatch, caplog):
+    """A corrupt shipped checkpoint (sha256 mismatch) used to drop its method from the default run silently."""
+    import logging
+
+    from g2face_eval import zoo
+
+    real_digest, real_path = zoo.digest, zoo.path
+    monkeypatch.setattr(zoo, "digest", lambda p: "0" * 64 if p.name == "inpaint.safetensors" else real_digest(p))
+    with pytest.raises(zoo.WeightIntegrityError, match=r"inpaint\.safetensors.*(?s:.*)re-train and export"):
+        M.default_methods()
+    with pytest.raises(zoo.WeightIntegrityError, match="learned_inpaint"):
+        learned.available_methods()
+    monkeypatch.setattr(zoo, "digest", real_digest)
+
+    def missing(name):
+        if name == "learned_inpaint":
+            raise zoo.WeightMissingError(name, "inpaint.safetensors", B.CHECKPOINT_DIR)
+        return real_path(name)
+
+    monkeypatch.setattr(zoo, "path", missing)
+    with caplog.at_level(logging.WARNING, logger="baselines.learned"):
+        names = M.default_methods()
+    assert "inpaint" not in names and "fit" in names
+    assert any("'inpaint' left out" in r.getMessage() and "is missing" in r.getMessage() for r in caplog.records)
+
+
+def test_learned_methods_refuse_unknown_options():
+    """Unknown method_options used to end in a raw TypeError deep in the factory."""
+    for name in ("fit", "inpaint", "riddle", "g2face"):
+        with pytest.raises(ValueError, match=r"unknown option\(s\) strength; accepted: .*device"):
+            METHODS.get(name)(strength=3)
+
+
+@pytest.mark.parametrize("name", ["fit", "inpaint", "riddle", "g2face"])
+def test_learned_methods_keep_dtype_and_refuse_non_square(faces, name):
+    """Any float dtype in, the same dtype out (computed in float32, as the classic baselines keep the dtype);
+    a non-square face is refused instead of being squashed to the network's square and stretched back."""
+    from g2face_eval import zoo
+
+    weight = {"g2face": "g2face_shipped"}.get(name, B.weight_name(name))
+    state, detail = zoo.status(weight)
+    if state == "missing":
+        pytest.skip(detail)
+    m = M.build(name)
+    x, fm = faces
+    x, fm = x[:2], fm[:2]
+    masks = fm if m.uses_face_mask else None
+    for dt in (torch.float64, torch.float16, torch.bfloat16):
+        out = m.anonymize(x.to(dt), KEYS[:2], face_masks=masks)
+        assert out.images.dtype == dt and out.images.shape == x.shape
+        # the same float32 computation on the same values, cast to the caller's dtype at the end
+        ref = m.anonymize(x.to(dt).float(), KEYS[:2], face_masks=masks).images
+        assert ref.dtype == torch.float32 and torch.equal(out.images, ref.to(dt))
+        if m.reversible:
+            assert m.recover(out.images, KEYS[:2]).images.dtype == dt
+    with pytest.raises(ValueError, match="square"):
+        m.anonymize(torch.rand(1, 3, 64, 100), KEYS[:1])
+    if m.reversible:
+        with pytest.raises(ValueError, match="square"):
+            m.recover(torch.rand(1, 3, 100, 64), KEYS[:1])
+
+
+def test_fit_at_network_size_keeps_dtype(fit_method):
+    inner = fit_method.inner
+    x = torch.rand(2, 3, inner.input_size, inner.input_size, generator=torch.Generator().manual_seed(1))
+    ref = inner.anonymize(x, KEYS[:2]).images
+    got = inner.anonymize(x.double(), KEYS[:2]).images
+    assert got.dtype == torch.float64 and torch.equal(got.float(), ref)

@@ -115,9 +115,12 @@ def test_effnet_normalisation_matches_bn_stats(datasets_root):
         h = net._conv_stem((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
         return float((h.var((0, 2, 3)) / net._bn0.running_var).median())
 
+    from g2face_eval import zoo
+
+    spec = zoo.WEIGHTS.get("effnet_lite0").input  # what the extractor applies (InputSpec.normalize)
     with torch.no_grad():
         lite, imnet = (
-            var_ratio(R.EFFNET_LITE_MEAN, R.EFFNET_LITE_STD),
+            var_ratio(spec.mean, spec.std),
             var_ratio(R.IMAGENET_MEAN, R.IMAGENET_STD),
         )
     assert abs(np.log(lite)) < 0.7 < abs(np.log(imnet))
@@ -133,7 +136,7 @@ def test_effnet_folded_batchnorms_same_features(datasets_root, effnet):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in effnet.module.net.modules())
     with torch.no_grad():
         z = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
-        z = (z - torch.tensor(R.EFFNET_LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(R.EFFNET_LITE_STD).view(1, 3, 1, 1)
+        z = effnet.module.input_spec.normalize(z, 1.0)
         want = plain.features(z)
         got = effnet.module.net.features(z.contiguous(memory_format=torch.channels_last))
     assert want.abs().max() > 0.5

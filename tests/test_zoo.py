@@ -286,6 +286,28 @@ def test_project_checkpoint_safetensors(monkeypatch, tmp_path):
     zoo.register_project_checkpoint("g2face_absent", "absent.safetensors")
     with pytest.raises(zoo.WeightMissingError, match="absent.safetensors"):
         zoo.path("g2face_absent")
+    # a project checkpoint with no sha256 on record cannot be verified, so it is not loaded (it used to be)
+    zoo.register_project_checkpoint("g2face_unrecorded", "tiny.safetensors")
+    with pytest.raises(zoo.WeightUnrecordedError, match="no sha256 on record"):
+        zoo.load("g2face_unrecorded")
+    assert zoo.status("g2face_unrecorded")[0] == "corrupt"
+
+
+def test_verify_recorded_and_record_path(tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"weights")
+    with pytest.raises(ValueError, match=".safetensors"):
+        zoo.record_path(tmp_path / "w.pt")
+    with pytest.raises(zoo.WeightUnrecordedError):
+        zoo.verify_recorded(f)
+    zoo.record_path(f).write_text(f"{zoo.sha256_file(f)}  w.safetensors\n")
+    assert zoo.verify_recorded(f) == f
+    f.write_bytes(b"weightz")
+    zoo._digests.clear()
+    with pytest.raises(zoo.WeightIntegrityError):
+        zoo.verify_recorded(f)
+    with pytest.raises(zoo.WeightMissingError):
+        zoo.verify_recorded(tmp_path / "absent.safetensors")
 
 
 def test_weights_list_cli(capsys, tmp_path):
@@ -295,6 +317,8 @@ def test_weights_list_cli(capsys, tmp_path):
         assert name in out
     assert "[available] sface" in out and "[  missing] arcface_iresnet50" in out
     assert "backbone.pth" in out and str(tmp_path / "weights") in out and "G2FACE_WEIGHTS_DIR" in out
+    for name in ("g2face_shipped", "geometry_prior", "learned_fit", "learned_inpaint", "learned_riddle"):
+        assert f"[available] {name} " in out  # the project's own checkpoints, verified
     from g2face_eval import cli
 
     assert cli.main(["weights", "list"]) == 0
@@ -328,3 +352,23 @@ def test_user_recognizer_embeds_in_batches(recognizer, weight, size, std, tmp_pa
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     assert got.shape == (3, rec.dim)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_input_specs_map_images_as_the_networks_expect():
+    """Each network's input convention is declared once (its zoo InputSpec) and applied by ``normalize``: the
+    conventions the recognizers, the identity prior, LPIPS and EfficientNet-Lite used to hard-code."""
+    x = torch.arange(256, dtype=torch.float32).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    spec = {n: zoo.WEIGHTS.get(n).input for n in zoo.WEIGHTS.names()}
+    for name in ("sface", "dlib_resnet"):  # the graphs take RGB [0, 255] as they are: exactly the pixel values
+        assert torch.equal(spec[name].normalize(x, 255.0), x)
+    torch.testing.assert_close(spec["arcface_iresnet50"].normalize(x, 255.0), (x - 127.5) / 127.5, atol=1e-6, rtol=0)
+    torch.testing.assert_close(spec["facenet_vggface2"].normalize(x, 255.0), (x - 127.5) / 128.0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(spec["effnet_lite0"].normalize(x / 255, 1.0), (x - 127.0) / 128.0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(spec["lpips_alex"].normalize(x / 255, 1.0), x / 255 * 2 - 1, atol=1e-6, rtol=0)
+    nhwc = x.permute(0, 2, 3, 1)
+    torch.testing.assert_close(spec["effnet_lite0"].normalize(nhwc, 255.0, channel_dim=3),
+                               spec["effnet_lite0"].normalize(x, 255.0).permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="value_range"):  # a declaration whose mean/std contradict its range
+        zoo.InputSpec((112, 112), (-1.0, 1.0), (127.5,) * 3, (128.0,) * 3, "RGB")
+    with pytest.raises(ValueError, match="data_range"):
+        spec["sface"].normalize(x, 0.0)

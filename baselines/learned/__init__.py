@@ -7,8 +7,10 @@ inpainting), ``riddle`` (RiDDLE-style latent encryptor). The shared contract, tr
 from __future__ import annotations
 
 import importlib
+import logging
 
 MODULES: tuple[str, ...] = ("fit", "inpaint", "riddle")
+log = logging.getLogger(__name__)
 
 
 def _module(name: str):
@@ -31,13 +33,30 @@ def register_methods(methods) -> None:
 
 
 def available_methods() -> list[str]:
-    """The learned baselines whose checkpoint is present (and sha256-verified) in the zoo."""
+    """The learned baselines whose checkpoint is present (and sha256-verified) in the zoo.
+
+    A missing checkpoint leaves its method out of the default run (the reason is logged as a warning); a
+    corrupt one (present, but its sha256 does not match the record) raises the zoo's ``WeightIntegrityError``
+    naming the file and the fix instead of silently shrinking the run."""
     from g2face_eval import zoo
 
     from .base import zoo_entry
 
     out = []
     for name in MODULES:
-        if _module(name) is not None and zoo.available(zoo_entry(name)):
-            out.append(name)
+        if _module(name) is None:
+            continue
+        wn = zoo_entry(name)
+        try:
+            zoo.path(wn)
+        except zoo.WeightMissingError as e:
+            log.warning("learned baseline %r left out of the default methods: %s", name, e)
+            continue
+        except zoo.WeightIntegrityError as e:
+            e.args = (f"{e.args[0]}. Learned baseline {name!r}: restore g2face_eval/checkpoints/{name}.safetensors "
+                      f"from the repository, or re-train and export it (`g2face-eval train-baseline {name} --out "
+                      f"<dir>`, then `python -m baselines.learned.train export <dir>/last`); to run without it, "
+                      f"name the methods explicitly (--methods)",)
+            raise
+        out.append(name)
     return out

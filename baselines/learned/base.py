@@ -52,6 +52,7 @@ export <dir>/last``) writes the generator weights to ``g2face_eval/checkpoints/<
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from g2face_eval import atomic, zoo
-from g2face_eval.anonymizer import Anonymizer, Key, Output, key_seed
+from g2face_eval.anonymizer import Anonymizer, Key, Output, check_options, key_seed
 from g2face_eval.models.shipped import ResizedG2Face
 from g2face_eval.training import ddp
 from g2face_eval.training.data import generator
@@ -197,7 +198,8 @@ def per_key_normal(keys: Sequence[Key], n: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------- anonymizer base
 class ModelAnonymizer(Anonymizer):
     """An ``Anonymizer`` around a trained ``LearnedBaseline`` at the model's own size: holds the model in eval
-    mode on ``device`` and moves it with ``to`` (the harness calls ``method.to(device)`` through ``Resized``)."""
+    mode on ``device`` and moves it with ``to`` (the harness calls ``method.to(device)`` through ``Resized``).
+    The network computes in float32 (``to_model``); outputs have the caller's dtype (``from_model``)."""
 
     def __init__(self, model: LearnedBaseline, device: str | torch.device = "cpu"):
         self.model = model.to(device).eval()
@@ -208,6 +210,15 @@ class ModelAnonymizer(Anonymizer):
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
+
+    def to_model(self, images: torch.Tensor) -> torch.Tensor:
+        """[0,1] images of any float dtype -> the network's input: float32 [-1,1] on the model's device."""
+        return images.to(self.device, torch.float32) * 2 - 1
+
+    @staticmethod
+    def from_model(y_m11: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The network's [-1,1] output -> [0,1] on ``like``'s device, in ``like``'s dtype (the caller's)."""
+        return ((y_m11.float() + 1) / 2).clamp(0, 1).to(like.device, like.dtype)
 
 
 # ------------------------------------------------------------------------------------------- 256 px wrapper
@@ -395,13 +406,18 @@ def checkpoint_path(name: str) -> Path:
 
 
 def sha256_path(name_or_path: str | Path) -> Path:
+    """The sha256 record of a shipped baseline (a bare method name such as ``"fit"``:
+    ``CHECKPOINT_DIR/<name>.sha256``) or of an exported file (``record_path``)."""
     p = Path(name_or_path)
-    return p.with_suffix(".sha256") if p.suffix == ".safetensors" else CHECKPOINT_DIR / f"{p.name}.sha256"
+    if p.suffix == "" and len(p.parts) == 1:
+        return CHECKPOINT_DIR / f"{p.name}.sha256"
+    return zoo.record_path(p)
 
 
 def export(train_dir: str | Path, out: str | Path | None = None) -> str:
     """Training checkpoint dir -> inference weights (generator only) with the model config and training
-    provenance in the safetensors metadata; atomic write; the sha256 goes next to it (``<name>.sha256``)."""
+    provenance in the safetensors metadata; atomic write; the sha256 goes next to it (``<name>.sha256``).
+    ``out`` (default ``CHECKPOINT_DIR/<name>.safetensors``) must end in ``.safetensors`` (ValueError)."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -414,6 +430,7 @@ def export(train_dir: str | Path, out: str | Path | None = None) -> str:
         raise ValueError(f"{src} is not a learned-baseline checkpoint (metadata mode={name!r})")
     sd = {k[len("generator."):]: v for k, v in load_file(str(src)).items() if k.startswith("generator.")}
     out = Path(out) if out is not None else checkpoint_path(name)
+    rec = zoo.record_path(out)  # refuses a target without .safetensors before anything is written
     out_meta = {
         "mode": name,
         "model_config": json.dumps(make_baseline(name, **train_cfg.get("model", {})).model_config()),
@@ -423,7 +440,7 @@ def export(train_dir: str | Path, out: str | Path | None = None) -> str:
     }
     out = atomic.write_via(out, lambda t: save_file(sd, t, metadata=out_meta))
     digest = zoo.sha256_file(out)
-    atomic.write_text(sha256_path(out), f"{digest}  {out.name}\n")
+    atomic.write_text(rec, f"{digest}  {out.name}\n")
     return digest
 
 
@@ -438,7 +455,7 @@ def load_exported(path: str | Path) -> tuple[dict, dict, dict[str, torch.Tensor]
     from safetensors.torch import load_file
 
     path = Path(path)
-    rec = sha256_path(path)
+    rec = zoo.record_path(path)
     if not rec.exists():
         raise ChecksumError(f"{path}: no sha256 record at {rec}")
     want, got = rec.read_text().split()[0], zoo.sha256_file(path)
@@ -484,6 +501,9 @@ def register_method(methods, name: str, wrapper: type[Resized] | None = None) ->
     wn = zoo_entry(name)
 
     def make(device: str = "cpu", **kw) -> Anonymizer:
+        # the options the model's ``anonymizer(device, ...)`` takes; anything else is refused (ValueError)
+        check_options(name, kw, [p for p in inspect.signature(BUILDERS[name].anonymizer).parameters
+                                 if p not in ("self", "device")] + ["device"])
         model = zoo.load(wn).to(device)
         return (wrapper or Resized)(model.anonymizer(device=device, **kw), name=name, weights=name)
 

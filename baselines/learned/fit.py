@@ -114,8 +114,8 @@ class FITAnonymizer(ModelAnonymizer):
 
     @torch.no_grad()
     def _run(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
-        y = self.model.generate(images.to(self.device) * 2 - 1, bits.to(self.device))
-        return ((y + 1) / 2).clamp(0, 1).to(images.device)
+        y = self.model.generate(self.to_model(images), bits.to(self.device))
+        return self.from_model(y, images)
 
     def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
                    ) -> Output:

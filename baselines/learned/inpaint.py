@@ -6,9 +6,10 @@ the mask, sparse keypoint heatmaps (eye corners, nose tip, mouth corners, lips, 
 project's landmark geometry prior, ``_face.keypoint_maps``: pose and expression, little identity) and a random
 identity code ``z`` (FiLM at the bottleneck); the result is pasted back into the region, so every pixel outside
 it is the original. In the harness ``z`` is drawn from the image's key (``key_seed``), the region is the face
-mask the harness passes (``uses_face_mask``: face-parsing classes skin/brows/eyes/ears/nose/mouth/lips), or else
-the landmark ellipse (``_face.ellipse_mask``). At 256 px the 64 px output is bicubic-upsampled and pasted into
-the full-resolution region (background untouched at full resolution).
+mask the harness passes (``uses_face_mask``: face-parsing classes skin/nose/glasses/eyes/brows/mouth/lips, not
+the ears: ``g2face_eval.data.datasets.FACE_REGION_CLASSES``), or else the landmark ellipse
+(``_face.ellipse_mask``). At 256 px the 64 px output is bicubic-upsampled and pasted into the full-resolution
+region (background untouched at full resolution).
 
 Training (all [-1,1]; the region is the landmark ellipse with a random radius k ~ U(k_min, k_max) per image):
 L1 and perceptual (EfficientNet-lite0 substitute for LPIPS) of the composite vs the original (``w_l1``,
@@ -133,12 +134,12 @@ class InpaintAnonymizer(ModelAnonymizer):
     @torch.no_grad()
     def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
                    ) -> Output:
-        x = images.to(self.device) * 2 - 1
+        x = self.to_model(images)
         fm = None if face_masks is None else (face_masks.to(self.device) > 0.5).float()
         mask, cond = self.model.condition(x, fm)
         y = self.model.generate(x, mask, cond, per_key_normal(keys, self.model.z_dim).to(self.device))
         region = "face_mask" if face_masks is not None else "landmark_ellipse"
-        return Output(((y + 1) / 2).clamp(0, 1).to(images.device), info={"region": region})
+        return Output(self.from_model(y, images), info={"region": region})
 
 
 class ResizedInpaint(Resized):

@@ -354,11 +354,11 @@ class RiddleAnonymizer(ModelAnonymizer):
     @torch.no_grad()
     def _run(self, images: torch.Tensor, keys: Sequence[Key], decrypt: bool) -> torch.Tensor:
         g = self.model.generator
-        x = images.to(self.device).float() * 2 - 1
+        x = self.to_model(images)
         pw = password_bits(keys, g.cfg.pw_bits).to(self.device)
         u = g.invert(x)
         u = g.decrypt(u, pw) if decrypt else g.encrypt(u, pw)
-        return ((g.synth(u) + 1) / 2).clamp(0, 1).to(images.device)
+        return self.from_model(g.synth(u), images)
 
     def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
                    ) -> Output:

@@ -18,7 +18,7 @@ import json
 from baselines.learned import MODULES
 from baselines.learned.base import BaselineConfig, export, run
 
-G2FACE_ONLY = ("preset", "pretrain_stylegan", "tiny_width", "init_generator", "geometry")
+G2FACE_ONLY = ("preset", "pretrain_stylegan", "tiny_width", "init_generator", "geometry", "payload")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,10 +30,39 @@ def build_parser() -> argparse.ArgumentParser:
     ap.prog, ap.description = "g2face-eval train-baseline", __doc__
     ap.add_argument("mode", choices=[*MODULES, "export"], help="baseline to train, or 'export'")
     ap.add_argument("train_dir", nargs="?", help="export: the training checkpoint dir (<out>/last)")
-    ap.add_argument("--export-to", help="export: output file (default g2face_eval/checkpoints/<name>.safetensors)")
+    ap.add_argument("--export-to", help="export: output file, ending in .safetensors; its sha256 record goes beside "
+                    "it (default g2face_eval/checkpoints/<name>.safetensors)")
     ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                     help="baseline model option (JSON value), repeatable")
+    _baseline_help(ap)
     return ap
+
+
+def _baseline_help(ap: argparse.ArgumentParser) -> None:
+    """The shared flags' help with the baselines' defaults (``BaselineConfig`` and each baseline's
+    ``TRAIN_DEFAULTS``), not G2Face's; G2Face-only flags hidden (``config_from_args`` refuses them)."""
+    from dataclasses import fields
+
+    from baselines.learned.base import import_module
+    from g2face_eval.training.loop import TrainConfig
+
+    d, g = BaselineConfig(), TrainConfig()
+    per = {m: getattr(import_module(m), "TRAIN_DEFAULTS", {}) for m in MODULES}
+    names = {f.name for f in fields(BaselineConfig)}
+    for a in ap._actions:
+        if a.dest in G2FACE_ONLY:
+            a.help = argparse.SUPPRESS
+        elif a.dest == "out":
+            a.help = "checkpoint folder (default results/train/<baseline>)"
+        elif a.dest in names and a.option_strings:
+            value, help_ = getattr(d, a.dest), a.help or ""
+            if value is None or isinstance(value, (bool, dict)):
+                continue  # flags, and options whose absence is their default
+            over = ", ".join(f"{m} {t[a.dest]}" for m, t in per.items() if a.dest in t)
+            if "(default" in help_ and value == getattr(g, a.dest) and not over:
+                continue  # same default as G2Face's, already shown
+            base = help_.split(" (default")[0] if help_.endswith(")") else help_
+            a.help = f"{base} (default {value}{'; ' + over if over else ''})".strip()
 
 
 def config_from_args(args: argparse.Namespace) -> BaselineConfig:

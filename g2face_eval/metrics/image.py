@@ -132,9 +132,10 @@ class LPIPS(torch.nn.Module):
         if net not in _ZOO_NAME:
             raise ValueError(f"LPIPS net must be 'alex' or 'vgg', got {net!r}")
         self.net_name = net
-        if weights_path is None:  # normal route: the zoo's verified user file
-            from g2face_eval import zoo
+        from g2face_eval import zoo
 
+        self.input_spec = zoo.WEIGHTS.get(_ZOO_NAME[net]).input
+        if weights_path is None:  # normal route: the zoo's verified user file
             name = _ZOO_NAME[net]
             try:
                 path = zoo.path(name)
@@ -162,8 +163,8 @@ class LPIPS(torch.nn.Module):
         r = _check_range(data_range)
         _pair(a, b)
         dev = next(self.model.parameters()).device
-        x = (a.to(dev).float() / r) * 2 - 1
-        y = (b.to(dev).float() / r) * 2 - 1
+        spec = self.input_spec  # [-1, 1], declared by the backbone's zoo entry
+        x, y = spec.normalize(a.to(dev).float(), r), spec.normalize(b.to(dev).float(), r)
         return self.model(x, y).flatten().double().cpu()
 
 

@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from g2face_eval import atomic, settings
+from g2face_eval import atomic, settings, zoo
 from g2face_eval.imaging import check_batch
 from g2face_eval.metrics.base import MetricUnavailable
 from g2face_eval.models.frozen import FrozenOnCPU
@@ -64,11 +64,9 @@ from g2face_eval.registry import Registry
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite's own preprocessing (TF tpu/models/official/efficientnet/lite: MEAN_RGB 127, STDDEV_RGB
-# 128 on 0..255). The shipped weights' stem BatchNorm statistics match this input scaling (stem pre-BN
-# variance / running_var ~0.7 on CelebA-HQ faces) and not the torchvision ImageNet mean/std (~3.5x too large),
-# so this is what the extractor uses; see test_metrics_realism.py::test_effnet_normalisation_matches_bn_stats.
-EFFNET_LITE_MEAN = (127.0 / 255.0,) * 3
-EFFNET_LITE_STD = (128.0 / 255.0,) * 3
+# 128 on 0..255), declared once in the zoo entry "effnet_lite0". The shipped weights' stem BatchNorm statistics
+# match this input scaling (stem pre-BN variance / running_var ~0.7 on CelebA-HQ faces) and not the torchvision
+# ImageNet mean/std (~3.5x too large); see test_metrics_realism.py::test_effnet_normalisation_matches_bn_stats.
 TF_EFFNET_NAME = "g2face-effnet-lite0"
 
 
@@ -446,8 +444,7 @@ class FeatureExtractorEffNetLite0(_TFBase):
         net = fold_batchnorms(load_effnet_lite0(feature_extractor_weights_path))
         self.net = net.to(memory_format=torch.channels_last)
         self._trunk = FrozenOnCPU(_Trunk(self.net))  # on CPU a frozen graph (same features to 1e-5)
-        self.register_buffer("mean", torch.tensor(EFFNET_LITE_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(EFFNET_LITE_STD).view(1, 3, 1, 1))
+        self.input_spec = zoo.WEIGHTS.get("effnet_lite0").input
         self.requires_grad_(False)
         self.eval()
 
@@ -475,7 +472,7 @@ class FeatureExtractorEffNetLite0(_TFBase):
             h = F.interpolate(
                 h, size=(self.INPUT_IMAGE_SIZE,) * 2, mode="bilinear", align_corners=False, antialias=True
             )
-        h = ((h - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        h = self.input_spec.normalize(h, 1.0).contiguous(memory_format=torch.channels_last)
         feats = self._trunk(h)
         out = {"1280": feats}
         if "logits" in self.features_list:

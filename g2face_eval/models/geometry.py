@@ -45,6 +45,27 @@ REGRESSOR_SIZE = 128
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 CHECKPOINT = CHECKPOINT_DIR / "geometry_prior.safetensors"
+WEIGHT_NAME = "geometry_prior"  # its zoo entry (sha256 on record in geometry_prior.sha256, beside the file)
+
+
+def _register() -> str:
+    """The shipped checkpoint's zoo entry (registered once; its sha256 read from the record beside it)."""
+    from .. import zoo
+
+    if WEIGHT_NAME not in zoo.WEIGHTS.names():
+        rec = zoo.record_path(CHECKPOINT)
+        zoo.register_project_checkpoint(
+            WEIGHT_NAME,
+            CHECKPOINT.name,
+            sha256=rec.read_text().split()[0] if rec.is_file() else None,
+            input=zoo.InputSpec(size=None, value_range=(-1.0, 1.0), mean=None, std=None, channel_order="RGB"),
+            description="offline 3D geometry prior (468-point morphable model + coefficient regressor) built by "
+            "this project from mediapipe face meshes. Model card: checkpoints/geometry_prior.md",
+            instructions="shipped in the repository (g2face_eval/checkpoints/); rebuild with "
+            "`python -m g2face_eval.models.geometry_fit all` (needs celeba_id and celebahq256)",
+            loader=None,
+        )
+    return WEIGHT_NAME
 
 
 # ----------------------------------------------------------------------------------------------- rotation
@@ -268,11 +289,11 @@ class GeometryPrior(nn.Module):
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        path = Path(path) if path is not None else CHECKPOINT
-        if not path.exists():
-            raise FileNotFoundError(
-                f"geometry prior checkpoint {path} is missing; rebuild it with "
-                "`python -m g2face_eval.models.geometry_fit all` (needs celeba_id and celebahq256)")
+        from .. import zoo
+
+        # verified by sha256 before loading: the shipped file through its zoo entry, any other file against the
+        # record beside it (``save`` writes one); zoo.WeightMissingError / WeightIntegrityError otherwise
+        path = zoo.path(_register()) if path is None else zoo.verify_recorded(path, WEIGHT_NAME)
         prior = cls()
         sd = load_file(str(path), device=str(map_location))
         sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
@@ -282,7 +303,10 @@ class GeometryPrior(nn.Module):
         return prior.eval()
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
+        """Write the checkpoint atomically (a ``.safetensors`` path) and its sha256 record beside it."""
         from safetensors.torch import save_file
+
+        from .. import atomic, zoo
 
         sd = {}
         for k, v in self.state_dict().items():  # regressor stored as float16 (a few MB), the model in float32
@@ -291,7 +315,10 @@ class GeometryPrior(nn.Module):
             if k.startswith("regressor.") and v.is_floating_point() and not keep32:
                 v = v.half()
             sd[k] = v
-        save_file(sd, str(path), metadata={"meta": json.dumps(meta or self.meta)})
+        record = zoo.record_path(path)
+        info = {"meta": json.dumps(meta or self.meta)}
+        out = atomic.write_via(Path(path), lambda t: save_file(sd, str(t), metadata=info))
+        atomic.write_text(record, f"{zoo.sha256_file(out)}  {out.name}\n")
 
     def coefficients(self, images_m11: torch.Tensor) -> torch.Tensor:
         return self.regressor(images_m11)

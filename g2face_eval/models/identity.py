@@ -287,23 +287,29 @@ class SFaceIdentity(IdentityPrior):
 
     def __init__(self, path: str | Path | None = None):
         super().__init__()
-        if path is None:
-            from g2face_eval import zoo
+        from g2face_eval import zoo
 
+        if path is None:
             self.net = zoo.load("sface")  # the same verified file and graph as the "sface" recognizer
         else:
             self.net = OnnxTorch(path)
+        # the graph's input as the zoo declares it (RGB [0, 255]: x * 255 + 0), as Python constants built once
+        (self._scale,), (self._offset,) = zoo.WEIGHTS.get("sface").input.affine()
         self.dim = 128
         self.requires_grad_(False)
 
+    def _net_input(self, x: torch.Tensor, data_range: float, low: float = 0.0) -> torch.Tensor:
+        x = (x - low if low else x) * (self._scale / data_range)
+        return x + self._offset if self._offset else x
+
     def embed_aligned(self, rgb01: torch.Tensor) -> torch.Tensor:
-        return self.net(rgb01 * 255.0)
+        return self.net(self._net_input(rgb01, 1.0))
 
     def forward(self, images_m11: torch.Tensor) -> torch.Tensor:
         x = images_m11
         if x.shape[-2:] != (112, 112):
             x = F.interpolate(x, size=(112, 112), mode="bilinear", align_corners=False, antialias=True)
-        return self.net((x + 1.0) * 127.5)
+        return self.net(self._net_input(x, 2.0, low=-1.0))
 
 
 def get_identity_prior(name: str = "arcface", **kw) -> IdentityPrior:

@@ -14,6 +14,7 @@ Export:  python -m g2face_eval.models.shipped export <training checkpoint dir> [
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from g2face_eval import atomic, zoo
-from g2face_eval.anonymizer import Anonymizer, Key, Output
+from g2face_eval.anonymizer import Anonymizer, Key, Output, check_options
 from g2face_eval.models.anonymizer import G2FaceAnonymizer
 from g2face_eval.models.g2face import G2Face, G2FaceConfig
 
@@ -63,7 +64,9 @@ zoo.register_project_checkpoint(
 
 
 class ResizedG2Face(Anonymizer):
-    """Runs a G2Face at its own size on faces of any square size (area down, bicubic up)."""
+    """Runs a G2Face at its own size on faces of any square size (area down, bicubic up; a non-square input is
+    refused with a ValueError). The network sees float32 whatever float dtype the caller passes; the output has
+    the caller's dtype, as for the classic baselines."""
 
     reversible = True
 
@@ -81,14 +84,26 @@ class ResizedG2Face(Anonymizer):
         self.inner.to(device)
         return self
 
+    def _check(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None) -> None:
+        super()._check(images, keys, face_masks)
+        h, w = images.shape[-2:]
+        if h != w:
+            raise ValueError(f"{self.name} needs square faces (it resizes them to its {self.size}x{self.size} "
+                             f"network and back; a {h}x{w} input would be squashed and stretched): crop or pad "
+                             "to a square first")
+
     def _down(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.shape[-1] == self.size else F.interpolate(x, size=(self.size, self.size), mode="area")
+        """To the network: float32 (whatever float dtype the caller passed) at the network's size."""
+        x = x.float()
+        return x if tuple(x.shape[-2:]) == (self.size, self.size) else F.interpolate(
+            x, size=(self.size, self.size), mode="area")
 
     @staticmethod
     def _up(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if y.shape[-2:] == like.shape[-2:]:
-            return y
-        return F.interpolate(y, size=like.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        """Back to the caller: ``like``'s size and dtype (the shared contract: output dtype = input dtype)."""
+        if y.shape[-2:] != like.shape[-2:]:
+            y = F.interpolate(y.float(), size=like.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        return y.to(like.dtype)
 
     def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
                    ) -> Output:
@@ -110,6 +125,9 @@ def build(device: str = "cpu", payload: str = "keyed", **kw) -> ResizedG2Face:
     from g2face_eval.models.geometry import load_geometry_prior
     from g2face_eval.models.identity import get_identity_prior
 
+    fixed = {"self", "model", "identity", "geometry", "cfg", "name"}  # set here from the checkpoint / registry
+    check_options("g2face", kw, {"device", "payload"} | (
+        set(inspect.signature(G2FaceAnonymizer.__init__).parameters) - fixed))
     cfg, meta, sd = zoo.load(WEIGHT_NAME)
     model = G2Face(cfg, with_discriminator=False)
     model.load_state_dict(sd, strict=True)
@@ -128,10 +146,12 @@ def register_methods(methods) -> None:
 def export(train_dir: str | Path, out: str | Path = CHECKPOINT_DIR / FILENAME) -> str:
     """Training checkpoint dir (model.safetensors with metadata) -> shipped inference weights (no
     discriminator), with the G2Face config, priors and training provenance in the safetensors metadata.
-    Writes the file atomically and records its sha256; returns the digest."""
+    Writes the file atomically and its sha256 record beside it (``zoo.record_path``: for the default ``out``, the
+    shipped record); returns the digest."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    record = zoo.record_path(out)  # refuses a target without .safetensors before anything is written
     src = Path(train_dir) / "model.safetensors"
     with safe_open(str(src), "pt") as f:
         meta = dict(f.metadata() or {})
@@ -151,7 +171,7 @@ def export(train_dir: str | Path, out: str | Path = CHECKPOINT_DIR / FILENAME) -
     }
     out = atomic.write_via(out, lambda t: save_file(sd, t, metadata=out_meta))
     digest = zoo.sha256_file(out)
-    atomic.write_text(SHA256_FILE, f"{digest}  {out.name}\n")
+    atomic.write_text(record, f"{digest}  {out.name}\n")
     return digest
 
 

@@ -86,10 +86,10 @@ RECOGNIZERS: Registry[type[Recognizer]] = Registry("recognizer")
 
 class _TorchRecognizer(Recognizer):
     """A torch network run in batches on stacked aligned crops: ``(N, H, W, 3)`` uint8 RGB -> ``_prepare`` ->
-    the network's own input convention -> (N, dim) features, L2-normalised."""
+    the network's input as its zoo entry declares it (``zoo.InputSpec.normalize``) -> (N, dim) features,
+    L2-normalised."""
 
     size = 112  # aligned crop side (ArcFace template scaled to it)
-    mean, std = 127.5, 127.5
     batch_size = 32
     # on CPU, run as a frozen TorchScript graph (models.frozen): worth it for graphs of many small elementwise ops
     # between depthwise convolutions (SFace, same embeddings to ~1e-6); plain eager otherwise (no gain measured for
@@ -101,12 +101,13 @@ class _TorchRecognizer(Recognizer):
 
         self._net = zoo.load(self.weights[0])
         self._run = FrozenOnCPU(self._net) if self.freeze_on_cpu else self._net
+        self.input_spec = zoo.WEIGHTS.get(self.weights[0]).input
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         return align_arcface(image, face.landmarks5, self.size)
 
     def _prepare(self, x):
-        return ((x.float() - self.mean) / self.std).permute(0, 3, 1, 2).contiguous()
+        return self.input_spec.normalize(x.float(), 255.0, channel_dim=3).permute(0, 3, 1, 2).contiguous()
 
     def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
         import torch
@@ -132,8 +133,8 @@ class SFaceRecognizer(_TorchRecognizer):
         ]
         return super().embed_aligned(sized)
 
-    def _prepare(self, x):
-        return x.permute(0, 3, 1, 2).float()  # the graph normalises RGB [0, 255] itself
+    def _prepare(self, x):  # the graph takes RGB [0, 255] and normalises it itself
+        return self.input_spec.normalize(x.permute(0, 3, 1, 2).float(), 255.0)
 
 
 def landmarks_to_dlib_rect(landmarks5: np.ndarray) -> tuple[int, int, int, int]:
@@ -162,8 +163,8 @@ class DlibRecognizer(_TorchRecognizer):
         shape = self._sp(img, rect)
         return np.asarray(dlib.get_face_chip(img, shape, size=150, padding=0.25))
 
-    def _prepare(self, x):
-        return x  # the port takes dlib's (N, 150, 150, 3) RGB chips as they are
+    def _prepare(self, x):  # the port takes dlib's (N, 150, 150, 3) RGB chips in [0, 255] as they are
+        return self.input_spec.normalize(x.float(), 255.0, channel_dim=3)
 
 
 @RECOGNIZERS.register("arcface_r50")
@@ -179,7 +180,6 @@ class ArcFaceR100(_TorchRecognizer):
 @RECOGNIZERS.register("facenet_vggface2")
 class FaceNetVGGFace2(_TorchRecognizer):
     name, dim, weights, size = "facenet_vggface2", 512, ("facenet_vggface2",), 160
-    mean, std = 127.5, 128.0
 
 
 def available_recognizers() -> list[str]:

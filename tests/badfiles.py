@@ -38,6 +38,22 @@ def _jpeg_bytes(arr: np.ndarray, **kw) -> bytes:
     return buf.getvalue()
 
 
+def corrupt_jpeg_bytes(good: bytes, n: int = 200, seed: int = 0) -> bytes:
+    """``good`` with the first ``n`` bytes of its entropy-coded data (right after the SOS segment) overwritten by
+    junk free of 0xFF (so no marker is created), the length and the EOI marker kept: a corruption, not a
+    truncation. Pillow decodes such a file to garbage pixels without a word. libjpeg warns ("Corrupt JPEG data")
+    only when the junk leaves the Huffman decoder out of step with the rest of the scan, which depends on the
+    junk (6 to 10 in 10 of such overwrites, measured): JPEG has no checksum, so some junk is undetectable.
+    ``seed`` picks the junk; callers use one whose junk libjpeg does notice on their file."""
+    sos = good.index(b"\xff\xda")
+    start = sos + 2 + struct.unpack(">H", good[sos + 2 : sos + 4])[0]
+    assert len(good) - 2 - start > n, "scan data shorter than the junk"
+    junk = np.random.default_rng(seed).integers(0, 255, n, dtype=np.uint8).tobytes()  # 0..254
+    out = good[:start] + junk + good[start + n :]
+    assert len(out) == len(good) and out.endswith(b"\xff\xd9")
+    return out
+
+
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
@@ -88,11 +104,12 @@ def make_corpus(root: str | Path) -> dict[str, BadFile]:
     # --- refusals -------------------------------------------------------------------------------------------
     add("zero_byte.jpg", b"", "error", "zero-byte")
     add("not_an_image.jpg", b"this is a text file, not a JPEG\n" * 20, "error", "not an image")
-    # corrupt JPEG: keep the headers (SOI..SOS), replace the entropy-coded data by junk, no EOI marker
+    # headers (SOI..SOS) kept, then 40 junk bytes and the file ends (no EOI marker): a truncation to libjpeg
     sos = good_jpeg.index(b"\xff\xda")
     rng = np.random.default_rng(0)
     junk = rng.integers(0, 255, 600, dtype=np.uint8).tobytes().replace(b"\xff", b"\x00")
-    add("corrupt.jpg", good_jpeg[: sos + 14] + junk[:40], "error", "")
+    add("truncated_junk_scan.jpg", good_jpeg[: sos + 14] + junk[:40], "error", "truncated")
+    add("corrupt_scan.jpg", corrupt_jpeg_bytes(good_jpeg, seed=2), "error", "corrupt image data")
     # JPEG cut in the middle of its scan data
     big = np.random.default_rng(2).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     big_jpeg = _jpeg_bytes(big)
@@ -184,6 +201,24 @@ def make_corpus(root: str | Path) -> dict[str, BadFile]:
 
     save("exif_rot90.jpg", Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes(), check=chk_exif)
     save("good.jpg", Image.fromarray(g), "JPEG", quality=95, check=lambda a: _close(a, g, 8))
+    save("progressive.jpg", Image.fromarray(g), "JPEG", quality=95, progressive=True, check=lambda a: _close(a, g, 8))
+    # float and 32-bit integer TIFFs: finite floats and integers in 0..65535 load, the rest has no honest value
+    fl = np.full((32, 32), 0.5, np.float32)
+    save("float.tif", Image.fromarray(fl), "TIFF", check=lambda a: _close(a, np.full((32, 32, 3), 128), 0))
+    for name, bad in (("float_nan.tif", np.nan), ("float_inf.tif", np.inf)):
+        fb = fl.copy()
+        fb[3, 4] = bad
+        buf = io.BytesIO()
+        Image.fromarray(fb).save(buf, "TIFF")
+        add(name, buf.getvalue(), "error", "NaN or infinite")
+    i32 = np.full((32, 32), 65535, np.int32)
+    save("int32.tif", Image.fromarray(i32), "TIFF", check=lambda a: _close(a, np.full((32, 32, 3), 255), 0))
+    for name, v in (("int32_70000.tif", 70000), ("int32_negative.tif", -1)):
+        ib = i32.copy()
+        ib[0, 0] = v
+        buf = io.BytesIO()
+        Image.fromarray(ib).save(buf, "TIFF")
+        add(name, buf.getvalue(), "error", "outside 0..65535")
     return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from badfiles import _png16_rgb, huge_png_bytes  # tests/ is on sys.path
+from badfiles import _png16_rgb, corrupt_jpeg_bytes, huge_png_bytes  # tests/ is on sys.path
 from PIL import Image
 
 from g2face_eval.harness import evaluate as E
@@ -40,7 +40,8 @@ def _enc(arr_or_img, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _corrupt_jpeg() -> bytes:
+def _truncated_junk_jpeg() -> bytes:
+    """Headers up to the SOS segment, 40 junk bytes, then the file ends (no EOI): a truncation."""
     good = _enc(_face(), "JPEG", quality=95)
     sos = good.index(b"\xff\xda")
     junk = np.random.default_rng(0).integers(0, 255, 400, dtype=np.uint8).tobytes().replace(b"\xff", b"\x00")
@@ -56,7 +57,14 @@ def _five_faces() -> np.ndarray:
 # case id -> (file name, bytes factory, expected status, reason substring)
 FILE_CASES: dict[str, tuple[str, callable, str, str]] = {
     "good_face_control": ("good.jpg", lambda: _enc(_face(), "JPEG", quality=95), "ok", ""),
-    "corrupt_jpeg": ("corrupt.jpg", _corrupt_jpeg, "failed", "load failed"),
+    "truncated_jpeg_junk_scan": ("truncated_junk.jpg", _truncated_junk_jpeg, "failed", "load failed: truncated"),
+    # junk inside the scan data, length and EOI kept: Pillow alone decodes it to garbage without an error
+    "corrupt_jpeg_scan_eoi_kept": (
+        "corrupt.jpg",
+        lambda: corrupt_jpeg_bytes(_enc(_face(), "JPEG", quality=95), seed=0),
+        "failed",
+        "load failed: corrupt image data",
+    ),
     "truncated_jpeg": (
         "truncated.jpg",
         lambda: (lambda b: b[: len(b) // 2])(_enc(_face(), "JPEG", quality=95)),
@@ -158,7 +166,7 @@ def test_run_completes_and_leaves_no_partial_files(bad_run):
     agg = res["aggregate"]
     n_failed = agg[(agg.metric == "n_failed")].set_index("method")["value"]
     expected = sum(expect == "failed" for _, _, expect, _ in FILE_CASES.values())
-    assert expected == 10 and (n_failed == expected).all()  # the refused files are counted, not dropped
+    assert expected == 11 and (n_failed == expected).all()  # the refused files are counted, not dropped
     import mlflow
 
     client = mlflow.MlflowClient(res["tracking_uri"])
@@ -363,3 +371,110 @@ def test_an_exception_in_preparation_is_that_images_failure(monkeypatch):
     items, fails = P.load_prepare(Src(), preparer, ["good", "bad"])
     assert [it.id for it in items] == ["good"]
     assert fails[0][0] == "bad" and "prepare failed: RuntimeError: cv2.error" in fails[0][1]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# preparation edge cases (load_prepare / Preparer level: no evaluate run)
+# ------------------------------------------------------------------------------------------------------------
+def test_big_face_is_detected_on_a_capped_copy():
+    """YuNet misses a face ~1000 px wide at full resolution (grace_hopper x4 gave a box around one eye, cropped
+    and scored as the face): the raw image is detected on a copy capped at DETECT_MAX_SIDE."""
+    import cv2
+    import matplotlib.cbook as cb
+
+    from g2face_eval.data.datasets import Sample
+    from g2face_eval.harness import prepare as P
+
+    img = np.asarray(Image.open(cb.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB"))
+    assert img.shape[:2] == (600, 512)  # x1: within the detection cap, detected as it is
+    big = cv2.resize(img, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    prep = P.Preparer(256)
+    a, b = prep.prepare(Sample("x1", img), aligned=False), prep.prepare(Sample("x4", big), aligned=False)
+    assert not isinstance(a, str) and not isinstance(b, str), (a, b)
+    err = np.abs(b.src_landmarks / 4 - a.src_landmarks).max()
+    assert err <= 3, f"x4 landmarks (scaled) off by {err:.1f} px"
+
+
+def _non_utf8_folder(root: Path) -> Path:
+    import os
+
+    root.mkdir()
+    try:
+        with open(os.path.join(os.fsencode(root), b"Jos\xe9.jpg"), "wb") as f:
+            f.write(_enc(_face(), "JPEG", quality=95))
+    except OSError:
+        pytest.skip("the file system refuses non-UTF-8 names")
+    (root / "good.jpg").write_bytes(_enc(_face(), "JPEG", quality=95))
+    return root
+
+
+def test_file_name_not_utf8_is_prepared_under_a_safe_id(tmp_path):
+    """A file name that is not valid UTF-8 next to a good face: the chunk key, the preparation and the
+    chunk's records table (parquet) take it, one record per file (it used to crash the run in ``digest``)."""
+    from g2face_eval.harness import prepare as P
+
+    root = _non_utf8_folder(tmp_path / "imgs")
+    src = P.DatasetSource("folder", {"dataset_options": {"folder": {"root": str(root)}}})
+    key = P.chunk_key("cfg", "items", src.name, src.ids)  # hashing the ids crashed the run
+    assert key == P.chunk_key("cfg", "items", src.name, list(src.ids))  # stable
+    assert sorted(src.ids) == ["Jos%E9.jpg", "good.jpg"]
+    items, fails = P.load_prepare(src, P.Preparer(256), src.ids)
+    df = P._entry(items, fails)
+    df.to_parquet(tmp_path / "chunk.parquet", index=False)
+    back = pd.read_parquet(tmp_path / "chunk.parquet")
+    assert sorted(back["id"]) == ["Jos%E9.jpg", "good.jpg"] and (back["status"] == "ok").all(), back
+
+
+def test_repeat_keeps_ids_that_contain_the_repeat_separator(tmp_path):
+    """``repeat`` adds "#r<k>" to the ids; a dataset's own id "a#r1.jpg" must load as itself (it used to be
+    split into "a" and raise KeyError), and its repeats as it."""
+    from g2face_eval.harness import prepare as P
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    faces = {"a#r1.jpg": _face(), "b.jpg": _face("barack_obama__obama1.jpg")}
+    for name, arr in faces.items():
+        (root / name).write_bytes(_enc(arr, "PNG"))
+    src = P.DatasetSource("folder", {"dataset_options": {"folder": {"root": str(root), "repeat": 3}}})
+    assert src.ids == ["a#r1.jpg", "b.jpg", "a#r1.jpg#r1", "b.jpg#r1", "a#r1.jpg#r2", "b.jpg#r2"]
+    for sid in src.ids:
+        s = src.load(sid)
+        base = src.base_id(sid)
+        assert s.id == sid and base in faces and np.array_equal(s.image, faces[base]), (sid, base)
+    assert src.base_id("a#r1.jpg") == "a#r1.jpg" and src.base_id("a#r1.jpg#r2") == "a#r1.jpg"
+    items, fails = P.load_prepare(src, P.Preparer(256), src.ids)
+    assert len(items) + len(fails) == 6 and not any("KeyError" in r for _, r, _ in fails)
+
+
+def test_subject_is_the_central_face_not_a_tied_bystander(datasets_root):
+    """celeb_187/044157.jpg: a blurry background face in the top-left corner scores 0.911, the subject 0.909.
+    The subject (centre-weighted choice, the rule LFW validation uses) is cropped, and the face kept on the
+    prepared image is the one the crop was made for."""
+    from g2face_eval.data import datasets as D
+    from g2face_eval.harness import prepare as P
+
+    ds = D.open_dataset("celeba_id", root=datasets_root)
+    s = ds.load("celeb_187/044157.jpg")
+    prep = P.Preparer(256)
+    raw = prep.det.detect(s.image)
+    assert len(raw) == 2 and raw[0].box[0] < 20 and raw[0].box[1] < 20  # the premise: the bystander first
+    it = prep.prepare(s, aligned=False)
+    assert not isinstance(it, str), it
+    eyes = it.src_landmarks[:2].mean(0)
+    assert 60 < eyes[0] < 130 and 90 < eyes[1] < 150, it.src_landmarks  # the subject's eyes, not the corner
+    exp = P.crop_landmarks(it.src_landmarks, 256)
+    assert np.linalg.norm(it.face.landmarks5 - exp, axis=1).mean() < 10  # px of 256: the cropped face
+
+
+def test_face_on_prepared_image_is_the_cropped_subject():
+    """On the prepared image the kept face is the one nearest the crop's own landmarks, whatever the scores;
+    a bystander alone is not taken for the subject."""
+    from g2face_eval.harness import prepare as P
+    from g2face_eval.oracles.detectors import Face
+
+    exp = np.array([[90, 120], [166, 120], [128, 160], [98, 195], [158, 195]], np.float64)
+    subject = Face(np.array([60, 70, 136, 160], np.float32), (exp + 3).astype(np.float32), 0.7)
+    bystander = Face(np.array([200, 0, 56, 60], np.float32), (exp * 0.2 + [210, 5]).astype(np.float32), 0.95)
+    assert P.subject_on_prepared([bystander, subject], (256, 256, 3), exp) is subject
+    assert P.subject_on_prepared([bystander], (256, 256, 3), exp) is None
+    assert P.subject_on_prepared([bystander, subject], (256, 256, 3), None) is subject  # centre-weighted

@@ -26,7 +26,8 @@ def corpus(tmp_path_factory):
 CORPUS_NAMES = [
     "zero_byte.jpg",
     "not_an_image.jpg",
-    "corrupt.jpg",
+    "truncated_junk_scan.jpg",
+    "corrupt_scan.jpg",
     "truncated.jpg",
     "truncated.png",
     "one_pixel.png",
@@ -43,6 +44,13 @@ CORPUS_NAMES = [
     "cmyk.jpg",
     "exif_rot90.jpg",
     "good.jpg",
+    "progressive.jpg",
+    "float.tif",
+    "float_nan.tif",
+    "float_inf.tif",
+    "int32.tif",
+    "int32_70000.tif",
+    "int32_negative.tif",
 ]
 
 
@@ -65,6 +73,55 @@ def test_corpus_file(corpus, name):
         assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 and arr.flags.c_contiguous
         if bf.check:
             bf.check(arr)
+
+
+def test_corrupt_jpeg_scan_data_with_end_marker_is_refused(tmp_path):
+    """Junk in the entropy-coded data of a real face JPEG, EOI kept: Pillow alone returns garbage pixels
+    without a word (the premise), the loader refuses the file; the intact file still loads, Pillow's pixels.
+    (Junk that libjpeg cannot notice stays undetectable: see ``corrupt_jpeg_bytes``.)"""
+    import io
+
+    from badfiles import corrupt_jpeg_bytes
+
+    face = ds.EMBEDDED_DIR / "faces" / "tom_hanks__tom_hanks.jpg"
+    good = face.read_bytes()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(corrupt_jpeg_bytes(good, seed=0))
+    garbage = np.asarray(Image.open(io.BytesIO(bad.read_bytes())).convert("RGB"))  # no error from Pillow
+    ref = np.asarray(Image.open(face).convert("RGB"))
+    assert np.abs(garbage.astype(int) - ref).mean() > 5
+    with pytest.raises(ImageLoadError, match="corrupt image data") as ei:
+        load_image(bad)
+    assert "Corrupt JPEG data" in ei.value.reason
+    assert np.array_equal(load_image(face), ref)
+
+
+def test_file_name_not_utf8_gets_a_safe_stable_id(tmp_path):
+    """A POSIX file name that is not valid UTF-8 (surrogate-escaped str in Python) gets an escaped id that can
+    be hashed, selected (``limit`` spread) and written; the file itself still loads under it."""
+    import os
+
+    good = (ds.EMBEDDED_DIR / "faces" / "tom_hanks__tom_hanks.jpg").read_bytes()
+    root = tmp_path / "imgs"
+    root.mkdir()
+    try:
+        with open(os.path.join(os.fsencode(root), b"Jos\xe9.jpg"), "wb") as f:
+            f.write(good)
+    except OSError:
+        pytest.skip("the file system refuses non-UTF-8 names")
+    (root / "good.jpg").write_bytes(good)
+    (root / "Jos%E9.jpg").write_bytes(good)  # a real file with the escaped name: no collision
+    d = ds.open_dataset("folder", root)
+    ids = d.ids()
+    assert len(ids) == 3 and "Jos%E9.jpg" in ids and "good.jpg" in ids, ids
+    escaped = [i for i in ids if i.startswith("Jos%E9.jpg~")]
+    assert len(escaped) == 1 and d.path(escaped[0]).name == os.fsdecode(b"Jos\xe9.jpg")
+    for i in ids:
+        i.encode("utf-8")  # every id is valid Unicode
+        assert d.load(i).image.shape == (256, 256, 3)
+    assert ds.open_dataset("folder", root).ids() == ids  # stable
+    assert len(ds.open_dataset("folder", root, limit=2).ids()) == 2  # spread selection hashes the ids
+    assert ds.safe_id(os.fsdecode(b"Jos\xe9.jpg")) == "Jos%E9.jpg" and ds.safe_id("José.jpg") == "José.jpg"
 
 
 def test_huge_image_refused_from_header_without_decoding(corpus, monkeypatch):

@@ -1,7 +1,8 @@
 """Datasets: one small interface over image folders (see docs/ARCHITECTURE.md, section data).
 
 A ``Dataset`` has ``.name``, ``.aligned`` (True when images are already FFHQ-style aligned face crops),
-``.ids()`` (sorted, stable string ids: relative paths or file names, never positions), ``len()``,
+``.ids()`` (sorted, stable string ids: relative paths or file names, never positions; a name that is not
+valid UTF-8 gets an escaped id, see ``safe_id``), ``len()``,
 ``.load(id) -> Sample`` (raises ``ImageLoadError``) and ``.iter()`` yielding ``Sample`` or, for a file that
 cannot be used, a ``Failure(id, reason)`` record, and then continuing.
 
@@ -66,6 +67,7 @@ __all__ = [
     "open_dataset",
     "parse_lfw_pairs",
     "parse_utkface_name",
+    "safe_id",
 ]
 
 
@@ -149,19 +151,49 @@ def _select(ids: list[str], limit: int | None, subset: str) -> list[str]:
         raise ValueError("limit must be >= 0")
     if subset == "first":
         return ids[:limit]
-    ranked = sorted(ids, key=lambda i: hashlib.sha256(i.encode("utf-8")).hexdigest())
+    # surrogateescape: the same digest for every valid id, and no crash on an id that is not valid Unicode
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(i.encode("utf-8", "surrogateescape")).hexdigest())
     return sorted(ranked[:limit])
 
 
+def safe_id(name: str) -> str:
+    """``name`` as a valid Unicode string (an id must be hashable as UTF-8 and writable to parquet and JSON).
+    On POSIX a file name that is not valid UTF-8 reaches Python with surrogate escapes (byte 0xXX as U+DCXX),
+    which no UTF-8 writer accepts: each such byte becomes ``%XX`` (``b"Jos\\xe9.jpg"`` -> ``"Jos%E9.jpg"``), any
+    other lone surrogate ``%uXXXX``. Valid names are returned unchanged."""
+    if not any("\ud800" <= c <= "\udfff" for c in name):
+        return name
+    return "".join(
+        (f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else f"%u{ord(c):04X}")
+        if 0xD800 <= ord(c) <= 0xDFFF
+        else c
+        for c in name
+    )
+
+
 def _image_files(folder: Path, pattern: str = "**/*") -> dict[str, Path]:
-    out = {}
+    out, escaped = {}, []
     for p in folder.glob(pattern):
         rel = p.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):
             continue
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
-            out[rel.as_posix()] = p
+            rel_s = rel.as_posix()
+            sid = safe_id(rel_s)
+            if sid == rel_s:
+                out[sid] = p
+            else:
+                escaped.append((sid, rel_s, p))
+    # names that are not valid UTF-8 get their escaped id; one that collides with a real name takes a suffix
+    for sid, rel_s, p in sorted(escaped):
+        if sid in out:
+            sid += "~" + hashlib.sha256(rel_s.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        out[sid] = p
     return out
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset's folder is missing or lacks its layout (see docs/DATASETS.md)."""
 
 
 def _resolve_root(root: str | Path | None, sub: str, marker: str) -> Path:
@@ -169,7 +201,7 @@ def _resolve_root(root: str | Path | None, sub: str, marker: str) -> Path:
     if root is None:
         root = settings.datasets_root()
         if root is None:
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"dataset {sub!r} needs a root: pass root=... or set G2FACE_DATASETS "
                 f"to the folder holding {sub}/"
             )
@@ -177,7 +209,7 @@ def _resolve_root(root: str | Path | None, sub: str, marker: str) -> Path:
     for cand in (root / sub, root):
         if (cand / marker).exists():
             return cand
-    raise FileNotFoundError(f"dataset {sub!r}: no {marker} under {root / sub} or {root}")
+    raise DatasetNotFoundError(f"dataset {sub!r}: no {marker} under {root / sub} or {root}")
 
 
 DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
@@ -207,7 +239,7 @@ class FolderDataset(Dataset):
             raise ValueError("the folder dataset needs root=<folder of images>")
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise FileNotFoundError(f"folder dataset: {self.root} is not a directory")
+            raise DatasetNotFoundError(f"folder dataset: {self.root} is not a directory")
         self.name = name or f"folder:{self.root.name}"
         self.aligned = aligned
         super().__init__(_image_files(self.root), limit=limit, subset=subset)
@@ -277,7 +309,7 @@ class LFWDataset(Dataset):
         return self._pairs
 
     def id_of(self, path: str | Path) -> str:
-        return Path(path).relative_to(self.images_dir).as_posix()
+        return safe_id(Path(path).relative_to(self.images_dir).as_posix())
 
     def _meta(self, id: str) -> dict[str, Any]:
         return {"identity": id.split("/", 1)[0]}
@@ -308,7 +340,7 @@ CELEBAMASK_CLASSES = (
 )
 # The region an anonymizer must change: skin, nose, glasses (they sit on the eyes: leaving them out would
 # punch holes in the eye region), eyes, brows, mouth, lips. Not: ears (optional), hair, hat, jewellery,
-# neck, cloth, background.
+# neck, cloth, background. The one definition: baselines._region.FACE_PARSING_CLASSES is this tuple.
 FACE_REGION_CLASSES = (1, 2, 3, 4, 5, 6, 7, 10, 11, 12)
 EAR_CLASSES = (8, 9)
 
@@ -404,7 +436,7 @@ class CelebAIdDataset(Dataset):
             n_probe = max(1, len(imgs) // 3) if len(imgs) >= 2 else 0
             for k, p in enumerate(imgs):
                 role = "probe" if k >= len(imgs) - n_probe else "gallery"
-                i = f"{d.name}/{p.name}"
+                i = safe_id(f"{d.name}/{p.name}")
                 self._role[i] = role
                 if split in ("all", role):
                     files[i] = p

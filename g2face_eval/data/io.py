@@ -5,8 +5,10 @@ convention, see ``g2face_eval/imaging.py``), whatever the file holds:
 
 * grayscale (``L``, ``1``, ``I;16``, ``I``, ``F``) is replicated to three channels;
 * 16-bit data (``I;16*`` / ``I`` from 16-bit PNG or TIFF) is scaled to 8 bit as ``round(v * 255 / 65535)``
-  (not truncated, not clipped at 255); 16-bit RGB(A) PNGs are reduced to 8 bit by Pillow itself (high byte);
-  ``F`` (float) images are taken as [0, 1] when their maximum is <= 1, else as [0, 255], and clipped;
+  (not truncated, not clipped at 255); a 32-bit integer ``I`` image is read the same way, so a value outside
+  0..65535 is refused; 16-bit RGB(A) PNGs are reduced to 8 bit by Pillow itself (high byte);
+  ``F`` (float) images are taken as [0, 1] when their maximum is <= 1, else as [0, 255], and clipped; a NaN or
+  infinite pixel is refused (there is no honest value to give it);
 * images with alpha (``RGBA``, ``LA``, ``PA``, palette with a transparency entry) are **composited on white**:
   ``rgb * a + 255 * (1 - a)``. Dropping the alpha instead would expose whatever colour values happen to sit
   under fully transparent pixels (often black or junk), which detectors read as a hard dark border; white
@@ -18,11 +20,21 @@ convention, see ``g2face_eval/imaging.py``), whatever the file holds:
 * the EXIF orientation tag is applied (the array is what a viewer shows, upright).
 
 Refused with ``ImageLoadError(reason)`` (``str(err)`` names the file and the reason): missing file, zero-byte
-file, not an image (unidentified format, e.g. a text file named ``.jpg``), corrupt or truncated data (no
-partial images are returned: truncated JPEG/PNG data is an error, never grey-filled), too small (a side
-< ``MIN_SIDE`` = 16 px) and too large (> ``MAX_PIXELS`` = 50 megapixels). Size limits are checked from the
+file, not an image (unidentified format, e.g. a text file named ``.jpg``), truncated data (no partial images
+are returned: truncated JPEG/PNG data is an error, never grey-filled), corrupt data as far as the decoder
+notices it (JPEG: see below), NaN/infinite float pixels, 32-bit integer pixels outside 0..65535, too small
+(a side < ``MIN_SIDE`` = 16 px) and too large (> ``MAX_PIXELS`` = 50 megapixels). Size limits are checked from the
 file header **before** any pixel is decoded, so a 10000 x 10000 image costs a header read, not 300 MB;
 Pillow's own decompression-bomb guard is turned into an ``ImageLoadError`` as well.
+
+Corrupt JPEG entropy data with the end marker intact is *not* an error to Pillow: libjpeg resynchronises,
+warns ("Corrupt JPEG data: ...") and Pillow returns the garbage pixels silently. So every JPEG that Pillow
+decoded is decoded once more by libjpeg-turbo through ``simplejpeg`` in strict mode (``_check_jpeg``), and a
+corrupt-data warning (``JPEG_CORRUPT_WARNINGS``) refuses the file as ``corrupt image data (JPEG: ...)``; the
+pixels returned are still Pillow's. Truncated JPEGs are refused by Pillow first, as ``truncated image data``.
+Limit: libjpeg notices junk only when it leaves the Huffman decoder out of step with the rest of the scan
+(200-byte junk overwrites: 25 to 36 in 40 refused, see docs/RELIABILITY.md); JPEG has no checksum, so the
+rest decodes to garbage undetected.
 """
 
 from __future__ import annotations
@@ -38,6 +50,11 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 MIN_SIDE = 16
 MAX_PIXELS = 50_000_000
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm")
+# libjpeg's warnings that mean the entropy-coded (pixel) data is damaged: the decoder skipped or invented
+# data to go on (JWRN_HIT_MARKER, JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_EXTRANEOUS_DATA,
+# JWRN_MUST_RESYNC, JWRN_JPEG_EOF, JWRN_BOGUS_PROGRESSION). Other warnings (e.g. an unknown JFIF revision) and
+# "bad ICC marker" (metadata, not pixels) do not refuse a file.
+JPEG_CORRUPT_WARNINGS = ("Corrupt JPEG data", "Premature end of JPEG file", "Inconsistent progression sequence")
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -117,7 +134,29 @@ def _decode(img: Image.Image, p: Path) -> Image.Image:
         msg = str(e)
         kind = "truncated" if "truncat" in msg.lower() else "corrupt"
         raise ImageLoadError(f"{kind} image data ({img.format or 'unknown format'}: {msg})", p) from None
+    if img.format in ("JPEG", "MPO"):
+        _check_jpeg(p)
     return img
+
+
+def _check_jpeg(p: Path) -> None:
+    """Refuse a JPEG whose entropy-coded data libjpeg-turbo reports as corrupt (see the module docstring).
+    Every JPEG of the shared datasets (16,701 files: LFW, CelebA-HQ 256, CelebA, UTKFace) passes."""
+    import simplejpeg  # a declared dependency (pyproject.toml); imported here to keep ``import io`` light
+
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ImageLoadError(f"cannot read file ({e.strerror or e})", p) from None
+    try:
+        space = simplejpeg.decode_jpeg_header(data, strict=False)[2]
+        simplejpeg.decode_jpeg(
+            data, colorspace={"CMYK": "CMYK", "YCCK": "CMYK", "Gray": "GRAY"}.get(space, "RGB"), strict=True
+        )
+    except Exception as e:  # noqa: BLE001 - only the corrupt-data warnings refuse; Pillow decoded the file
+        msg = str(e)
+        if msg.startswith(JPEG_CORRUPT_WARNINGS) and "bad ICC marker" not in msg:
+            raise ImageLoadError(f"corrupt image data (JPEG: {msg})", p) from None
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -130,7 +169,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         img.close()
 
 
-def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
+def _to_rgb_uint8(img: Image.Image, p: Path | None = None) -> np.ndarray:
     mode = img.mode
     if mode == "RGB":
         return np.asarray(img, dtype=np.uint8)
@@ -148,11 +187,17 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
     if mode.startswith("I;16") or mode == "I":
         a = np.asarray(img).astype(np.float64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ImageLoadError(
+                f"integer pixel values {a.min():.0f}..{a.max():.0f} outside 0..65535 (mode {mode}; read as 16 bit)",
+                p,
+            )
         a = np.clip(np.rint(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
     if mode == "F":
         a = np.asarray(img, dtype=np.float64)
-        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        if not np.isfinite(a).all():
+            raise ImageLoadError(f"float image with {int((~np.isfinite(a)).sum())} NaN or infinite pixel(s)", p)
         if a.size and a.max() <= 1.0:
             a = a * 255.0
         a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
@@ -180,7 +225,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
         except Exception as e:  # malformed EXIF must not lose an otherwise good image
             warnings.warn(f"{p}: ignoring unreadable EXIF orientation ({e})", stacklevel=2)
-        arr = _to_rgb_uint8(img)
+        arr = _to_rgb_uint8(img, p)
     finally:
         img.close()
     return np.ascontiguousarray(arr)

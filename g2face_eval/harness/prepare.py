@@ -2,10 +2,12 @@
 held in memory as a whole.
 
 For each chunk, once per run: load -> prepare to ``image_size`` (aligned datasets: centre square crop +
-resize; unaligned: FFHQ crop from the YuNet landmarks of the raw image) -> detect the face on the prepared
-original. Images that fail to load or have no face become failure records. The chunk's *reference data* --
-the prepared faces (boxes, landmarks, metadata), the original embeddings per recognizer, the originals' face
-meshes and realism features -- is persisted in the run's ``prepared/`` store (atomic writes), so a resumed run
+resize; unaligned: FFHQ crop from the YuNet landmarks of the subject's face on the raw image, detected at most
+``DETECT_MAX_SIDE`` px, the subject chosen by ``oracles.validation.pick_subject_face``) -> detect the face on the
+prepared original (the one the crop was made for, ``subject_on_prepared``). Images that fail to load or have
+no face become failure records. The chunk's *reference data* -- the prepared faces (boxes, landmarks,
+metadata), the original embeddings per recognizer, the originals' face meshes and realism features -- is
+persisted in the run's ``prepared/`` store (atomic writes), so a resumed run
 (or rank 0 after a distributed run) knows every chunk without touching the images again. Images are reloaded
 on demand with the stored landmarks (no second detection), only for chunks that still have work.
 
@@ -33,6 +35,23 @@ GENDERS = {0: "male", 1: "female"}
 RACES = {0: "White", 1: "Black", 2: "Asian", 3: "Indian", 4: "Others"}
 META_COLUMNS = ("identity", "age", "gender", "race", "age_band", "role")
 REPEAT_SEP = "#r"  # ids of repeated images (dataset option ``repeat``, for scale benchmarks): "<id>#r<k>"
+# YuNet (the int8 2023mar model) loses faces wider than about 500 px: grace_hopper resized to 1024 px (face ~520
+# px wide) scores 0.61 with a shifted box, to 1536-2048 px it returns boxes around one eye (scored as ok, cropped
+# as the face). Raw images of unaligned datasets are therefore detected on a copy whose longer side is at most
+# this (INTER_AREA), the boxes and landmarks scaled back. Faces up to ~80% of that side (~510 px) keep their box
+# (a tight grace_hopper crop: face at 80% of 640 px -> right box, at 95% -> shifted). The cost: YuNet finds no
+# face whose box is under ~14 px, so a face under ~2% of the longer side of a large photo is not found. LFW
+# (250 px), CelebA (178x218) and UTKFace (200 px) are within the cap: detected as they are.
+DETECT_MAX_SIDE = 640
+# The face re-detected on the prepared crop is the subject's when its landmarks lie, on average, within this
+# fraction of the crop's side of where the crop put the subject's landmarks. The FFHQ crop brings every face to
+# one scale, so the side is the natural unit (inter-ocular distance is not: it shrinks on profile faces).
+# Measured (nearest face): median 0.02, max 0.10 on LFW (7,701) and CelebA (3,000); on UTKFace (2,000) up to
+# 0.20 where YuNet's landmarks on the crop are poor (infants, reflect-padded mosaics): still the subject's face.
+# Other detections on multi-face crops (LFW 2,500 images, UTKFace 2,000): median 0.46-0.57, two under 0.25
+# (the nearest one is taken whenever the subject is found, so this bound only refuses a crop whose sole
+# detections are elsewhere: "the subject's face is not detected in the prepared image").
+SUBJECT_MAX_LANDMARK_ERR = 0.25
 
 # Options the harness passes to a dataset unless the config says otherwise.
 # celebahq256's train split (its first 3,500 faces) trained the shipped learned checkpoints (g2face, fit,
@@ -128,6 +147,57 @@ def identity_of(sid: str) -> str:
     return sid.replace("\\", "/").split("/")[0]
 
 
+def detect_raw(det, image: np.ndarray, max_side: int = DETECT_MAX_SIDE) -> list:
+    """``det.detect`` on ``image`` downscaled (INTER_AREA) so that its longer side is at most ``max_side``, boxes
+    and landmarks in ``image``'s pixel coordinates (see ``DETECT_MAX_SIDE``); an image within the cap is
+    detected as it is."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return det.detect(image)
+    import cv2
+
+    from g2face_eval.oracles.detectors import Face
+
+    r = max_side / max(h, w)
+    sw, sh = max(1, round(w * r)), max(1, round(h * r))
+    faces = det.detect(cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA))
+    sx, sy = w / sw, h / sh
+    return [
+        Face(
+            box=(np.asarray(f.box, np.float64) * [sx, sy, sx, sy]).astype(np.float32),
+            landmarks5=(np.asarray(f.landmarks5, np.float64) * [sx, sy]).astype(np.float32),
+            score=f.score,
+        )
+        for f in faces
+    ]
+
+
+def crop_landmarks(src_landmarks: np.ndarray, size: int) -> np.ndarray:
+    """Where ``ffhq_crop(image, src_landmarks, size)`` puts the 5 landmarks it was made from."""
+    import cv2
+
+    from g2face_eval.oracles.alignment import ffhq_quad
+
+    quad = ffhq_quad(src_landmarks)
+    dst = np.array([[0, 0], [0, size], [size, size]], dtype=np.float32)
+    m = cv2.getAffineTransform(quad[:3].astype(np.float32), dst).astype(np.float64)
+    return np.asarray(src_landmarks, np.float64) @ m[:, :2].T + m[:, 2]
+
+
+def subject_on_prepared(faces: list, shape, expected: np.ndarray | None = None):
+    """The subject among the ``faces`` detected on a prepared image: with ``expected`` (the crop's own
+    landmarks, ``crop_landmarks``), the face whose landmarks are nearest to them, or None when even that one is
+    off by more than ``SUBJECT_MAX_LANDMARK_ERR`` x the image side on average; without (aligned datasets:
+    centre crops), the same rule as on raw images (``pick_subject_face``: score, weighted towards the centre)."""
+    from g2face_eval.oracles.validation import pick_subject_face
+
+    if not faces or expected is None:
+        return pick_subject_face(faces, shape)
+    err = [float(np.linalg.norm(np.asarray(f.landmarks5, np.float64) - expected, axis=1).mean()) for f in faces]
+    k = int(np.argmin(err))
+    return faces[k] if err[k] <= SUBJECT_MAX_LANDMARK_ERR * max(shape[:2]) else None
+
+
 class Preparer:
     """Raw sample -> prepared item (with detection), and the same image again later without detection."""
 
@@ -156,17 +226,26 @@ class Preparer:
         return np.ascontiguousarray(img), fm
 
     def prepare(self, sample, aligned: bool) -> Item | str:
-        src = None
+        """Unaligned: the subject (``pick_subject_face``) among the faces of the raw image, detected at most
+        ``DETECT_MAX_SIDE`` px, is FFHQ-cropped; then the face detected on the prepared image that is the one
+        the crop was made for (``subject_on_prepared``) is the item's face."""
+        from g2face_eval.oracles.validation import pick_subject_face
+
+        src = expected = None
         if not aligned:
-            faces = self.det.detect(sample.image)
-            if not faces:
+            face = pick_subject_face(detect_raw(self.det, sample.image), sample.image.shape)
+            if face is None:
                 return "no face detected"
-            src = np.asarray(faces[0].landmarks5, np.float64)
+            src = np.asarray(face.landmarks5, np.float64)
+            expected = crop_landmarks(src, self.size)
         img, fm = self._image(sample, aligned, src)
         faces = self.det.detect(img)
         if not faces:
             return "no face detected in the prepared image"
-        return Item(sample.id, faces[0], norm_meta(dict(sample.meta or {})), src, img, fm)
+        face = subject_on_prepared(faces, img.shape, expected)
+        if face is None:
+            return "the subject's face is not detected in the prepared image (only other faces)"
+        return Item(sample.id, face, norm_meta(dict(sample.meta or {})), src, img, fm)
 
     def reload(self, sample, aligned: bool, item: Item) -> None:
         item.image, item.mask = self._image(sample, aligned, item.src_landmarks)
@@ -187,7 +266,9 @@ class DatasetSource:
             log.warning("celebahq256 split %r includes the train split the shipped learned checkpoints (g2face, "
                         "fit, inpaint, riddle) were trained on: their quality numbers on it are not held-out",
                         opts.get("split", "all"))
-        limit = opts.pop("limit", None) or cfg.get("limit")
+        # the stricter of the dataset's own limit and the run's (--limit): a per-dataset limit never widens a run
+        limits = [int(v) for v in (opts.pop("limit", None), cfg.get("limit")) if v]
+        limit = min(limits) if limits else None
         self.repeat = int(opts.pop("repeat", 1) or 1)
         if self.repeat < 1:
             raise ValueError(f"dataset_options.{name}.repeat must be >= 1, got {self.repeat}")
@@ -210,8 +291,21 @@ class DatasetSource:
         self.ids = ids
         self.aligned = bool(getattr(self.ds, "aligned", True))
 
+    def base_id(self, sid: str) -> str:
+        """The dataset's own id of ``sid``: with ``repeat``, only the ``#r<k>`` suffix the repeat added is
+        removed (a dataset's own id may contain "#r" itself: ``a#r1.jpg``, repeated as ``a#r1.jpg#r1``)."""
+        if self.repeat > 1:
+            head, sep, k = sid.rpartition(REPEAT_SEP)
+            if sep and k.isascii() and k.isdigit() and 1 <= int(k) < self.repeat:
+                try:
+                    self.ds.path(head)
+                    return head
+                except KeyError:
+                    pass
+        return sid
+
     def load(self, sid: str):
-        base = sid.split(REPEAT_SEP)[0] if self.repeat > 1 else sid
+        base = self.base_id(sid)
         s = self.ds.load(base)
         if base != sid:
             s.id = sid
@@ -378,7 +472,7 @@ def reference_arrays(oracles, dataset: str, items: list[Item]) -> dict[str, np.n
     if oracles.mesh is not None:
         lm = np.full((len(items), 468, 3), np.nan, np.float32)
         for j, it in enumerate(items):
-            m = oracles.mesh_of(it.image)
+            m = oracles.mesh_of(it.image, subject=it.face)
             if m is not None:
                 lm[j] = m.landmarks
         out["mesh_landmarks"] = lm

@@ -50,9 +50,12 @@ def safe_name(s: str) -> str:
 
 
 def digest(*parts: bytes | str) -> str:
+    """sha256 hex of the parts, each followed by a NUL. A str is hashed as UTF-8; ``surrogateescape`` keeps a
+    str that is not valid Unicode (a POSIX file name with surrogate escapes) from crashing a run and leaves the
+    digest of every valid str unchanged."""
     h = hashlib.sha256()
     for p in parts:
-        h.update(p if isinstance(p, bytes) else p.encode())
+        h.update(p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape"))
         h.update(b"\x00")
     return h.hexdigest()
 

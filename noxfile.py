@@ -75,10 +75,20 @@ def bench(session: nox.Session) -> None:
     session.run(py, "-m", "pytest", "-q", "-m", "bench", "--benchmark-only", "tests", external=True)
 
 
+def _datasets_root() -> Path | None:
+    """The shared datasets, found as the tests find them: $G2FACE_DATASETS, else ../shared/datasets."""
+    env = os.environ.get("G2FACE_DATASETS")
+    cand = Path(env) if env else ROOT.parent / "shared" / "datasets"
+    return cand if cand.is_dir() else None
+
+
 @nox.session
 def validate(session: nox.Session) -> None:
-    """Validate the face oracles against published numbers (full LFW View 2)."""
-    _g2face(session, "validate")
+    """Validate the face oracles against published numbers (full LFW View 2) on the shared datasets
+    (``--datasets-root`` from $G2FACE_DATASETS or ../shared/datasets unless given after ``--``)."""
+    root = _datasets_root()
+    given = any(a == "--datasets-root" or a.startswith("--datasets-root=") for a in session.posargs)
+    _g2face(session, "validate", *(["--datasets-root", str(root)] if root is not None and not given else []))
 
 
 @nox.session

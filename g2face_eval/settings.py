@@ -1,9 +1,11 @@
 """The one defaults table, shared by the Python API and the CLI (every CLI flag's default comes from here).
 
-Environment variables override the defaults:
+An evaluation's relative folders (``results``, ``reports/out``) are relative to the working directory, not to
+the package (an installed package has no repository to write into). Environment variables override the defaults:
   G2FACE_WEIGHTS_DIR   folder with user-supplied weight files (ArcFace, FID Inception, LPIPS backbones, ...)
   G2FACE_DATASETS      root holding lfw/, celebahq256/, celeba_id/, utkface/ (CI: ../shared/datasets)
   G2FACE_RESULTS_DIR   where evaluations write results and the MLflow sqlite store
+  G2FACE_REPORTS_DIR   where evaluations write their reports (figures, tables, report.html)
   G2FACE_CACHE_DIR     caches (reference statistics, embeddings, anonymized outputs)
 """
 
@@ -43,6 +45,10 @@ def cache_dir() -> Path:
 
 def results_dir() -> Path:
     return _path("G2FACE_RESULTS_DIR", DEFAULTS["results_dir"])
+
+
+def reports_dir() -> Path:
+    return _path("G2FACE_REPORTS_DIR", DEFAULTS["reports_dir"])
 
 
 def datasets_root() -> Path | None:

@@ -4,8 +4,8 @@
 
 Loads the first N (default 32) celebahq256 test faces, blurs them (sigma 4) as a stand-in anonymized output,
 and prints ms per image (best of 3 passes after a warm-up) for: alignment + embedding per recognizer, each
-default detector (``detect``, and ``any_face``: the detection-rate decision, the harness's call for a detector
-whose faces it does not keep), the face mesh, each Fréchet feature extractor, PSNR and SSIM -- the work the
+default detector (``detect``, and ``finds``: the detection-rate decision at the subject's face, the harness's
+call), the face mesh of the subject, each Fréchet feature extractor, PSNR and SSIM -- the work the
 harness does per output image (with the CLI's malloc settings, ``allocator.tune_malloc``).
 """
 
@@ -49,8 +49,8 @@ def main() -> int:
         tm(f"embed_{r}", lambda rec=rec: rec.embed(anon, faces))
     for d, det in O.detectors.items():
         tm(f"detect_{d}", lambda det=det: [det.detect(x) for x in anon])
-        tm(f"any_face_{d}", lambda det=det: [det.any_face(x) for x in anon])
-    tm("mesh", lambda: [O.mesh_of(x) for x in anon])  # with its own YuNet detection (the harness reuses detect_yunet's)
+        tm(f"finds_{d}", lambda det=det: [det.finds(x, f.box) for x, f in zip(anon, faces, strict=True)])
+    tm("mesh", lambda: [O.mesh_of(x, subject=f) for x, f in zip(anon, faces, strict=True)])
     for n, ext in O.extractors.items():
         tm(f"features_{n}", lambda ext=ext: _features(ext, anon))
     tm("psnr", lambda: _psnr(anon, imgs))

@@ -270,9 +270,10 @@ def test_repeat_option_gives_distinct_ids_loading_the_same_pixels():
     assert src.load(rep).id == rep
 
 
-def test_batch_metrics_detects_each_output_once(datasets_root):
-    """Per output image the detection rate and the face mesh share one YuNet detection (the mesh crops around
-    the first face the detection rate already found) and the mesh metrics are those of the mesh run alone."""
+def test_batch_metrics_measure_the_subjects_face(datasets_root):
+    """Detection and the face mesh are taken at the subject's place: with the subject's face blacked out, a second
+    face elsewhere in the output is not counted as detected and gets no pose error (it did count before); with the
+    subject kept (blurred), every detector finds it and the pose error is that of the subject's own mesh."""
     from types import SimpleNamespace
 
     import cv2
@@ -282,27 +283,36 @@ def test_batch_metrics_detects_each_output_once(datasets_root):
     from g2face_eval.oracles.geometry import get_face_mesh
 
     files = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[:3]
-    orig = [np.ascontiguousarray(cv2.imread(str(f))[:, :, ::-1]) for f in files]
-    anon = [cv2.GaussianBlur(im, (0, 0), 2) for im in orig]
-    yunet, mesh = Dt.get_detector("yunet"), get_face_mesh()
-    calls = []
-
-    class Counting:
-        def detect(self, image):
-            calls.append(image)
-            return yunet.detect(image)
-
-    oracles = SimpleNamespace(recognizers={}, detectors={"yunet": Counting()}, mesh=mesh, lpips=None)
-    oracles.mesh_of = lambda img, faces=None: E.Oracles.mesh_of(oracles, img, faces)
-    items = [SimpleNamespace(id=f"f{i}", meta={}, image=im, face=yunet.detect(im)[0]) for i, im in enumerate(orig)]
-    ctx = E.BatchContext("celebahq256", {}, [mesh.analyze(im) for im in orig])
-    df = E.batch_metrics(items, anon, ctx, oracles, reversible=False)
-    assert len(calls) == len(anon)  # one detection per output, not one more inside the mesh
-    assert df["detection_rate_yunet"].tolist() == [1.0, 1.0, 1.0]
-    alone = [mesh.analyze(a) for a in anon]  # each output's mesh with the mesh's own detection
-    want = [float(A.pose_error(np.array([[a.yaw, a.pitch, a.roll]]), np.array([[o.yaw, o.pitch, o.roll]]))[0])
-            for a, o in zip(alone, ctx.mesh, strict=True)]
-    np.testing.assert_allclose(df["pose_error_deg"].to_numpy(), want, rtol=0, atol=1e-9)
+    rd = [np.ascontiguousarray(cv2.imread(str(f))[:, :, ::-1]) for f in files]
+    orig = []
+    for i in range(2):  # the subject (256 px) with a bystander (160 px) beside it
+        scene = np.full((256, 448, 3), 110, np.uint8)
+        scene[:, :256] = rd[i]
+        scene[48:208, 280:440] = cv2.resize(rd[2], (160, 160), interpolation=cv2.INTER_AREA)
+        orig.append(scene)
+    dets = {n: Dt.get_detector(n) for n in ("yunet", "mtcnn", "dlib_hog")}
+    mesh = get_face_mesh()
+    subject = [min(dets["yunet"].detect(im), key=lambda f: f.box[0]) for im in orig]  # the face on the left
+    assert all(f.box[0] + f.box[2] < 270 for f in subject)
+    blurred = cv2.GaussianBlur(orig[0], (0, 0), 2)
+    masked = orig[1].copy()
+    x, y, w, h = (int(round(v)) for v in subject[1].box)
+    masked[max(0, y - h // 5):y + h + h // 5, max(0, x - w // 5):x + w + w // 5] = 0
+    assert all(det.detect(masked) for det in dets.values())  # the bystander is still found by every detector
+    assert mesh.analyze(masked) is not None  # and meshed, when the mesh is not told whose face to take
+    oracles = SimpleNamespace(recognizers={}, detectors=dets, mesh=mesh, lpips=None)
+    oracles.mesh_of = lambda img, subject=None: E.Oracles.mesh_of(oracles, img, subject)
+    items = [SimpleNamespace(id=f"f{i}", meta={}, image=im, face=f)
+             for i, (im, f) in enumerate(zip(orig, subject, strict=True))]
+    ctx = E.BatchContext("celebahq256", {}, [mesh.analyze(im, subject=f) for im, f in zip(orig, subject, strict=True)])
+    df = E.batch_metrics(items, [blurred, masked], ctx, oracles, reversible=False)
+    for d in dets:
+        assert df[f"detection_rate_{d}"].tolist() == [1.0, 0.0], d
+    assert df["mesh_detected_rate"].tolist() == [1.0, 0.0]
+    assert np.isnan(df["pose_error_deg"][1]) and np.isnan(df["mesh_shape_distance"][1])
+    a, o = mesh.analyze(blurred, subject=subject[0]), ctx.mesh[0]
+    want = A.pose_error(np.array([[a.yaw, a.pitch, a.roll]]), np.array([[o.yaw, o.pitch, o.roll]]))[0]
+    assert df["pose_error_deg"][0] == pytest.approx(want, abs=1e-9) and want < 10
 
 
 def _runner(tmp_path, name: str):

@@ -20,8 +20,8 @@ def test_geodesic():
     )
 
 
-def test_expression_distance():
-    np.testing.assert_allclose(A.expression_distance([[0, 0], [1, 1]], [[3, 4], [1, 1]]), [5.0, 0.0])
+def test_mesh_shape_distance():
+    np.testing.assert_allclose(A.mesh_shape_distance([[0, 0], [1, 1]], [[3, 4], [1, 1]]), [5.0, 0.0])
 
 
 def test_landmark_nme_hand_value():

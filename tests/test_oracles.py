@@ -80,49 +80,35 @@ def _degraded(img: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(x) for x in out]
 
 
-class _RunSpy:
-    """Records the image shapes dlib's detector is run on."""
-
-    def __init__(self, det):
-        self.det, self.shapes = det, []
-
-    def run(self, img, upsample, adjust):
-        self.shapes.append((img.shape[:2], upsample))
-        return self.det.run(img, upsample, adjust)
+def test_box_iou():
+    assert detectors.box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert detectors.box_iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
+    assert detectors.box_iou((0, 0, 10, 10), (20, 20, 5, 5)) == 0.0
+    assert detectors.box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
 
 
-def test_dlib_any_face_is_detects_decision(datasets_root, faces):
-    """DlibHOGDetector.any_face (coarse pyramid tail first) gives exactly detect()'s decision, with and without
-    the hint, on real faces and degraded copies (both decisions occur), at the harness's 256 px and at other
-    sizes; and a face found on the tail costs one small scan."""
-    import dlib
-
-    files = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[:6]
-    imgs = [x for f in files for x in _degraded(_read(f))]
-    big = np.full((480, 640, 3), 90, np.uint8)
-    big[100:356, 200:456] = _read(files[0])
-    imgs += [faces["lfw"], faces["celeba"], big, _read(files[1])[:200, 20:240], np.full((64, 64, 3), 7, np.uint8)]
-    det = detectors.DlibHOGDetector()
-    ref = [bool(det.detect(x)) for x in imgs]
-    assert 0.25 < np.mean(ref) < 0.9, ref  # both decisions are exercised
-    assert [det.any_face(x) for x in imgs] == ref
-    assert [det.any_face(x, likely=False) for x in imgs] == ref
-    ups, downs = det._plan(256, 256)
-    assert ups == [(513, 514)] and downs[-1] == (170, 170) and len(downs) == 6  # dlib's own pyramid sizes
-    # the rebuilt tail is dlib's own pyramid: its detections carry scores (float64) that the full scan reports too
-    raw, tails = det._det, 0
-    for x in imgs[:42]:
-        level = x
-        for h, w in ups + downs:
-            level = dlib.resize_image(level, h, w)
-        tail_scores = raw.run(level, 0, 0.0)[1]
-        if len(tail_scores):
-            tails += 1
-            assert max(tail_scores) in set(raw.run(x, 1, 0.0)[1])
-    assert tails >= 10
-    spy = det._det = _RunSpy(raw)
-    assert det.any_face(imgs[0])  # a 256 px face is found on the tail: one scan of a 170 px level
-    assert spy.shapes == [((170, 170), 0)]
+@pytest.mark.parametrize("name", DETECTORS)
+def test_finds_only_the_subjects_face(datasets_root, faces, name):
+    """``finds`` is detect() restricted to the subject's place: a bystander's face elsewhere does not count;
+    the subject's own face does, on real faces and degraded copies, whatever box convention the detector has."""
+    files = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[:4]
+    det = detectors.get_detector(name)
+    yunet = detectors.get_detector("yunet")
+    scene = np.full((300, 560, 3), 100, np.uint8)
+    scene[22:278, 8:264] = _read(files[0])
+    scene[60:260, 330:530] = cv2.resize(_read(files[1]), (200, 200), interpolation=cv2.INTER_AREA)
+    subj, other = sorted(yunet.detect(scene)[:2], key=lambda f: f.box[0])
+    assert det.finds(scene, subj.box) and det.finds(scene, other.box)
+    x, y, w, h = (int(v) for v in subj.box)
+    masked = scene.copy()
+    masked[max(0, y - 20):y + h + 20, max(0, x - 20):x + w + 20] = 0
+    assert det.detect(masked) and not det.finds(masked, subj.box) and det.finds(masked, other.box)
+    for f in files[2:]:
+        img = _read(f)
+        box = yunet.detect(img)[0].box
+        for x in _degraded(img):
+            want = any(detectors.box_iou(d.box, box) >= detectors.SUBJECT_MIN_IOU for d in det.detect(x))
+            assert det.finds(x, box) == want
 
 
 def test_detectors_agree_on_landmarks(faces):
@@ -280,7 +266,7 @@ def test_mesh_landmarks_and_flip(faces, mesh):
     nose = detectors.get_detector("yunet").detect(img)[0].landmarks5[2]
     assert np.linalg.norm(r.landmarks[1, :2] - nose) < 12  # MediaPipe 1 = nose tip
     assert abs(r.yaw) > 8 and abs(r.pitch) < 30 and abs(r.roll) < 20
-    assert r.expression.shape == (468 * 3,) and np.isfinite(r.expression).all()
+    assert r.shape_offsets.shape == (468 * 3,) and np.isfinite(r.shape_offsets).all()
     f = mesh.analyze(np.ascontiguousarray(img[:, ::-1]))
     assert f is not None
     assert np.sign(f.yaw) == -np.sign(r.yaw) and abs(f.yaw + r.yaw) < 6
@@ -288,8 +274,8 @@ def test_mesh_landmarks_and_flip(faces, mesh):
 
 
 def test_mesh_reuses_given_detections(faces, mesh):
-    """The harness hands the mesh the YuNet detections it already made for the detection rate: the same mesh as
-    when the mesh detects by itself; an empty list means its detector found nothing (whole-image fallback)."""
+    """Given the detections of its own detector the mesh is the one it finds by itself; an empty list means its
+    detector found nothing (whole-image fallback)."""
     assert mesh.detector_name == "yunet"
     img = faces["lfw"]
     found = detectors.get_detector("yunet").detect(img)
@@ -299,6 +285,24 @@ def test_mesh_reuses_given_detections(faces, mesh):
     assert (given.yaw, given.pitch, given.roll) == (own.yaw, own.pitch, own.roll)
     whole = mesh.analyze(img, [])  # no detection: the mesh runs on the whole image
     assert whole is not None and not np.array_equal(whole.landmarks, own.landmarks)
+
+
+def test_mesh_of_the_subject_only(datasets_root, mesh):
+    """Told whose face to take, the mesh takes that face or none: no whole-image fallback onto another face."""
+    files = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[:2]
+    scene = np.full((300, 560, 3), 100, np.uint8)
+    scene[22:278, 8:264] = _read(files[0])
+    scene[60:260, 330:530] = cv2.resize(_read(files[1]), (200, 200), interpolation=cv2.INTER_AREA)
+    subj, other = sorted(detectors.get_detector("yunet").detect(scene)[:2], key=lambda f: f.box[0])
+    for face in (subj, other):
+        r = mesh.analyze(scene, subject=face)
+        x, y, w, h = face.box
+        assert r is not None and x < r.landmarks[1, 0] < x + w and y < r.landmarks[1, 1] < y + h  # nose inside
+    x, y, w, h = (int(v) for v in subj.box)
+    masked = scene.copy()
+    masked[max(0, y - 20):y + h + 20, max(0, x - 20):x + w + 20] = 0
+    assert mesh.analyze(masked) is not None  # on its own, the mesh finds the other face
+    assert mesh.analyze(masked, subject=subj) is None
 
 
 def test_mesh_on_small_face_in_large_image(faces, mesh):

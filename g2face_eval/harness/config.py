@@ -9,6 +9,17 @@ Config file layout (TOML)::
     batch_size = 16
     [dataset_options.celebahq256]                # keyword arguments of datasets.open_dataset
     split = "test"
+
+``make_config`` refuses what would otherwise be silently ignored or fail later: unknown keys, dataset/method
+names that are not registered, option tables (``dataset_options.X``, ``method_options.X``) for a dataset or
+method the run does not include, unknown recognizer/detector names (a known one whose weights are missing is
+reported as unavailable by the run), a batch size < 1, a negative limit and a device this machine does not
+have (ValueError; the CLI exits with code 2). Method names are checked by ``resolve_methods`` (they need the
+method registry, which imports every model).
+
+What identifies a run's results is its config hash (``config_hash``): every key but ``NON_RESULT_KEYS``, plus
+the resolved folder each dataset reads (``data_locations``), so the same file names under another dataset root
+are another run while the same datasets reached through another path to them (a symlink) are the same run.
 """
 
 from __future__ import annotations
@@ -43,6 +54,9 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "fd_min_images": 2,
 }
 
+# realism feature extractors the harness knows (``evaluate._feature_extractors``)
+FEATURE_EXTRACTORS = ("effnet_lite0", "inception_fid")
+
 SHARED_KEYS = (
     "image_size",
     "batch_size",
@@ -57,7 +71,8 @@ SHARED_KEYS = (
 )
 
 # Keys that do not change any result: excluded from the config hash (so a rerun with another batch size,
-# device or output folder resumes the same run).
+# device or output folder resumes the same run). ``datasets_root`` is listed because its spelling does not
+# matter: the folders it resolves to enter the hash through ``data_locations``.
 NON_RESULT_KEYS = (
     "batch_size",
     "device",
@@ -78,8 +93,7 @@ def defaults() -> dict[str, Any]:
     # environment overrides of folders
     d["results_dir"] = str(settings.results_dir())
     d["cache_dir"] = str(settings.cache_dir())
-    rep = Path(str(d.get("reports_dir") or "reports/out")).expanduser()
-    d["reports_dir"] = str(rep if rep.is_absolute() else settings.REPO_ROOT / rep)
+    d["reports_dir"] = str(settings.reports_dir())  # relative: against the working directory, as results_dir
     root = settings.datasets_root()
     if root is not None and d.get("datasets_root") is None:
         d["datasets_root"] = str(root)
@@ -110,7 +124,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def make_config(overrides: dict[str, Any] | None = None, file: str | Path | None = None) -> dict[str, Any]:
-    """defaults <- file <- overrides (None values in overrides are ignored)."""
+    """defaults <- file <- overrides (None values in overrides are ignored), then validated (``validate``)."""
     cfg = defaults()
     if file is not None:
         cfg.update(load_file(file))
@@ -119,23 +133,141 @@ def make_config(overrides: dict[str, Any] | None = None, file: str | Path | None
             raise ValueError(f"unknown config key {k!r}; known: {sorted(cfg)}")
         if v is not None:
             cfg[k] = v
-    if isinstance(cfg["datasets"], str):
-        cfg["datasets"] = [s for s in cfg["datasets"].split(",") if s]
-    if isinstance(cfg["methods"], str):
-        cfg["methods"] = [s for s in cfg["methods"].split(",") if s]
+    for k in ("datasets", "methods", "recognizers", "detectors", "feature_extractors"):
+        cfg[k] = _name_list(cfg[k])
     if cfg["limit"] in (0, "0"):
         cfg["limit"] = None
+    validate(cfg)
     return cfg
 
 
-def resolve_methods(cfg: dict[str, Any]) -> list[str]:
+def _name_list(v: Any) -> Any:
+    """A comma-separated string -> a list of names (``detectors = "yunet"`` is one detector, not five letters)."""
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def _check_int(cfg: dict[str, Any], key: str, minimum: int, optional: bool = False) -> None:
+    v = cfg[key]
+    if optional and v is None:
+        return
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        v = cfg[key] = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum}{' (or absent)' if optional else ''}, got {v!r}")
+
+
+def _check_names(key: str, names: Any, known: list[str], what: str) -> None:
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{key} must be a list of {what} names, got {names!r}")
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"{key}: unknown {what} name(s) {', '.join(map(repr, bad))}; known: {', '.join(known)}")
+
+
+def check_device(device: Any) -> str:
+    """``device`` as torch understands it and as this machine has it: ``cuda`` needs CUDA, ``cuda:N`` needs
+    N < the number of GPUs (a run on a missing device would otherwise record every image as failed)."""
+    import torch
+
+    try:
+        d = torch.device(str(device))
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise ValueError(f"device {device!r}: this machine has {n} CUDA device(s) (cuda:0 .. cuda:{n - 1})")
+    elif d.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif d.type != "cpu":
+        raise ValueError(f"device {device!r}: unsupported device type {d.type!r} (cpu, cuda, cuda:N, mps)")
+    return str(device)
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Refuse what the run would otherwise ignore or fail on later (see the module docstring); ValueError."""
+    from g2face_eval.data import datasets as D
+    from g2face_eval.oracles import detectors as Dt
+    from g2face_eval.oracles import recognizers as R
+
+    _check_int(cfg, "batch_size", 1)
+    _check_int(cfg, "limit", 0, optional=True)
+    if cfg["limit"] == 0:
+        cfg["limit"] = None
+    _check_int(cfg, "gallery_per_identity", 1)
+    if not cfg["datasets"]:
+        raise ValueError("datasets: no dataset named")
+    _check_names("datasets", cfg["datasets"], D.DATASETS.names(), "dataset")
+    if cfg["methods"] is not None and (
+        not isinstance(cfg["methods"], list) or not all(isinstance(m, str) for m in cfg["methods"])
+    ):
+        raise ValueError(f"methods must be a list of method names, got {cfg['methods']!r}")
+    _check_names("recognizers", cfg["recognizers"], R.RECOGNIZERS.names(), "recognizer")
+    _check_names("detectors", cfg["detectors"], Dt.DETECTORS.names(), "detector")
+    _check_names("feature_extractors", cfg["feature_extractors"], list(FEATURE_EXTRACTORS), "feature extractor")
+    if not isinstance(cfg["face_mesh"], bool):
+        raise ValueError(f"face_mesh must be true or false, got {cfg['face_mesh']!r}")
+    run_names = {"dataset_options": lambda: cfg["datasets"], "method_options": lambda: resolve_methods(cfg, False)}
+    for key, names_of in run_names.items():
+        opts = cfg[key]
+        if not isinstance(opts, dict) or not all(isinstance(v, dict) for v in opts.values()):
+            raise ValueError(f"{key} must be a table of tables ([{key}.<name>]), got {opts!r}")
+        if opts:
+            names = names_of()
+            stray = sorted(set(opts) - set(names))
+            if stray:
+                raise ValueError(f"{key}: {', '.join(map(repr, stray))} not in this run (its {key.split('_')[0]}s: "
+                                 f"{', '.join(names)}); an option table for a name the run does not include would "
+                                 "be ignored")
+    cfg["device"] = check_device(cfg["device"])
+
+
+def resolve_methods(cfg: dict[str, Any], check: bool = True) -> list[str]:
+    """The run's method names (``methods.default_methods()`` when none are named); ``check``: every name must be
+    registered (UnknownNameError listing the known ones)."""
     from g2face_eval import methods
 
-    return list(cfg["methods"]) if cfg["methods"] else methods.default_methods()
+    names = list(cfg["methods"]) if cfg["methods"] else methods.default_methods()
+    if check:
+        for m in names:
+            methods.METHODS.get(m)
+    return names
+
+
+# datasets that ignore ``root``/``datasets_root`` (the embedded faces ship in the package; ``folder=`` moves them)
+ROOTLESS_DATASETS = {"embedded": "folder"}
+
+
+def data_locations(cfg: dict[str, Any]) -> dict[str, str]:
+    """dataset -> the resolved folder it reads (``dataset_options.<name>.root``, else ``datasets_root``; for
+    ``embedded`` only its ``folder`` option), for the datasets of the run that read one. Resolved (absolute,
+    symlinks followed): the same files reached through another path are the same data."""
+    out = {}
+    for name in cfg.get("datasets") or ():
+        opts = (cfg.get("dataset_options") or {}).get(name) or {}
+        if name in ROOTLESS_DATASETS:
+            where = opts.get(ROOTLESS_DATASETS[name])
+        else:
+            where = opts.get("root") or cfg.get("datasets_root")
+        if where:
+            out[name] = str(Path(str(where)).expanduser().resolve())
+    return out
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
     core = {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS}
+    locations = data_locations(cfg)
+    if locations:  # absent for runs on the embedded faces only: their hashes (and run names) are unchanged
+        core["data_locations"] = locations
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -167,9 +299,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--config", help="TOML/JSON/YAML config file (see configs/)")
     ap.add_argument("--methods", help="comma-separated method names (default: all default methods)")
     ap.add_argument("--datasets", help=f"comma-separated dataset names (default: {','.join(d['datasets'])})")
-    ap.add_argument("--limit", type=int, help="images per dataset (default: all)")
+    ap.add_argument("--limit", type=int, help="images per dataset: a fixed sample spread over the dataset (ids ranked "
+                    "by sha256), not the first N (default: all)")
     ap.add_argument("--batch-size", type=int, help=f"default {d['batch_size']}")
-    ap.add_argument("--results-dir", help=f"default {d['results_dir']}")
+    ap.add_argument("--results-dir", help=f"default {d['results_dir']} ($G2FACE_RESULTS_DIR)")
+    ap.add_argument("--reports-dir", help=f"default {d['reports_dir']} ($G2FACE_REPORTS_DIR)")
     ap.add_argument("--datasets-root", help="root of the real datasets (default $G2FACE_DATASETS)")
     ap.add_argument("--seed", type=int, help=f"default {d['seed']}")
     ap.add_argument("--device", help=f"default {d['device']}")
@@ -184,6 +318,7 @@ def from_args(ns: argparse.Namespace) -> dict[str, Any]:
             "limit": ns.limit,
             "batch_size": ns.batch_size,
             "results_dir": ns.results_dir,
+            "reports_dir": getattr(ns, "reports_dir", None),
             "datasets_root": ns.datasets_root,
             "seed": ns.seed,
             "device": ns.device,

@@ -157,13 +157,13 @@ class Oracles:
                     self.cache.put(f"emb_{rec}", keys[i], e[j])
         return np.stack(out).astype(np.float32)
 
-    def mesh_of(self, img: np.ndarray, faces: list | None = None):
-        """The face mesh of an image, or None (no mesh oracle, or no face found). ``faces``: the image's
-        detections by the mesh's own detector (``mesh.detector_name``) when already computed."""
+    def mesh_of(self, img: np.ndarray, subject=None):
+        """The face mesh of the subject's face (``subject``: the detectors.Face found on the original), or None (no
+        mesh oracle, or that face not meshed); without ``subject``, of the first face the mesh's detector finds."""
         if self.mesh is None:
             return None
         try:
-            return self.mesh.analyze(img, faces)
+            return self.mesh.analyze(img, subject=subject)
         except Exception:  # noqa: BLE001 - a mesh failure is a per-image "not found"
             return None
 
@@ -390,40 +390,24 @@ def batch_metrics(
                 cols[f"recovered_id_success_{r}"] = np.where(rec_failed, 0.0, np.asarray(ok, float))
             cols[f"wrongkey_similarity_{r}"] = I.cosine_similarity(ew, eo)
             cols[f"diversity_similarity_{r}"] = I.cosine_similarity(e2, ea)
-    # the mesh crops around its detector's first face, so that detector returns faces; the others only decide
-    # (Detector.any_face: the same decision, cheaper), with the faces found so far as a hint for the cost
-    mesh_det = oracles.mesh.detector_name if oracles.mesh is not None else None
-    found = {d: [det.detect(a) for a in anon] for d, det in oracles.detectors.items() if d == mesh_det}
-    hint = found.get(mesh_det, [True] * n)
+    # detection and mesh are taken at the subject's place (the face found on the original): a bystander or a
+    # background detection elsewhere in the output is not the subject's face
     for d, det in oracles.detectors.items():
-        if d not in found:
-            found[d] = [det.any_face(a, likely=bool(h)) for a, h in zip(anon, hint, strict=True)]
-        cols[f"detection_rate_{d}"] = A.detection_rate(found[d])
+        cols[f"detection_rate_{d}"] = A.detection_rate([det.finds(a, f.box) for a, f in zip(anon, faces, strict=True)])
     if oracles.mesh is not None:
-        pe, ed, nme, ok = [], [], [], []
-        mesh_faces = found.get(mesh_det)
+        pe, sd, nme, ok = [], [], [], []
         for j, a in enumerate(anon):
-            mo, ma = ctx.mesh[j], oracles.mesh_of(a, None if mesh_faces is None else mesh_faces[j])
-            if mo is None or ma is None:
-                pe.append(np.nan), ed.append(np.nan), nme.append(np.nan), ok.append(ma is not None)
+            mo = ctx.mesh[j]
+            ma = oracles.mesh_of(a, subject=faces[j]) if mo is not None else None
+            ok.append(mo is not None and ma is not None)
+            if not ok[-1]:
+                pe.append(np.nan), sd.append(np.nan), nme.append(np.nan)
                 continue
-            ok.append(True)
-            pe.append(
-                float(
-                    A.pose_error(
-                        np.array([[ma.yaw, ma.pitch, ma.roll]]), np.array([[mo.yaw, mo.pitch, mo.roll]])
-                    )[0]
-                )
-            )
-            ed.append(
-                float(
-                    A.expression_distance(np.asarray(ma.expression)[None], np.asarray(mo.expression)[None])[0]
-                )
-            )
-            nme.append(
-                float(A.landmark_nme(np.asarray(ma.landmarks)[None], np.asarray(mo.landmarks)[None])[0])
-            )
-        cols["pose_error_deg"], cols["expression_distance"] = pe, ed
+            pose_a, pose_o = np.array([[ma.yaw, ma.pitch, ma.roll]]), np.array([[mo.yaw, mo.pitch, mo.roll]])
+            pe.append(float(A.pose_error(pose_a, pose_o)[0]))
+            sd.append(float(A.mesh_shape_distance(ma.shape_offsets[None], mo.shape_offsets[None])[0]))
+            nme.append(float(A.landmark_nme(np.asarray(ma.landmarks)[None], np.asarray(mo.landmarks)[None])[0]))
+        cols["pose_error_deg"], cols["mesh_shape_distance"] = pe, sd
         cols["landmark_nme"], cols["mesh_detected_rate"] = nme, ok
     if reversible and rec is not None:
         nan_if_failed = lambda v: np.where(rec_failed, np.nan, np.asarray(v, float))  # noqa: E731
@@ -603,6 +587,7 @@ SUMMARY_METRICS = (
     "ssim",
     "fd_effnet_lite0",
     "pose_error_deg",
+    "mesh_detected_rate",  # how many faces the pose error averages (it covers only the faces meshed twice)
     "detection_rate_yunet",
     "recovery_ok_rate",
     "recovery_psnr",
@@ -726,9 +711,11 @@ def setup(cfg: dict) -> Setup:
     method_names = C.resolve_methods(cfg)
     for m in method_names:
         M.METHODS.get(m)  # fail fast on unknown names
+    # the datasets before anything heavy: a missing folder is reported before any model or oracle loads
+    sources = {d: DatasetSource(d, cfg) for d in cfg["datasets"]}
     cache_root = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
     icache, acache = ImageCache(cache_root / "outputs"), ArrayCache(cache_root / "arrays")
-    # Oracles first: the oracles in force and their recognizer thresholds are part of the configuration (and
+    # Oracles next: the oracles in force and their recognizer thresholds are part of the configuration (and
     # of its hash), so a threshold file or a weight file that changes between an interrupted run and its rerun
     # never mixes records.
     oracles = Oracles(cfg, acache)
@@ -749,7 +736,7 @@ def setup(cfg: dict) -> Setup:
         run_dir=Path(cfg["results_dir"]).expanduser() / name,
         oracles=oracles,
         runners=runners,
-        sources={d: DatasetSource(d, cfg) for d in cfg["datasets"]},
+        sources=sources,
         preparer=Preparer(int(cfg["image_size"])),
         master=f"{cfg['key']}:{cfg['seed']}",
     )
@@ -824,12 +811,15 @@ def evaluate(
     """Run the evaluation described by ``cfg`` (see ``harness.config``). Returns a dict with ``run_dir``,
     ``records`` (DataFrame), ``aggregate`` (DataFrame), ``tracking_uri``, ``parent_run_id``.
 
-    Each invocation (a first run or a resume) is appended to ``<run>/invocations.json``: start and end time,
-    wall time, git hash, world size and how many batches it computed -- so the commit that computed each
-    result survives a later resume (``environment.json`` holds the latest invocation's environment).
+    Each invocation (a first run or a resume) is appended to ``<run>/invocations.json`` when it starts (status
+    "running": git hash and dirty flag, device, config hash, data locations) and completed when it ends (status
+    "finished", end and wall time, world size, how many batches it computed); an invocation that never finished
+    is marked "interrupted" by the next one -- so the code that computed each result survives a crash and a
+    later resume, and a resume by other code is warned about (``environment.json`` holds the latest
+    invocation's environment).
     ``_provenance`` (from ``distributed``): ``started`` (epoch s), ``world_size``, ``batches_computed`` of the
     distributed phase that preceded this call."""
-    from g2face_eval.harness.tracking import Tracker, environment_info, ui_command
+    from g2face_eval.harness.tracking import Tracker, environment_info, git_tags, ui_command
 
     prov = dict(_provenance or {})
     started = float(prov.get("started", time.time()))
@@ -840,8 +830,13 @@ def evaluate(
     atomic_write_json(run_dir / "config.json", cfg)
     store, prep = BatchStore(run_dir), PrepStore(run_dir)
     env = environment_info()
-    _warn_on_mixed_commits(run_dir, env, say=log.warning)
+    _warn_on_mixed_commits(run_dir, env, say=log.warning)  # against the earlier invocations, finished or not
     atomic_write_json(run_dir / "environment.json", env)
+    invocation = _start_invocation(run_dir, started, {
+        "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), "device": str(cfg["device"]),
+        "world_size": int(prov.get("world_size", 1)), "config_hash": S.chash,
+        "data_locations": C.data_locations(cfg),
+    })
     seed = int(cfg["seed"])
     n_boot = int(cfg["bootstrap_samples"])
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -851,7 +846,8 @@ def evaluate(
     results_dir = Path(cfg["results_dir"]).expanduser()
     tracker = Tracker(results_dir, run_dir, name)
     params = C.flatten({k: v for k, v in cfg.items()})
-    with tracker.parent_run(params, tags={"g2face.run": name}) as parent_id:
+    tags = {"g2face.run": name, "g2face.config_hash": S.chash, **git_tags(env)}
+    with tracker.parent_run(params, tags=tags) as parent_id:
         tracker.log_artifact(parent_id, run_dir / "config.json")
         tracker.log_artifact(parent_id, run_dir / "environment.json")
         done = compute(S, prep, store, progress=progress and not quiet, interrupt_after=_interrupt_after)
@@ -910,7 +906,7 @@ def evaluate(
             "world_size": int(prov.get("world_size", 1)),
             "batches_computed": int(prov.get("batches_computed", 0)) + len(done),
             "batches_total": sum(len(ix.chunk_ids) for ix in indexes.values()) * len(S.runners),
-        })
+        }, index=invocation)
         tracker.log_artifact(parent_id, run_dir / "invocations.json")
         try:  # figures + report (logged with the parent run)
             from g2face_eval.reports.build import build_report
@@ -961,14 +957,35 @@ def _warn_on_mixed_commits(run_dir: Path, env: dict, say) -> None:
             ", ".join(f"{h}{' (dirty)' if d else ''}" for h, d in sorted(seen, key=str)))
 
 
-def _record_invocation(run_dir: Path, started: float, wall_s: float, extra: dict) -> None:
+def _iso(t: float) -> str:
     from datetime import datetime, timezone
 
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def _start_invocation(run_dir: Path, started: float, extra: dict) -> int:
+    """Append this invocation to ``invocations.json`` as "running" (before any work, so a crash keeps it);
+    earlier ones still "running" never finished: "interrupted". Returns its index."""
     path = run_dir / "invocations.json"
     history = json.loads(path.read_text()) if path.exists() else []
-    iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
-    history.append({"started": iso(started), "finished": iso(started + wall_s), "wall_s": round(wall_s, 1),
-                    **extra})
+    for h in history:
+        if h.get("status") == "running":
+            h["status"] = "interrupted"
+    history.append({"started": _iso(started), "status": "running", **extra})
+    atomic_write_json(path, history)
+    return len(history) - 1
+
+
+def _record_invocation(run_dir: Path, started: float, wall_s: float, extra: dict, index: int | None = None) -> None:
+    """Complete invocation ``index`` (from ``_start_invocation``; None: append a new one) as "finished"."""
+    path = run_dir / "invocations.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    entry = {"started": _iso(started), "finished": _iso(started + wall_s), "wall_s": round(wall_s, 1),
+             "status": "finished", **extra}
+    if index is not None and index < len(history):
+        history[index] = {**history[index], **entry}
+    else:
+        history.append(entry)
     atomic_write_json(path, history)
 
 
@@ -1207,18 +1224,26 @@ def cli(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     ns = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    from g2face_eval.registry import UnknownNameError
+
+    try:  # an invalid configuration: exit 2 with the message, no traceback (docs/RELIABILITY.md)
         cfg = C.from_args(ns)
-    except (ValueError, OSError) as e:
+        C.resolve_methods(cfg)  # unknown method names, before any oracle or model is loaded
+    except (ValueError, OSError, UnknownNameError) as e:
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2
+    from g2face_eval.data.datasets import DatasetNotFoundError
     from g2face_eval.interrupts import sigterm_exits
 
-    with sigterm_exits():  # SIGTERM: unwind so MLflow runs end as KILLED
-        if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: images sharded across ranks
-            from g2face_eval.harness.distributed import evaluate_distributed
+    try:
+        with sigterm_exits():  # SIGTERM: unwind so MLflow runs end as KILLED
+            if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: images sharded across ranks
+                from g2face_eval.harness.distributed import evaluate_distributed
 
-            evaluate_distributed(cfg, progress=not ns.no_progress)
-        else:
-            evaluate(cfg, progress=not ns.no_progress)
+                evaluate_distributed(cfg, progress=not ns.no_progress)
+            else:
+                evaluate(cfg, progress=not ns.no_progress)
+    except DatasetNotFoundError as e:  # a missing or malformed dataset folder: exit 2, no traceback
+        print(f"g2face-eval evaluate: {e}", file=sys.stderr)
+        return 2
     return 0

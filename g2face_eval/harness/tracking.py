@@ -2,8 +2,11 @@
 
 Default tracking URI: ``sqlite:///<results_dir>/mlflow.db`` (no server); artifacts live in
 ``<results_dir>/mlartifacts``. The parent run id is stored in ``<run dir>/mlflow.json`` so a resumed
-evaluation reuses its parent (and child) runs instead of leaving orphans; every run is ended with a status
-(FINISHED, or FAILED when the evaluation raised).
+evaluation reuses its parent (and child) runs instead of leaving orphans -- when they were logged for the same
+configuration (tag ``g2face.config_hash``; otherwise, e.g. ``--run-name`` reused with another configuration, new
+runs are started, since MLflow params cannot change); every run is ended with a status (FINISHED, or FAILED
+when the evaluation raised). Runs carry MLflow's ``mlflow.source.git.commit`` tag (and ``g2face.git_dirty``) of
+the latest invocation's code when it is known.
 """
 
 from __future__ import annotations
@@ -42,7 +45,16 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
-def environment_info() -> dict:
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# tags describing the code and configuration of the latest invocation: set on parent and child runs, and set again
+# when a resumed evaluation reuses them
+IDENTITY_TAG = "g2face.config_hash"
+_LATEST_TAGS = ("mlflow.source.git.commit", "g2face.git_dirty", IDENTITY_TAG)
+
+
+def environment_info(root: Path | None = None) -> dict:
+    """Python, platform, package versions, torch/CUDA, allocator and git (``git_info(root)``)."""
     pkgs = {}
     for name in (
         "torch",
@@ -75,21 +87,46 @@ def environment_info() -> dict:
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception as e:  # noqa: BLE001
         info["torch_error"] = str(e)
-    try:
-        repo = Path(__file__).resolve().parents[2]
-        info["git_hash"] = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10
-            ).stdout.strip()
-            or None
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10
-        ).stdout
-        info["git_dirty"] = bool(dirty.strip())
-    except Exception:  # noqa: BLE001
-        info["git_hash"] = None
+    info.update(git_info(root))
     return info
+
+
+def git_info(root: Path | None = None) -> dict:
+    """``git_hash`` (HEAD) and ``git_dirty`` (uncommitted changes) of the project's checkout; both None
+    (unknown) when ``root`` (default: the project root) is not the top level of a git checkout: an installed
+    wheel, an unpacked source archive, or this project copied inside another repository (whose HEAD would
+    describe that repository, not this code)."""
+    root = Path(root or PROJECT_ROOT).resolve()
+    unknown = {"git_hash": None, "git_dirty": None}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        # --no-optional-locks: reading the status never rewrites the index (other processes may use the checkout)
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=root, capture_output=True, text=True,
+                              timeout=10)
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
+            return unknown
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0 or not head.stdout.strip():
+            return unknown
+        status = git("status", "--porcelain")
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        return {"git_hash": head.stdout.strip(), "git_dirty": dirty}
+    except Exception:  # noqa: BLE001 - no git, a timeout: unknown, never a failed run
+        return unknown
+
+
+def git_tags(env: dict) -> dict[str, str]:
+    """MLflow tags of the code that ran (``mlflow.source.git.commit``: MLflow's own, searchable; and
+    ``g2face.git_dirty``); none when unknown."""
+    tags = {}
+    if env.get("git_hash"):
+        tags["mlflow.source.git.commit"] = str(env["git_hash"])
+    if env.get("git_dirty") is not None:
+        tags["g2face.git_dirty"] = str(bool(env["git_dirty"])).lower()
+    return tags
 
 
 def _finite(v) -> bool:
@@ -126,6 +163,7 @@ class Tracker:
         self.experiment_id = exp_id
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         self.parent_id: str | None = None
+        self.inherited: dict[str, str] = {}  # tags of the parent that its children carry too (_LATEST_TAGS)
 
     def _save(self) -> None:
         atomic_write_json(self.state_path, self.state)
@@ -154,31 +192,80 @@ class Tracker:
             return None
         return runs[0] if runs else None
 
+    def _same_results(self, run, identity: str | None, params: dict[str, str]) -> bool:
+        """Whether an existing run was logged for the configuration now running (else its params, which MLflow
+        never lets us change, would disagree with ``config.json``): same ``g2face.config_hash`` tag; a run
+        logged before that tag existed is compared on the params that identify results."""
+        if identity is None:
+            return True
+        have = run.data.tags.get(IDENTITY_TAG)
+        if have is not None:
+            return have == identity
+        from g2face_eval.harness.config import NON_RESULT_KEYS
+
+        old = run.data.params
+        return all(
+            old[k[:250]] == str(v)[:6000]
+            for k, v in params.items()
+            if k.split(".")[0] not in NON_RESULT_KEYS and k[:250] in old
+        )
+
+    def _resume(self, run, tags: dict[str, str]) -> None:
+        self.client.update_run(run.info.run_id, status="RUNNING")
+        self.set_tags(run.info.run_id, {k: v for k, v in tags.items() if k in _LATEST_TAGS})
+
     def start_parent(self, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
+        """The evaluation's parent run: the one in ``mlflow.json`` (or an orphan of the same run) when it was
+        logged for the same configuration (``tags["g2face.config_hash"]``), else a new one (and new child runs):
+        reusing ``--run-name`` with another configuration never leaves MLflow params that disagree with it."""
+        tags = dict(tags or {})
+        identity = tags.get(IDENTITY_TAG)
+        self.inherited = {k: v for k, v in tags.items() if k in _LATEST_TAGS}
         run = self._existing(self.state.get("parent"))
-        if run is None and (tags or {}).get("g2face.run"):
-            run = self._orphan(**{"g2face.kind": "evaluation", "g2face.run": tags["g2face.run"]})
+        if run is not None and not self._same_results(run, identity, params):
+            log.warning("run %s: MLflow run %s was logged for another configuration (%s %s, now %s): starting new "
+                        "MLflow runs", self.run_name, run.info.run_id, IDENTITY_TAG,
+                        run.data.tags.get(IDENTITY_TAG), identity)
+            run, self.state = None, {}
+        if run is None and tags.get("g2face.run"):
+            flt = {"g2face.kind": "evaluation", "g2face.run": tags["g2face.run"]}
+            if identity is not None:
+                flt[IDENTITY_TAG] = identity
+            run = self._orphan(**flt)
             if run is not None:
                 self.state = {"parent": run.info.run_id, "children": {}}
                 self._save()
                 self._relog_params(run.info.run_id, params)
         if run is None:
             run = self.client.create_run(
-                self.experiment_id, run_name=self.run_name, tags={"g2face.kind": "evaluation", **(tags or {})}
+                self.experiment_id, run_name=self.run_name, tags={"g2face.kind": "evaluation", **tags}
             )
             self.state = {"parent": run.info.run_id, "children": {}}
             self._save()
             self._log_params(run.info.run_id, params)
         else:
-            self.client.update_run(run.info.run_id, status="RUNNING")
+            self._resume(run, tags)
         self.parent_id = run.info.run_id
         return self.parent_id
 
     def child(self, method: str, params: dict[str, str]) -> str:
+        """The method's child run (reused on resume unless the method's configuration, ``method.hash``,
+        changed)."""
         assert self.parent_id is not None
+        inherited = self.inherited
+        def other_method(r) -> bool:  # logged for another configuration of the method
+            logged = r.data.params.get("method.hash")
+            return "method.hash" in params and logged is not None and logged != str(params["method.hash"])
+
         run = self._existing(self.state.get("children", {}).get(method))
+        if run is not None and other_method(run):
+            log.warning("run %s: method %s changed (method.hash %s, now %s): new MLflow child run", self.run_name,
+                        method, run.data.params.get("method.hash"), params["method.hash"])
+            run = None
         if run is None:
             run = self._orphan(**{"mlflow.parentRunId": self.parent_id, "g2face.method": method})
+            if run is not None and other_method(run):
+                run = None
             if run is not None:
                 self.state.setdefault("children", {})[method] = run.info.run_id
                 self._save()
@@ -187,13 +274,14 @@ class Tracker:
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=method,
-                tags={"mlflow.parentRunId": self.parent_id, "g2face.kind": "method", "g2face.method": method},
+                tags={"mlflow.parentRunId": self.parent_id, "g2face.kind": "method", "g2face.method": method,
+                      **inherited},
             )
             self.state.setdefault("children", {})[method] = run.info.run_id
             self._save()
             self._log_params(run.info.run_id, params)
         else:
-            self.client.update_run(run.info.run_id, status="RUNNING")
+            self._resume(run, inherited)
         return run.info.run_id
 
     def _relog_params(self, run_id: str, params: dict[str, str]) -> None:

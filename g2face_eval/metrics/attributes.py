@@ -1,15 +1,17 @@
 """Attribute-preservation metrics between original and anonymized faces, from the face mesh
-(``oracles.geometry``: ``MeshResult.landmarks (468,3)``, ``yaw/pitch/roll`` degrees, ``expression``).
+(``oracles.geometry``: ``MeshResult.landmarks (468,3)``, ``yaw/pitch/roll`` degrees, ``shape_offsets``).
 
 * ``pose_error(pose_a, pose_b)`` -> (N,) degrees: mean over (yaw, pitch, roll) of the absolute angle
   difference, wrapped to [0, 180] (so 179 vs -179 is 2 deg). This is the per-axis MAE convention of head-pose
   benchmarks (e.g. AFLW2000 MAE), not the geodesic rotation distance; ``geodesic_error(R_a, R_b)`` gives the
   latter for rotation matrices when a caller has them.
-* ``expression_distance(e_a, e_b)`` -> (N,) L2 distance between expression descriptors.
+* ``mesh_shape_distance(s_a, s_b)`` -> (N,) L2 distance between pose-normalised non-rigid mesh shapes
+  (``MeshResult.shape_offsets``): the face's own shape and its expression together, not expression alone.
 * ``landmark_nme(pred, gt, left=33, right=263)`` -> (N,) mean 2-D (x,y) point error divided by the
   ground-truth distance between the outer eye corners. In MediaPipe's 468-point mesh, 33 is the outer corner
   of the subject's right eye (image left) and 263 that of the subject's left eye. z is ignored.
-* ``detection_rate(found)`` -> (N,) bool per image (rate = mean).
+* ``detection_rate(found)`` -> (N,) bool per image (rate = mean); the harness's decision is
+  ``Detector.finds(output, subject_box)``: a face found at the subject's place.
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ def geodesic_error(rot_a, rot_b) -> np.ndarray:
     return np.degrees(np.arccos(np.clip((tr - 1.0) / 2.0, -1.0, 1.0)))
 
 
-def expression_distance(e_a, e_b) -> np.ndarray:
-    a, b = _f64(e_a), _f64(e_b)
+def mesh_shape_distance(s_a, s_b) -> np.ndarray:
+    a, b = _f64(s_a), _f64(s_b)
     if a.shape != b.shape:
-        raise ValueError(f"expression descriptors differ in shape: {a.shape} vs {b.shape}")
+        raise ValueError(f"mesh shape descriptors differ in shape: {a.shape} vs {b.shape}")
     return np.linalg.norm((a - b).reshape(len(a), -1), axis=1)
 
 

@@ -171,7 +171,8 @@ _family(
     True,
     "rate",
     "fraction",
-    "share of (anonymized) images in which the detector finds a face",
+    "share of (anonymized) images in which the detector finds a face at the subject's place (a box overlapping the "
+    "original face's box by IoU >= 0.3; a face elsewhere does not count)",
     KNOWN_DETECTORS,
 )
 
@@ -229,7 +230,14 @@ _add(
     "deg",
     "mean absolute yaw/pitch/roll difference between anonymized and original face",
 )
-_add("expression_distance", False, "mean", "", "L2 distance between face-mesh expression descriptors")
+_add(
+    "mesh_shape_distance",
+    False,
+    "mean",
+    "",
+    "L2 distance between the pose-normalised non-rigid face-mesh shapes of anonymized and original face (face "
+    "shape and expression together, in units of the canonical mesh, inter-ocular ~ 1)",
+)
 _add(
     "landmark_nme",
     False,
@@ -261,7 +269,8 @@ _add(
     True,
     "rate",
     "fraction",
-    "share of anonymized images in which the face mesh finds a face (attribute metrics use only those)",
+    "share of faces with a face mesh of the subject on both the original and the anonymized image (pose, shape "
+    "and landmark averages cover only those)",
 )
 _add(
     "recovery_ok_rate",

@@ -37,8 +37,9 @@ def _as_array(values) -> np.ndarray:
 def ci(
     values, agg: str = "mean", n: int | None = None, seed: int | None = None, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``aggregate(values, agg)``. Empty input gives (nan, nan); one value v gives
-    (v, v). ``n`` defaults to settings.DEFAULTS["bootstrap_samples"], ``seed`` to DEFAULTS["seed"]."""
+    """Percentile bootstrap CI of ``aggregate(values, agg)``. Fewer than two values give (nan, nan): one value has
+    no spread to resample (its bootstrap interval would be the zero-width (v, v)). ``n`` defaults to
+    settings.DEFAULTS["bootstrap_samples"], ``seed`` to DEFAULTS["seed"]."""
     if agg not in ("mean", "rate", "median"):
         raise ValueError(f"bootstrap: unsupported aggregation {agg!r} (mean, rate, median)")
     v = _as_array(values)
@@ -48,10 +49,8 @@ def ci(
     seed = int(DEFAULTS["seed"] if seed is None else seed)
     if n < 1:
         raise ValueError("bootstrap: n must be >= 1")
-    if v.size == 0:
+    if v.size < 2:
         return (float("nan"), float("nan"))
-    if v.size == 1:
-        return (float(v[0]), float(v[0]))
     rng = np.random.default_rng(seed)
     N = v.size
     stats = np.empty(n, dtype=np.float64)

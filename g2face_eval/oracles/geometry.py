@@ -6,13 +6,17 @@ expression descriptor.
   (padded with the border colour where it leaves the image) is upscaled to 384x384 and meshed; landmarks
   are mapped back to the original image (x, y in pixels; z = MediaPipe's relative depth times the crop
   scale, i.e. also in pixels, larger = further from the camera). If YuNet finds no face the whole image
-  is tried (already-cropped faces). No face -> ``None``.
+  is tried (already-cropped faces). No face -> ``None``. Given the subject's face (the harness passes the face
+  found on the original, also for its anonymized output), the mesh is taken at that face only (see ``landmarks``).
 * Head pose: a rigid (rotation + uniform scale + translation) Procrustes / Umeyama fit of ``CANONICAL``
   (a neutral frontal mesh, see below) onto the 468 3D landmarks; the rotation R (canonical -> observed,
   axes x right, y down, z away from the camera) is decomposed as R = Rz(roll) Ry(yaw) Rx(pitch), in degrees.
   Mirroring the image flips the signs of yaw and roll and keeps pitch.
-* Expression: the landmarks mapped into the canonical frame by the inverse of that fit (pose and scale
-  removed), minus ``CANONICAL``; a (468*3,) vector in units of the canonical shape (inter-ocular ~ 1).
+* Non-rigid shape (``MeshResult.shape_offsets``, the harness's ``mesh_shape_distance``): the landmarks mapped into the
+  canonical frame by the inverse of that fit (pose and scale removed), minus ``CANONICAL``; a (468*3,) vector in
+  units of the canonical shape (inter-ocular ~ 1). It holds the face's own shape as well as its expression (an 8 %
+  wider face with the same expression moves it about half as much as the differences between photos of one
+  person), so it is not an expression-only measure.
 * ``CANONICAL`` was built with ``build_canonical`` from 64 CelebA-HQ faces and their mirror images
   (generalised Procrustes mean, centred, inter-ocular distance 1); its frontal pose is that mean's, and
   mirroring makes it yaw/roll-neutral.
@@ -81,7 +85,7 @@ class MeshResult:
     yaw: float
     pitch: float
     roll: float
-    expression: np.ndarray  # (468*3,) float32 pose-normalised offsets from CANONICAL
+    shape_offsets: np.ndarray  # (468*3,) float32 pose-normalised offsets from CANONICAL (shape + expression)
     box: np.ndarray | None = None  # the detector box used (x, y, w, h) or None
 
 
@@ -184,9 +188,14 @@ class FaceMesh:
         lm = res.multi_face_landmarks[0].landmark
         return np.array([(p.x, p.y, p.z) for p in lm], dtype=np.float64)
 
-    def landmarks(self, image: np.ndarray, faces: list | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def landmarks(
+        self, image: np.ndarray, faces: list | None = None, subject=None
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(468,3) landmarks in image pixels and the box used, or (None, None). ``faces``: this image's detections
-        by ``detector_name`` when the caller already has them (score-descending, as ``detect`` returns them)."""
+        by ``detector_name`` when the caller already has them (score-descending, as ``detect`` returns them).
+        ``subject``: the face to mesh (a ``detectors.Face``, e.g. found on the original of an anonymized image):
+        the crop is taken around its box, the whole image is not tried, and a mesh that is not that face (its
+        landmarks' bounding box overlaps the subject's box by IoU < ``detectors.SUBJECT_MIN_IOU``) is not found."""
         if (
             not isinstance(image, np.ndarray)
             or image.dtype != np.uint8
@@ -197,7 +206,9 @@ class FaceMesh:
         h, w = image.shape[:2]
         if min(h, w) < 16:
             return None, None
-        if faces is None:
+        if subject is not None:
+            faces = [subject]
+        elif faces is None:
             faces = self._detect(image)
         if faces:
             x, y, bw, bh = faces[0].box
@@ -220,7 +231,11 @@ class FaceMesh:
                 out[:, 0] = lm[:, 0] * s + x0
                 out[:, 1] = lm[:, 1] * s + y0
                 out[:, 2] = lm[:, 2] * s
+                if subject is not None and not _is_subject(out, subject.box):
+                    return None, None
                 return out.astype(np.float32), np.asarray(faces[0].box, np.float32)
+        if subject is not None:
+            return None, None
         # whole image (already-cropped faces), upscaled when small
         f = max(1.0, self.crop_size / max(h, w))
         img = (
@@ -232,11 +247,21 @@ class FaceMesh:
         out = np.stack([lm[:, 0] * w, lm[:, 1] * h, lm[:, 2] * w], 1)
         return out.astype(np.float32), None
 
-    def analyze(self, image: np.ndarray, faces: list | None = None) -> MeshResult | None:
-        lm, box = self.landmarks(image, faces)
+    def analyze(self, image: np.ndarray, faces: list | None = None, subject=None) -> MeshResult | None:
+        lm, box = self.landmarks(image, faces, subject)
         if lm is None:
             return None
         return result_from_landmarks(lm, box)
+
+
+def _is_subject(lm: np.ndarray, subject_box) -> bool:
+    """Whether a mesh is the subject's face: its landmarks' 2D bounding box overlaps the subject's detector box by
+    IoU >= SUBJECT_MIN_IOU (the subject's own mesh overlaps its YuNet box by IoU >= 0.65 on 200 prepared LFW,
+    CelebA-HQ and UTKFace faces)."""
+    from .detectors import SUBJECT_MIN_IOU, box_iou
+
+    (x0, y0), (x1, y1) = lm[:, :2].min(0), lm[:, :2].max(0)
+    return box_iou((x0, y0, x1 - x0, y1 - y0), subject_box) >= SUBJECT_MIN_IOU
 
 
 def result_from_landmarks(lm: np.ndarray, box=None) -> MeshResult:

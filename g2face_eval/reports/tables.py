@@ -23,7 +23,7 @@ HEADLINE = (
     "kid",
     "mesh_detected_rate",
     "pose_error_deg",
-    "expression_distance",
+    "mesh_shape_distance",
     "landmark_nme",
     "detection_rate_yunet",
     "recovery_ok_rate",
@@ -52,7 +52,7 @@ LABELS = {
     "fid": "FID",
     "kid": "KID",
     "pose_error_deg": "Pose err.",
-    "expression_distance": "Expr. dist.",
+    "mesh_shape_distance": "Shape dist.",
     "landmark_nme": "NME",
     "detection_rate_yunet": "Det. (YuNet)",
     "recovery_ok_rate": "Rec. auth.",
@@ -68,10 +68,11 @@ LABELS = {
 
 NOTE = (
     "Cells: value [95% bootstrap CI]; set metrics (FD, KID) and counts have no CI. Rates and means are over the "
-    "images a method processed (n ok; failures in n failed). Pose, expression and NME average only the outputs in "
-    "which the face mesh found a face (Mesh found); recovery PSNR/SSIM only the recoveries that authenticated "
-    "(Rec. auth.; a failed-closed recovery returns its input and counts as identity not recovered in Rec. ID). "
-    "'–': no value (no face for the mesh, no authenticated recovery, or not applicable)."
+    "images a method processed (n ok; failures in n failed). Pose error, mesh shape distance and NME average "
+    "only the faces meshed on both the original and the output (Mesh found); detection counts a face only at "
+    "the subject's place (IoU >= 0.3 with the original face's box); recovery PSNR/SSIM only the recoveries "
+    "that authenticated (Rec. auth.; a failed-closed recovery returns its input and counts as identity not "
+    "recovered in Rec. ID). '–': no value (no face for the mesh, no authenticated recovery, or not applicable)."
 )
 
 

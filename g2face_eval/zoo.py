@@ -297,6 +297,12 @@ def record_path(path: str | Path) -> Path:
     return p.with_suffix(".sha256")
 
 
+def recorded_sha256(path: str | Path) -> str | None:
+    """The sha256 on record for a weights file (its sibling ``record_path``), or None when there is no record."""
+    rec = record_path(path)
+    return rec.read_text().split()[0].lower() if rec.is_file() else None
+
+
 def verify_recorded(path: str | Path, name: str | None = None) -> Path:
     """Check a weights file against its sibling sha256 record (``record_path``); returns the path. Raises
     WeightMissingError (no file), WeightUnrecordedError (no record) or WeightIntegrityError (mismatch)."""
@@ -304,10 +310,10 @@ def verify_recorded(path: str | Path, name: str | None = None) -> Path:
     name = name or p.stem
     if not p.is_file():
         raise WeightMissingError(name, p.name, p.parent, "")
-    rec = record_path(p)
-    if not rec.is_file():
-        raise WeightUnrecordedError(name, p, rec)
-    want, got = rec.read_text().split()[0].lower(), digest(p)
+    want = recorded_sha256(p)
+    if want is None:
+        raise WeightUnrecordedError(name, p, record_path(p))
+    got = digest(p)
     if got != want:
         raise WeightIntegrityError(name, p, want, got)
     return p

@@ -479,10 +479,9 @@ def zoo_entry(name: str) -> str:
     weight name. The zoo verifies the recorded sha256 before every load."""
     wn = weight_name(name)
     if wn not in zoo.WEIGHTS.names():
-        rec = sha256_path(name)
         zoo.register_project_checkpoint(
             wn, f"{name}.safetensors",
-            sha256=rec.read_text().split()[0] if rec.exists() else None,
+            sha256=zoo.recorded_sha256(CHECKPOINT_DIR / f"{name}.safetensors"),
             input=zoo.InputSpec(size=None, value_range=(0.0, 1.0), mean=None, std=None, channel_order="RGB"),
             description=f"learned baseline '{name}' trained by this project on celebahq256 train "
                         f"(model card: checkpoints/{name}.md)",

@@ -53,11 +53,10 @@ def _register() -> str:
     from .. import zoo
 
     if WEIGHT_NAME not in zoo.WEIGHTS.names():
-        rec = zoo.record_path(CHECKPOINT)
         zoo.register_project_checkpoint(
             WEIGHT_NAME,
             CHECKPOINT.name,
-            sha256=rec.read_text().split()[0] if rec.is_file() else None,
+            sha256=zoo.recorded_sha256(CHECKPOINT),
             input=zoo.InputSpec(size=None, value_range=(-1.0, 1.0), mean=None, std=None, channel_order="RGB"),
             description="offline 3D geometry prior (468-point morphable model + coefficient regressor) built by "
             "this project from mediapipe face meshes. Model card: checkpoints/geometry_prior.md",

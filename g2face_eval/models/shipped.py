@@ -31,12 +31,11 @@ WEIGHT_NAME = "g2face_shipped"
 FILENAME = "g2face_shipped.safetensors"
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 # sha256 on record for the committed file (updated by `export`, verified by the zoo before every load)
-SHA256_FILE = CHECKPOINT_DIR / "g2face_shipped.sha256"
 KEEP_PREFIXES = ("anonymous_net.", "style_mlp.", "map_2_id.", "hiding_extractor.")
 
 
 def _recorded_sha256() -> str | None:
-    return SHA256_FILE.read_text().split()[0] if SHA256_FILE.exists() else None
+    return zoo.recorded_sha256(CHECKPOINT_DIR / FILENAME)
 
 
 def _load(path: Path) -> tuple[G2FaceConfig, dict, dict[str, torch.Tensor]]:

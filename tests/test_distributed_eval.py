@@ -119,7 +119,10 @@ def test_killed_distributed_run_keeps_every_rank_batches_and_resumes(runs, tmp_p
     assert 2 <= len(kept) <= 4
     assert _run(tmp_path, 1) == d
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # not recomputed
-    (inv,) = json.loads((d / "invocations.json").read_text())  # the killed invocation never completed
+    # the killed invocation was recorded when it began (before its sharded phase) and is kept as interrupted
+    killed, inv = json.loads((d / "invocations.json").read_text())
+    assert killed["status"] == "interrupted" and killed["world_size"] == 2 and "finished" not in killed
+    assert killed["git_hash"] == inv["git_hash"] and inv["status"] == "finished"
     assert inv["world_size"] == 1 and inv["batches_computed"] == 6 - len(kept) and inv["batches_total"] == 6
     a, b = (
         pd.read_parquet(x / "records.parquet").sort_values(["method", "dataset", "id"]).reset_index(drop=True)

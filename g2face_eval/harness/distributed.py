@@ -68,6 +68,9 @@ def evaluate_distributed(cfg: dict | None = None, **kw) -> dict | None:
     try:
         S = E.setup(cfg)
         store, prep = BatchStore(S.run_dir), PrepStore(S.run_dir)  # sweeps stale .tmp files: before any write
+        # rank 0 records the invocation now, with the code that is about to compute (a run killed in the sharded
+        # phase keeps it; a commit made while it runs is not mistaken for the code that computed)
+        env, invocation = E.begin_invocation(S, started, n) if rank == 0 else (None, None)
         dist.barrier(group=group)
         done = E.compute(S, prep, store, rank=rank, world=n, sync=lambda: dist.barrier(group=group),
                          progress=rank == 0 and kw.get("progress", True) and not kw.get("quiet", False))
@@ -76,8 +79,8 @@ def evaluate_distributed(cfg: dict | None = None, **kw) -> dict | None:
         res = None
         if rank == 0:
             shards = {f"{m}/{d}/{k}": r for r, part in enumerate(gathered) for m, d, k in part}
-            res = E.evaluate(cfg, _provenance={"started": started, "world_size": n,
-                                               "batches_computed": len(shards)}, **kw)
+            res = E.evaluate(cfg, _provenance={"started": started, "world_size": n, "batches_computed": len(shards),
+                                               "env": env, "invocation": invocation}, **kw)
             from g2face_eval.harness.records import atomic_write_json
 
             # which rank computed which batch in this invocation (provenance; resumed batches are absent)

@@ -819,7 +819,7 @@ def evaluate(
     invocation's environment).
     ``_provenance`` (from ``distributed``): ``started`` (epoch s), ``world_size``, ``batches_computed`` of the
     distributed phase that preceded this call."""
-    from g2face_eval.harness.tracking import Tracker, environment_info, git_tags, ui_command
+    from g2face_eval.harness.tracking import Tracker, git_tags, ui_command
 
     prov = dict(_provenance or {})
     started = float(prov.get("started", time.time()))
@@ -829,14 +829,10 @@ def evaluate(
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg)
     store, prep = BatchStore(run_dir), PrepStore(run_dir)
-    env = environment_info()
-    _warn_on_mixed_commits(run_dir, env, say=log.warning)  # against the earlier invocations, finished or not
-    atomic_write_json(run_dir / "environment.json", env)
-    invocation = _start_invocation(run_dir, started, {
-        "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), "device": str(cfg["device"]),
-        "world_size": int(prov.get("world_size", 1)), "config_hash": S.chash,
-        "data_locations": C.data_locations(cfg),
-    })
+    if "invocation" in prov:  # a distributed run began it before its sharded phase (its code, its start)
+        env, invocation = prov["env"], int(prov["invocation"])
+    else:
+        env, invocation = begin_invocation(S, started, int(prov.get("world_size", 1)))
     seed = int(cfg["seed"])
     n_boot = int(cfg["bootstrap_samples"])
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -961,6 +957,23 @@ def _iso(t: float) -> str:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def begin_invocation(S: Setup, started: float, world_size: int = 1) -> tuple[dict, int]:
+    """Before any work: the environment (git hash and dirty flag of the code about to compute) is written to
+    ``environment.json`` and recorded as a "running" invocation, after warning if earlier invocations ran other
+    code. Returns (environment, invocation index)."""
+    from g2face_eval.harness.tracking import environment_info
+
+    S.run_dir.mkdir(parents=True, exist_ok=True)
+    env = environment_info()
+    _warn_on_mixed_commits(S.run_dir, env, say=log.warning)  # against the earlier invocations, finished or not
+    atomic_write_json(S.run_dir / "environment.json", env)
+    index = _start_invocation(S.run_dir, started, {
+        "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), "device": str(S.cfg["device"]),
+        "world_size": int(world_size), "config_hash": S.chash, "data_locations": C.data_locations(S.cfg),
+    })
+    return env, index
 
 
 def _start_invocation(run_dir: Path, started: float, extra: dict) -> int:

@@ -54,7 +54,7 @@ def _cheap(tmp: Path, cache: Path, **kw) -> dict:
 
 
 def _old_hash(cfg: dict) -> str:
-    """config_hash as it was before the dataset folders entered it."""
+    """config_hash as it was before the dataset folders and the metric-definitions version entered it."""
     core = {k: v for k, v in cfg.items() if k not in C.NON_RESULT_KEYS}
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -69,9 +69,22 @@ def test_dataset_folder_is_part_of_the_run_identity(tmp_path):
     assert h[a] == h[link]  # the same folder through a symlink: the same run
     opt = C.make_config({"datasets": ["folder"], "dataset_options": {"folder": {"root": str(link)}}})
     assert C.data_locations(opt) == {"folder": str(a.resolve())}
-    # runs on the embedded faces only keep their hash (and run name): no dataset folder is read
-    emb = C.make_config({"datasets_root": str(a)})
-    assert C.data_locations(emb) == {} and C.config_hash(emb) == _old_hash(emb)
+    emb = C.make_config({"datasets_root": str(a)})  # the embedded faces: no dataset folder is read
+    assert C.data_locations(emb) == {}
+
+
+def test_runs_under_other_metric_definitions_are_not_resumed(monkeypatch):
+    """The metric-definitions version is part of the config hash: a run computed before a metric changed its
+    meaning or name (e.g. expression_distance -> mesh_shape_distance) gets another run name, so its stored
+    records are never mixed into a run of the new definitions (resuming one used to crash the aggregation on the
+    renamed metric, or silently mix detection decisions of two definitions)."""
+    from g2face_eval.metrics import base
+
+    emb = C.make_config({})
+    now = C.config_hash(emb)
+    assert now != _old_hash(emb)  # a run directory from before the version existed is not resumed
+    monkeypatch.setattr(base, "DEFINITIONS_VERSION", base.DEFINITIONS_VERSION + 1)
+    assert C.config_hash(emb) != now
 
 
 def test_same_file_names_in_another_folder_are_recomputed(tmp_path, cache_dir):

@@ -264,9 +264,14 @@ def data_locations(cfg: dict[str, Any]) -> dict[str, str]:
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
+    """What identifies a run's results: the configuration (minus NON_RESULT_KEYS), the folders its datasets read
+    and the version of the metric definitions (``metrics.base.DEFINITIONS_VERSION``)."""
+    from g2face_eval.metrics.base import DEFINITIONS_VERSION
+
     core = {k: v for k, v in cfg.items() if k not in NON_RESULT_KEYS}
+    core["metric_definitions"] = DEFINITIONS_VERSION
     locations = data_locations(cfg)
-    if locations:  # absent for runs on the embedded faces only: their hashes (and run names) are unchanged
+    if locations:
         core["data_locations"] = locations
     return hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

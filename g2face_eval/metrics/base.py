@@ -21,6 +21,13 @@ from g2face_eval.registry import Registry
 
 AGGREGATIONS = ("mean", "rate", "median", "set", "count")
 
+# The version of what the per-image metrics mean. Bump it whenever a metric's definition or name changes: it is
+# part of every run's config hash, so a run computed under another version is never resumed into (its stored
+# records would be mixed with records of the new definitions, or carry metrics that no longer exist).
+# 1: until 2026-11-27. 2: detection and the face mesh at the subject's face, mesh_shape_distance (was
+# expression_distance), mesh_detected_rate over both images.
+DEFINITIONS_VERSION = 2
+
 
 class MetricUnavailable(RuntimeError):
     """A metric cannot be computed here (typically a user weight file is absent). The harness reports the

@@ -297,6 +297,17 @@ def record_path(path: str | Path) -> Path:
     return p.with_suffix(".sha256")
 
 
+def write_record(path: str | Path) -> str:
+    """Write the sha256 record beside a weights file (``record_path``, in the ``<digest>  <name>`` form that
+    ``recorded_sha256`` reads), atomically; returns the digest."""
+    from . import atomic
+
+    p = Path(path)
+    d = sha256_file(p)
+    atomic.write_text(record_path(p), f"{d}  {p.name}\n")
+    return d
+
+
 def recorded_sha256(path: str | Path) -> str | None:
     """The sha256 on record for a weights file (its sibling ``record_path``), or None when there is no record."""
     rec = record_path(path)
@@ -305,14 +316,16 @@ def recorded_sha256(path: str | Path) -> str | None:
 
 def verify_recorded(path: str | Path, name: str | None = None) -> Path:
     """Check a weights file against its sibling sha256 record (``record_path``); returns the path. Raises
-    WeightMissingError (no file), WeightUnrecordedError (no record) or WeightIntegrityError (mismatch)."""
+    ValueError (not a ``.safetensors`` path, see ``record_path``), WeightMissingError (no file),
+    WeightUnrecordedError (no record) or WeightIntegrityError (mismatch)."""
     p = Path(path)
+    rec = record_path(p)
     name = name or p.stem
     if not p.is_file():
         raise WeightMissingError(name, p.name, p.parent, "")
     want = recorded_sha256(p)
     if want is None:
-        raise WeightUnrecordedError(name, p, record_path(p))
+        raise WeightUnrecordedError(name, p, rec)
     got = digest(p)
     if got != want:
         raise WeightIntegrityError(name, p, want, got)

@@ -430,7 +430,7 @@ def export(train_dir: str | Path, out: str | Path | None = None) -> str:
         raise ValueError(f"{src} is not a learned-baseline checkpoint (metadata mode={name!r})")
     sd = {k[len("generator."):]: v for k, v in load_file(str(src)).items() if k.startswith("generator.")}
     out = Path(out) if out is not None else checkpoint_path(name)
-    rec = zoo.record_path(out)  # refuses a target without .safetensors before anything is written
+    zoo.record_path(out)  # refuses a target without .safetensors before anything is written
     out_meta = {
         "mode": name,
         "model_config": json.dumps(make_baseline(name, **train_cfg.get("model", {})).model_config()),
@@ -439,28 +439,20 @@ def export(train_dir: str | Path, out: str | Path | None = None) -> str:
         "train_config": meta["config"],
     }
     out = atomic.write_via(out, lambda t: save_file(sd, t, metadata=out_meta))
-    digest = zoo.sha256_file(out)
-    atomic.write_text(rec, f"{digest}  {out.name}\n")
-    return digest
+    return zoo.write_record(out)
 
 
-class ChecksumError(RuntimeError):
-    pass
+# a digest that does not match the record, or no record (its subclass zoo.WeightUnrecordedError)
+ChecksumError = zoo.WeightIntegrityError
 
 
 def load_exported(path: str | Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     """(model_config, metadata, generator state dict) of an exported file, after checking its sha256 against
-    the sibling ``.sha256`` record (raises ``ChecksumError`` on a mismatch or a missing record)."""
+    the sibling ``.sha256`` record (``zoo.verify_recorded``: ``ChecksumError`` on a mismatch or a missing record)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
-    rec = zoo.record_path(path)
-    if not rec.exists():
-        raise ChecksumError(f"{path}: no sha256 record at {rec}")
-    want, got = rec.read_text().split()[0], zoo.sha256_file(path)
-    if want != got:
-        raise ChecksumError(f"{path}: sha256 {got} does not match the record {want}")
+    path = zoo.verify_recorded(path)
     with safe_open(str(path), "pt") as f:
         meta = dict(f.metadata() or {})
     return json.loads(meta.get("model_config", "{}")), meta, load_file(str(path))

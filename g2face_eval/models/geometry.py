@@ -307,6 +307,7 @@ class GeometryPrior(nn.Module):
 
         from .. import atomic, zoo
 
+        zoo.record_path(path)  # refuses a path without .safetensors before anything is written
         sd = {}
         for k, v in self.state_dict().items():  # regressor stored as float16 (a few MB), the model in float32
             v = v.detach().contiguous().cpu()
@@ -314,10 +315,9 @@ class GeometryPrior(nn.Module):
             if k.startswith("regressor.") and v.is_floating_point() and not keep32:
                 v = v.half()
             sd[k] = v
-        record = zoo.record_path(path)
         info = {"meta": json.dumps(meta or self.meta)}
         out = atomic.write_via(Path(path), lambda t: save_file(sd, str(t), metadata=info))
-        atomic.write_text(record, f"{zoo.sha256_file(out)}  {out.name}\n")
+        zoo.write_record(out)
 
     def coefficients(self, images_m11: torch.Tensor) -> torch.Tensor:
         return self.regressor(images_m11)

@@ -150,7 +150,7 @@ def export(train_dir: str | Path, out: str | Path = CHECKPOINT_DIR / FILENAME) -
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    record = zoo.record_path(out)  # refuses a target without .safetensors before anything is written
+    zoo.record_path(out)  # refuses a target without .safetensors before anything is written
     src = Path(train_dir) / "model.safetensors"
     with safe_open(str(src), "pt") as f:
         meta = dict(f.metadata() or {})
@@ -169,9 +169,7 @@ def export(train_dir: str | Path, out: str | Path = CHECKPOINT_DIR / FILENAME) -
         "train_config": meta["config"],
     }
     out = atomic.write_via(out, lambda t: save_file(sd, t, metadata=out_meta))
-    digest = zoo.sha256_file(out)
-    atomic.write_text(record, f"{digest}  {out.name}\n")
-    return digest
+    return zoo.write_record(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,3 +200,17 @@ def test_report_cli_latest(tmp_path, monkeypatch):
     assert build.cli(["--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "report.html").is_file()
     assert build.cli(["--results", str(tmp_path / "nope")]) == 2
+
+
+def test_report_cli_writes_where_an_evaluation_does(tmp_path, monkeypatch):
+    """Without --out, the report goes to the evaluation's reports folder (env var, else ./reports/out), never into
+    the package's source tree."""
+    synthetic_run(tmp_path / "results" / "run1")
+    monkeypatch.setenv("G2FACE_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("G2FACE_REPORTS_DIR", str(tmp_path / "rep"))
+    assert build.cli([]) == 0
+    assert (tmp_path / "rep" / "run1" / "report.html").is_file()
+    monkeypatch.delenv("G2FACE_REPORTS_DIR")
+    monkeypatch.chdir(tmp_path / "results")
+    out = build.default_out(tmp_path / "results" / "run1").resolve()
+    assert out == tmp_path / "results" / "reports" / "out" / "run1"

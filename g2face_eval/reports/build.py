@@ -2,7 +2,8 @@
 self-contained HTML page from an evaluation's results folder.
 
 Default input: the most recently modified run under ``settings.results_dir()``; default output:
-``<repo>/reports/out/<run name>/`` (``settings.DEFAULTS["reports_dir"]``)."""
+``settings.reports_dir() / <run name>``, the folder an evaluation writes its report to (``$G2FACE_REPORTS_DIR``,
+else ``reports/out`` under the working directory)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,7 @@ def latest_run(results_dir: Path | None = None) -> Path:
 
 
 def default_out(run_dir: Path) -> Path:
-    base = Path(str(settings.DEFAULTS.get("reports_dir", "reports/out")))
-    if not base.is_absolute():
-        base = settings.REPO_ROOT / base
-    return base / Path(run_dir).name
+    return settings.reports_dir() / Path(run_dir).name
 
 
 def _read(run_dir: Path, name: str) -> pd.DataFrame:
@@ -150,7 +148,7 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
 def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="g2face-eval report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", help="results folder of one run (default: the latest under results_dir)")
-    ap.add_argument("--out", help="output folder (default: reports/out/<run>)")
+    ap.add_argument("--out", help="output folder (default: $G2FACE_REPORTS_DIR or ./reports/out, then /<run>)")
     ns = ap.parse_args(argv)
     try:
         run_dir = Path(ns.results) if ns.results else latest_run()

@@ -86,6 +86,28 @@ def test_keyed_layout_and_roundtrip(keyed, batch):
     assert not torch.equal(bits, float2bit(emb).reshape(3, -1))
 
 
+def test_keyed_no_image_bit_is_constant(keyed):
+    """Every image bit varies with the key: the codewords' data padding carries keyed filler, not zeros (the
+    official 256 px layout pads 5 bytes = 40 bits, which used to be 0 in every image)."""
+    assert keyed.k * keyed.n_cw > keyed.msg_len  # this layout has padding
+    torch.manual_seed(1)
+    emb = torch.randn(48, 512)
+    bits = keyed.encode(emb, [bytes([i]) * 32 for i in range(48)])
+    per_bit = bits.mean(0)
+    assert int(((per_bit == 0) | (per_bit == 1)).sum()) == 0
+    d = keyed.decode(bits * 2 - 1, [bytes([i]) * 32 for i in range(48)])
+    assert d.ok.all()
+
+
+def test_keyed_refuses_non_finite_embeddings(keyed, batch):
+    emb, keys, _ = batch
+    for bad in (float("nan"), float("inf")):
+        e = emb.clone()
+        e[1, 7] = bad
+        with pytest.raises(ValueError, match=r"image\(s\) \[1\] is not finite"):
+            keyed.encode(e, keys)
+
+
 @pytest.mark.parametrize("rate", [0.01, 0.03])
 def test_keyed_survives_random_bit_flips(keyed, batch, rate):
     emb, keys, bits = batch

@@ -13,7 +13,9 @@ errors that cluster in the image are spread over bytes and codewords. Layout of 
 ``nonce (12) || ciphertext(plaintext) || tag (16)`` with plaintext ``scale float32 LE || int8[dim]``.
 The nonce is synthetic (SIV style): HMAC-SHA256(k_nonce, aad || plaintext)[:12], so anonymisation is
 deterministic per (key, embedding) and a nonce repeats only for an identical message; ``nonce="random"`` uses
-os.urandom instead. Unused trailing bytes carry key-derived filler so the whole bit string looks uniform.
+os.urandom instead. Unused bytes (the last codewords' data padding and the bytes after the codewords) carry
+key-derived filler (HKDF info "pad" / "filler"; decoding ignores them), so no image bit is constant.
+Non-finite embeddings are refused by ``encode`` (nothing recoverable to hide) and never decode as ``ok``.
 Official 256 px capacity: 16384 bits = 2048 bytes -> 9 RS codewords of 227 bytes (61 data + 166 parity),
 correcting up to 83 byte errors per codeword (36%), i.e. comfortably > 3% random bit errors; when soft logits
 are given a failed hard decode is retried with the least reliable bytes marked as erasures.
@@ -336,7 +338,8 @@ class KeyedPayload:
         else:
             nonce = os.urandom(self.NONCE)
         msg = nonce + ChaCha20Poly1305(self._derive(key, b"aead")).encrypt(nonce, plain, self.aad)
-        msg = msg + bytes(self.k * self.n_cw - len(msg))
+        pad = self.k * self.n_cw - len(msg)  # unused data bytes of the last codewords: keyed filler, never zeros
+        msg = msg + (self._derive(key, b"pad", pad) if pad else b"")
         return [bytes(self.rs.encode(msg[c * self.k:(c + 1) * self.k])) for c in range(self.n_cw)]
 
     def encode(self, embeddings: torch.Tensor, keys: Sequence[bytes], *, canonical=None, fast: bool = True
@@ -352,6 +355,10 @@ class KeyedPayload:
             raise ValueError("one key per embedding")
         dev = embeddings.device
         host = embeddings.detach().float().cpu().numpy()                 # the one D2H copy (host boundary)
+        bad = np.flatnonzero(~np.isfinite(host).all(axis=1))
+        if len(bad):  # an identity prior that overflowed (e.g. in fp16): hiding it would authenticate garbage
+            raise ValueError(f"identity embedding of image(s) {bad.tolist()} is not finite (NaN/inf): nothing "
+                             f"recoverable to hide")
         scales, q, near = self.quantise_batch(host)
         self.last_flagged = int(near.sum())
         if canonical is not None and near.any():
@@ -424,7 +431,10 @@ class KeyedPayload:
             return None, None
         if len(plain) != self.plain_len:
             return None, None
-        return self._dequantise(plain), self._layout(fixed, key)
+        emb = self._dequantise(plain)
+        if not np.isfinite(emb).all():  # never from encode (it refuses non-finite embeddings): fail closed
+            return None, None
+        return emb, self._layout(fixed, key)
 
     def decode(self, logits: torch.Tensor, keys: Sequence[bytes], *, is_bits: bool = False, fast: bool = True
                ) -> Decoded:

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from g2face_eval.imaging import RANGE, check_batch
@@ -27,9 +28,27 @@ def derive_keys(master: str | bytes, ids: Sequence[str]) -> list[Key]:
     return [hashlib.sha256(m + b"\x00" + i.encode()).digest() for i in ids]
 
 
-def key_seed(key: Key) -> int:
-    """A 63-bit integer seed from a key (for methods that draw randomness from their key)."""
-    return int.from_bytes(hashlib.sha256(b"seed" + key).digest()[:8], "big") >> 1
+def key_seed(key: Key, purpose: str = "") -> int:
+    """A 63-bit integer seed from a key, for a counter-based generator that uses all 63 bits (G2Face's
+    ``keyed_normal``). ``purpose`` separates the draws of different methods (G2Face: ""). ``torch.Generator``'s
+    ``manual_seed`` keeps only the low 32 bits: good enough for draws that are no secret (the noise baseline's
+    noise), never for passwords (``key_bits``)."""
+    tag = b"seed" if not purpose else b"seed/" + purpose.encode() + b"\x00"
+    return int.from_bytes(hashlib.sha256(tag + key).digest()[:8], "big") >> 1
+
+
+def key_bits(keys: Sequence[Key], n: int, purpose: str) -> torch.Tensor:
+    """(B, n) float {0,1}: ``n`` bits per image straight from its key, SHAKE-256("g2face-eval/bits/" || purpose ||
+    0x00 || key): a password carries the key's entropy (up to 256 bits), one method's bits say nothing about
+    another's, and a row never depends on the rest of the batch."""
+    if not purpose:
+        raise ValueError("key_bits needs a purpose (the method's name) to separate its bits from other methods'")
+    tag = b"g2face-eval/bits/" + purpose.encode() + b"\x00"
+    raw = [hashlib.shake_256(tag + k).digest((n + 7) // 8) for k in keys]
+    if not raw:
+        return torch.zeros(0, n)
+    bits = np.unpackbits(np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(raw), -1), axis=1)[:, :n]
+    return torch.from_numpy(bits.astype(np.float32))
 
 
 @dataclass

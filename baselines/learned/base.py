@@ -174,25 +174,14 @@ class LearnedBaseline(nn.Module):
         raise NotImplementedError
 
 
-def key_generators(keys: Sequence[Key]) -> list[torch.Generator]:
-    """One CPU generator per image, seeded from its key (``anonymizer.key_seed``): per-image draws do not
-    depend on batch composition."""
-    out = []
-    for k in keys:
-        g = torch.Generator()
-        g.manual_seed(key_seed(k))
-        out.append(g)
-    return out
+def per_key_normal(keys: Sequence[Key], n: int, purpose: str) -> torch.Tensor:
+    """(B, n) standard normal draws per image from its key: G2Face's counter-based ``keyed_normal`` on the 63-bit
+    ``key_seed(key, purpose)`` (a ``torch.Generator`` would keep only 32 bits of the seed, so two images' draws
+    would coincide after ~2^16 images)."""
+    from g2face_eval.models.g2face import keyed_normal
 
-
-def per_key_bits(keys: Sequence[Key], n: int) -> torch.Tensor:
-    """(B, n) float {0,1}: ``n`` bits per image drawn from its key's generator."""
-    return torch.stack([(torch.rand(n, generator=g) < 0.5).float() for g in key_generators(keys)])
-
-
-def per_key_normal(keys: Sequence[Key], n: int) -> torch.Tensor:
-    """(B, n) standard normal draws per image from its key's generator."""
-    return torch.stack([torch.randn(n, generator=g) for g in key_generators(keys)])
+    seeds = torch.tensor([key_seed(k, purpose) for k in keys], dtype=torch.int64)
+    return keyed_normal(seeds, (n,), 0)
 
 
 # ------------------------------------------------------------------------------------- anonymizer base

@@ -5,8 +5,8 @@ One encoder-decoder ``G(x, p)`` (a small U-Net, residual in tanh space)
 conditioned on an ``n_bits`` password ``p`` (broadcast as input channels and as a FiLM code at the bottleneck).
 Anonymize: ``y = G(x, p)``; recover: ``x_rec = G(y, p_inv)`` with the inverse password ``p_inv = 1 - p``
 (bitwise complement), the same network. In the harness the password is derived from the image's key
-(``key_seed(key)`` -> generator -> ``n_bits`` bits), so recovery uses the same key and a wrong key means a wrong
-(inverse) password.
+(``anonymizer.key_bits``: ``n_bits`` bits of SHAKE-256 of the key, purpose "fit", unrelated to other methods'
+bits), so recovery uses the same key and a wrong key means a wrong (inverse) password.
 
 Training losses (FIT's, with our offline priors; all images [-1,1], three passwords per image drawn from the
 step's generator: p1, p2 and a wrong p_w):
@@ -37,10 +37,9 @@ from baselines.learned.base import (
     PatchDiscriminator,
     UNet,
     builder,
-    per_key_bits,
     register_method,
 )
-from g2face_eval.anonymizer import Key, Output
+from g2face_eval.anonymizer import Key, Output, key_bits
 from g2face_eval.training.losses import g_nonsaturating, id_cosine
 
 WEIGHTS = {"id": 3.0, "rec_l1": 5.0, "rec_perc": 1.0, "wrong": 2.0, "adv": 0.5, "bg": 1.0, "l1": 0.2}
@@ -110,7 +109,7 @@ class FITAnonymizer(ModelAnonymizer):
     def config(self) -> dict:
         c = self.model.model_config()
         return {"name": self.name, "family": "learned_fit", "size": c["size"], "width": c["width"],
-                "n_bits": c["n_bits"], "password": "key_seed(key) bits; recovery: bitwise complement"}
+                "n_bits": c["n_bits"], "password": "key_bits(key, purpose 'fit'); recovery: bitwise complement"}
 
     @torch.no_grad()
     def _run(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -119,10 +118,10 @@ class FITAnonymizer(ModelAnonymizer):
 
     def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
                    ) -> Output:
-        return Output(self._run(images, per_key_bits(keys, self.model.n_bits)))
+        return Output(self._run(images, key_bits(keys, self.model.n_bits, "fit")))
 
     def _recover(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
-        return Output(self._run(images, 1 - per_key_bits(keys, self.model.n_bits)))
+        return Output(self._run(images, 1 - key_bits(keys, self.model.n_bits, "fit")))
 
 
 def register_methods(methods) -> None:

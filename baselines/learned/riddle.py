@@ -9,8 +9,8 @@ Pipeline (64 px network, used at any square size by area-down / bicubic-up like 
   recover:    w' = E(y)                     re-invert the released image
               x_rec = G(Enc^-1(w', password))
 
-Password: ``PASSWORD_BITS`` bits drawn from ``torch.Generator().manual_seed(key_seed(key))`` for each image's
-key, so the output of an image never depends on the rest of the batch.
+Password: ``PASSWORD_BITS`` bits straight from each image's key (``anonymizer.key_bits``, purpose "riddle"), so
+the output of an image never depends on the rest of the batch.
 
 Deviation from RiDDLE, stated once: RiDDLE's encryptor learns decryption through a latent reconstruction loss
 (the same transformer run again with the password). Here the encryptor is a stack of password-conditioned
@@ -67,10 +67,9 @@ from baselines.learned.base import (
     LearnedBaseline,
     ModelAnonymizer,
     builder,
-    per_key_bits,
     register_method,
 )
-from g2face_eval.anonymizer import Key, Output
+from g2face_eval.anonymizer import Key, Output, key_bits
 from g2face_eval.training.losses import id_cosine
 
 PASSWORD_BITS = 64
@@ -107,9 +106,9 @@ class RiddleConfig:
 
 # ------------------------------------------------------------------------------------------------ password
 def password_bits(keys: Sequence[Key], n_bits: int = PASSWORD_BITS) -> torch.Tensor:
-    """(B, n_bits) float in {-1, +1}, one row per key, each from its own generator seeded by key_seed(key)
-    (``base.per_key_bits``), so an image's password never depends on the rest of the batch."""
-    return per_key_bits(keys, n_bits) * 2 - 1
+    """(B, n_bits) float in {-1, +1}, one row per key, straight from the key (``anonymizer.key_bits``, purpose
+    "riddle"): all ``n_bits`` bits of entropy, and an image's password never depends on the rest of the batch."""
+    return key_bits(keys, n_bits, "riddle") * 2 - 1
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -349,7 +348,8 @@ class RiddleAnonymizer(ModelAnonymizer):
         c = self.model.model_config()
         return {"name": self.name, "family": "learned_riddle", "size": c["size"], "pw_bits": c["pw_bits"],
                 "encryptor": f"{c['n_couplings']} password-conditioned affine couplings (transformer nets)",
-                "password": "key_seed(key) bits; recovery: the encryptor run in reverse with the same bits"}
+                "password": "key_bits(key, purpose 'riddle'); recovery: the encryptor run in reverse with the same "
+                            "bits"}
 
     @torch.no_grad()
     def _run(self, images: torch.Tensor, keys: Sequence[Key], decrypt: bool) -> torch.Tensor:

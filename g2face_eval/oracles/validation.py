@@ -279,13 +279,18 @@ def _star(a):
 # ---------------------------------------------------------------------------------------------------------
 def validate(
     datasets_root=None,
-    recognizers=("sface", "dlib"),
+    recognizers=None,
     folds: list[int] | None = None,
     workers: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Run the protocol on the given folds (default all 10). Returns a results dict."""
+    """Run the protocol on the given folds (default all 10) for ``recognizers`` (default
+    ``recognizers.DEFAULT_RECOGNIZERS``). Returns a results dict."""
     t0 = time.time()
+    if recognizers is None:
+        from .recognizers import DEFAULT_RECOGNIZERS
+
+        recognizers = DEFAULT_RECOGNIZERS
     lfw = lfw_root(datasets_root)
     pairs = read_pairs(lfw)
     if folds is not None:
@@ -355,16 +360,20 @@ def write_thresholds(results: dict, path: Path | None = None) -> Path:
     out = {k: v for k, v in results.items() if k in keep}
     out["command"] = "g2face-eval validate --datasets-root <root> [--folds ...] [--workers N]"
     out["recognizers"] = recs
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    atomic.write_text(path, json.dumps(out, indent=2) + "\n")  # a kill mid-write leaves the old file, never half
     return path
 
 
 def cli(argv: list[str] | None = None) -> int:
+    from .recognizers import DEFAULT_RECOGNIZERS
+
     ap = argparse.ArgumentParser(prog="g2face-eval validate", description=__doc__.split("\n")[0])
     ap.add_argument("--datasets-root", default=None, help="root holding lfw/ (default: $G2FACE_DATASETS)")
-    ap.add_argument("--recognizers", default="sface,dlib")
+    ap.add_argument("--recognizers", default=",".join(DEFAULT_RECOGNIZERS),
+                    help=f"comma-separated (default {','.join(DEFAULT_RECOGNIZERS)}, "
+                    "oracles.recognizers.DEFAULT_RECOGNIZERS)")
     ap.add_argument("--folds", default=None, help="comma-separated fold indices 0-9 (default: all)")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="embedding processes (default 1)")
     ap.add_argument("--no-write", action="store_true", help="do not update oracles/thresholds.json")
     ap.add_argument(
         "--write-partial",

@@ -1,5 +1,6 @@
 """Training data: the celebahq256 *train* split (sorted ids minus the last 500 test ids) at the configured
-resolution, preloaded once as a uint8 tensor (cached as .npy under ``settings.cache_dir()/training``).
+resolution, preloaded once as a uint8 tensor (cached as .npy under ``settings.cache_dir()/training``). The
+datasets root: the one given (``--data-root``), else ``$G2FACE_DATASETS``, else ``<repo>/../shared/datasets``.
 
 Batches are deterministic functions of (seed, epoch, step): the epoch permutation comes from a generator
 seeded with (seed, epoch), random horizontal flips (official: RandomHorizontalFlip) from (seed, epoch, step).
@@ -31,10 +32,11 @@ def generator(*parts: int, device: str | torch.device = "cpu") -> torch.Generato
 
 
 def _datasets_root(root: str | Path | None) -> Path:
+    """``root`` when given (``--data-root``), else ``$G2FACE_DATASETS``, else ``<repo>/../shared/datasets``."""
     if root is not None:
         return Path(root)
     r = settings.datasets_root()
-    return r if r is not None else settings.REPO_ROOT.parent / "shared" / "datasets"
+    return r if r is not None else settings.shared_datasets_fallback()
 
 
 def load_train_images(size: int, root: str | Path | None = None, limit: int | None = None,

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from g2face_eval import settings
 from g2face_eval.training import ddp
 from g2face_eval.training.data import ShardedBatches, generator, load_train_images
 from g2face_eval.training.losses import (
@@ -93,7 +94,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.0, 0.999)
     warmup_epochs: int = 10
     gamma: float = 0.95
-    seed: int = 2024
+    seed: int = settings.DEFAULTS["seed"]
     identity: str = "auto"  # "arcface" (user weights via the zoo) | "sface" (offline) | "auto"
     geometry: str = "mediapipe_lmm"  # | "d3dfr" (user files) | "none"
     perceptual: str = "auto"  # "lpips_vgg" | "effnet" | "auto" | "none"
@@ -118,7 +119,7 @@ class TrainConfig:
     mlflow: bool = True
     mlflow_uri: str | None = None
     experiment: str = "g2face-train"
-    device: str = "auto"
+    device: str = settings.DEFAULTS["train_device"]
     amp: str = "auto"  # "bf16" on CUDA when auto, "off" on CPU
     # stylegan pre-training
     sg_style_dim: int | None = None

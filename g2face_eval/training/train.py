@@ -1,5 +1,5 @@
 """``g2face-eval train``: train G2Face (default) or pre-train the project's StyleGAN2
-(``--pretrain-stylegan``).
+(``--pretrain-stylegan``). The learned baselines train with ``g2face-eval train-baseline`` instead.
 
 One CPU/GPU process:   g2face-eval train --preset cpu-small --steps 2000 --out results/train/small
 Several GPUs:          torchrun --nproc_per_node 4 -m g2face_eval train [args]   (nccl; gloo on CPU)
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 
+from g2face_eval import settings
 from g2face_eval.training.loop import TrainConfig, run
 
 PRESETS = {
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr-d", type=float)
     ap.add_argument("--warmup-epochs", type=int)
     ap.add_argument("--gamma", type=float)
-    ap.add_argument("--seed", type=int)
+    ap.add_argument("--seed", type=int,
+                    help=f"random seed (default {settings.DEFAULTS['seed']}, settings.DEFAULTS['seed'])")
     ap.add_argument("--identity", choices=["auto", "arcface", "sface"])
     ap.add_argument("--geometry", choices=["mediapipe_lmm", "d3dfr", "none"])
     ap.add_argument("--perceptual", choices=["auto", "lpips_vgg", "effnet", "none"])
@@ -64,17 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
                          "hides at inference) | official = float2bit(randn)")
     ap.add_argument("--init-generator",
                     help="stylegan pre-train checkpoint dir, safetensors or zoo:stylegan2_ffhq256")
-    ap.add_argument("--data-root", help="datasets root holding celebahq256/ (default $G2FACE_DATASETS)")
+    ap.add_argument("--data-root", help="datasets root holding celebahq256/ (default $G2FACE_DATASETS, else "
+                    "../shared/datasets beside the repository)")
     ap.add_argument("--limit", type=int, help="use only the first N training images")
     ap.add_argument("--fixed-batch", action="store_true", help="always train on the first global batch")
-    ap.add_argument("--out", help=f"checkpoint folder (default {d.out})")
+    ap.add_argument("--out", help="checkpoint folder (default <results dir>/train/g2face, or .../train/stylegan2 "
+                    "with --pretrain-stylegan; the results dir is $G2FACE_RESULTS_DIR, else ./results, where the "
+                    "training's MLflow store mlflow.db goes too)")
     ap.add_argument("--resume", help="'auto' (<out>/last if present) or a checkpoint dir")
     ap.add_argument("--ckpt-every", type=int)
     ap.add_argument("--log-every", type=int)
     ap.add_argument("--sample-every", type=int)
     ap.add_argument("--no-mlflow", dest="mlflow", action="store_false", default=None)
     ap.add_argument("--mlflow-uri")
-    ap.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                    help=f"training device (default {settings.DEFAULTS['train_device']}: cuda when available, else "
+                    "cpu; settings.DEFAULTS['train_device'])")
     ap.add_argument("--amp", choices=["auto", "bf16", "off"])
     return ap
 
@@ -87,7 +94,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         kw[k] = v
     if args.pretrain_stylegan:
         kw["mode"] = "stylegan"
-        kw.setdefault("out", "results/train/stylegan2")
+    # the default checkpoint folder follows $G2FACE_RESULTS_DIR, like the training's MLflow store
+    kw.setdefault("out", str(settings.results_dir() / "train" / ("stylegan2" if args.pretrain_stylegan else "g2face")))
     return TrainConfig(**kw)
 
 

@@ -13,8 +13,16 @@ What is measured (one row per cell ``suite x name x config x op x variant x batc
   lite0 regressor at 128) and ArcFace truncated to ``id_dim`` (the official payload needs id_dim*32 bits).
 * ``suite="baseline"``: every entry of ``METHODS`` (``anonymize`` with a fixed elliptic face mask, so no
   detector runs; ``g2face`` itself is the suite above).
-* ``suite="metric"``: PSNR, SSIM, recognizer embedding (ArcFace iresnet50 at 112), Frechet feature extractor
-  (EfficientNet-lite0 trunk; random weights unless the package file is importable).
+* ``suite="metric"``: the harness's own per-image metric work, on its own oracle objects
+  (``harness.evaluate.Oracles``, as ``scripts/oracle_costs.py`` times them), whichever are available offline:
+  ``embed_<recognizer>`` (alignment + embedding: SFace, the dlib ResNet port, ...), ``finds_<detector>`` (the
+  subject-detection decision: YuNet, dlib HOG), ``mesh`` (face mesh of the subject), ``features_<extractor>``
+  (Frechet features: EfficientNet-lite0, Inception), ``psnr``, ``ssim`` (``evaluate._psnr/_ssim``) and
+  ``lpips_alex``; trained weights from the zoo, inputs = the package's embedded faces prepared as the harness
+  prepares them (YuNet subject face), blurred as a stand-in output. An oracle that cannot be built is listed in
+  ``metric_suite.unavailable`` (without a prepared face only the face-free ones run: features, LPIPS, PSNR,
+  SSIM). Host-side oracles (OpenCV / dlib / MediaPipe / the CPU recognizers) run on the CPU even in a GPU bench,
+  as in the harness: ``runs_on`` says where (timed with the host clock, RSS memory).
 
 Variants: ``fp32`` (torch defaults: cuDNN TF32 allowed, matmul TF32 off, as the reference), ``fp32_cl``
 (channels_last), ``bf16`` / ``fp16`` (autocast on the generator and extractor; identity + geometry priors and
@@ -23,15 +31,31 @@ the payload stay fp32 so the hidden bits are exactly the fp32 ones), ``bf16_cl``
 ``bf16_cl_graph``.
 
 Timing: ``warmup`` untimed calls, then ``repeats`` timed calls; GPU: CUDA events around each call (plus host
-wall clock), CPU: ``time.perf_counter``. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU (weights
-included), on CPU the process's resident-set peak during the cell's timed calls (Linux: ``VmHWM`` reset through
-``/proc/self/clear_refs`` at the cell's start, ``metrics.latency``; everything resident counts, loaded weights
-included; NaN where the kernel does not allow the reset). FLOPs:
-``torch.utils.flop_counter.FlopCounterMode`` at batch 1 on the ``meta`` device (conv + matmul, 2 x MAC, like
-the reference), and the device's matmul rate (bf16 on GPU, fp32 on CPU) measured in the same run:
-``floor_ms = FLOPs / rate``, ``ratio_to_floor = median / floor``.
+wall clock), CPU: ``time.perf_counter``.
 
-Outputs (under ``--out``, default ``results/bench/<UTC stamp>``): ``bench.json`` (atomic; rewritten after
+Peak memory (``peak_memory_mb``) is the cell's own: the peak *increase* during its timed calls (and its last
+warm-up call, which takes the page faults of the heap handed back to the kernel so the timed calls do not) over
+the level just before them (``memory_baseline_mb``), as ``metrics.latency.measure`` defines it -- what was
+resident before (the weights, other pipelines, Python and torch) is not counted. GPU (``memory_kind =
+cuda_allocated_peak_increase``): ``max_memory_allocated - memory_allocated`` after a peak reset; plus
+``peak_reserved_mb``, the caching allocator's reserved-memory peak over the whole cell (warm-up included: CUDA-graph
+private pools, cuDNN workspaces) minus its level before the cell (a graph cell replays into memory reserved at
+capture, so its ``peak_memory_mb`` is ~0 and ``peak_reserved_mb`` is its figure). CPU (``memory_kind =
+rss_peak_increase``, Linux): free heap returned to the kernel, ``VmHWM`` reset through ``/proc/self/clear_refs``,
+then ``VmHWM`` minus the RSS at the reset; NaN, ``unavailable`` and ``memory_note`` where the reset is not
+allowed. Pipelines are freed between configs; the fp32 reference copy of a generator is built only when the
+reference path is timed.
+
+FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` at batch 1 (conv + matmul, 2 x MAC, like the reference): the
+G2Face pipelines on the ``meta`` device, the metric oracles on real inputs where they run (a failed count is
+``flop_error`` in the row, never silent; host-library oracles have no counted FLOPs). The floor's rate is measured
+in the same run (``matmul_rate``): on GPU the bf16 dense matmul rate of the card (8192^3); on CPU the best of
+several measured kernels (fp32 matmuls at a few sizes and a dense 3x3 convolution; ``matmul_rate.kernel`` names the
+winner), since a single fp32 matmul runs slower than the pipeline's own convolutions. ``floor_ms = FLOPs / rate``,
+``ratio_to_floor = median / floor``; a ratio below 1 means the rate is no floor for that work and the row says so
+in ``floor_note`` ("invalid floor"). No floor for a row run on another device than the bench's.
+
+Outputs (under ``--out``, default ``<results_dir>/bench/<UTC stamp>``): ``bench.json`` (atomic; rewritten after
 every cell so a killed run still leaves its results), ``bench_latency.png``, and an MLflow run (sqlite store
 ``<results_dir>/mlflow.db``, experiment ``g2face-eval``, tag ``g2face.kind=bench``) unless ``--no-mlflow`` or
 mlflow is not installed. ``--ingest FILE`` logs an existing bench.json (e.g. one produced on a GPU machine
@@ -42,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -66,7 +91,8 @@ from g2face_eval.models.g2face import set_memory_format  # noqa: F401 - re-expor
 SCHEMA = "g2face-eval/bench/v1"
 ROW_FIELDS = ("suite", "name", "config", "op", "variant", "batch", "status", "median_ms", "p90_ms",
               "ms_per_image", "images_per_second", "peak_memory_mb", "memory_kind", "warmup", "repeats",
-              "gflop_per_image", "floor_ms", "ratio_to_floor", "wall_median_ms", "error")
+              "gflop_per_image", "floor_ms", "ratio_to_floor", "wall_median_ms", "error",
+              "memory_baseline_mb", "peak_reserved_mb", "memory_note", "runs_on", "floor_note", "flop_error")
 REFERENCE_DIR = Path(os.environ.get("G2FACE_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared"
                                     / "reference"))
 Z_STREAM, ANON_NOISE_STREAM, REC_NOISE_STREAM = 1, 2, 3  # same streams as models/anonymizer.py
@@ -176,7 +202,8 @@ def _seed_bn(module: nn.Module, x: torch.Tensor) -> None:
 class BenchPipeline(nn.Module):
     """The networks of one config + the two inference paths of ``models/anonymizer.G2FaceAnonymizer`` on them:
     ``fast`` (fast=True, the default inference path) and ``ref`` (fast=False, the fp32 reference path, on its
-    own copy of the generator so the fast path's weight cache cannot leak into it).
+    own copy of the generator so the fast path's weight cache cannot leak into it; the copy is made on first use
+    of ``ref``, so a bench that does not time the reference path never holds it).
 
     Tensor API used by the sync check, the FLOP count and the fidelity section: ``anonymize(images01, seeds)``
     / ``recover(images01, seeds)`` = ``fast.anonymize_tensors`` / ``fast.recover_tensors`` (official payload,
@@ -196,20 +223,42 @@ class BenchPipeline(nn.Module):
         self.model = (model if model is not None else G2Face(cfg, with_discriminator=False)).eval()
         self.identity = identity.eval()
         self.geometry = geometry.eval()
-        self.fast = self.ref = None
+        self.fast = None
+        self._ref = None
+        self._anon_kw: dict = {}
 
     def attach(self) -> BenchPipeline:
-        """Build the two anonymizers on the modules' current device."""
-        import copy
-
+        """Build the fast-path anonymizer on the modules' current device (the reference one: ``ref``)."""
         from g2face_eval.models.anonymizer import G2FaceAnonymizer
 
         dev = next(self.model.parameters()).device
-        kw = dict(identity=self.identity, geometry=self.geometry, payload=self.payload_mode, noise="keyed",
-                  device=dev)
-        self.fast = G2FaceAnonymizer(self.model, fast=True, **kw)
-        self.ref = G2FaceAnonymizer(copy.deepcopy(self.model), fast=False, **kw)
+        self._anon_kw = dict(identity=self.identity, geometry=self.geometry, payload=self.payload_mode,
+                             noise="keyed", device=dev)
+        self.fast = G2FaceAnonymizer(self.model, fast=True, **self._anon_kw)
+        self._ref = None
         return self
+
+    @property
+    def ref(self):
+        """The fp32 reference path (``G2FaceAnonymizer(fast=False)``) on a deep copy of the generator, made on
+        first use (from the weights in the default layout, without the fast path's weight cache)."""
+        if self._ref is None and self.fast is not None:
+            import copy
+
+            from g2face_eval.models.anonymizer import G2FaceAnonymizer
+
+            self.model.set_inference_cache(False)       # do not copy the fast path's cached weights
+            try:
+                model = copy.deepcopy(self.model)
+            finally:
+                self.model.set_inference_cache(True)    # the fast path's setting; rebuilt lazily on its next call
+            set_memory_format(model, torch.contiguous_format)
+            self._ref = G2FaceAnonymizer(model, fast=False, **self._anon_kw)
+        return self._ref
+
+    def drop_reference(self) -> None:
+        """Free the reference path's copy of the generator (made again on the next use of ``ref``)."""
+        self._ref = None
 
     # ---- variant switches (the bench sets these; memory format of the weights is set by the caller)
     @property
@@ -421,19 +470,45 @@ def count_flops(fn: Callable[[], object]) -> tuple[float, dict[str, float]]:
     return float(fc.get_total_flops()), per_mod
 
 
+def weight_count(module: nn.Module) -> int:
+    """Elements of a module's weights: its parameters plus its persistent floating-point buffers (networks ported
+    from ONNX / TorchScript, e.g. SFace, keep their folded weights as buffers); BatchNorm running statistics and
+    non-persistent buffers (caches, derived constants) are not weights."""
+    seen: set[int] = set()
+    n = 0
+    for t in module.parameters():
+        if id(t) not in seen:
+            seen.add(id(t))
+            n += t.numel()
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        for name, b in m.named_buffers(recurse=False):
+            if (b is None or not b.is_floating_point() or name in m._non_persistent_buffers_set
+                    or id(b) in seen):
+                continue
+            seen.add(id(b))
+            n += b.numel()
+    return n
+
+
 def pipeline_flops(config: str) -> dict:
-    """GFLOP per image (batch 1, meta device) of anonymize / recover, with a coarse breakdown."""
+    """GFLOP per image (batch 1, meta device) of anonymize / recover, with a coarse breakdown. The priors are
+    counted through the calls the fast path makes (``G2FaceAnonymizer._identity`` / ``_geometry``), so a prior
+    whose entry point is a method rather than ``__call__`` (the shipped ``GeometryPrior.coefficients``) is
+    attributed; the generator's parts by module name."""
     p = build_pipeline(config, "meta")
     x = torch.rand(1, 3, p.cfg.size, p.cfg.size, device="meta")
     s = torch.zeros(1, dtype=torch.int64, device="meta")
+    xm = x * 2 - 1
+    priors = {"identity_prior": count_flops(lambda: p.fast._identity(xm))[0] / 1e9,
+              "geometry_prior": count_flops(lambda: p.fast._geometry(xm))[0] / 1e9}
     out: dict = {}
     for op in ("anonymize", "recover"):
         total, per = count_flops(lambda op=op: getattr(p, op)(x, s))
         out[f"{op}_gflop_per_image"] = total / 1e9
         if op == "anonymize":
-            labels = {"identity_prior": ("ArcFaceIdentity", "TruncatedIdentity", "SFaceIdentity"),
-                      "geometry_prior": ("ResNet50Recon", "LmmGeometry", "GeometryPrior"),
-                      "generator": ("G2FaceGenerator",), "pyramid_encoder": ("G2FaceGenerator.pyramid",),
+            labels = {"generator": ("G2FaceGenerator",), "pyramid_encoder": ("G2FaceGenerator.pyramid",),
                       "fusion_masks": ("G2FaceGenerator.fusion_mask",),
                       "hiding_injects": ("G2FaceGenerator.hiding_injects",),
                       "stylegan_convs": ("G2FaceGenerator.conv1", "G2FaceGenerator.convs"),
@@ -448,40 +523,76 @@ def pipeline_flops(config: str) -> dict:
                 return sum(v for k, v in per.items() if k.startswith(prefix + ".") and k.count(".") == d)
 
             parts = {lab: sum(mod(k) for k in keys) / 1e9 for lab, keys in labels.items()}
-            out["anonymize_breakdown_gflop"] = parts
-    out["params_M"] = {k: sum(t.numel() for t in getattr(p, k).parameters()) / 1e6
-                       for k in ("model", "identity", "geometry")}
+            out["anonymize_breakdown_gflop"] = {**priors, **parts}
+    # weights as parameters + weight buffers (weight_count): SFace's are all buffers
+    out["params_M"] = {k: weight_count(getattr(p, k)) / 1e6 for k in ("model", "identity", "geometry")}
     return out
+
+
+CPU_RATE_MATMULS = (512, 1024, 1536)        # n of the n^3 matmuls of the CPU rate
+CPU_RATE_CONV = (4, 256, 28, 28)            # (B, C, H, W) of the dense 3x3 convolution (C -> C, padding 1)
+
+
+def _kernel_rate(fn: Callable[[], object], flops: float, device: torch.device, seconds: float) -> tuple[float, int]:
+    """(TFLOP/s, reps) of ``fn`` (``flops`` per call): 2 warm-up calls, then calls until ``seconds`` and >= 3."""
+    for _ in range(2):
+        fn()
+    _sync(device)
+    reps, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        reps += 1
+        _sync(device)
+        if time.perf_counter() - t0 > seconds and reps >= 3:
+            break
+    return flops * reps / (time.perf_counter() - t0) / 1e12, reps
 
 
 def matmul_rate(device: torch.device, seconds: float = 1.0, dtype: torch.dtype | None = None,
                 tf32: bool = False) -> dict:
-    """Dense matmul rate in TFLOP/s: bf16 8192^3 on GPU, fp32 1024^3 (repeated) on CPU (the floor's denominator).
-    ``dtype`` / ``tf32``: another precision, e.g. fp32 with TF32 matmuls on GPU, the precision the fp32 priors
-    run in (for a dtype-aware floor; recorded, not used by the bench's floor)."""
+    """The floor's denominator in TFLOP/s, measured. GPU: the dense bf16 8192^3 matmul rate of the card (``dtype``
+    / ``tf32``: another precision, e.g. fp32 with TF32 matmuls, the precision the fp32 priors run in; recorded by
+    the scripts, not used by the bench's floor). CPU: the best of several measured kernels in ``dtype`` (default
+    fp32) -- matmuls at ``CPU_RATE_MATMULS`` sizes and a dense 3x3 convolution (``CPU_RATE_CONV``; NCHW and
+    channels_last, the layouts the variants run in), FLOPs counted
+    by ``FlopCounterMode`` like the pipelines' -- because one fp32 matmul runs slower than the pipelines' own
+    convolutions on CPU (oneDNN), which made ratio_to_floor < 1. ``seconds`` is the total measuring time.
+    Returns ``tflops`` (the best), ``kernel`` (which kernel gave it), ``kernels`` (every kernel's TFLOP/s),
+    ``dtype``, ``n`` (the best kernel's matmul size, None for the convolution), ``reps``, ``threads``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     cuda = device.type == "cuda"
-    n = 8192 if cuda else 1024
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    kernels: dict[str, tuple[Callable[[], object], float, int | None]] = {}
+    for n in ((8192,) if cuda else CPU_RATE_MATMULS):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        kernels[f"matmul_{n}"] = (lambda a=a, b=b: a @ b, 2.0 * n ** 3, n)
+    if not cuda:
+        bs, c, h, w = CPU_RATE_CONV
+        for fmt, suffix in ((torch.contiguous_format, ""), (torch.channels_last, "_cl")):
+            x = torch.randn(bs, c, h, w, device=device, dtype=dtype).contiguous(memory_format=fmt)
+            wt = torch.randn(c, c, 3, 3, device=device, dtype=dtype).contiguous(memory_format=fmt)
+
+            def conv(x=x, wt=wt):
+                with torch.no_grad():
+                    return F.conv2d(x, wt, padding=1)
+
+            with FlopCounterMode(display=False) as fc:
+                conv()
+            kernels[f"conv3x3_{c}ch_{h}px_b{bs}{suffix}"] = (conv, float(fc.get_total_flops()), None)
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    rates: dict[str, tuple[float, int]] = {}
     try:
-        for _ in range(3):
-            a @ b
-        _sync(device)
-        reps, t0 = 0, time.perf_counter()
-        while True:
-            a @ b
-            reps += 1
-            _sync(device)
-            if time.perf_counter() - t0 > seconds and reps >= 3:
-                break
-        dt = time.perf_counter() - t0
+        for name, (fn, flops, _) in kernels.items():
+            rates[name] = _kernel_rate(fn, flops, device, seconds / len(kernels))
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
-    return {"dtype": str(dtype).replace("torch.", "") + ("+tf32" if tf32 and cuda else ""), "n": n, "reps": reps,
-            "tflops": 2.0 * n ** 3 * reps / dt / 1e12, "threads": torch.get_num_threads()}
+    best = max(rates, key=lambda k: rates[k][0])
+    return {"dtype": str(dtype).replace("torch.", "") + ("+tf32" if tf32 and cuda else ""),
+            "n": kernels[best][2], "reps": rates[best][1], "tflops": rates[best][0], "kernel": best,
+            "kernels": {k: v[0] for k, v in rates.items()}, "threads": torch.get_num_threads()}
 
 
 # ============================================================================================ timing
@@ -506,18 +617,41 @@ def record_step(steps: dict, name: str, fn: Callable[[], dict | None]) -> dict:
 
 
 def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict:
+    """``warmup`` untimed calls, then ``repeats`` timed ones (CUDA events on a CUDA device, else perf_counter).
+
+    Memory is the cell's own, as ``metrics.latency.measure`` defines it: ``peak_memory_mb`` = the peak increase
+    over the level just before the measured calls (``memory_baseline_mb``); the measured calls are the timed ones
+    and the last warm-up call (when ``warmup`` >= 1), which takes the page faults of the heap handed back to the
+    kernel on CPU so that they do not slow the timed calls (``metrics.latency`` lets its first timed run take
+    them). CUDA (``memory_kind`` ``cuda_allocated_peak_increase``): allocated bytes on ``device``; plus
+    ``peak_reserved_mb``, the reserved (caching allocator) peak over the whole cell (every warm-up call included)
+    minus the reserved level before it -- a CUDA-graph cell replays into the private pool reserved at capture,
+    which only this figure shows. CPU (``rss_peak_increase``): the free heap handed back to the kernel and
+    ``VmHWM`` reset (``metrics.latency`` helpers), then VmHWM minus the RSS at the reset; where the reset is
+    impossible NaN, ``unavailable`` and ``memory_note``."""
     cuda = device.type == "cuda"
-    for _ in range(warmup):
+    if cuda:
+        _sync(device)
+        reserved0 = torch.cuda.memory_reserved(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(warmup - 1):
         fn()
     _sync(device)
-    rss_note = ""
+    base, note = float("nan"), ""
     if cuda:
+        reserved_warm = torch.cuda.max_memory_reserved(device)
         torch.cuda.reset_peak_memory_stats(device)
+        base_b = torch.cuda.memory_allocated(device)
+        base = base_b / 2 ** 20
     else:
+        latency.release_free_heap()
         try:
-            latency.reset_rss_peak()
+            base = latency.reset_rss_peak()
         except OSError as e:
-            rss_note = f"{type(e).__name__}: {e}"
+            note = f"cannot reset the resident-set peak: {type(e).__name__}: {e}"
+    if warmup >= 1:  # the last warm-up call, inside the memory window
+        fn()
+        _sync(device)
     ev, wall = [], []
     for _ in range(repeats):
         if cuda:
@@ -537,17 +671,20 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     res = {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)),
            "wall_median_ms": float(np.median(wall)), "times_ms": [round(float(v), 4) for v in t]}
     if cuda:
-        res["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
-        res["memory_kind"] = "cuda_max_allocated"
-        # a CUDA-graph cell replays into the graph's private pool, captured during warm-up: its activations are
-        # reserved, not allocated, so peak_memory_mb leaves them out; the reserved peak (caching-allocator slack
-        # included) covers them
-        res["peak_reserved_mb"] = torch.cuda.max_memory_reserved(device) / 2 ** 20
-    elif not rss_note:
-        res["peak_memory_mb"] = latency.rss_peak_mb()
-        res["memory_kind"] = "process_rss_peak_of_cell"
-    else:
-        res["peak_memory_mb"], res["memory_kind"], res["memory_note"] = float("nan"), "unavailable", rss_note
+        _sync(device)
+        res["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) - base_b) / 2 ** 20
+        res["memory_kind"] = latency.KIND_CUDA
+        res["peak_reserved_mb"] = (max(reserved_warm, torch.cuda.max_memory_reserved(device)) - reserved0) / 2 ** 20
+    elif not note:
+        try:
+            res["peak_memory_mb"] = max(0.0, latency.rss_peak_mb() - base)
+            res["memory_kind"] = latency.KIND_RSS
+        except OSError as e:
+            note = f"cannot read VmHWM: {type(e).__name__}: {e}"
+    if note:
+        res["peak_memory_mb"], res["memory_kind"], res["memory_note"] = float("nan"), latency.KIND_UNAVAILABLE, note
+        base = float("nan")
+    res["memory_baseline_mb"] = base
     return res
 
 
@@ -637,6 +774,10 @@ class Bench:
     def __init__(self, args, out_dir: Path):
         self.args = args
         self.device = torch.device(args.device)
+        if self.device.type == "cuda" and self.device.index is not None:
+            # cuda:N: everything that works on "the current device" (CUDA graph capture streams, torch.compile,
+            # cuDNN/cuBLAS handles, bare "cuda" tensors) must run on GPU N, not on cuda:0
+            torch.cuda.set_device(self.device)
         self.out_dir = out_dir
         self.t0 = time.perf_counter()
         self.doc: dict = {
@@ -649,9 +790,12 @@ class Bench:
                          "cudnn_benchmark": torch.backends.cudnn.benchmark,
                          "max_gflop_per_call": args.max_gflop_per_call, "time_budget_s": args.time_budget},
             "configs": {}, "flops": {}, "matmul_rate": None, "fidelity": {}, "sync_check": {},
-            "results": [], "reference": load_reference(), "notes": [],
+            "metric_suite": {}, "results": [], "reference": load_reference(), "notes": [],
         }
         self._pipes: dict[str, BenchPipeline] = {}
+        self._build_errors: dict[str, str] = {}      # config -> why its pipeline cannot be built
+        self._build_error_rows: set[str] = set()     # configs whose build error rows are written
+        self.budget_skipped = 0                      # rows skipped for lack of time budget (-> status partial)
 
     # ---- bookkeeping
     def save(self) -> None:
@@ -663,7 +807,7 @@ class Bench:
     def row(self, cell: Cell, **kw) -> dict:
         r = {k: None for k in ROW_FIELDS}
         r.update(suite=cell.suite, name=cell.name, config=cell.config, op=cell.op, variant=cell.variant,
-                 batch=cell.batch, warmup=self.args.warmup, repeats=self.args.repeats)
+                 batch=cell.batch, warmup=self.args.warmup, repeats=self.args.repeats, runs_on=str(self.device))
         r.update(kw)
         self.doc["results"].append(r)
         self.save()
@@ -674,44 +818,93 @@ class Bench:
                     f"{r['images_per_second']:.1f} img/s")
             if r.get("ratio_to_floor"):
                 msg += f", {r['ratio_to_floor']:.1f}x floor"
+            if r.get("floor_note"):
+                msg += f" ({r['floor_note']})"
         else:
             msg += f": {r.get('error')}"
         print(msg, flush=True)
         return r
 
-    def measure(self, cell: Cell, fn: Callable[[], object], gflop_per_image: float | None = None) -> dict:
+    def skip_for_budget(self, cell: Cell, reason: str) -> dict:
+        """A ``skipped`` row for lack of time budget (the run's status is then ``partial``)."""
+        self.budget_skipped += 1
+        return self.row(cell, status="skipped", error=reason)
+
+    def measure(self, cell: Cell, fn: Callable[[], object] | None, gflop_per_image: float | None = None, *,
+                make: Callable[[], Callable[[], object]] | None = None, limit: float = 0.0,
+                cleanup: Callable[[], None] | None = None, runs_on: str | None = None,
+                flop_error: str | None = None, floor_note: str | None = None) -> dict:
+        """Time one cell and write its row. ``fn``: the timed call; or ``make()`` returns it (its preparation,
+        e.g. recover's anonymized input, runs under the same ``limit`` alarm as the timing). ``cleanup`` runs after
+        either way. The row is written only after the alarm is off, so a late alarm cannot add a second row.
+        ``runs_on``: the device the work runs on when it is not the bench's (host oracles of a GPU bench): timed
+        with that device's clock and memory figure, and no floor (the rate is the bench device's)."""
         if self.over_budget():
-            return self.row(cell, status="skipped", error="time budget exhausted")
+            return self.skip_for_budget(cell, "time budget exhausted")
+        dev = torch.device(runs_on) if runs_on is not None else self.device
         try:
-            t = time_fn(fn, self.device, self.args.warmup, self.args.repeats)
+            try:
+                with alarm(limit):
+                    t = time_fn(make() if make is not None else fn, dev, self.args.warmup, self.args.repeats)
+            finally:
+                if cleanup is not None:
+                    cleanup()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
         except Exception as e:  # noqa: BLE001 - a failing cell is a result, not a crash
             traceback.print_exc()
-            return self.row(cell, status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
-        finally:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        kw = dict(status="ok", median_ms=t["median_ms"], p90_ms=t["p90_ms"],
+            return self.row(cell, status="error", runs_on=str(dev), error=f"{type(e).__name__}: {str(e)[:300]}",
+                            flop_error=flop_error)
+        kw = dict(status="ok", runs_on=str(dev), median_ms=t["median_ms"], p90_ms=t["p90_ms"],
                   wall_median_ms=t["wall_median_ms"],
                   ms_per_image=t["median_ms"] / cell.batch,
                   images_per_second=cell.batch / (t["median_ms"] / 1e3) if t["median_ms"] > 0 else None,
-                  peak_memory_mb=t["peak_memory_mb"], memory_kind=t["memory_kind"], times_ms=t["times_ms"])
-        rate = (self.doc.get("matmul_rate") or {}).get("tflops")
+                  peak_memory_mb=t["peak_memory_mb"], memory_kind=t["memory_kind"],
+                  memory_baseline_mb=t.get("memory_baseline_mb"), peak_reserved_mb=t.get("peak_reserved_mb"),
+                  memory_note=t.get("memory_note"), times_ms=t["times_ms"], flop_error=flop_error,
+                  floor_note=floor_note)
+        rate_doc = self.doc.get("matmul_rate") or {}
+        rate = rate_doc.get("tflops")
         if gflop_per_image:
             kw["gflop_per_image"] = gflop_per_image
-            if rate:
+            if rate and dev.type != self.device.type:
+                kw["floor_note"] = f"no floor: runs on {dev}, the measured rate is {self.device}'s"
+            elif rate:
                 kw["floor_ms"] = gflop_per_image * cell.batch / rate  # GFLOP / (TFLOP/s) = ms
                 kw["ratio_to_floor"] = t["median_ms"] / kw["floor_ms"]
+                if kw["ratio_to_floor"] < 1:
+                    kw["floor_note"] = (f"INVALID floor: measured {kw['ratio_to_floor']:.2f}x the floor, faster than "
+                                        f"the rate of {rate_doc.get('kernel', 'the rate kernel')} "
+                                        f"({rate:.3g} TFLOP/s), which is therefore no peak of this device")
         return self.row(cell, **kw)
 
     # ---- pieces
     def pipe(self, config: str) -> BenchPipeline:
+        """The pipeline of ``config`` on the bench device. Any other config's pipeline is freed first: one config's
+        networks are resident at a time (a build failure is remembered, not retried)."""
+        if config in self._build_errors:
+            raise RuntimeError(self._build_errors[config])
+        for other in [c for c in self._pipes if c != config]:
+            self.release(other)
         if config not in self._pipes:
-            p = build_pipeline(config, self.device)
+            try:
+                p = build_pipeline(config, self.device)
+            except Exception as e:
+                self._build_errors[config] = f"{type(e).__name__}: {str(e)[:300]}"
+                raise
             self._pipes[config] = p
             self.doc["configs"][config] = {"note": p.note, **p.cfg.to_dict(),  # type: ignore[attr-defined]
                                            "identity": type(p.identity).__name__,
                                            "geometry": type(p.geometry).__name__}
         return self._pipes[config]
+
+    def release(self, config: str | None = None) -> None:
+        """Free the pipeline of ``config`` (all when None) and hand the freed memory back."""
+        for c in [config] if config is not None else list(self._pipes):
+            self._pipes.pop(c, None)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def run(self) -> dict:
         a = self.args
@@ -735,64 +928,103 @@ class Bench:
             self.metrics()
         if "g2face" in a.suites:  # torch.compile cells last: they are the slowest to prepare
             self.g2face(compiled=True)
-        self.doc["status"] = "partial" if self.over_budget() else "complete"
+        self.release()
+        self.doc["status"] = "partial" if self.budget_skipped else "complete"
         self.doc["wall_s"] = time.perf_counter() - self.t0
         self.save()
         return self.doc
 
     def checks(self) -> None:
-        """Host-sync check (meta device) and fidelity of each variant vs fp32 on the smallest config."""
+        """Host-sync check (meta device) and fidelity of each variant vs fp32 on the smallest config; a config
+        that cannot be built or run there (e.g. a missing package) gives way to the next smallest."""
         try:
             self.doc["sync_check"] = {"config": "tiny", "device": "meta",
                                       "events": sync_check("tiny", "meta")}
         except Exception as e:  # noqa: BLE001
             self.doc["sync_check"] = {"error": f"{type(e).__name__}: {e}"}
-        cfg_name = min(self.args.configs, key=lambda c: config_by_name(c)[0].size)
-        try:
-            self.doc["fidelity"] = fidelity(self.pipe(cfg_name), self.device, self.args.variants,
-                                     with_compile=self.args.fidelity_compile)
-            self.doc["fidelity"]["config"] = cfg_name
-        except Exception as e:  # noqa: BLE001
-            self.doc["fidelity"] = {"error": f"{type(e).__name__}: {e}"}
+        failed: dict[str, str] = {}
+        fid: dict = {"error": "no config to check"}
+        for cfg_name in sorted(dict.fromkeys(self.args.configs), key=lambda c: config_by_name(c)[0].size):
+            try:
+                fid = fidelity(self.pipe(cfg_name), self.device, self.args.variants,
+                               with_compile=self.args.fidelity_compile)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                failed[cfg_name] = f"{type(e).__name__}: {str(e)[:300]}"
+                fid = {"error": f"no config could be checked: {failed}"}
+                continue
+            fid["config"] = cfg_name
+            break
+        if failed:
+            fid["failed_configs"] = failed
+        self.doc["fidelity"] = fid
         self.save()
 
     def g2face(self, compiled: bool) -> None:
         """Cells name ``g2face`` (the fast path, every variant) and ``g2face_reference`` (the fp32 reference
         path, variant fp32 only, unless --no-reference), both through the ``Anonymizer`` API with per-image keys
-        (so the keyed payload's host cryptography is included where the config uses it)."""
+        (so the keyed payload's host cryptography is included where the config uses it). One config's pipeline
+        is resident at a time (freed after its cells)."""
         a = self.args
         for config in a.configs:
+            variants = [v for v in a.variants if parse_variant(v)["compile"] == compiled]
+            if not variants:
+                continue
             try:
                 p = self.pipe(config)
             except Exception as e:  # noqa: BLE001 - e.g. a prior's package missing on the device image
-                traceback.print_exc()
-                for op in a.ops:
-                    self.row(Cell("g2face", "g2face", config, op, "*", 0), status="error",
-                             error=f"build: {type(e).__name__}: {str(e)[:300]}")
+                if config not in self._build_error_rows:
+                    self._build_error_rows.add(config)
+                    traceback.print_exc()
+                    for op in a.ops:
+                        self.row(Cell("g2face", "g2face", config, op, "*", 0), status="error",
+                                 error=f"build: {type(e).__name__}: {str(e)[:300]}")
                 continue
-            fl = self.doc["flops"].get(config, {})
-            for variant in a.variants:
-                spec = parse_variant(variant)
-                if spec["compile"] != compiled:
-                    continue
-                impls = ["g2face"] + (["g2face_reference"] if a.reference and variant == "fp32" else [])
-                for op in a.ops:
-                    if spec["compile"] and op not in a.compile_ops:
-                        continue
-                    gf = fl.get(f"{op}_gflop_per_image")
-                    for b in a.batches:
-                        if spec["compile"] and b not in a.compile_batches:
-                            continue
-                        for impl in impls:
-                            self._g2face_maybe(p, Cell("g2face", impl, config, op, variant, b), spec, gf)
+            try:
+                self._g2face_config(p, config, variants)
+            finally:
+                del p
+                self.release(config)
+
+    def _compile_filter(self, spec: dict, op: str, batch: int) -> str | None:
+        """Why a *_compile cell is not run (--compile-ops / --compile-batches), or None."""
+        a = self.args
+        if not spec["compile"]:
+            return None
+        why = []
+        if op not in a.compile_ops:
+            why.append(f"op {op} not in --compile-ops {','.join(a.compile_ops)}")
+        if batch not in a.compile_batches:
+            why.append(f"batch {batch} not in --compile-batches {','.join(map(str, a.compile_batches))}")
+        return "; ".join(why) or None
+
+    def _g2face_config(self, p: BenchPipeline, config: str, variants: list[str]) -> None:
+        a = self.args
+        fl = self.doc["flops"].get(config, {})
+        for variant in variants:
+            spec = parse_variant(variant)
+            impls = ["g2face"] + (["g2face_reference"] if a.reference and variant == "fp32" else [])
+            if len(impls) > 1:
+                p.ref  # noqa: B018 - the reference copy made here, before this variant's cells, outside any of them
+            for op in a.ops:
+                gf = fl.get(f"{op}_gflop_per_image")
+                for b in a.batches:
+                    why = self._compile_filter(spec, op, b)
+                    for impl in impls:
+                        cell = Cell("g2face", impl, config, op, variant, b)
+                        if why:
+                            self.row(cell, status="skipped", error=why)
+                        else:
+                            self._g2face_maybe(p, cell, spec, gf)
+            p.drop_reference()  # the reference copy is timed with variant fp32 only
 
     def _g2face_maybe(self, p: BenchPipeline, cell: Cell, spec: dict, gf: float | None) -> None:
         a = self.args
         b = cell.batch
         left = a.time_budget - (time.perf_counter() - self.t0)
         if spec["compile"] and a.time_budget > 0 and left < a.compile_reserve:
-            self.row(cell, status="skipped",
-                     error=f"only {left:.0f} s of the time budget left (< --compile-reserve {a.compile_reserve:g} s)")
+            self.skip_for_budget(
+                cell, f"only {left:.0f} s of the time budget left (< --compile-reserve {a.compile_reserve:g} s)")
             return
         gpu_only = spec["graph"] or (spec["compile"] and not a.cpu_compile)
         if gpu_only and self.device.type != "cuda":
@@ -805,37 +1037,37 @@ class Bench:
             return
         self._g2face_cell(p, cell, spec, gf)
 
-    def _g2face_cell(self, p: BenchPipeline, cell: Cell, spec: dict, gf: float | None) -> None:
+    def _g2face_cell(self, p: BenchPipeline, cell: Cell, spec: dict, gf: float | None) -> dict:
+        """One g2face cell; a *_compile cell's preparation (compiling) and timing run under --compile-timeout."""
         if self.over_budget():
-            self.row(cell, status="skipped", error="time budget exhausted")
-            return
-        limit = self.args.compile_timeout if spec["compile"] else 0
-        with alarm(limit):
-            self._g2face_cell_inner(p, cell, spec, gf)
+            return self.skip_for_budget(cell, "time budget exhausted")
+        fast = cell.name == "g2face"
+        anon = p.fast if fast else p.ref
 
-    def _g2face_cell_inner(self, p: BenchPipeline, cell: Cell, spec: dict, gf: float | None) -> None:
-        anon = p.fast if cell.name == "g2face" else p.ref
-        if anon is p.fast:
-            anon.configure(amp_dtype=spec["amp"], channels_last=spec["cl"], compile=spec["compile"],
-                           cuda_graphs=spec["graph"])
-        try:
+        def make() -> Callable[[], object]:
+            if fast:
+                anon.configure(amp_dtype=spec["amp"], channels_last=spec["cl"], compile=spec["compile"],
+                               cuda_graphs=spec["graph"])
             g = torch.Generator(device="cpu").manual_seed(cell.batch)
             x = torch.rand(cell.batch, 3, p.cfg.size, p.cfg.size, generator=g).to(self.device)
             keys = [f"bench-{i}".encode() for i in range(cell.batch)]
             if cell.op == "recover":
                 x = anon.anonymize(x, keys).images
-            fn = (lambda: anon.recover(x, keys)) if cell.op == "recover" else (lambda: anon.anonymize(x, keys))
-            self.measure(cell, fn, gf)
-        except Exception as e:  # noqa: BLE001
-            traceback.print_exc()
-            self.row(cell, status="error", error=f"{type(e).__name__}: {str(e)[:300]}")
-        finally:
-            if anon is p.fast:
+                return lambda: anon.recover(x, keys)
+            return lambda: anon.anonymize(x, keys)
+
+        def cleanup() -> None:
+            if fast:
                 anon.configure()
             if spec["compile"]:
                 torch._dynamo.reset()
 
+        return self.measure(cell, None, gf, make=make, cleanup=cleanup,
+                            limit=self.args.compile_timeout if spec["compile"] else 0)
+
     def baselines(self) -> None:
+        """Every baseline's ``anonymize``, on the bench device (moved there with ``.to`` as the harness's
+        ``build_method`` does; a method without ``to`` runs where it is)."""
         from g2face_eval import methods
         from g2face_eval.anonymizer import METHODS
 
@@ -844,10 +1076,12 @@ class Bench:
         for name in names:
             try:
                 m = methods.build(name)
+                if hasattr(m, "to"):
+                    m.to(self.device)
             except Exception as e:  # noqa: BLE001
                 for b in self.args.batches:
-                    self.row(Cell("baseline", name, "256", "anonymize", "fp32", b), status="error",
-                             error=f"build: {type(e).__name__}: {e}")
+                    self.row(Cell("baseline", name, str(size), "anonymize", "fp32", b), status="error",
+                             error=f"build on {self.device}: {type(e).__name__}: {e}")
                 continue
             for b in self.args.batches:
                 cell = Cell("baseline", name, str(size), "anonymize", "fp32", b)
@@ -856,45 +1090,163 @@ class Bench:
                 keys = [f"bench{i}".encode() for i in range(b)]
                 self.measure(cell, lambda m=m, x=x, mask=mask, keys=keys:
                              m.anonymize(x, keys, face_masks=mask))
+            del m
+            self.release()
 
     def metrics(self) -> None:
-        from g2face_eval.metrics import image as im
+        """The harness's per-image metric work on its own oracle objects (``metric_oracles``); one row per
+        oracle x batch. FLOPs at batch 1 on real inputs where the oracle runs (``oracle_flops``)."""
+        import shutil
+        import tempfile
 
-        dev = self.device
-        kernels: list[tuple[str, Callable[[torch.Tensor, torch.Tensor], object], float | None]] = [
-            ("psnr", lambda a, b: im.psnr(a, b, 1.0), None),
-            ("ssim", lambda a, b: im.ssim(a, b, 1.0), None),
-        ]
+        suite: dict = {}
+        self.doc["metric_suite"] = suite
+        tmp = tempfile.mkdtemp(prefix="g2face-bench-oracles-")
         try:
-            from g2face_eval.models.identity import ArcFaceIdentity
-
-            arc = ArcFaceIdentity().to(dev).eval()
-            kernels.append(("embed_arcface_r50_112", lambda a, b: arc(a * 2 - 1), None))
-        except Exception as e:  # noqa: BLE001
-            self.doc["notes"].append(f"arcface embedding not benchmarked: {e}")
-        try:
-            from g2face_eval.metrics.realism import EfficientNetLite0
-
-            eff = EfficientNetLite0().to(dev).eval()
-
-            def fd_feat(a, b):
-                x = F.interpolate(a, size=(224, 224), mode="bilinear", align_corners=False)
-                return eff.features(x * 255.0) if hasattr(eff, "features") else eff(x)
-
-            kernels.append(("frechet_features_effnet_lite0", fd_feat, None))
-        except Exception as e:  # noqa: BLE001
-            self.doc["notes"].append(f"Frechet extractor not benchmarked: {e}")
-        for name, fn, _ in kernels:
             try:
-                gf = count_flops(lambda fn=fn: fn(torch.rand(1, 3, 256, 256, device="meta"),
-                                                  torch.rand(1, 3, 256, 256, device="meta")))[0] / 1e9
-            except Exception:  # noqa: BLE001
-                gf = None
-            for b in self.args.batches:
-                cell = Cell("metric", name, "256", "compute", "fp32", b)
-                a_ = torch.rand(b, 3, 256, 256).to(dev)
-                b_ = torch.rand(b, 3, 256, 256).to(dev)
-                self.measure(cell, lambda fn=fn, a_=a_, b_=b_: _nograd(fn, a_, b_), gf or None)
+                kernels, info = metric_oracles(self.device, max(self.args.batches), tmp)
+            except Exception as e:  # noqa: BLE001 - e.g. the harness's packages missing on a device image
+                traceback.print_exc()
+                suite["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                for b in self.args.batches:
+                    self.row(Cell("metric", "oracles", "256", "compute", "fp32", b), status="error",
+                             error=f"oracles: {suite['error']}")
+                return
+            suite.update(info)
+            self.save()
+            for k in kernels:
+                gf, flop_error, floor_note = oracle_flops(k)
+                suite["oracles"][k["name"]]["gflop_per_image"] = gf
+                for b in self.args.batches:
+                    cell = Cell("metric", k["name"], str(info["image_size"]), "compute", "fp32", b)
+                    self.measure(cell, k["call"](b), gf, runs_on=k["runs_on"], flop_error=flop_error,
+                                 floor_note=floor_note)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def frozen_as_eager():
+    """``models.frozen.FrozenOnCPU`` runs its eager network meanwhile: ``FlopCounterMode`` does not see inside a
+    frozen TorchScript graph (its prepacked oneDNN convolutions are not the aten ops it counts); the eager network
+    has the same convolutions and matmuls."""
+    from g2face_eval.models.frozen import FrozenOnCPU
+
+    orig = FrozenOnCPU.__call__
+    FrozenOnCPU.__call__ = lambda self, x: self.net(x)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        FrozenOnCPU.__call__ = orig  # type: ignore[method-assign]
+
+
+def _where(obj) -> str:
+    """The device an oracle's torch network sits on ("cpu" for host libraries: OpenCV, dlib, MediaPipe)."""
+    dev = getattr(obj, "device", None)
+    if isinstance(dev, (str, torch.device)):
+        return str(torch.device(dev))
+    for attr in ("_net", "net", "module", "model"):
+        m = getattr(obj, attr, None)
+        if isinstance(m, nn.Module):
+            for t in [*m.parameters(), *m.buffers()]:
+                return str(t.device)
+    return "cpu"
+
+
+def metric_oracles(device: torch.device, n_faces: int, cache_dir: str) -> tuple[list[dict], dict]:
+    """The harness's per-image metric work as ``scripts/oracle_costs.py`` times it: its own oracle objects
+    (``harness.evaluate.Oracles`` with the default evaluation config on ``device``: every available recognizer,
+    the default detectors, the face mesh, LPIPS, the Fréchet feature extractors) and ``evaluate._psnr/_ssim``,
+    on up to ``n_faces`` of the package's embedded faces prepared as the harness prepares them (``Preparer``: the
+    YuNet subject face), Gaussian-blurred (sigma 4) as the stand-in output. Returns (kernels, info): each kernel
+    ``{"name", "call": b -> zero-arg callable on a batch of b (the faces cycled), "runs_on", "what"}``; info
+    records the inputs and what is unavailable. Without faces (the detector's weights missing) or without the
+    oracles (no recognizer), what needs no face (features, LPIPS, PSNR, SSIM) is still timed."""
+    import cv2
+
+    from g2face_eval.harness import config as C
+    from g2face_eval.harness.evaluate import Oracles, _features, _psnr, _ssim, _to_batch
+    from g2face_eval.harness.prepare import DatasetSource, Preparer, load_prepare
+    from g2face_eval.harness.records import ArrayCache
+
+    cfg = C.defaults()
+    cfg["device"] = str(device)
+    size = int(cfg["image_size"])
+    unavailable: dict[str, str] = {}
+    src = DatasetSource("embedded", cfg)
+    ids = src.ids[: max(1, min(n_faces, len(src.ids)))]
+    try:
+        items, fails = load_prepare(src, Preparer(size), ids)
+        unavailable.update({f"face_{sid}": why for sid, why, _ in fails})
+        if not items:
+            raise RuntimeError(f"no embedded face could be prepared: {fails[:3]}")
+        orig, faces = [it.image for it in items], [it.face for it in items]
+    except Exception as e:  # noqa: BLE001 - e.g. YuNet's weights missing: the face-free oracles still run
+        unavailable["faces"] = f"{type(e).__name__}: {str(e)[:300]} (oracles that need the subject's face skipped)"
+        orig = [cv2.resize(src.load(sid).image, (size, size), interpolation=cv2.INTER_AREA) for sid in ids]
+        faces = []
+    outs = [cv2.GaussianBlur(im, (0, 0), 4) for im in orig]
+    try:
+        O = Oracles(cfg, ArrayCache(cache_dir))  # noqa: N806 - the harness's name
+        unavailable.update(O.unavailable)
+    except Exception as e:  # noqa: BLE001 - e.g. no recognizer's weights: PSNR / SSIM still run
+        unavailable["oracles"] = f"{type(e).__name__}: {str(e)[:300]}"
+        O = None  # noqa: N806
+
+    def pick(seq: list, b: int) -> list:
+        return [seq[i % len(seq)] for i in range(b)] if seq else []
+
+    kernels: list[dict] = []
+
+    def add(name: str, what: str, runs_on: str, fn: Callable[[list, list, list], object]) -> None:
+        def call(b: int) -> Callable[[], object]:
+            o, x, f = pick(orig, b), pick(outs, b), pick(faces, b)
+            return lambda: _nograd(fn, o, x, f)
+
+        kernels.append({"name": name, "what": what, "runs_on": runs_on, "call": call})
+
+    if O is not None and faces:
+        for r, rec in O.recognizers.items():
+            add(f"embed_{r}", f"{type(rec).__name__}.embed (alignment + embedding)", _where(rec),
+                lambda o, x, f, rec=rec: rec.embed(x, f))
+        for d, det in O.detectors.items():
+            add(f"finds_{d}", f"{type(det).__name__}.finds (the subject-detection decision)", _where(det),
+                lambda o, x, f, det=det: [det.finds(im, fc.box) for im, fc in zip(x, f, strict=True)])
+        if O.mesh is not None:
+            add("mesh", f"{type(O.mesh).__name__}.analyze of the subject (Oracles.mesh_of)", _where(O.mesh),
+                lambda o, x, f: [O.mesh_of(im, subject=fc) for im, fc in zip(x, f, strict=True)])
+    if O is not None and O.lpips is not None:
+        add("lpips_alex", "LPIPS('alex') output vs original", _where(O.lpips),
+            lambda o, x, f: O.lpips(_to_batch(x), _to_batch(o), 1.0))
+    for n, ext in (O.extractors if O is not None else {}).items():
+        add(f"features_{n}", f"Fréchet features ({type(ext).__name__}, evaluate._features)", _where(ext),
+            lambda o, x, f, ext=ext: _features(ext, x))
+    add("psnr", "evaluate._psnr output vs original", "cpu", lambda o, x, f: _psnr(x, o))
+    add("ssim", "evaluate._ssim output vs original", "cpu", lambda o, x, f: _ssim(x, o))
+    info = {"image_size": size,
+            "inputs": (f"{len(orig)} embedded faces (g2face_eval/data/embedded) "
+                       + ("prepared (YuNet subject face)" if faces else "resized, NOT prepared (no subject face),")
+                       + f" at {size} px, Gaussian-blurred (sigma 4) as the stand-in output; a batch of b cycles "
+                       "them"),
+            "unavailable": unavailable,
+            "oracles": {k["name"]: {"what": k["what"], "runs_on": k["runs_on"]} for k in kernels}}
+    return kernels, info
+
+
+def oracle_flops(kernel: dict) -> tuple[float | None, str | None, str | None]:
+    """(GFLOP per image, flop_error, floor_note) of one metric oracle: its batch-1 call on real inputs, where it
+    runs, under ``FlopCounterMode`` (frozen TorchScript graphs counted through their eager network). A failed
+    count is returned as the error (recorded in the rows), never dropped; work outside torch (OpenCV, dlib,
+    MediaPipe, NumPy) has no counted FLOPs, which the note says."""
+    try:
+        with frozen_as_eager():
+            total = count_flops(kernel["call"](1))[0]
+    except Exception as e:  # noqa: BLE001 - recorded in the rows
+        traceback.print_exc()
+        return None, f"FLOP count failed: {type(e).__name__}: {str(e)[:300]}", None
+    if total <= 0:
+        return None, None, "no FLOPs counted: the work is not torch conv/matmul (OpenCV, dlib, MediaPipe, NumPy)"
+    return total / 1e9, None, None
 
 
 def _nograd(fn, *args):
@@ -1034,6 +1386,8 @@ def plot(doc: dict, path: Path) -> Path | None:
 
 
 def log_mlflow(doc: dict, out_dir: Path, results_dir: Path, figure: Path | None) -> str | None:
+    """Log ``doc`` to an MLflow run; ``doc`` gets ``mlflow_uri`` / ``mlflow_run_id`` and is written to
+    ``out_dir/bench.json`` before that file is logged, so the logged copy is the final document."""
     try:
         from g2face_eval.harness.tracking import Tracker
     except ImportError as e:
@@ -1057,10 +1411,13 @@ def log_mlflow(doc: dict, out_dir: Path, results_dir: Path, figure: Path | None)
             if r["status"] != "ok":
                 continue
             k = f"{r['suite']}/{r['name']}/{r['config']}/{r['op']}/{r['variant']}/b{r['batch']}"
-            for f in ("median_ms", "p90_ms", "images_per_second", "peak_memory_mb", "ratio_to_floor"):
+            for f in ("median_ms", "p90_ms", "images_per_second", "peak_memory_mb", "peak_reserved_mb",
+                      "ratio_to_floor"):
                 if r.get(f) is not None:
                     metrics[f"{k}/{f}"] = r[f]
         tr.log_metrics(rid, metrics)
+        doc["mlflow_uri"], doc["mlflow_run_id"] = tr.uri, rid
+        atomic_write_json(out_dir / "bench.json", doc)
         tr.log_artifact(rid, out_dir / "bench.json")
         if figure is not None and figure.exists():
             tr.log_artifact(rid, figure)
@@ -1078,24 +1435,37 @@ DEFAULTS = {
 }
 
 
+CONFIGS = ("official", "shipped", "small", "tiny")
+OPS = ("anonymize", "recover")
+SUITES = {"g2face": "g2face", "baselines": "baselines", "metrics": "metrics", "baseline": "baselines",
+          "metric": "metrics"}  # --suites name -> suite (the rows' singular names accepted)
+
+
 def _csv(s: str) -> list[str]:
     return [t.strip() for t in s.split(",") if t.strip()]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from g2face_eval import settings
+
     ap = argparse.ArgumentParser(prog="g2face-eval bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--device", default=settings.DEFAULTS["bench_device"],
+                    help=f"auto | cpu | cuda | cuda:N (default {settings.DEFAULTS['bench_device']}: cuda when "
+                    "available, else cpu; settings.DEFAULTS['bench_device'])")
     ap.add_argument("--configs", help="G2Face configs: official, shipped, small, tiny (comma list)")
     ap.add_argument("--batches", help="batch sizes (comma list); CPU default 1,8; GPU 1,8,32,64,128")
     ap.add_argument("--variants", help="fp32|bf16|fp16 [+_cl] [+_compile] [+_graph], comma list")
-    ap.add_argument("--ops", default="anonymize,recover")
-    ap.add_argument("--suites", default="g2face,baselines,metrics")
+    ap.add_argument("--ops", default="anonymize,recover", help=f"G2Face ops (comma list of {', '.join(OPS)})")
+    ap.add_argument("--suites", default="g2face,baselines,metrics",
+                    help="comma list of g2face, baselines, metrics (baseline / metric accepted)")
     ap.add_argument("--methods", help="baseline METHODS names (default: all but g2face)")
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--max-gflop-per-call", type=float,
-                    help="skip G2Face cells above this many GFLOP per call (CPU default 400; 0 = no limit)")
+                    help="skip G2Face cells above this many GFLOP per call (CPU default "
+                         f"{DEFAULTS['cpu']['max_gflop_per_call']:g}, GPU {DEFAULTS['cuda']['max_gflop_per_call']:g}; "
+                         "0 = no limit)")
     ap.add_argument("--time-budget", type=float, default=0.0,
                     help="seconds; cells after it are recorded as skipped (0 = none)")
     ap.add_argument("--compile-batches", default="1,32", help="batch sizes for *_compile variants")
@@ -1119,7 +1489,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--fidelity-compile", action="store_true",
                     help="also check *_compile variants in the fidelity section (compiles the smallest "
                          "config)")
-    ap.add_argument("--out", help="output folder (default results/bench/<UTC stamp>)")
+    ap.add_argument("--out", help="output folder (default <results dir>/bench/<UTC stamp>, with --ingest "
+                    "<results dir>/bench/ingested-<UTC stamp>; results dir: --results-dir, else $G2FACE_RESULTS_DIR, "
+                    "else ./results)")
     ap.add_argument("--results-dir", help="MLflow store folder (default settings.results_dir())")
     ap.add_argument("--no-mlflow", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
@@ -1130,15 +1502,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if a.device == "auto":
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     d = DEFAULTS["cuda" if a.device.startswith("cuda") else "cpu"]
-    a.configs = _csv(a.configs or d["configs"])
-    a.batches = [int(b) for b in _csv(a.batches or d["batches"])]
+
+    def names(flag: str, value: str, known) -> list[str]:  # a misspelt name is an error (exit 2), not a no-op
+        got = _csv(value)
+        bad = [n for n in got if n not in known]
+        if bad or not got:
+            ap.error(f"{flag}: unknown {bad} (known: {', '.join(dict.fromkeys(known))})" if bad else f"{flag}: empty")
+        return got
+
+    def ints(flag: str, value: str) -> list[int]:
+        try:
+            got = [int(b) for b in _csv(value)]
+        except ValueError:
+            ap.error(f"{flag}: {value!r} is not a comma list of integers")
+        if not got or min(got) < 1:
+            ap.error(f"{flag}: batch sizes must be >= 1, got {value!r}")
+        return got
+
+    a.configs = names("--configs", a.configs or d["configs"], CONFIGS)
+    a.batches = ints("--batches", a.batches or d["batches"])
     a.variants = _csv(a.variants or d["variants"])
     for v in a.variants:
-        parse_variant(v)
-    a.ops = _csv(a.ops)
-    a.suites = _csv(a.suites)
-    a.compile_batches = [int(b) for b in _csv(a.compile_batches)]
-    a.compile_ops = _csv(a.compile_ops)
+        try:
+            parse_variant(v)
+        except ValueError as e:
+            ap.error(f"--variants: {e}")
+    a.ops = names("--ops", a.ops, OPS)
+    a.suites = list(dict.fromkeys(SUITES[s] for s in names("--suites", a.suites, SUITES)))
+    a.compile_batches = ints("--compile-batches", a.compile_batches)
+    a.compile_ops = names("--compile-ops", a.compile_ops, OPS)
     a.methods = _csv(a.methods) if a.methods else None
     a.repeats = a.repeats if a.repeats is not None else d["repeats"]
     a.warmup = a.warmup if a.warmup is not None else d["warmup"]
@@ -1163,8 +1555,8 @@ def cli(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "bench.json", doc)
         fig = None if a.no_plot else plot(doc, out_dir / "bench_latency.png")
-        uri = log_mlflow(doc, out_dir, results_dir, fig)
-        print(f"ingested {src} -> {out_dir} ({uri})")
+        uri = None if a.no_mlflow else log_mlflow(doc, out_dir, results_dir, fig)
+        print(f"ingested {src} -> {out_dir}" + (f" ({uri})" if uri else " (no MLflow run)"))
         return 0
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -1192,10 +1584,10 @@ def cli(argv: list[str] | None = None) -> int:
     fig = None if a.no_plot else plot(doc, out_dir / "bench_latency.png")
     if fig:
         doc["figure"] = str(fig)
+    bench.save()
     if not a.no_mlflow:
         try:
-            uri = log_mlflow(doc, out_dir, results_dir, fig)
-            doc["mlflow_uri"] = uri
+            doc["mlflow_uri"] = log_mlflow(doc, out_dir, results_dir, fig)  # writes bench.json, then logs it
         except Exception as e:  # noqa: BLE001 - results are already on disk
             doc["notes"].append(f"mlflow logging failed: {type(e).__name__}: {e}")
     bench.save()
@@ -1205,7 +1597,7 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def summary_table(doc: dict) -> str:
-    lines = ["| suite | name | config | op | variant | batch | median ms | p90 ms | img/s | peak MiB "
+    lines = ["| suite | name | config | op | variant | batch | median ms | p90 ms | img/s | peak +MiB "
              "| x floor |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -1218,7 +1610,8 @@ def summary_table(doc: dict) -> str:
         lines.append(f"| {r['suite']} | {r['name']} | {r['config']} | {r['op']} | {r['variant']} "
                      f"| {r['batch']} | "
                      f"{f(r['median_ms'])} | {f(r['p90_ms'])} | {f(r['images_per_second'], 1)} | "
-                     f"{f(r['peak_memory_mb'], 0)} | {f(r['ratio_to_floor'], 1)} |")
+                     f"{f(r['peak_memory_mb'], 0)} | {f(r['ratio_to_floor'], 1)}"
+                     f"{' (invalid floor)' if (r.get('floor_note') or '').startswith('INVALID') else ''} |")
     return "\n".join(lines)
 
 

@@ -96,7 +96,7 @@ def main() -> int:
     t_start = time.perf_counter()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    from g2face_eval import bench
+    from g2face_eval import atomic, bench
     from g2face_eval.models import stylegan2 as sg
     from g2face_eval.models.g2face import set_memory_format
 
@@ -114,7 +114,8 @@ def main() -> int:
 
     def save():
         doc["elapsed_s"] = round(time.perf_counter() - t_start, 1)
-        (out / "compile_study.json").write_text(json.dumps(doc, indent=1))
+        # atomic: a call killed mid-write (the device call's timeout) leaves the previous complete file
+        atomic.write_json(out / "compile_study.json", doc, indent=1, sort_keys=False)
 
     def step(name, fn, need: float = 0.0):
         while name in doc["steps"]:          # e.g. --batch == --batch-big: keep both runs (and the profile)

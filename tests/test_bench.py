@@ -5,9 +5,13 @@ CPU only (all in a few minutes on 2 shared cores). The GPU sweep is scripts/gpu_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import types
+import weakref
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,14 +189,16 @@ def test_configs_resolve():
 
 # ------------------------------------------------------------------------------------------- CLI
 def test_cli_minimal_sweep_writes_valid_json(tmp_path):
+    from g2face_eval.oracles import recognizers as R
+
     out = tmp_path / "bench"
     rc = bench.cli(["--device", "cpu", "--configs", "tiny", "--batches", "1", "--variants", "fp32",
-                    "--repeats", "1", "--warmup", "0", "--methods", "identity,pixelate_16",
+                    "--repeats", "3", "--warmup", "0", "--methods", "identity,pixelate_16",
                     "--out", str(out), "--results-dir", str(tmp_path), "--no-checks"])
     assert rc == 0
     doc = json.loads((out / "bench.json").read_text())
     assert doc["schema"] == bench.SCHEMA and doc["status"] == "complete"
-    for k in ("device", "settings", "configs", "flops", "matmul_rate", "results", "reference"):
+    for k in ("device", "settings", "configs", "flops", "matmul_rate", "results", "reference", "metric_suite"):
         assert k in doc, k
     assert doc["matmul_rate"]["tflops"] > 0
     rows = doc["results"]
@@ -201,15 +207,35 @@ def test_cli_minimal_sweep_writes_valid_json(tmp_path):
     suites = {r["suite"] for r in ok}
     assert {"g2face", "baseline", "metric"} <= suites, rows
     for r in ok:
-        assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] - 1e-9
+        t = r["times_ms"]
+        assert len(t) == 3 and r["median_ms"] == pytest.approx(float(np.median(t)), abs=1e-3)
+        assert r["p90_ms"] == pytest.approx(float(np.percentile(t, 90)), abs=1e-3)
         assert r["images_per_second"] == pytest.approx(r["batch"] / (r["median_ms"] / 1e3))
-        assert r["peak_memory_mb"] > 0
+        # the cell's own peak: an increase over the level before its timed calls, not the process's RSS
+        assert r["memory_kind"] in ("rss_peak_increase", "unavailable"), r
+        if r["memory_kind"] == "rss_peak_increase":
+            assert 0 <= r["peak_memory_mb"] < r["memory_baseline_mb"], r
     g = [r for r in ok if r["suite"] == "g2face"]
     assert {r["op"] for r in g} == {"anonymize", "recover"}
     assert {r["name"] for r in g} == {"g2face", "g2face_reference"}  # fast path and fp32 reference path
     assert all(r["gflop_per_image"] > 0 and r["floor_ms"] > 0 and r["ratio_to_floor"] > 0 for r in g)
+    # a ratio below 1 is flagged, never reported as if the floor held
+    assert all((r["floor_note"] or "").startswith("INVALID") == (r["ratio_to_floor"] < 1) for r in g)
+    # the metric suite times the harness's own oracles (whatever of them is installed), FLOPs counted on real inputs
+    m = {r["name"]: r for r in ok if r["suite"] == "metric"}
+    assert {"psnr", "ssim"} <= set(m) and "embed_arcface_r50_112" not in m, sorted(m)
+    for rec in R.available_recognizers():
+        if rec in R.DEFAULT_RECOGNIZERS:
+            r = m[f"embed_{rec}"]
+            assert r["gflop_per_image"] > 0.1 and r["flop_error"] is None and r["runs_on"] == "cpu", r
+    assert all(r["flop_error"] is None for r in m.values())
+    assert all(r["gflop_per_image"] or "no FLOPs counted" in r["floor_note"] for r in m.values())
+    assert set(doc["metric_suite"]["oracles"]) == set(m)
     assert (out / "bench_latency.png").stat().st_size > 1000
     assert (tmp_path / "mlflow.db").exists()
+    # the MLflow copy of bench.json is the final document (figure and run recorded)
+    logged = json.loads(next((tmp_path / "mlartifacts").rglob("bench.json")).read_text())
+    assert logged["figure"] == doc["figure"] and logged["mlflow_uri"] == doc["mlflow_uri"] and doc["mlflow_uri"]
 
 
 def test_cli_skips_gpu_only_variants_on_cpu(tmp_path):
@@ -259,3 +285,295 @@ def test_matmul_rate_other_precision_restores_tf32_flag():
     r = bench.matmul_rate(torch.device("cpu"), seconds=0.05, dtype=torch.float32, tf32=not before)
     assert r["dtype"] == "float32" and r["tflops"] > 0 and r["reps"] >= 3  # TF32 exists only on CUDA
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+# ------------------------------------------------------------------------------------------- audit fixes
+FAKE_TIMING = {"median_ms": 10.0, "p90_ms": 12.0, "wall_median_ms": 10.5, "times_ms": [10.0, 12.0],
+               "peak_memory_mb": 100.0, "memory_kind": "cuda_allocated_peak_increase", "memory_baseline_mb": 900.0,
+               "peak_reserved_mb": 400.0}
+
+
+def _bench(tmp_path, *argv) -> bench.Bench:
+    return bench.Bench(bench.parse_args(["--device", "cpu", "--no-mlflow", *argv]), tmp_path)
+
+
+def _cell(suite="g2face", name="g2face", batch=1):
+    return bench.Cell(suite, name, "tiny", "anonymize", "fp32", batch)
+
+
+def test_cpu_floor_rate_is_the_best_of_several_kernels():
+    r = bench.matmul_rate(torch.device("cpu"), seconds=0.2)
+    names = set(r["kernels"])
+    assert sum(k.startswith("matmul_") for k in names) >= 2 and any(k.startswith("conv3x3") for k in names), r
+    assert r["kernel"] in names and r["tflops"] == max(r["kernels"].values()) > 0
+
+
+def test_ratio_below_one_is_flagged_as_an_invalid_floor(monkeypatch, tmp_path):
+    b = _bench(tmp_path)
+    b.doc["matmul_rate"] = {"tflops": 0.1, "kernel": "matmul_1024"}           # floor of 1 GFLOP = 10 ms
+    monkeypatch.setattr(bench, "time_fn", lambda fn, dev, w, r: dict(FAKE_TIMING, median_ms=5.0))
+    row = b.measure(_cell(), lambda: None, gflop_per_image=1.0)
+    assert row["ratio_to_floor"] == pytest.approx(0.5) and row["floor_note"].startswith("INVALID floor"), row
+    assert "matmul_1024" in row["floor_note"]
+    monkeypatch.setattr(bench, "time_fn", lambda fn, dev, w, r: dict(FAKE_TIMING, median_ms=20.0))
+    row = b.measure(_cell(), lambda: None, gflop_per_image=1.0)
+    assert row["ratio_to_floor"] == pytest.approx(2.0) and row["floor_note"] is None
+
+
+def test_rows_keep_reserved_peak_memory_note_and_baseline(monkeypatch, tmp_path):
+    b = _bench(tmp_path)
+    monkeypatch.setattr(bench, "time_fn", lambda fn, dev, w, r: dict(FAKE_TIMING))
+    row = b.measure(_cell(), lambda: None)
+    assert (row["peak_reserved_mb"], row["memory_baseline_mb"]) == (400.0, 900.0)
+    note = dict(FAKE_TIMING, peak_memory_mb=float("nan"), memory_kind="unavailable", memory_note="clear_refs: EACCES")
+    monkeypatch.setattr(bench, "time_fn", lambda fn, dev, w, r: dict(note))
+    row = b.measure(_cell(), lambda: None, flop_error="FLOP count failed: X")
+    assert row["memory_note"] == "clear_refs: EACCES" and row["flop_error"] == "FLOP count failed: X"
+    saved = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert saved[0]["peak_reserved_mb"] == 400.0 and saved[1]["memory_note"] == "clear_refs: EACCES"
+
+
+def test_time_fn_peak_memory_is_the_cells_own():
+    """CPU: the increase during the timed calls (VmHWM reset, free heap handed back first), not the process's
+    resident peak: a call that allocates nothing reads ~0 even after the process held much more."""
+    cpu = torch.device("cpu")
+    big = torch.ones(96 * 2 ** 18)  # 96 MiB touched, then freed: history the figure must not include
+    del big
+    idle = bench.time_fn(lambda: None, cpu, 1, 2)
+    if idle["memory_kind"] == "unavailable":
+        pytest.skip(f"resident-set peak cannot be reset here: {idle['memory_note']}")
+    assert idle["memory_kind"] == "rss_peak_increase" and idle["peak_memory_mb"] < 16, idle
+    assert idle["memory_baseline_mb"] > 50                                    # torch itself is resident
+    busy = bench.time_fn(lambda: torch.ones(32 * 2 ** 18).add_(1), cpu, 1, 2)  # 32 MiB per call
+    assert 30 <= busy["peak_memory_mb"] < 80, busy
+
+
+def test_reference_copy_is_made_only_when_used():
+    p = bench.build_pipeline("tiny", "meta")
+    assert p._ref is None                                   # attach() builds the fast path only
+    ref = p.ref
+    assert ref is p.ref and not ref.fast and ref.model is not p.fast.model
+    p.drop_reference()
+    assert p._ref is None
+
+
+def test_one_pipeline_resident_at_a_time(monkeypatch, tmp_path):
+    class Stub:  # a stand-in pipeline (weak-referenceable)
+        def __init__(self, name):
+            self.note, self.cfg, self.identity, self.geometry = name, G2FaceConfig.tiny(), None, None
+
+    refs, seen = [], []
+
+    def build(config, device, seed=0):
+        p = Stub(config)
+        refs.append(weakref.ref(p))
+        return p
+
+    monkeypatch.setattr(bench, "build_pipeline", build)
+    b = _bench(tmp_path, "--configs", "tiny,small")
+    monkeypatch.setattr(b, "_g2face_config", lambda p, config, variants: seen.append(
+        (config, [r() is not None for r in refs])))
+    b.g2face(compiled=False)
+    assert seen == [("tiny", [True]), ("small", [False, True])]
+    assert b._pipes == {} and all(r() is None for r in refs)
+    b.g2face(compiled=True)                                  # no compile variant: nothing built again
+    assert len(refs) == 2
+
+
+def test_baselines_run_on_the_bench_device(monkeypatch, tmp_path):
+    from g2face_eval import methods
+
+    class Fake:
+        device = None
+
+        def to(self, device):
+            self.device = torch.device(device)
+            return self
+
+        def anonymize(self, x, keys, face_masks=None):
+            return x
+
+    fake = Fake()
+    monkeypatch.setattr(methods, "build", lambda name: fake)
+    b = _bench(tmp_path, "--methods", "fake", "--batches", "1", "--repeats", "1", "--warmup", "0")
+    b.baselines()
+    assert fake.device == b.device
+    assert [r["status"] for r in b.doc["results"]] == ["ok"]
+
+
+def test_cuda_index_becomes_the_current_device(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.device(d)))
+    monkeypatch.setattr(bench, "device_info", lambda d: {"type": d.type})
+    bench.Bench(bench.parse_args(["--device", "cuda:1"]), tmp_path)
+    assert calls == [torch.device("cuda:1")]
+    bench.Bench(bench.parse_args(["--device", "cpu"]), tmp_path)
+    assert calls == [torch.device("cuda:1")]                # CPU unaffected
+
+
+def test_oracle_flops_are_counted_or_the_error_recorded():
+    lin = torch.nn.Linear(8, 8)
+    gf, err, note = bench.oracle_flops({"call": lambda b: (lambda: lin(torch.ones(b, 8)))})
+    assert gf == pytest.approx(2 * 8 * 8 / 1e9) and err is None and note is None
+    gf, err, note = bench.oracle_flops({"call": lambda b: (lambda: 1 / 0)})
+    assert gf is None and err.startswith("FLOP count failed: ZeroDivisionError")
+    gf, err, note = bench.oracle_flops({"call": lambda b: (lambda: torch.ones(3) + 1)})
+    assert gf is None and err is None and "no FLOPs counted" in note
+
+
+def test_frozen_graphs_are_counted_through_their_network():
+    from g2face_eval.models.frozen import FrozenOnCPU
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()).eval()
+    f = FrozenOnCPU(net)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        f(x)                                                  # traced and frozen
+    gf, err, _ = bench.oracle_flops({"call": lambda b: (lambda: f(x))})
+    assert err is None and gf == pytest.approx(2 * 8 * 3 * 9 * 14 * 14 / 1e9)
+    assert FrozenOnCPU.__call__ is not None and f.frozen is not None  # patch undone, graph kept
+
+
+def test_prior_flops_attributed_through_the_called_method(monkeypatch):
+    """A geometry prior entered through ``coefficients`` (a method, not ``__call__``: the shipped GeometryPrior)
+    is attributed, and the parts add up to the whole."""
+    from g2face_eval.models.geometry import GeometryPrior
+
+    monkeypatch.setattr(bench, "LmmGeometry", GeometryPrior)
+    f = bench.pipeline_flops("tiny")
+    br = f["anonymize_breakdown_gflop"]
+    assert br["geometry_prior"] > 0.1 and br["identity_prior"] > 1.0, br
+    parts = sum(br[k] for k in ("identity_prior", "geometry_prior", "generator", "style_mlp", "map2id"))
+    assert parts == pytest.approx(f["anonymize_gflop_per_image"], rel=1e-3)
+
+
+def test_weight_count_includes_weight_buffers():
+    class Ported(torch.nn.Module):  # ONNX-ported style: weights as buffers
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", torch.ones(10, 3))
+            self.register_buffer("cache", torch.ones(100), persistent=False)
+            self.register_buffer("index", torch.arange(5))
+            self.bn = torch.nn.BatchNorm2d(4)
+
+    assert bench.weight_count(Ported()) == 30 + 8          # w + BN affine; not its running stats / caches
+
+
+def test_shipped_breakdown_and_identity_weights():
+    if bench._shipped() is None:
+        pytest.skip("no shipped G2Face checkpoint in the zoo")
+    f = bench.pipeline_flops("shipped")
+    assert f["anonymize_breakdown_gflop"]["geometry_prior"] > 0.1
+    assert f["params_M"]["identity"] > 0.5                  # SFace keeps its weights as buffers
+
+
+def test_parse_args_rejects_unknown_names(capsys):
+    for argv in (["--ops", "recovr"], ["--suites", "g2face,baselin"], ["--configs", "nope"], ["--batches", "0"],
+                 ["--compile-ops", "anonymise"], ["--variants", "int8"]):
+        with pytest.raises(SystemExit) as e:
+            bench.parse_args(["--device", "cpu", *argv])
+        assert e.value.code == 2, argv
+        assert argv[0] in capsys.readouterr().err
+    a = bench.parse_args(["--device", "cpu", "--suites", "g2face,baseline,metric"])
+    assert a.suites == ["g2face", "baselines", "metrics"]
+
+
+def test_help_shows_the_cpu_gflop_default(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"CPU default {bench.DEFAULTS['cpu']['max_gflop_per_call']:g}," in text
+
+
+def test_compile_filters_leave_rows_and_budget_skips_make_the_run_partial(tmp_path):
+    out = tmp_path / "b"
+    assert bench.cli(["--device", "cpu", "--configs", "tiny", "--batches", "1,8", "--variants", "fp32_compile",
+                      "--suites", "g2face", "--cpu-compile", "--compile-batches", "1", "--time-budget", "1000",
+                      "--compile-reserve", "2000", "--out", str(out), "--no-mlflow", "--no-plot",
+                      "--no-checks"]) == 0
+    doc = json.loads((out / "bench.json").read_text())
+    got = {(r["op"], r["batch"]): (r["status"], r["error"]) for r in doc["results"]}
+    assert set(got) == {("anonymize", 1), ("anonymize", 8), ("recover", 1), ("recover", 8)}
+    assert all(s == "skipped" for s, _ in got.values())
+    assert "--compile-reserve" in got["anonymize", 1][1]
+    assert "batch 8 not in --compile-batches" in got["anonymize", 8][1]
+    assert "op recover not in --compile-ops" in got["recover", 1][1]
+    assert doc["status"] == "partial"                        # a cell was skipped for lack of budget
+
+
+def test_ingest_honours_no_mlflow(tmp_path):
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "docs/gpu_runs/h200_2026-11-26/bench_compile_b32.json"
+    out = tmp_path / "ingested"
+    assert bench.cli(["--ingest", str(src), "--out", str(out), "--results-dir", str(tmp_path), "--no-mlflow",
+                      "--no-plot"]) == 0
+    assert (out / "bench.json").exists()
+    assert not (tmp_path / "mlflow.db").exists() and not (out / "mlflow.json").exists()
+
+
+def test_fidelity_falls_back_to_the_next_config(monkeypatch, tmp_path, tiny_pipe):
+    def build(config, device, seed=0):
+        if config == "tiny":
+            raise ImportError("no module named 'somepackage'")
+        return tiny_pipe
+
+    monkeypatch.setattr(bench, "build_pipeline", build)
+    monkeypatch.setattr(bench, "sync_check", lambda *a, **k: {"anonymize": [], "recover": []})
+    monkeypatch.setattr(bench, "fidelity", lambda p, dev, variants, with_compile=False: {"fp32_cl": {"ok": True}})
+    b = _bench(tmp_path, "--configs", "small,tiny")
+    b.checks()
+    fid = b.doc["fidelity"]
+    assert fid["config"] == "small" and fid["fp32_cl"] == {"ok": True}, fid
+    assert "somepackage" in fid["failed_configs"]["tiny"]
+
+
+def test_rows_are_written_after_the_compile_alarm_is_off(monkeypatch, tmp_path):
+    """A --compile-timeout alarm firing while the row is saved must not add a second (error) row: the alarm
+    covers the preparation and the timed calls only."""
+    state = {"armed": False, "rows_while_armed": 0}
+
+    @contextlib.contextmanager
+    def fake_alarm(seconds):
+        state["armed"] = True
+        try:
+            yield
+        finally:
+            state["armed"] = False
+
+    monkeypatch.setattr(bench, "alarm", fake_alarm)
+    b = _bench(tmp_path, "--repeats", "1", "--warmup", "0")
+    row = b.row
+
+    def counting_row(cell, **kw):
+        state["rows_while_armed"] += state["armed"]
+        return row(cell, **kw)
+
+    monkeypatch.setattr(b, "row", counting_row)
+
+    class Anon:  # stand-in fast path
+        def configure(self, **kw):
+            return self
+
+        def anonymize(self, x, keys):
+            return x
+
+    pipe = types.SimpleNamespace(fast=Anon(), ref=None, cfg=G2FaceConfig.tiny())
+    r = b._g2face_cell(pipe, _cell(), bench.parse_variant("fp32_compile"), None)
+    assert r["status"] == "ok" and state["rows_while_armed"] == 0 and len(b.doc["results"]) == 1
+    r = b.measure(_cell(), lambda: (_ for _ in ()).throw(bench.CellTimeout("cell exceeded")), limit=5)
+    assert r["status"] == "error" and "CellTimeout" in r["error"] and len(b.doc["results"]) == 2
+
+
+def test_metric_suite_without_faces_or_oracles_still_times_psnr_ssim(monkeypatch, tmp_path):
+    from g2face_eval.harness import evaluate, prepare
+
+    def missing(*a, **k):
+        raise RuntimeError("weight 'yunet' is missing")
+
+    monkeypatch.setattr(prepare, "Preparer", missing)
+    monkeypatch.setattr(evaluate, "Oracles", missing)
+    kernels, info = bench.metric_oracles(torch.device("cpu"), 2, str(tmp_path))
+    assert [k["name"] for k in kernels] == ["psnr", "ssim"]
+    assert "yunet" in info["unavailable"]["faces"] and "yunet" in info["unavailable"]["oracles"]
+    assert all(len(k["call"](3)()) == 3 for k in kernels)     # a batch of 3 from the 2 faces, cycled

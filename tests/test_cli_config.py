@@ -328,13 +328,126 @@ def test_git_provenance_is_unknown_outside_the_projects_own_checkout(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ help
-def test_train_baseline_help_shows_the_baselines_defaults():
+def test_train_baseline_help_shows_the_baselines_defaults(tmp_path, monkeypatch):
     from baselines.learned.base import BaselineConfig
-    from baselines.learned.train import build_parser
+    from baselines.learned.train import build_parser, config_from_args
 
     text = " ".join(build_parser().format_help().split())
     assert f"total iterations (default {BaselineConfig.steps})" in text
-    assert "(default results/train/<baseline>)" in text
+    assert "(default <results dir>/train/<baseline>; $G2FACE_RESULTS_DIR, else ./results)" in text
+    monkeypatch.setenv("G2FACE_RESULTS_DIR", str(tmp_path / "res"))
+    assert config_from_args(build_parser().parse_args(["fit"])).out == str(tmp_path / "res" / "train" / "fit")
     for flag in ("--preset", "--pretrain-stylegan", "--tiny", "--init-generator", "--geometry", "--payload"):
         assert flag not in text, flag  # G2Face-only: refused by train-baseline
     assert "100000" not in text and "results/train/g2face" not in text
+
+
+# ------------------------------------------------------------------------------------------------ defaults and help
+def test_train_defaults_come_from_settings_and_its_help_states_them(tmp_path, monkeypatch):
+    from g2face_eval import settings
+    from g2face_eval.training import data as D
+    from g2face_eval.training import train as TR
+    from g2face_eval.training.loop import TrainConfig
+
+    monkeypatch.setenv("G2FACE_RESULTS_DIR", str(tmp_path / "res"))
+    cfg = TR.config_from_args(TR.build_parser().parse_args([]))
+    assert (cfg.seed, cfg.device) == (settings.DEFAULTS["seed"], settings.DEFAULTS["train_device"])
+    assert (TrainConfig().seed, TrainConfig().device) == (cfg.seed, cfg.device)  # one table for CLI and API
+    assert cfg.out == str(tmp_path / "res" / "train" / "g2face")  # follows $G2FACE_RESULTS_DIR like its MLflow store
+    sg = TR.config_from_args(TR.build_parser().parse_args(["--pretrain-stylegan"]))
+    assert sg.out == str(tmp_path / "res" / "train" / "stylegan2")
+    given = TR.config_from_args(TR.build_parser().parse_args(["--seed", "3", "--device", "auto", "--out", "o"]))
+    assert (given.seed, given.device, given.out) == (3, "auto", "o")
+    monkeypatch.delenv("G2FACE_RESULTS_DIR")
+    assert TR.config_from_args(TR.build_parser().parse_args([])).out == str(Path("results") / "train" / "g2face")
+    text = " ".join(TR.build_parser().format_help().split())
+    assert f"random seed (default {settings.DEFAULTS['seed']}, settings.DEFAULTS['seed'])" in text
+    assert f"training device (default {settings.DEFAULTS['train_device']}:" in text
+    assert "$G2FACE_DATASETS, else ../shared/datasets beside the repository" in text
+    assert "$G2FACE_RESULTS_DIR" in text
+    # the data root fallback the help names
+    monkeypatch.delenv("G2FACE_DATASETS", raising=False)
+    assert D._datasets_root(None) == settings.REPO_ROOT.parent / "shared" / "datasets"
+    monkeypatch.setenv("G2FACE_DATASETS", str(tmp_path))
+    assert D._datasets_root(None) == tmp_path and D._datasets_root("x") == Path("x")
+
+
+def test_bench_device_default_comes_from_settings_and_out_help_names_the_results_dir(monkeypatch):
+    from g2face_eval import bench, settings
+
+    assert settings.DEFAULTS["bench_device"] == "auto" and settings.DEFAULTS["train_device"] == "auto"
+    monkeypatch.setitem(settings.DEFAULTS, "bench_device", "cpu")
+    assert bench.parse_args([]).device == "cpu"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        bench.parse_args(["--help"])
+    text = " ".join(buf.getvalue().split())
+    assert "(default cpu: cuda when available" in text
+    assert "<results dir>/bench/<UTC stamp>" in text and "$G2FACE_RESULTS_DIR" in text
+
+
+def test_validate_defaults_and_atomic_thresholds(tmp_path, monkeypatch):
+    from g2face_eval.oracles import recognizers as R
+    from g2face_eval.oracles import validation as V
+
+    seen = {}
+
+    def fake_validate(root, recs, folds, workers=1):
+        seen.update(recs=recs, workers=workers)
+        raise FileNotFoundError("stop here")  # the CLI's "no datasets" exit
+
+    monkeypatch.setattr(V, "validate", fake_validate)
+    assert V.cli([]) == 2
+    assert seen == {"recs": list(R.DEFAULT_RECOGNIZERS), "workers": 1}
+    writes = []
+    real = V.atomic.write_text
+    monkeypatch.setattr(V.atomic, "write_text", lambda p, t: writes.append(p) or real(p, t))
+    out = V.write_thresholds({"dataset": "d", "protocol": "p", "recognizers": {"sface": {"threshold": 0.5}}},
+                             tmp_path / "thresholds.json")
+    assert writes == [out] and json.loads(out.read_text())["recognizers"]["sface"]["threshold"] == 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["thresholds.json"]  # no temporary file left
+
+
+def test_top_level_help_tells_which_command_trains_what(capsys):
+    from g2face_eval import cli
+
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "issue #" not in out
+    train = next(line for line in out.splitlines() if line.split()[:1] == ["train"])
+    assert "baseline" not in train
+    assert "learned baseline" in next(line for line in out.splitlines() if line.split()[:1] == ["train-baseline"])
+
+
+def test_nox_tests_session_appends_arguments_to_its_defaults(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("g2face_noxfile", REPO / "noxfile.py")
+    nf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nf)
+    monkeypatch.setattr(nf, "_python", lambda session: "py")
+
+    class Session:
+        def __init__(self, posargs):
+            self.posargs, self.calls = posargs, []
+
+        def run(self, *args, **kw):
+            self.calls.append(args)
+
+    fn = getattr(nf.tests, "func", nf.tests)
+    for posargs in ([], ["tests/test_zoo.py"]):
+        s = Session(posargs)
+        fn(s)
+        assert s.calls == [("py", "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not bench", *posargs)]
+
+
+def test_pyproject_requires_the_python_its_code_needs_and_lists_only_existing_package_data():
+    import tomllib
+
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert py["project"]["requires-python"] == ">=3.11"  # harness/config.py imports tomllib (3.11+)
+    for pat in py["tool"]["setuptools"]["package-data"]["g2face_eval"]:
+        assert any(p.is_file() for p in (REPO / "g2face_eval").glob(pat)), f"package-data {pat!r} matches no file"

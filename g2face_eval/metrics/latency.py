@@ -93,7 +93,7 @@ def _status_kib(name: str) -> int:
     raise OSError(f"no {name} in {PROC_SELF / 'status'}")
 
 
-def _release_free_heap() -> None:
+def release_free_heap() -> None:
     """Collect garbage and return free malloc memory to the kernel (glibc only; elsewhere a no-op)."""
     gc.collect()
     if sys.platform.startswith("linux"):
@@ -164,7 +164,7 @@ def measure(
         peak = (torch.cuda.max_memory_allocated(dev) - base_b) / 2**20
         kind = KIND_CUDA
     else:
-        _release_free_heap()
+        release_free_heap()
         try:
             base = reset_rss_peak()
         except OSError as e:

@@ -28,7 +28,7 @@ CFG = {
 }
 
 
-def _run(tmp: Path, nproc: int, crash: str | None = None, cfg: dict | None = None) -> Path | None:
+def _run(tmp: Path, nproc: int, crash: str | None = None, cfg: dict | None = None, fails: bool = False):
     (tmp / "cfg.json").write_text(
         json.dumps({**(cfg or CFG), "cache_dir": str(tmp / "cache"), "reports_dir": str(tmp / "reports")})
     )
@@ -55,6 +55,9 @@ def _run(tmp: Path, nproc: int, crash: str | None = None, cfg: dict | None = Non
     if crash:
         assert p.returncode != 0, "the crash point was never reached"
         return None
+    if fails:
+        assert p.returncode != 0, p.stdout[-2000:] + p.stderr[-4000:]
+        return p
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     (d,) = [q for q in (tmp / "results").iterdir() if q.is_dir() and q.name != "mlartifacts"]
     return d
@@ -148,3 +151,22 @@ def test_identification_gallery_is_sharded_and_equal_to_single_process(tmp_path,
     gallery = [p for p in (two / "prepared" / "celeba_id").glob("*.parquet")
                if pd.read_parquet(p).meta.map(json.loads).map(lambda m: m.get("role")).eq("gallery").all()]
     assert len(gallery) == 4  # 8 gallery images in chunks of 2, each persisted once
+
+
+def test_a_distributed_run_on_a_run_folder_in_use_fails_fast(tmp_path):
+    """The ranks of one job are one run: rank 0 takes the run folder's lock before the sharded phase (the other
+    ranks wait for it at the barrier). With another process holding it, the job stops before any work, naming the
+    holder, and nothing is written."""
+    run_dir = tmp_path / "results" / "busy"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from g2face_eval.harness.records import acquire_run_lock as a; "
+         "a(sys.argv[1]); print('ready', flush=True); sys.stdin.read()", str(run_dir)],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        p = _run(tmp_path, 2, cfg={**CFG, "run_name": "busy"}, fails=True)
+        assert f"is in use by another evaluation (pid {holder.pid} " in p.stderr
+        assert sorted(q.name for q in run_dir.iterdir()) == [".lock"]  # no config, invocation, batch
+    finally:
+        holder.stdin.close()
+        holder.wait(30)

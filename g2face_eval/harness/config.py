@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -283,8 +284,39 @@ def run_name(cfg: dict[str, Any]) -> str:
     return f"{ds}-{config_hash(cfg)}"
 
 
-def method_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def method_hash(config: dict, code: str | None = None) -> str:
+    """A method's identity: its configuration and, with ``code`` (``code_fingerprint()``), the code that produces
+    its outputs. It names the method's namespace in the shared output cache and enters its batch keys, so outputs
+    and records computed by other code are never reused."""
+    obj = config if code is None else {"config": config, "code": code}
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def source_fingerprint(paths: list[Path]) -> str:
+    """sha256 (16 hex) over the ``.py`` files of ``paths`` (files, or folders searched recursively): each file's
+    name relative to its root's parent and its bytes, in sorted order -- independent of where the code is
+    installed, changed by any edit (a comment included) of any of those files, by adding or removing one."""
+    h = hashlib.sha256()
+    for root in paths:
+        root = Path(root)
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        for f in files:
+            h.update(f.relative_to(root.parent).as_posix().encode() + b"\0")
+            h.update(f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """Fingerprint (``source_fingerprint``) of the code that produces the methods' outputs: ``anonymizer.py``,
+    ``imaging.py``, ``models/`` of the package and the ``baselines`` package. Computed once per process; part of
+    every method hash (``method_hash``)."""
+    import baselines
+    import g2face_eval
+
+    pkg = Path(g2face_eval.__file__).resolve().parent
+    return source_fingerprint([pkg / "anonymizer.py", pkg / "imaging.py", pkg / "models",
+                               Path(next(iter(baselines.__path__))).resolve()])
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

@@ -67,7 +67,9 @@ def evaluate_distributed(cfg: dict | None = None, **kw) -> dict | None:
     rank, n, group, own = _init(cfg)
     try:
         S = E.setup(cfg)
-        store, prep = BatchStore(S.run_dir), PrepStore(S.run_dir)  # sweeps stale .tmp files: before any write
+        # no .tmp sweep here (a store sweeps only in the process holding the run lock): rank 0's closing
+        # ``evaluate`` sweeps, holding it; rank 0 takes the lock in ``begin_invocation``, before the barrier
+        store, prep = BatchStore(S.run_dir), PrepStore(S.run_dir)
         # rank 0 records the invocation now, with the code that is about to compute (a run killed in the sharded
         # phase keeps it; a commit made while it runs is not mistaken for the code that computed)
         env, invocation = E.begin_invocation(S, started, n) if rank == 0 else (None, None)

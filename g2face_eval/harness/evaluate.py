@@ -38,6 +38,7 @@ from g2face_eval.harness.prepare import (
     META_COLUMNS,
     Chunk,
     DatasetSource,
+    EmptyDatasetError,
     Gallery,
     Item,
     Preparer,
@@ -52,8 +53,11 @@ from g2face_eval.harness.records import (
     ArrayCache,
     BatchStore,
     ImageCache,
+    RunLockedError,
+    acquire_run_lock,
     atomic_write_json,
     digest,
+    release_run_lock,
     write_table,
 )
 from g2face_eval.imaging import to_tensor, to_uint8
@@ -65,6 +69,22 @@ PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so means and 
 
 class Interrupted(RuntimeError):
     """Raised by the test hook ``_interrupt_after`` to simulate a killed run."""
+
+
+# Errors of the machine, not of a method on an image: a full disk or an unwritable cache folder (OSError:
+# ENOSPC, ENOTDIR, EACCES, ...), exhausted host or GPU memory. Recorded as per-image "method errors" they would
+# be persisted as done and never retried; instead the run stops (``RunAborted``) without persisting the batch,
+# and rerunning the command resumes and computes it.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    MemoryError,
+    getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+)
+
+
+class RunAborted(RuntimeError):
+    """An environment error (``ENVIRONMENT_ERRORS``) stopped the run; the batch it hit was not persisted, every
+    batch persisted before is kept, and rerunning the same command resumes."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -94,6 +114,15 @@ class Oracles:
                 self.unavailable[f"recognizer_{n}"] = str(e)
         if not self.recognizers:
             raise RuntimeError(f"no recognizer available: {self.unavailable}")
+        # decided here, from the thresholds in force, not as a side effect of scoring a batch: a rerun that
+        # finds every batch done reports the same unavailable metrics (unavailable.json, MLflow tag)
+        for n, t in self.thresholds.items():
+            if n in self.recognizers and t is None:
+                self.unavailable[f"deid_success_rate_{n}"] = (
+                    f"{n}: no validated FAR-1e-3 threshold (run `g2face-eval validate`); similarities only"
+                )
+        # the realism reference-feature cache lives in the run's cache folder (config key ``cache_dir``)
+        self.cache_dir = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
         self.detectors = {}
         for n in cfg.get("detectors") or ():
             try:
@@ -168,13 +197,9 @@ class Oracles:
             return None
 
     def threshold(self, rec: str) -> float | None:
+        """The recognizer's FAR-1e-3 threshold, or None (reported unavailable when the oracles were loaded)."""
         t = self.thresholds[rec]
-        if t is None:
-            self.unavailable[f"deid_success_rate_{rec}"] = (
-                f"{rec}: no validated FAR-1e-3 threshold (run `g2face-eval validate`); similarities only"
-            )
-            return None
-        return float(t)
+        return None if t is None else float(t)
 
 
 def _feature_extractors(unavailable: dict, device: str = "cpu", names: list[str] | None = None) -> dict:
@@ -317,6 +342,11 @@ class BatchContext:
         mesh = [None if lm is None or not np.isfinite(lm[j]).all() else result_from_landmarks(lm[j])
                 for j in range(len(chunk.items))]
         return cls(chunk.dataset, chunk.embeddings, mesh, gallery)
+
+    def select(self, idx: list[int]) -> BatchContext:
+        """The context of the items at positions ``idx`` (in that order)."""
+        return BatchContext(self.dataset, {r: e[idx] for r, e in self.orig_emb.items()},
+                            [self.mesh[j] for j in idx], self.gallery)
 
 
 def _to_batch(imgs: list[np.ndarray]) -> torch.Tensor:
@@ -713,6 +743,11 @@ def setup(cfg: dict) -> Setup:
         M.METHODS.get(m)  # fail fast on unknown names
     # the datasets before anything heavy: a missing folder is reported before any model or oracle loads
     sources = {d: DatasetSource(d, cfg) for d in cfg["datasets"]}
+    for d, src in sources.items():  # nothing to evaluate: said now, in one line (the CLI exits 2)
+        if not src.ids:
+            where = C.data_locations(cfg).get(d)
+            raise EmptyDatasetError(f"dataset {d!r} has no images{f' (in {where})' if where else ''} with this "
+                                    "configuration (its folder, split, options and limit): nothing to evaluate")
     cache_root = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
     icache, acache = ImageCache(cache_root / "outputs"), ArrayCache(cache_root / "arrays")
     # Oracles next: the oracles in force and their recognizer thresholds are part of the configuration (and
@@ -726,9 +761,10 @@ def setup(cfg: dict) -> Setup:
     name = C.run_name(cfg_resolved)
     device = str(cfg["device"])
     runners = {}
+    code = C.code_fingerprint()  # outputs cached (and batches recorded) by other method code are not reused
     for m in method_names:
         method = build_method(m, cfg, device)
-        runners[m] = MethodRunner(m, method, C.method_hash(method.config()), icache, acache, device)
+        runners[m] = MethodRunner(m, method, C.method_hash(method.config(), code), icache, acache, device)
     return Setup(
         cfg=cfg_resolved,
         name=name,
@@ -752,13 +788,20 @@ def compute(
     sync=None,
     progress: bool = True,
     interrupt_after: int | None = None,
+    on_saved=None,
 ) -> list[tuple[str, str, str]]:
     """Prepare every chunk and run every method on it, chunk by chunk (one chunk's images in memory at a
     time), persisting each prepared chunk (``prep``) and each method's batch (``store``) as it completes, so
     an interrupted run resumes where it stopped. Chunk ``i`` of a dataset (and of the ``celeba_id`` gallery)
     belongs to rank ``i % world``; with several ranks, ``sync()`` (a barrier) is called once the gallery
     shards are persisted, then every rank reads the whole gallery from the store. Returns the
-    ``(method, dataset, batch key)`` computed in this call."""
+    ``(method, dataset, batch key)`` computed in this call; ``on_saved(n)`` is called after each persisted batch
+    with the number persisted so far in this call.
+
+    An image of a chunk with work left that can no longer be read (changed or deleted since it was prepared)
+    becomes a failure record of the remaining methods; the chunk's other images are scored. An environment
+    error (``ENVIRONMENT_ERRORS``: disk full, unwritable folders, out of memory) stops the run with
+    ``RunAborted`` before the batch it hit is persisted."""
     from tqdm import tqdm
 
     bs = int(S.cfg["batch_size"])
@@ -777,27 +820,54 @@ def compute(
         for i, ids in enumerate(bar):
             if i % world != rank:
                 continue
-            chunk, arrays = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
-            if not chunk.items:
-                continue
-            bkeys = {m: S.batch_key(m, chunk.ids) for m in S.runners}
-            todo = [m for m in S.runners if not store.done(m, dname, bkeys[m])]
-            if not todo:
-                continue
-            load_images(src, S.preparer, chunk.items)
-            ctx = BatchContext.build(chunk, arrays, gallery)
-            for m in todo:
-                if interrupt_after is not None and len(done) >= interrupt_after:
-                    raise Interrupted(f"simulated interruption after {len(done)} batches")
-                bar.set_postfix_str(m)
-                df, feats = _run_batch(S.runners[m], chunk.items, ctx, S.oracles, S.master, dname)
-                df.insert(1, "dataset", dname)
-                df.insert(2, "method", m)
-                df.insert(3, "status", df.pop("status") if "status" in df else "ok")
-                store.save(m, dname, bkeys[m], records=df, arrays=feats)
-                done.append((m, dname, bkeys[m]))
-            drop_images(chunk.items)
+            try:
+                _compute_chunk(S, prep, store, src, i, ids, labels, gallery, done, bar, interrupt_after, on_saved)
+            except ENVIRONMENT_ERRORS as e:  # outside a method's batch: preparing the chunk, persisting a batch
+                raise RunAborted(
+                    f"{type(e).__name__}: {e} -- an environment error (disk, file system or memory) while working "
+                    f"on chunk {i} of {dname}; every batch recorded before is kept: fix the cause and rerun the "
+                    "same command to resume") from e
     return done
+
+
+def _compute_chunk(S: Setup, prep, store: BatchStore, src: DatasetSource, i: int, ids: list[str], labels,
+                   gallery, done: list, bar, interrupt_after: int | None, on_saved) -> None:
+    """``compute`` on chunk ``i`` (raw ``ids``) of ``src``: prepared (or read back), then every method whose
+    batch is not yet persisted."""
+    dname = src.name
+    chunk, arrays = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
+    if not chunk.items:
+        return
+    bkeys = {m: S.batch_key(m, chunk.ids) for m in S.runners}
+    todo = [m for m in S.runners if not store.done(m, dname, bkeys[m])]
+    if not todo:
+        return
+    unreadable = load_images(src, S.preparer, chunk.items)
+    for sid, reason, _ in unreadable:
+        log.warning("%s: image %s: %s (recorded failed for %s)", dname, sid, reason, ", ".join(todo))
+    keep = [j for j, it in enumerate(chunk.items) if it.image is not None]
+    items = [chunk.items[j] for j in keep]
+    ctx = BatchContext.build(chunk, arrays, gallery).select(keep)
+    lost = [it for it in chunk.items if it.image is None]
+    order = {sid: k for k, sid in enumerate(chunk.ids)}
+    for m in todo:
+        if interrupt_after is not None and len(done) >= interrupt_after:
+            raise Interrupted(f"simulated interruption after {len(done)} batches")
+        bar.set_postfix_str(m)
+        df, feats = _run_batch(S.runners[m], items, ctx, S.oracles, S.master, dname) if items else (None, {})
+        if lost:  # in chunk order; the "ok" rows keep theirs, so they stay aligned with ``feats``
+            reasons = {sid: r for sid, r, _ in unreadable}
+            df = pd.concat([d for d in (df, _failed_frame(lost, [reasons[it.id] for it in lost])) if d is not None],
+                           ignore_index=True)
+            df = df.iloc[np.argsort([order[sid] for sid in df["id"]], kind="stable")].reset_index(drop=True)
+        df.insert(1, "dataset", dname)
+        df.insert(2, "method", m)
+        df.insert(3, "status", df.pop("status") if "status" in df else "ok")
+        store.save(m, dname, bkeys[m], records=df, arrays=feats)
+        done.append((m, dname, bkeys[m]))
+        if on_saved is not None:
+            on_saved(len(done))
+    drop_images(chunk.items)
 
 
 def evaluate(
@@ -817,18 +887,63 @@ def evaluate(
     is marked "interrupted" by the next one -- so the code that computed each result survives a crash and a
     later resume, and a resume by other code is warned about (``environment.json`` holds the latest
     invocation's environment).
+    ``batches_computed`` is kept up to date while batches are persisted (every ``PROGRESS_EVERY_BATCHES`` batches
+    or ``PROGRESS_EVERY_S`` seconds, and when the invocation stops on an exception or an interrupt), so an
+    invocation that never finished still says how many batches it computed.
+
+    The run folder is locked (``records.acquire_run_lock``) for the whole call: a second process on the same run
+    fails at once (``RunLockedError``, naming the holder's pid) instead of computing everything twice.
+
     ``_provenance`` (from ``distributed``): ``started`` (epoch s), ``world_size``, ``batches_computed`` of the
     distributed phase that preceded this call."""
-    from g2face_eval.harness.tracking import Tracker, git_tags, ui_command
-
     prov = dict(_provenance or {})
     started = float(prov.get("started", time.time()))
-    t_start = time.perf_counter() - (time.time() - started)
     S = setup(C.make_config(cfg or {}))
+    took = acquire_run_lock(S.run_dir)  # before anything is written (a distributed rank 0 holds it already)
+    try:
+        return _evaluate_locked(S, prov, started, progress, _interrupt_after, quiet)
+    finally:
+        if took:
+            release_run_lock(S.run_dir)
+
+
+PROGRESS_EVERY_BATCHES = 25
+PROGRESS_EVERY_S = 60.0
+
+
+class _InvocationProgress:
+    """``on_saved`` of ``compute``: keeps the invocation's ``batches_computed`` in ``invocations.json`` up to date
+    (cheaply: every ``PROGRESS_EVERY_BATCHES`` batches or ``PROGRESS_EVERY_S`` seconds, and on ``flush``)."""
+
+    def __init__(self, run_dir: Path, index: int, base: int) -> None:
+        self.run_dir, self.index, self.base = run_dir, index, base
+        self.n = self.written = 0
+        self.t = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.n = n
+        if n - self.written >= PROGRESS_EVERY_BATCHES or time.monotonic() - self.t >= PROGRESS_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.n == self.written:
+            return
+        try:
+            _update_invocation(self.run_dir, self.index, {"batches_computed": self.base + self.n})
+            self.written, self.t = self.n, time.monotonic()
+        except Exception as e:  # noqa: BLE001 - provenance bookkeeping never masks the run's own error
+            log.warning("could not update invocations.json: %s", e)
+
+
+def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _interrupt_after: int | None,
+                     quiet: bool) -> dict:
+    from g2face_eval.harness.tracking import Tracker, git_tags, ui_command
+
+    t_start = time.perf_counter() - (time.time() - started)
     cfg, run_dir, name = S.cfg, S.run_dir, S.name
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", cfg)
-    store, prep = BatchStore(run_dir), PrepStore(run_dir)
+    store, prep = BatchStore(run_dir), PrepStore(run_dir)  # they sweep stale .tmp files: this process holds the lock
     if "invocation" in prov:  # a distributed run began it before its sharded phase (its code, its start)
         env, invocation = prov["env"], int(prov["invocation"])
     else:
@@ -846,23 +961,32 @@ def evaluate(
     with tracker.parent_run(params, tags=tags) as parent_id:
         tracker.log_artifact(parent_id, run_dir / "config.json")
         tracker.log_artifact(parent_id, run_dir / "environment.json")
-        done = compute(S, prep, store, progress=progress and not quiet, interrupt_after=_interrupt_after)
+        counter = _InvocationProgress(run_dir, invocation, int(prov.get("batches_computed", 0)))
+        try:
+            done = compute(S, prep, store, progress=progress and not quiet, interrupt_after=_interrupt_after,
+                           on_saved=counter)
+        finally:
+            counter.flush()  # also when interrupted (Ctrl-C, SIGTERM) or aborted
         all_records, set_metrics = [], []
         latency_path = run_dir / "latency.json"
-        latency = json.loads(latency_path.read_text()) if latency_path.exists() else {}
+        latency = _reusable_latency(S, latency_path)
+        atomic_write_json(latency_path, latency)  # this configuration's methods only
         n_grid = int(cfg["samples_per_grid"])
         indexes = {d: index_dataset(S, prep, d, max(n_grid, LATENCY_BATCH)) for d in S.sources}
+        grids = {(m, d): _grid_path(S, m, d) for m in S.runners for d in S.sources}
+        _prune_grids(S, set(grids.values()))
         for mname, runner in S.runners.items():
             mrecords, msets = collect_method(S, store, mname, indexes)
             set_metrics += msets
             for dname, ix in indexes.items():
                 _write_grid(S, runner, dname, ix.head[:n_grid])
-            if mname not in latency or "error" in latency[mname]:
+            if mname not in latency:
                 try:
                     latency[mname] = _latency(S, runner, indexes, int(cfg["latency_repeats"]))
                 except Exception as e:  # noqa: BLE001 - a method that fails here failed per image too: recorded
                     log.warning("latency of %s failed: %s", mname, e)
                     latency[mname] = {"error": f"{type(e).__name__}: {e}"}
+                latency[mname]["method_hash"] = runner.mhash
                 atomic_write_json(latency_path, latency)
             mdf = pd.concat([d for d in mrecords if len(d)], ignore_index=True) if mrecords else pd.DataFrame()
             all_records.append(mdf)
@@ -894,13 +1018,13 @@ def evaluate(
             "unavailable.json",
         ):
             tracker.log_artifact(parent_id, run_dir / f, "tables")
-        if (run_dir / "samples").is_dir():
-            tracker.log_artifacts(parent_id, run_dir / "samples", "samples")
+        for g in sorted(p for p in grids.values() if p.is_file()):  # this configuration's grids only
+            tracker.log_artifact(parent_id, g, "samples")
         tracker.log_metrics(parent_id, _mlflow_metrics(agg, prefix_method=True))
         _record_invocation(run_dir, started, time.perf_counter() - t_start, {
             "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"),
             "world_size": int(prov.get("world_size", 1)),
-            "batches_computed": int(prov.get("batches_computed", 0)) + len(done),
+            "batches_computed": counter.base + len(done),
             "batches_total": sum(len(ix.chunk_ids) for ix in indexes.values()) * len(S.runners),
         }, index=invocation)
         tracker.log_artifact(parent_id, run_dir / "invocations.json")
@@ -966,12 +1090,16 @@ def begin_invocation(S: Setup, started: float, world_size: int = 1) -> tuple[dic
     from g2face_eval.harness.tracking import environment_info
 
     S.run_dir.mkdir(parents=True, exist_ok=True)
-    env = environment_info()
+    # the run's lock, held by this process from now on (``evaluate`` releases it; a distributed run's rank 0 takes
+    # it here, before its sharded phase, and keeps it until it exits): another process on the run fails now
+    acquire_run_lock(S.run_dir)
+    env = {**environment_info(), "code_fingerprint": C.code_fingerprint()}
     _warn_on_mixed_commits(S.run_dir, env, say=log.warning)  # against the earlier invocations, finished or not
     atomic_write_json(S.run_dir / "environment.json", env)
     index = _start_invocation(S.run_dir, started, {
         "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), "device": str(S.cfg["device"]),
         "world_size": int(world_size), "config_hash": S.chash, "data_locations": C.data_locations(S.cfg),
+        "code_fingerprint": env["code_fingerprint"], "batches_computed": 0,
     })
     return env, index
 
@@ -987,6 +1115,15 @@ def _start_invocation(run_dir: Path, started: float, extra: dict) -> int:
     history.append({"started": _iso(started), "status": "running", **extra})
     atomic_write_json(path, history)
     return len(history) - 1
+
+
+def _update_invocation(run_dir: Path, index: int, fields: dict) -> None:
+    """Merge ``fields`` into invocation ``index`` of ``invocations.json``."""
+    path = run_dir / "invocations.json"
+    history = json.loads(path.read_text()) if path.exists() else []
+    if index < len(history):
+        history[index] = {**history[index], **fields}
+        atomic_write_json(path, history)
 
 
 def _record_invocation(run_dir: Path, started: float, wall_s: float, extra: dict, index: int | None = None) -> None:
@@ -1015,6 +1152,36 @@ class DatasetIndex:
 
 
 LATENCY_BATCH = 8  # images per timed anonymize call
+
+
+def _reusable_latency(S: Setup, path: Path) -> dict:
+    """The entries of ``latency.json`` measured for this run's methods as they are now (same name and method
+    hash: configuration and code) and not failed; the rest (other methods of an earlier configuration under the
+    same ``--run-name``, changed methods, errors) are dropped and measured again."""
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        old = {}
+    return {m: v for m, v in old.items() if m in S.runners and isinstance(v, dict) and "error" not in v
+            and v.get("method_hash") == S.runners[m].mhash}
+
+
+def _grid_path(S: Setup, method: str, dataset: str) -> Path:
+    return S.run_dir / "samples" / f"{method}__{dataset}.png"
+
+
+def _prune_grids(S: Setup, current: set[Path]) -> None:
+    """Remove sample grids of methods or datasets this configuration does not run (left by an earlier
+    configuration under the same ``--run-name``): the report shows every grid in ``samples/``."""
+    folder = S.run_dir / "samples"
+    if not folder.is_dir():
+        return
+    for g in folder.glob("*__*.png"):
+        if g not in current:
+            try:
+                g.unlink()
+            except OSError as e:
+                log.warning("could not remove the stale sample grid %s: %s", g, e)
 
 
 def index_dataset(S: Setup, prep: PrepStore, dname: str, n_head: int) -> DatasetIndex:
@@ -1091,8 +1258,10 @@ def _log_child(tracker, S: Setup, mname: str, mdf: pd.DataFrame, msets: list, la
         write_table(magg, mdir / "aggregate.csv")
         tracker.log_artifact(child, mdir / "records.parquet")
         tracker.log_artifact(child, mdir / "aggregate.csv")
-    for g in sorted((S.run_dir / "samples").glob(f"{mname}__*.png")):
-        tracker.log_artifact(child, g, "samples")
+    for d in S.sources:  # the grids of this run's datasets (not leftovers of another configuration)
+        g = _grid_path(S, mname, d)
+        if g.is_file():
+            tracker.log_artifact(child, g, "samples")
     tracker.log_artifact(child, S.run_dir / "config.json")
     tracker.log_artifact(child, S.run_dir / "environment.json")
     tracker.set_tags(child, {"g2face.unavailable": json.dumps(S.oracles.unavailable)[:5000]})
@@ -1122,6 +1291,22 @@ def _mlflow_metrics(agg: pd.DataFrame, prefix_method: bool = False) -> dict[str,
     return out
 
 
+def _failed_frame(items: list[Item], reasons: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"id": [it.id for it in items], "status": "failed", "reason": reasons,
+                         **meta_columns([it.meta for it in items])})
+
+
+def _method_error(e: Exception) -> str:
+    return f"method error: {traceback.format_exception_only(type(e), e)[-1].strip()}"[:500]
+
+
+def _aborted(runner: MethodRunner, dname: str, ids: list[str], e: BaseException) -> RunAborted:
+    return RunAborted(
+        f"{type(e).__name__}: {e} -- an environment error (disk, file system or memory), not a method failure, "
+        f"hit {runner.name} on a batch of {dname} ({len(ids)} images from {ids[0]!r}); the batch was not recorded, "
+        "every batch recorded before is kept: fix the cause and rerun the same command to resume")
+
+
 def _run_batch(
     runner: MethodRunner,
     batch: list[Item],
@@ -1130,42 +1315,74 @@ def _run_batch(
     master: str,
     dname: str,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """One method on one batch: outputs (cached), per-image metrics and the outputs' realism features.
-    A method error becomes failure records for the batch; the run continues."""
+    """One method on one batch: outputs (cached), per-image metrics and the outputs' realism features (rows of
+    ``feats[ext]``: the batch's "ok" records, in order). When the method (or scoring its outputs) raises on the
+    batch, the batch is retried image by image: only the images that raise alone become failure records
+    ("method error: ..."), the others are scored; the run continues. An environment error
+    (``ENVIRONMENT_ERRORS``) is not a method failure: ``RunAborted``, nothing of the batch is persisted."""
+    ids = [it.id for it in batch]
+    try:
+        return _score_batch(runner, batch, ctx, oracles, master, dname)
+    except ENVIRONMENT_ERRORS as e:
+        raise _aborted(runner, dname, ids, e) from e
+    except Exception as e:  # noqa: BLE001 - a method crashing on a batch: retried image by image below
+        if len(batch) == 1:
+            log.warning("%s failed on image %s of %s: %s", runner.name, ids[0], dname, e)
+            return _failed_frame(batch, [_method_error(e)]), {}
+        log.warning("%s failed on a batch of %s (%s); retrying its %d images one by one", runner.name, dname, e,
+                    len(batch))
+    frames: list[pd.DataFrame] = []
+    parts: dict[str, list[np.ndarray]] = {}
+    for j, it in enumerate(batch):
+        try:
+            df, feats = _score_batch(runner, [it], ctx.select([j]), oracles, master, dname)
+        except ENVIRONMENT_ERRORS as e:
+            raise _aborted(runner, dname, [it.id], e) from e
+        except Exception as e:  # noqa: BLE001 - this image's failure record; its batch-mates are scored
+            log.warning("%s failed on image %s of %s: %s", runner.name, it.id, dname, e)
+            frames.append(_failed_frame([it], [_method_error(e)]))
+            continue
+        frames.append(df)
+        for ext, f in feats.items():
+            parts.setdefault(ext, []).append(f)
+    return pd.concat(frames, ignore_index=True), {ext: np.concatenate(v) for ext, v in parts.items()}
+
+
+def _score_batch(
+    runner: MethodRunner,
+    batch: list[Item],
+    ctx: BatchContext,
+    oracles: Oracles,
+    master: str,
+    dname: str,
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """``_run_batch`` without its error handling: every image scored, or an exception."""
     method = runner.method
     ids = [it.id for it in batch]
     imgs = [it.image for it in batch]
     masks = [it.mask for it in batch]
     keys = derive_keys(master, ids)
-    try:
-        anon, oks, bits = runner.anonymize(dname, ids, imgs, keys, masks)
-        extra: dict[str, Any] = {}
-        rec = rec_w = anon2 = rok = None
-        if method.reversible:
-            keys2 = derive_keys(master + "/second-key", ids)
-            wrong = derive_keys(master + "/wrong-key", ids)
-            anon2, _, _ = runner.anonymize(dname, ids, imgs, keys2, masks)
-            rec, rok, rbits = runner.recover(dname, ids, anon, keys)
-            rec_w, wok, _ = runner.recover(dname, ids, anon, wrong)
-            if all(o is not None for o in rok):
-                extra["recovery_ok_rate"] = [float(o) for o in rok]
-            if all(o is not None for o in wok):
-                extra["wrongkey_rejected_rate"] = [float(not o) for o in wok]
-            if all(b is not None for b in bits) and all(b is not None for b in rbits):
-                from g2face_eval.metrics.identity import bit_error_rate
+    anon, oks, bits = runner.anonymize(dname, ids, imgs, keys, masks)
+    extra: dict[str, Any] = {}
+    rec = rec_w = anon2 = rok = None
+    if method.reversible:
+        keys2 = derive_keys(master + "/second-key", ids)
+        wrong = derive_keys(master + "/wrong-key", ids)
+        anon2, _, _ = runner.anonymize(dname, ids, imgs, keys2, masks)
+        rec, rok, rbits = runner.recover(dname, ids, anon, keys)
+        rec_w, wok, _ = runner.recover(dname, ids, anon, wrong)
+        if all(o is not None for o in rok):
+            extra["recovery_ok_rate"] = [float(o) for o in rok]
+        if all(o is not None for o in wok):
+            extra["wrongkey_rejected_rate"] = [float(not o) for o in wok]
+        if all(b is not None for b in bits) and all(b is not None for b in rbits):
+            from g2face_eval.metrics.identity import bit_error_rate
 
-                extra["payload_ber"] = bit_error_rate(np.stack(bits).round(), np.stack(rbits).round())
-        df = batch_metrics(batch, anon, ctx, oracles, method.reversible, rec, rec_w, anon2, extra,
-                           rec_ok=rok)
-        df["status"] = "ok"
-        feats = {ext: _features(fn, anon) for ext, fn in oracles.extractors.items()}
-        return df, feats
-    except Exception as e:  # noqa: BLE001 - a method crashing on a batch: failure records, the run continues
-        log.warning("%s failed on a batch of %s: %s", runner.name, dname, e)
-        tb = traceback.format_exception_only(type(e), e)[-1].strip()
-        reason = f"method error: {tb}"[:500]
-        return pd.DataFrame({"id": ids, "status": "failed", "reason": reason,
-                             **meta_columns([it.meta for it in batch])}), {}
+            extra["payload_ber"] = bit_error_rate(np.stack(bits).round(), np.stack(rbits).round())
+    df = batch_metrics(batch, anon, ctx, oracles, method.reversible, rec, rec_w, anon2, extra, rec_ok=rok)
+    df["status"] = "ok"
+    feats = {ext: _features(fn, anon) for ext, fn in oracles.extractors.items()}
+    return df, feats
 
 
 def _write_grid(S: Setup, runner: MethodRunner, dname: str, items: list[Item]) -> None:
@@ -1173,10 +1390,14 @@ def _write_grid(S: Setup, runner: MethodRunner, dname: str, items: list[Item]) -
     dataset's first prepared faces)."""
     method, master = runner.method, S.master
     src = S.sources[dname]
+    path = _grid_path(S, runner.name, src.name)
     if not items:
         return
     try:
         load_images(src, S.preparer, items)
+        items = [it for it in items if it.image is not None]  # an image unreadable since it was prepared: left out
+        if not items:
+            raise RuntimeError("none of its images can be read")
         ids = [it.id for it in items]
         imgs = [it.image for it in items]
         keys = derive_keys(master, ids)
@@ -1194,9 +1415,10 @@ def _write_grid(S: Setup, runner: MethodRunner, dname: str, items: list[Item]) -
                     wr[j] if method.reversible else None,
                 ]
             )
-        _save_png(S.run_dir / "samples" / f"{runner.name}__{src.name}.png", sample_grid(rows))
+        _save_png(path, sample_grid(rows))
     except Exception as e:  # noqa: BLE001
         log.warning("sample grid for %s/%s failed: %s", runner.name, src.name, e)
+        path.unlink(missing_ok=True)  # never an earlier grid (other method code or configuration) in its place
 
 
 def _latency(S: Setup, runner: MethodRunner, indexes: dict[str, DatasetIndex], repeats: int) -> dict:
@@ -1207,6 +1429,9 @@ def _latency(S: Setup, runner: MethodRunner, indexes: dict[str, DatasetIndex], r
     if not items:
         return {}
     load_images(S.sources[dname], S.preparer, items)
+    items = [it for it in items if it.image is not None]  # an image unreadable since it was prepared: left out
+    if not items:
+        raise RuntimeError(f"none of the first prepared images of {dname} can be read")
     device = runner.device
     method = runner.method
     x = to_tensor([it.image for it in items]).to(device)
@@ -1256,7 +1481,13 @@ def cli(argv: list[str] | None = None) -> int:
                 evaluate_distributed(cfg, progress=not ns.no_progress)
             else:
                 evaluate(cfg, progress=not ns.no_progress)
-    except DatasetNotFoundError as e:  # a missing or malformed dataset folder: exit 2, no traceback
+    except (DatasetNotFoundError, EmptyDatasetError) as e:  # a missing, malformed or empty dataset: exit 2
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2
+    except RunLockedError as e:  # another process works on this run: nothing was done
+        print(f"g2face-eval evaluate: {e}", file=sys.stderr)
+        return 1
+    except RunAborted as e:  # disk full, unwritable folder, out of memory: the persisted batches are kept
+        print(f"g2face-eval evaluate: aborted: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -254,6 +254,10 @@ class Preparer:
 # ----------------------------------------------------------------------------------------------------------
 # a dataset of an evaluation
 # ----------------------------------------------------------------------------------------------------------
+class EmptyDatasetError(ValueError):
+    """A dataset of the run has no image to evaluate (an empty folder, a split or limit that selects none)."""
+
+
 class DatasetSource:
     """The ordered raw ids of one dataset of the run (probes and gallery for ``celeba_id``), in chunks."""
 
@@ -363,11 +367,31 @@ def load_prepare(src: DatasetSource, preparer: Preparer, ids: list[str], role: s
     return items, fails
 
 
-def load_images(src: DatasetSource, preparer: Preparer, items: list[Item]) -> None:
-    """Fill ``image``/``mask`` of items whose image is not in memory (same pixels as when prepared)."""
+def load_images(src: DatasetSource, preparer: Preparer, items: list[Item]) -> list[tuple[str, str, dict]]:
+    """Fill ``image``/``mask`` of items whose image is not in memory (same pixels as when prepared). An image
+    that can no longer be read (its file deleted, truncated or replaced since it was prepared, e.g. before a
+    resume) keeps ``image`` None and is returned as a failure ``(id, reason, meta)``: that image's problem, not
+    the run's end."""
+    from g2face_eval.data.io import ImageLoadError
+
+    failures = []
     for it in items:
-        if it.image is None:
+        if it.image is not None:
+            continue
+        try:
             preparer.reload(src.load(it.id), src.aligned, it)
+        except ImageLoadError as e:
+            reason = getattr(e, "reason", None) or str(e)
+            where = getattr(e, "path", None)
+            failures.append((it.id, f"reload failed: {reason}" + (f" ({where})" if where else ""), it.meta))
+        except MemoryError:
+            raise  # the machine's problem, not the image's
+        except Exception as e:  # noqa: BLE001 - OSError (file gone, unreadable) or a crop the new pixels refuse
+            failures.append((it.id, f"reload failed: {type(e).__name__}: {e}", it.meta))
+        else:
+            continue
+        it.image = it.mask = None
+    return failures
 
 
 def drop_images(items: list[Item]) -> None:
@@ -483,7 +507,8 @@ def reference_arrays(oracles, dataset: str, items: list[Item]) -> dict[str, np.n
         imgs = [it.image for it in items]
         key = realism.content_key([it.id for it in items], imgs)
         out[f"feat_{name}"] = np.asarray(
-            realism.reference_features(ext, key, lambda imgs=imgs: iter([to_tensor(imgs)])), np.float32)
+            realism.reference_features(ext, key, lambda imgs=imgs: iter([to_tensor(imgs)]),
+                                       cache_dir=getattr(oracles, "cache_dir", None)), np.float32)
     return out
 
 

@@ -7,16 +7,21 @@ Layout of ``<results_dir>/<run>/``::
     batches/<method>/<dataset>/<batch key>.npz       per-image feature vectors of that batch (realism)
     prepared/<dataset>/<chunk key>.{parquet,npz}     a chunk's prepared faces and reference data (prepare.py)
     records.parquet, records.csv     all per-image records (written at the end)
+    .lock                            held (``flock``) by the evaluation working on the run (``RunLock``)
     aggregate.parquet, aggregate.csv aggregate table with bootstrap 95% CIs
     set_metrics.json, latency.json, environment.json, samples/<method>__<dataset>.png
 
-The cache (``settings.cache_dir()``, shared between runs) keys anonymized images by (method config hash,
-dataset, image id, key digest) and embeddings by (recognizer, dataset, image id, content digest).
+The cache (``settings.cache_dir()``, shared between runs) keys anonymized images by (method hash: its configuration
+and the fingerprint of the methods' code, ``config.code_fingerprint``; dataset, image id, key digest, input pixels
+and mask) and embeddings by (recognizer, dataset, image id, content digest).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,10 +129,14 @@ class RecordStore:
     folder = "records"
     crash_prefix = "records"  # crashpoints hit: <prefix>_npz, <prefix>_saved
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, sweep: bool | None = None) -> None:
         self.root = Path(run_dir) / self.folder
-        # temporary files of writes cut short by a kill (atomic writes never expose them): swept on resume
-        if self.root.is_dir():
+        # temporary files of writes cut short by a kill (atomic writes never expose them): swept on resume, and
+        # only by the process holding the run's lock (``sweep=None``: whether it does) -- another process's
+        # in-flight temporary files are not debris
+        if sweep is None:
+            sweep = holds_run_lock(run_dir)
+        if sweep and self.root.is_dir():
             for t in self.root.rglob(".*.tmp"):
                 try:
                     t.unlink()
@@ -171,3 +180,69 @@ class BatchStore(RecordStore):
     def batch_key(ids: list[str]) -> str:
         """Digest of the batch's identity: callers prefix the config and method hashes to the image ids."""
         return digest(*ids)[:16]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the run's lock
+# ------------------------------------------------------------------------------------------------------------
+LOCK_NAME = ".lock"
+_HELD: dict[Path, int] = {}  # resolved run folder -> the descriptor holding its flock (this process)
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run folder's lock (another ``evaluate`` of the same run is in progress)."""
+
+
+def _lock_key(run_dir: Path) -> Path:
+    return Path(run_dir).expanduser().resolve()
+
+
+def holds_run_lock(run_dir: Path) -> bool:
+    """Whether this process holds ``run_dir``'s lock."""
+    return _lock_key(run_dir) in _HELD
+
+
+def acquire_run_lock(run_dir: Path) -> bool:
+    """Take the exclusive lock of ``run_dir`` (``flock`` on ``<run_dir>/.lock``, never waiting): two processes
+    on one run would compute the same batches twice, race on its files and sweep each other's temporary files.
+    Re-entrant within a process: returns True when this call took the lock (the caller releases it), False when
+    this process already held it. Raises ``RunLockedError`` naming the holder (pid, host) when another process
+    holds it. The kernel releases the lock when the holder exits, also when it is killed (``kill -9``)."""
+    key = _lock_key(run_dir)
+    if key in _HELD:
+        return False
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (documented in docs/RELIABILITY.md)
+        return False
+    key.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 512, 0).decode("utf-8", "replace").split()
+        os.close(fd)
+        pid = holder[0] if holder else "unknown"
+        host = f" on {holder[1]}" if len(holder) > 1 else ""
+        since = f" since {holder[2]}" if len(holder) > 2 else ""
+        raise RunLockedError(
+            f"run folder {key} is in use by another evaluation (pid {pid}{host}{since}): wait for it to finish or "
+            "stop it, then rerun (the lock is released when that process exits, also when it is killed)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {stamp}\n".encode(), 0)
+    _HELD[key] = fd
+    return True
+
+
+def release_run_lock(run_dir: Path) -> None:
+    """Release this process's lock of ``run_dir`` (no-op when it holds none)."""
+    fd = _HELD.pop(_lock_key(run_dir), None)
+    if fd is not None:
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing the descriptor releases the flock

@@ -140,6 +140,33 @@ def _metric_key(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_./ " else "_" for c in s)
 
 
+@contextmanager
+def _results_lock(results_dir: Path, timeout_s: float = 300.0):
+    """Exclusive ``flock`` on ``<results_dir>/.mlflow.lock`` for a short critical section (creating the MLflow
+    store's tables and the experiment); after ``timeout_s`` without it, the section runs unlocked (a warning)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    import time
+
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(results_dir) / ".mlflow.lock", "a+b") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.warning("%s: .mlflow.lock still held after %.0f s; going on without it", results_dir,
+                                timeout_s)
+                    break
+                time.sleep(0.1)
+        yield  # closing the file releases the lock
+
+
 class Tracker:
     """Parent/child MLflow runs, resumable through ``<run dir>/mlflow.json``."""
 
@@ -152,14 +179,17 @@ class Tracker:
         self.run_name = run_name
         self.uri = uri or tracking_uri(results_dir)
         self.state_path = self.run_dir / "mlflow.json"
-        self.client = mlflow.MlflowClient(self.uri)
-        exp = self.client.get_experiment_by_name(EXPERIMENT)
-        if exp is None:
-            art = (self.results_dir / "mlartifacts").resolve()
-            art.mkdir(parents=True, exist_ok=True)
-            exp_id = self.client.create_experiment(EXPERIMENT, artifact_location=art.as_uri())
-        else:
-            exp_id = exp.experiment_id
+        # the client's store creates (or migrates) a new sqlite store's tables, and the experiment is created when
+        # missing: two processes starting at once on one results folder (two runs) raced on both and one crashed
+        with _results_lock(self.results_dir):
+            self.client = mlflow.MlflowClient(self.uri)
+            exp = self.client.get_experiment_by_name(EXPERIMENT)
+            if exp is None:
+                art = (self.results_dir / "mlartifacts").resolve()
+                art.mkdir(parents=True, exist_ok=True)
+                exp_id = self.client.create_experiment(EXPERIMENT, artifact_location=art.as_uri())
+            else:
+                exp_id = exp.experiment_id
         self.experiment_id = exp_id
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         self.parent_id: str | None = None
@@ -298,14 +328,22 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Log ``metrics`` (step 0); on a reused run (a rerun or resume), a metric whose latest logged value is
+        the same is not logged again, so its history holds one entry per distinct value, not one per invocation."""
         import time
 
         from mlflow.entities import Metric
 
+        try:
+            logged = self.client.get_run(run_id).data.metrics  # latest value per key
+        except Exception:  # noqa: BLE001 - unknown: log everything
+            logged = {}
         ts = int(time.time() * 1000)
-        items = [
-            Metric(_metric_key(k)[:250], float(v), ts, 0) for k, v in sorted(metrics.items()) if _finite(v)
-        ]
+        items = []
+        for k, v in sorted(metrics.items()):
+            key = _metric_key(k)[:250]
+            if _finite(v) and logged.get(key) != float(v):
+                items.append(Metric(key, float(v), ts, 0))
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i : i + 500])
 

@@ -659,8 +659,11 @@ def tensor_key(t: torch.Tensor | np.ndarray) -> str:
     return h.hexdigest()
 
 
-def cache_path(extractor: FeatureExtractor, key: str) -> Path:
-    return settings.cache_dir() / "realism" / f"{extractor.cache_tag}-{key[:40]}.npz"
+def cache_path(extractor: FeatureExtractor, key: str, cache_dir: str | Path | None = None) -> Path:
+    """Where the reference features of ``key`` are cached: under ``cache_dir`` (an evaluation's config key
+    ``cache_dir``), else ``settings.cache_dir()``, in ``realism/``."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else settings.cache_dir()
+    return root / "realism" / f"{extractor.cache_tag}-{key[:40]}.npz"
 
 
 def _atomic_save_npz(path: Path, **arrays) -> None:
@@ -677,9 +680,11 @@ def reference_features(
     batches_fn: Callable[[], Iterable[torch.Tensor]],
     *,
     use_cache: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> np.ndarray:
-    """Features of a reference set, cached by (extractor, weights, content key)."""
-    path = cache_path(extractor, key)
+    """Features of a reference set, cached by (extractor, weights, content key) under ``cache_dir`` (default
+    ``settings.cache_dir()``, see ``cache_path``)."""
+    path = cache_path(extractor, key, cache_dir)
     if use_cache and path.is_file():
         try:
             with np.load(path) as z:

@@ -75,8 +75,11 @@ def test_decrypt_inverts_encrypt_and_wrong_password_differs(trained, faces_u8):
         assert torch.allclose(g.decrypt(e, p), u, atol=1e-5)
         assert torch.allclose(g.synth(g.decrypt(e, p)), g.synth(u), atol=1e-4)
         wrong = g.decrypt(e, p_wrong)
-        # a wrong password lands about as far from the plain latent as encryption moved it (random draws: >= half)
-        assert (wrong - u).abs().mean() > 0.5 * (e - u).abs().mean()
+        # a wrong password does not decrypt: it lands far from the plain latent -- a sizeable share of how far
+        # encryption moved it (0.49-0.53 of it for these draws, across machines), and orders of magnitude beyond
+        # the right password's residue
+        moved, off = (e - u).abs().mean(), (wrong - u).abs().mean()
+        assert off > 0.25 * moved and off > 1e3 * (g.decrypt(e, p) - u).abs().mean()
         assert not torch.allclose(g.encrypt(u, p_wrong), e, atol=1e-3)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from evalhelpers import cheap_config  # tests/ is on sys.path
 
 from g2face_eval.harness import config as C
 from g2face_eval.harness import evaluate as E
@@ -33,24 +34,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 def _cheap(tmp: Path, cache: Path, **kw) -> dict:
     """A seconds-long evaluation: one cheap method, SFace only, no detectors, mesh or Fréchet features."""
-    cfg = {
-        "methods": ["blur_s1"],
-        "datasets": ["embedded"],
-        "limit": 2,
-        "batch_size": 2,
-        "recognizers": ["sface"],
-        "detectors": [],
-        "face_mesh": False,
-        "feature_extractors": [],
-        "bootstrap_samples": 50,
-        "latency_repeats": 1,
-        "samples_per_grid": 1,
-        "results_dir": str(tmp / "results"),
-        "reports_dir": str(tmp / "reports"),
-        "cache_dir": str(cache),
-    }
-    cfg.update(kw)
-    return cfg
+    return cheap_config(tmp, cache, **kw)
 
 
 def _old_hash(cfg: dict) -> str:

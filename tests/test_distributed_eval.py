@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from evalhelpers import run_lock_held  # tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,15 +159,7 @@ def test_a_distributed_run_on_a_run_folder_in_use_fails_fast(tmp_path):
     ranks wait for it at the barrier). With another process holding it, the job stops before any work, naming the
     holder, and nothing is written."""
     run_dir = tmp_path / "results" / "busy"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from g2face_eval.harness.records import acquire_run_lock as a; "
-         "a(sys.argv[1]); print('ready', flush=True); sys.stdin.read()", str(run_dir)],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with run_lock_held(run_dir) as pid:
         p = _run(tmp_path, 2, cfg={**CFG, "run_name": "busy"}, fails=True)
-        assert f"is in use by another evaluation (pid {holder.pid} " in p.stderr
+        assert f"is in use by another evaluation (pid {pid} " in p.stderr
         assert sorted(q.name for q in run_dir.iterdir()) == [".lock"]  # no config, invocation, batch
-    finally:
-        holder.stdin.close()
-        holder.wait(30)

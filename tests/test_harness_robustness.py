@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from evalhelpers import cheap_config, run_lock_held  # tests/ is on sys.path
 
 from g2face_eval import methods as M
 from g2face_eval.anonymizer import Anonymizer, Output, derive_keys
@@ -28,24 +27,7 @@ EMBEDDED = REPO / "g2face_eval" / "data" / "embedded" / "faces"
 
 
 def _cfg(tmp: Path, **kw) -> dict:
-    cfg = {
-        "methods": ["blur_s1"],
-        "datasets": ["embedded"],
-        "limit": 2,
-        "batch_size": 2,
-        "recognizers": ["sface"],
-        "detectors": [],
-        "face_mesh": False,
-        "feature_extractors": [],
-        "bootstrap_samples": 20,
-        "latency_repeats": 1,
-        "samples_per_grid": 1,
-        "results_dir": str(tmp / "results"),
-        "reports_dir": str(tmp / "reports"),
-        "cache_dir": str(tmp / "cache"),
-    }
-    cfg.update(kw)
-    return cfg
+    return cheap_config(tmp, tmp / "cache", **{"bootstrap_samples": 20, **kw})
 
 
 def _folder(tmp: Path, n: int) -> Path:
@@ -216,24 +198,16 @@ def test_a_second_process_on_a_locked_run_fails_fast_and_sweeps_nothing(tmp_path
     stale = run_dir / "batches" / "m" / ".x.parquet.abc.tmp"  # another process's in-flight write
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"...")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from g2face_eval.harness.records import acquire_run_lock as a; "
-         "a(sys.argv[1]); print('ready', flush=True); sys.stdin.read()", str(run_dir)],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with run_lock_held(run_dir) as pid:
         BatchStore(run_dir)  # a store opened without the lock sweeps nothing
         assert stale.exists()
-        with pytest.raises(E.RunLockedError, match=f"pid {holder.pid} "):
+        with pytest.raises(E.RunLockedError, match=f"pid {pid} "):
             acquire_run_lock(run_dir)
         (tmp_path / "cfg.json").write_text(json.dumps(_cfg(tmp_path, run_name="locked")))
         assert E.cli(["--config", str(tmp_path / "cfg.json"), "--no-progress"]) == 1
         err = capsys.readouterr().err
-        assert f"is in use by another evaluation (pid {holder.pid} " in err and "Traceback" not in err
+        assert f"is in use by another evaluation (pid {pid} " in err and "Traceback" not in err
         assert stale.exists() and not (run_dir / "config.json").exists()  # nothing done
-    finally:
-        holder.stdin.close()
-        holder.wait(30)
     # the holder exited: the lock is free; within one process it is re-entrant, and its holder sweeps
     assert acquire_run_lock(run_dir) is True and acquire_run_lock(run_dir) is False
     try:

@@ -222,7 +222,42 @@ def _mmd2_unbiased(k_xx: np.ndarray, k_xy: np.ndarray, k_yy: np.ndarray, same: n
     sum_xy, n_xy = k_xy.sum(), k_xy.size
     if same is not None:
         sum_xy, n_xy = sum_xy - k_xy[same].sum(), n_xy - int(same.sum())
+    return _mmd2_from_sums(sum_xx, sum_yy, sum_xy, m, n_xy)
+
+
+def _mmd2_from_sums(sum_xx: float, sum_yy: float, sum_xy: float, m: int, n_xy: int) -> float:
+    """MMD^2 from the off-diagonal kernel sums of one subset (``_mmd2_unbiased``'s last step)."""
     return float((sum_xx + sum_yy) / (m * (m - 1)) - 2 * sum_xy / n_xy)
+
+
+class _WholeGram:
+    """The three kernel matrices of two sets, built once; ``mmd2(ia, ib)`` is ``_mmd2_unbiased`` of the subsets
+    ``ia`` (rows of x) and ``ib`` (rows of y) without gathering their sub-matrices: with the subsets' indicator
+    vectors u and v, the sums are u.K_XX.u, v.K_YY.v and u.K_XY.v (matrix-vector products), minus the drawn
+    diagonal and same-id entries. The same numbers up to the order of summation (~1e-16 relative); 100 subsets
+    of 1,000 from 1,000 faces: three 1000x1000 gathers per subset (~0.3 s per method in all) become products."""
+
+    def __init__(self, kernel, x: np.ndarray, y: np.ndarray, codes_x: np.ndarray | None,
+                 codes_y: np.ndarray | None) -> None:
+        self.k_xx, self.k_yy, self.k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
+        self.d_xx, self.d_yy = np.diag(self.k_xx).copy(), np.diag(self.k_yy).copy()
+        self.pa = self.pb = self.k_pair = None
+        if codes_x is not None:  # every same-id pair (row of x, row of y) of the whole sets
+            self.pa, self.pb = np.nonzero(codes_x[:, None] == codes_y[None, :])
+            self.k_pair = self.k_xy[self.pa, self.pb]
+
+    def mmd2(self, ia: np.ndarray, ib: np.ndarray) -> float:
+        m = len(ia)
+        u = np.zeros(self.k_xx.shape[0])
+        v = np.zeros(self.k_yy.shape[0])
+        u[ia], v[ib] = 1.0, 1.0
+        sum_xx = u @ (self.k_xx @ u) - self.d_xx[ia].sum()
+        sum_yy = v @ (self.k_yy @ v) - self.d_yy[ib].sum()
+        sum_xy, n_xy = u @ (self.k_xy @ v), m * m
+        if self.pa is not None:
+            drawn = (u[self.pa] * v[self.pb]) > 0   # same-id pairs with both rows in the subsets
+            sum_xy, n_xy = sum_xy - self.k_pair[drawn].sum(), n_xy - int(drawn.sum())
+        return _mmd2_from_sums(sum_xx, sum_yy, sum_xy, m, n_xy)
 
 
 def kid_details(
@@ -268,19 +303,17 @@ def kid_details(
 
     # Sets of moderate size: the three kernel matrices once, each subset indexes them (the subsets overlap
     # heavily; 100 subsets of 1,000 from 1,000 features cost 300 Gram products of 1000x1280 the direct way).
-    whole = len(x) * len(y) <= KID_WHOLE_GRAM_MAX
-    if whole:
-        k_xx_all, k_yy_all, k_xy_all = kernel(x, x), kernel(y, y), kernel(x, y)
+    whole = _WholeGram(kernel, x, y, codes_x, codes_y) if len(x) * len(y) <= KID_WHOLE_GRAM_MAX else None
     rng = np.random.RandomState(seed)
     mmds = np.empty(subsets)
     for i in range(subsets):
         ia = rng.choice(len(x), m, replace=False)
         ib = rng.choice(len(y), m, replace=False)
-        if whole:
-            kxx, kyy, kxy = k_xx_all[np.ix_(ia, ia)], k_yy_all[np.ix_(ib, ib)], k_xy_all[np.ix_(ia, ib)]
-        else:
-            a, b = x[ia], y[ib]
-            kxx, kyy, kxy = kernel(a, a), kernel(b, b), kernel(a, b)
+        if whole is not None:
+            mmds[i] = whole.mmd2(ia, ib)
+            continue
+        a, b = x[ia], y[ib]
+        kxx, kyy, kxy = kernel(a, a), kernel(b, b), kernel(a, b)
         same = None if codes_x is None else codes_x[ia][:, None] == codes_y[ib][None, :]
         mmds[i] = _mmd2_unbiased(kxx, kxy, kyy, same)
     return {"mean": float(mmds.mean()), "std": float(mmds.std()), "subset_size": m, "subsets": subsets}

@@ -248,6 +248,11 @@ def resolve_methods(cfg: dict[str, Any], check: bool = True) -> list[str]:
 ROOTLESS_DATASETS = {"embedded": "folder"}
 
 
+def cache_root(cfg: dict[str, Any]) -> Path:
+    """The run's cache folder: the config's ``cache_dir``, else ``settings.cache_dir()``."""
+    return Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
+
+
 def data_locations(cfg: dict[str, Any]) -> dict[str, str]:
     """dataset -> the resolved folder it reads (``dataset_options.<name>.root``, else ``datasets_root``; for
     ``embedded`` only its ``folder`` option), for the datasets of the run that read one. Resolved (absolute,

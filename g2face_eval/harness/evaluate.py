@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from g2face_eval import settings
 from g2face_eval.anonymizer import Anonymizer, derive_keys
 from g2face_eval.harness import config as C
 from g2face_eval.harness.prepare import (
@@ -122,7 +121,7 @@ class Oracles:
                     f"{n}: no validated FAR-1e-3 threshold (run `g2face-eval validate`); similarities only"
                 )
         # the realism reference-feature cache lives in the run's cache folder (config key ``cache_dir``)
-        self.cache_dir = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
+        self.cache_dir = C.cache_root(cfg)
         self.detectors = {}
         for n in cfg.get("detectors") or ():
             try:
@@ -748,7 +747,7 @@ def setup(cfg: dict) -> Setup:
             where = C.data_locations(cfg).get(d)
             raise EmptyDatasetError(f"dataset {d!r} has no images{f' (in {where})' if where else ''} with this "
                                     "configuration (its folder, split, options and limit): nothing to evaluate")
-    cache_root = Path(cfg.get("cache_dir") or settings.cache_dir()).expanduser()
+    cache_root = C.cache_root(cfg)
     icache, acache = ImageCache(cache_root / "outputs"), ArrayCache(cache_root / "arrays")
     # Oracles next: the oracles in force and their recognizer thresholds are part of the configuration (and
     # of its hash), so a threshold file or a weight file that changes between an interrupted run and its rerun
@@ -849,6 +848,7 @@ def _compute_chunk(S: Setup, prep, store: BatchStore, src: DatasetSource, i: int
     items = [chunk.items[j] for j in keep]
     ctx = BatchContext.build(chunk, arrays, gallery).select(keep)
     lost = [it for it in chunk.items if it.image is None]
+    lost_reasons = [{sid: r for sid, r, _ in unreadable}[it.id] for it in lost]
     order = {sid: k for k, sid in enumerate(chunk.ids)}
     for m in todo:
         if interrupt_after is not None and len(done) >= interrupt_after:
@@ -856,8 +856,7 @@ def _compute_chunk(S: Setup, prep, store: BatchStore, src: DatasetSource, i: int
         bar.set_postfix_str(m)
         df, feats = _run_batch(S.runners[m], items, ctx, S.oracles, S.master, dname) if items else (None, {})
         if lost:  # in chunk order; the "ok" rows keep theirs, so they stay aligned with ``feats``
-            reasons = {sid: r for sid, r, _ in unreadable}
-            df = pd.concat([d for d in (df, _failed_frame(lost, [reasons[it.id] for it in lost])) if d is not None],
+            df = pd.concat([d for d in (df, _failed_frame(lost, lost_reasons)) if d is not None],
                            ignore_index=True)
             df = df.iloc[np.argsort([order[sid] for sid in df["id"]], kind="stable")].reset_index(drop=True)
         df.insert(1, "dataset", dname)
@@ -1021,12 +1020,13 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
         for g in sorted(p for p in grids.values() if p.is_file()):  # this configuration's grids only
             tracker.log_artifact(parent_id, g, "samples")
         tracker.log_metrics(parent_id, _mlflow_metrics(agg, prefix_method=True))
-        _record_invocation(run_dir, started, time.perf_counter() - t_start, {
-            "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"),
+        wall_inv = time.perf_counter() - t_start
+        _update_invocation(run_dir, invocation, {  # started, git and device were recorded when it began
+            "finished": _iso(started + wall_inv), "wall_s": round(wall_inv, 1), "status": "finished",
             "world_size": int(prov.get("world_size", 1)),
             "batches_computed": counter.base + len(done),
             "batches_total": sum(len(ix.chunk_ids) for ix in indexes.values()) * len(S.runners),
-        }, index=invocation)
+        })
         tracker.log_artifact(parent_id, run_dir / "invocations.json")
         try:  # figures + report (logged with the parent run)
             from g2face_eval.reports.build import build_report
@@ -1066,10 +1066,10 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
 def _warn_on_mixed_commits(run_dir: Path, env: dict, say) -> None:
     """A resume by other code than the earlier invocations' (another commit, or uncommitted changes) mixes
     results of both in one run: say so (``invocations.json`` keeps which invocation computed how many batches)."""
-    path = run_dir / "invocations.json"
-    if not path.exists():
+    history = _invocations(run_dir)
+    if not history:
         return
-    seen = {(h.get("git_hash"), bool(h.get("git_dirty"))) for h in json.loads(path.read_text())}
+    seen = {(h.get("git_hash"), bool(h.get("git_dirty"))) for h in history}
     now = (env.get("git_hash"), bool(env.get("git_dirty")))
     if seen != {now} or now[1]:
         say("resuming run %s with code %s%s; earlier invocations ran %s: its results may mix code versions "
@@ -1104,39 +1104,30 @@ def begin_invocation(S: Setup, started: float, world_size: int = 1) -> tuple[dic
     return env, index
 
 
+def _invocations(run_dir: Path) -> list[dict]:
+    """The run's ``invocations.json`` (empty before the first invocation)."""
+    path = run_dir / "invocations.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
 def _start_invocation(run_dir: Path, started: float, extra: dict) -> int:
     """Append this invocation to ``invocations.json`` as "running" (before any work, so a crash keeps it);
     earlier ones still "running" never finished: "interrupted". Returns its index."""
-    path = run_dir / "invocations.json"
-    history = json.loads(path.read_text()) if path.exists() else []
+    history = _invocations(run_dir)
     for h in history:
         if h.get("status") == "running":
             h["status"] = "interrupted"
     history.append({"started": _iso(started), "status": "running", **extra})
-    atomic_write_json(path, history)
+    atomic_write_json(run_dir / "invocations.json", history)
     return len(history) - 1
 
 
 def _update_invocation(run_dir: Path, index: int, fields: dict) -> None:
-    """Merge ``fields`` into invocation ``index`` of ``invocations.json``."""
-    path = run_dir / "invocations.json"
-    history = json.loads(path.read_text()) if path.exists() else []
+    """Merge ``fields`` into invocation ``index`` (from ``_start_invocation``) of ``invocations.json``."""
+    history = _invocations(run_dir)
     if index < len(history):
         history[index] = {**history[index], **fields}
-        atomic_write_json(path, history)
-
-
-def _record_invocation(run_dir: Path, started: float, wall_s: float, extra: dict, index: int | None = None) -> None:
-    """Complete invocation ``index`` (from ``_start_invocation``; None: append a new one) as "finished"."""
-    path = run_dir / "invocations.json"
-    history = json.loads(path.read_text()) if path.exists() else []
-    entry = {"started": _iso(started), "finished": _iso(started + wall_s), "wall_s": round(wall_s, 1),
-             "status": "finished", **extra}
-    if index is not None and index < len(history):
-        history[index] = {**history[index], **entry}
-    else:
-        history.append(entry)
-    atomic_write_json(path, history)
+        atomic_write_json(run_dir / "invocations.json", history)
 
 
 @dataclass

@@ -320,8 +320,6 @@ def record_path(path: str | Path) -> Path:
 def write_record(path: str | Path) -> str:
     """Write the sha256 record beside a weights file (``record_path``, in the ``<digest>  <name>`` form that
     ``recorded_sha256`` reads), atomically; returns the digest."""
-    from . import atomic
-
     p = Path(path)
     d = sha256_file(p)
     atomic.write_text(record_path(p), f"{d}  {p.name}\n")

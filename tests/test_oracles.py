@@ -111,6 +111,102 @@ def test_finds_only_the_subjects_face(datasets_root, faces, name):
             assert det.finds(x, box) == want
 
 
+def _scaled_faces(datasets_root, n: int = 3) -> list[np.ndarray]:
+    """Faces from 40 to 250 px wide on a 256 px canvas (dlib finds them on many pyramid levels)."""
+    files = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[:n]
+    out = []
+    for f in files:
+        img = _read(f)
+        for side in (64, 80, 96, 112, 136, 160, 192, 224, 256):
+            canvas = np.full((256, 256, 3), 110, np.uint8)
+            canvas[: side, 256 - side :] = cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+            out.append(canvas)
+    return out
+
+
+def test_dlib_box_side_bound(datasets_root):
+    """Every box dlib-HOG returns lies in exactly one level's band [lower(L), box_side_bound(L)] (the bands are
+    disjoint: sides grow by 1.2 per level), on faces seen at many levels: the per-level bound the exact negative
+    relies on holds with its margin."""
+    det = detectors.DlibHOGDetector()
+    lower = lambda lv: (70 * 1.2**lv - 2) / 2  # noqa: E731
+    assert all(det.box_side_bound(lv) < lower(lv + 1) for lv in range(12))
+    levels = set()
+    for img in _scaled_faces(datasets_root):
+        for b in det.boxes(img):
+            for side in b[2:]:
+                lv = [lv for lv in range(14) if lower(lv) <= side <= det.box_side_bound(lv)]
+                assert len(lv) == 1, (b, [(lower(v), det.box_side_bound(v)) for v in range(10)])
+                levels.add(lv[0])
+    assert len(levels) >= 5, levels
+
+
+class _RunSpy:
+    """Records the image shapes dlib's detector is run on."""
+
+    def __init__(self, det):
+        self.det, self.shapes = det, []
+
+    def run(self, img, upsample, adjust):
+        self.shapes.append((img.shape[:2], upsample))
+        return self.det.run(img, upsample, adjust)
+
+
+def test_dlib_exact_negative_is_the_full_scans_decision(datasets_root, faces):
+    """``finds(likely=False)`` (dlib run on a coarse level of its own pyramid first) gives exactly the full scan's
+    decision, on real faces, degraded copies, faces at many scales, other image sizes and small and large subject
+    boxes; the shortcut decides most negatives alone; and the rebuilt level is dlib's own (its detections carry
+    the float64 scores the full scan reports)."""
+    import dlib
+
+    files = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[:6]
+    yunet = detectors.get_detector("yunet")
+    cases = []
+    for f in files:
+        img = _read(f)
+        box = yunet.detect(img)[0].box
+        cases += [(x, box) for x in _degraded(img)]
+        cases.append((img, np.array([box[0] + 40, box[1] + 50, 60, 70], np.float32)))  # a small subject box
+    big = np.full((480, 640, 3), 90, np.uint8)
+    big[100:356, 200:456] = _read(files[0])
+    cases += [(big, yunet.detect(big)[0].box), (faces["lfw"], yunet.detect(faces["lfw"])[0].box)]
+    cases += [(x, np.array([60, 40, 150, 190], np.float32)) for x in _scaled_faces(datasets_root, 2)]
+    det = detectors.DlibHOGDetector()
+    want = [any(detectors.box_iou(b, box) >= detectors.SUBJECT_MIN_IOU for b in det.boxes(x)) for x, box in cases]
+    assert 0.2 < np.mean(want) < 0.8, want  # both decisions are exercised
+    raw = det._det
+    spy = det._det = _RunSpy(raw)
+    got = []
+    for x, box in cases:
+        spy.shapes.clear()
+        got.append(det.finds(x, box, likely=False))
+        if spy.shapes and spy.shapes[0][1] == 0:  # the shortcut ran: on a coarser level than the full scan's first
+            assert spy.shapes[0][0][0] < det._pyramid(*x.shape[:2])[1][0][0]
+            if len(spy.shapes) == 1:
+                assert not got[-1]  # decided by the shortcut alone: only ever a negative
+    assert got == want
+    assert [det.finds(x, box) for x, box in cases] == want  # likely=True: the full scan
+    det._det = raw
+    shortcut = same = 0
+    for (x, box), w in zip(cases, want, strict=True):
+        k = det._first_reachable_level(*x.shape[:2], box, detectors.SUBJECT_MIN_IOU)
+        if not k:
+            continue
+        ups, levels = det._pyramid(*x.shape[:2])
+        level = x
+        for h, wd in ups + levels[1 : k + 1]:
+            level = dlib.resize_image(level, h, wd)
+        scores = raw.run(level, 0, 0.0)[1]
+        shortcut += not w and not len(scores)
+        if len(scores):  # the tail's raw detections are among the full scan's: the best survives its suppression
+            full = raw.run(x, 1, 0.0)[1]
+            assert len(full) and max(scores) <= max(full)
+            same += max(scores) == max(full)  # the same float64 score: the same level image and features
+    assert same >= 5, same
+    assert shortcut >= 0.5 * (len(want) - sum(want)), (shortcut, len(want) - sum(want))
+    assert det._pyramid(256, 256)[0] == [(513, 514)] and det._first_reachable_level(256, 256, box, 0.3) >= 4
+
+
 def test_detectors_agree_on_landmarks(faces):
     img = faces["lfw"]
     ref = detectors.get_detector("yunet").detect(img)[0].landmarks5

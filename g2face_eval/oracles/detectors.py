@@ -70,8 +70,9 @@ class Detector:
         """The (x, y, w, h) boxes ``detect`` returns; a detector may skip work only landmarks need."""
         return [f.box for f in self.detect(image)]
 
-    def finds(self, image: np.ndarray, subject_box, min_iou: float = SUBJECT_MIN_IOU) -> bool:
-        """Whether a face is found at the subject's place: some box overlaps ``subject_box`` by IoU >= min_iou."""
+    def finds(self, image: np.ndarray, subject_box, min_iou: float = SUBJECT_MIN_IOU, likely: bool = True) -> bool:
+        """Whether a face is found at the subject's place: some box overlaps ``subject_box`` by IoU >= min_iou.
+        ``likely`` (e.g. whether another detector found it) may only change the cost, never the decision."""
         return any(box_iou(b, subject_box) >= min_iou for b in self.boxes(image))
 
 
@@ -163,12 +164,37 @@ def dlib_shape_to_arcface5(pts: np.ndarray) -> np.ndarray:
     return np.vstack([eye_l, eye_r, rest]).astype(np.float32)
 
 
+def max_square_iou(side: float, box) -> float:
+    """The largest IoU a ``side`` x ``side`` box can have with ``box`` (x, y, w, h), over all positions."""
+    w, h = float(box[2]), float(box[3])
+    inter = min(side, w) * min(side, h)
+    union = side * side + w * h - inter
+    return inter / union if union > 0 else 0.0
+
+
 @DETECTORS.register("dlib_hog")
 class DlibHOGDetector(Detector):
-    """dlib's HOG frontal face detector (``scan_fhog_pyramid<pyramid_down<6>>``, 5 filters, 80x80 window) and the
-    5-point shape predictor for landmarks; ``boxes`` skips the shape predictor."""
+    """dlib's HOG frontal face detector (``scan_fhog_pyramid<pyramid_down<6>>``, 5 filters sharing one 80x80
+    window) and the 5-point shape predictor for landmarks; ``boxes`` skips the shape predictor.
+
+    ``finds`` has an exact shortcut for a negative decision, taken when a face is unlikely (``likely=False``).
+    dlib scans every level of an image pyramid that it builds itself: ``upsample`` x ``pyramid_up``, then
+    ``pyramid_down<6>`` again and again, both bilinear ``resize_image`` calls (to ``rect_up``'s extent and to
+    ``5n // 6``), down to a level with a side < 64. A window on level L gives a box of about 37 x 1.2^L px (for
+    upsample 1), so the fine levels, which are most of the work, only give boxes too small to overlap the subject's
+    box by ``min_iou``. Non-maximum suppression only removes boxes. So when dlib, run on pyramid level k (rebuilt
+    with dlib's own ``resize_image``: the same image, hence the same features and scores) finds nothing at all on
+    levels k, k+1, ..., no box of the full scan can reach ``min_iou``, and the decision is "not found". Any other
+    outcome falls back to the full scan. ``box_side_bound`` bounds the box size per level with a margin (tests
+    check it against dlib's boxes); ``tests/test_oracles.py`` checks the decisions against the full scan.
+    """
 
     name = "dlib_hog"
+    MIN_LAYER = 64  # scan_fhog_pyramid's min_pyramid_layer_width/height in dlib's serialized frontal detector
+    RATE = 6  # pyramid_down<6>
+    # box side on level 0 of the upsampled image is 72-74 px (dlib's rect_up of the window's object box); the bound
+    # takes 76 px, grown by 1.2 per level, plus 2 px of rounding, and halves it per upsample
+    BOX_LEVEL0, BOX_SLACK = 76.0, 2.0
 
     def __init__(self, upsample: int = 1, adjust_threshold: float = 0.0):
         import dlib
@@ -176,6 +202,7 @@ class DlibHOGDetector(Detector):
         self._det = dlib.get_frontal_face_detector()
         self._sp = zoo.load("dlib_shape5")
         self.upsample, self.adjust = upsample, adjust_threshold
+        self._plans: dict[tuple[int, int], tuple[list[tuple[int, int]], list[tuple[int, int]]]] = {}
 
     def _rects(self, image: np.ndarray) -> tuple[np.ndarray, list, list]:
         img = np.ascontiguousarray(image)
@@ -202,6 +229,70 @@ class DlibHOGDetector(Detector):
             pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
             faces.append(Face(box=self._box(r), landmarks5=dlib_shape_to_arcface5(pts), score=float(s)))
         return sorted(faces, key=lambda f: -f.score)
+
+    def box_side_bound(self, level: int) -> float:
+        """An upper bound on the width and height (px, input image) of a box found on pyramid level ``level``."""
+        return (self.BOX_LEVEL0 * (self.RATE / (self.RATE - 1)) ** level + self.BOX_SLACK) / 2**self.upsample
+
+    @classmethod
+    def _num_levels(cls, h: int, w: int) -> int:
+        """dlib's ``create_fhog_pyramid`` level count for an (h, w) image."""
+        import dlib
+
+        pyr, rect, levels = dlib.pyramid_down(cls.RATE), dlib.rectangle(0, 0, w - 1, h - 1), 0
+        while True:
+            rect, levels = pyr.rect_down(rect), levels + 1
+            if rect.width() < cls.MIN_LAYER or rect.height() < cls.MIN_LAYER or levels >= 1000:
+                return levels
+
+    def _pyramid(self, h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The sizes dlib's pyramid takes for an (h, w) image: each ``pyramid_up`` step, then every level."""
+        if (h, w) not in self._plans:
+            import dlib
+
+            pyr2, ups, (uh, uw) = dlib.pyramid_down(2), [], (h, w)
+            for _ in range(self.upsample):  # dlib's pyramid_up: bilinear resize to rect_up's extent
+                up = pyr2.rect_up(dlib.rectangle(0, 0, uw - 1, uh - 1))
+                uh, uw = up.bottom() + 1, up.right() + 1
+                ups.append((uh, uw))
+            levels = [(uh, uw)]
+            for _ in range(1, self._num_levels(uh, uw)):
+                lh, lw = levels[-1]
+                levels.append(((self.RATE - 1) * lh // self.RATE, (self.RATE - 1) * lw // self.RATE))
+            self._plans[(h, w)] = (ups, levels)
+        return self._plans[(h, w)]
+
+    def _first_reachable_level(self, h: int, w: int, subject_box, min_iou: float) -> int:
+        """The first pyramid level whose boxes may overlap ``subject_box`` by ``min_iou``; 0 when the tail from
+        there would not be dlib's own tail (then there is no shortcut)."""
+        _, levels = self._pyramid(h, w)
+        small = min(float(subject_box[2]), float(subject_box[3]))
+        k = 0
+        # the largest IoU grows with the box side up to the subject's shorter side: below it, a level whose
+        # largest possible box cannot reach min_iou has no box that can
+        while k < len(levels) and self.box_side_bound(k) <= small and max_square_iou(
+            self.box_side_bound(k), subject_box
+        ) < min_iou:
+            k += 1
+        if k == 0 or k >= len(levels) or self._num_levels(*levels[k]) != len(levels) - k:
+            return 0
+        return k
+
+    def finds(self, image: np.ndarray, subject_box, min_iou: float = SUBJECT_MIN_IOU, likely: bool = True) -> bool:
+        if not _check_image(image):
+            return False
+        if not likely:
+            img = np.ascontiguousarray(image)
+            k = self._first_reachable_level(*img.shape[:2], subject_box, min_iou)
+            if k:
+                import dlib
+
+                ups, levels = self._pyramid(*img.shape[:2])
+                for h, w in ups + levels[1 : k + 1]:  # level k, as dlib's pyramid builds it
+                    img = dlib.resize_image(img, h, w)
+                if not self._det.run(img, 0, self.adjust)[0]:
+                    return False  # nothing on levels >= k, and the finer levels' boxes are too small: exact
+        return super().finds(image, subject_box, min_iou)
 
 
 _cache: dict[str, Detector] = {}

@@ -420,9 +420,13 @@ def batch_metrics(
             cols[f"wrongkey_similarity_{r}"] = I.cosine_similarity(ew, eo)
             cols[f"diversity_similarity_{r}"] = I.cosine_similarity(e2, ea)
     # detection and mesh are taken at the subject's place (the face found on the original): a bystander or a
-    # background detection elsewhere in the output is not the subject's face
-    for d, det in oracles.detectors.items():
-        cols[f"detection_rate_{d}"] = A.detection_rate([det.finds(a, f.box) for a, f in zip(anon, faces, strict=True)])
+    # background detection elsewhere in the output is not the subject's face. A detector is told whether an earlier
+    # one found the face (``likely``): that may change its cost (dlib-HOG's exact negative), never its decision
+    found_before = [False] * n
+    for i, (d, det) in enumerate(oracles.detectors.items()):
+        found = [det.finds(a, f.box, likely=i == 0 or h) for a, f, h in zip(anon, faces, found_before, strict=True)]
+        cols[f"detection_rate_{d}"] = A.detection_rate(found)
+        found_before = [h or x for h, x in zip(found_before, found, strict=True)]
     if oracles.mesh is not None:
         pe, sd, nme, ok = [], [], [], []
         for j, a in enumerate(anon):
@@ -974,8 +978,9 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
         indexes = {d: index_dataset(S, prep, d, max(n_grid, LATENCY_BATCH)) for d in S.sources}
         grids = {(m, d): _grid_path(S, m, d) for m in S.runners for d in S.sources}
         _prune_grids(S, set(grids.values()))
+        collected = collect_methods(S, store, indexes, workers=int(prov.get("world_size", 1)))
         for mname, runner in S.runners.items():
-            mrecords, msets = collect_method(S, store, mname, indexes)
+            mrecords, msets = collected.pop(mname)
             set_metrics += msets
             for dname, ix in indexes.items():
                 _write_grid(S, runner, dname, ix.head[:n_grid])
@@ -1224,6 +1229,23 @@ def collect_method(S: Setup, store: BatchStore, mname: str, indexes: dict[str, D
             for metric, value in realism.realism_metrics_streamed(e, ix.real[e], fake[e]).items():
                 sets.append(dict(method=mname, dataset=dname, metric=metric, value=float(value), n=fake[e].n))
     return records, sets
+
+
+def collect_methods(S: Setup, store: BatchStore, indexes: dict[str, DatasetIndex], workers: int = 1
+                    ) -> dict[str, tuple[list[pd.DataFrame], list]]:
+    """``collect_method`` of every method, on ``workers`` threads: the work is file reads and float64 matrix
+    algebra (Fréchet statistics, KID), which release the GIL; a distributed run's other ranks are idle by then,
+    so rank 0 uses their cores. Each method's result is computed by the same code whatever the thread count."""
+    for ix in indexes.values():  # shared by every method: computed once, before the threads read it
+        for acc in ix.real.values():
+            acc.prepare_reference()
+    names = list(S.runners)
+    if workers <= 1 or len(names) <= 1:
+        return {m: collect_method(S, store, m, indexes) for m in names}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(names)), thread_name_prefix="collect") as pool:
+        return dict(zip(names, pool.map(lambda m: collect_method(S, store, m, indexes), names), strict=True))
 
 
 def _log_child(tracker, S: Setup, mname: str, mdf: pd.DataFrame, msets: list, latency: dict, params: dict,

@@ -458,3 +458,146 @@ def test_realism_metrics_passes_ids():
     no_ids = R.realism_metrics("effnet_lite0", real, fake[perm], **kw)  # no ids: torch-fidelity's estimator
     assert no_ids["kid_effnet_lite0"] == R.kid(real, fake[perm], subsets=5, subset_size=30)[0]
     assert no_ids["kid_effnet_lite0"] < -0.1 < got["kid_effnet_lite0"]
+
+
+# ---- buffered Fréchet statistics and the memoised covariance square root ------------------------------------
+def _one_shot(x):
+    return x.shape[0], x.mean(0), np.cov(x, rowvar=False)
+
+
+def _assert_stats(st, x):
+    n, mean, cov = _one_shot(x)
+    assert st.n == n
+    np.testing.assert_allclose(st.mean, mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(st.cov, cov, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fold_rows", [None, 40])  # everything pending until read / folded mid-stream as well
+def test_buffered_stats_equal_one_shot(fold_rows, monkeypatch):
+    """Many small batches (float32 and float64, in reused buffers) are buffered and folded in blocks: the same
+    mean, covariance and count as one-shot statistics, through ``state`` round trips and merges with pending
+    rows on the receiving side, the argument side or both."""
+    import copy
+    import pickle
+
+    if fold_rows is not None:
+        monkeypatch.setattr(R.FrechetStats, "FOLD_ROWS", fold_rows)
+    rng = np.random.default_rng(11)
+    d = 9
+    x = rng.normal(2.0, 3.0, size=(397, d))
+    x[::2] = x[::2].astype(np.float32)  # rows given as float32 are exact in float64 too
+    cuts = np.cumsum(rng.integers(1, 17, size=200))
+    parts = np.split(x, cuts[cuts < len(x)])
+    s = R.FrechetStats(d)
+    buf = np.empty((16, d), np.float64)
+    seen = 0
+    for i, p in enumerate(parts):
+        if i % 2:  # reused caller buffer: the pending rows must be copies
+            buf[: len(p)] = p
+            s.update(buf[: len(p)])
+            buf[:] = np.nan
+        else:
+            s.update(p.astype(np.float32) if i % 4 == 0 and np.array_equal(p.astype(np.float32), p) else p)
+        seen += len(p)
+        assert s.n == seen  # pending rows counted
+        if i == 3:
+            assert s._pending  # buffered, not folded per batch
+            _assert_stats(s, x[:seen])  # a read folds; later batches keep streaming
+    _assert_stats(s, x)
+    _assert_stats(R.FrechetStats.from_state(s.state()), x)
+    for clone in (copy.deepcopy(s), pickle.loads(pickle.dumps(s))):
+        _assert_stats(clone.update(x[:5]), np.concatenate([x, x[:5]]))
+    _assert_stats(s, x)
+
+    def fresh(rows):  # stats with pending rows (unless fold_rows is small)
+        st = R.FrechetStats(d)
+        for i in range(0, len(rows), 7):
+            st.update(rows[i : i + 7])
+        return st
+
+    a, b = x[:150], x[150:]
+    for recv_pending, arg_pending in [(True, True), (True, False), (False, True), (False, False)]:
+        sa, sb = fresh(a), fresh(b)
+        if not recv_pending:
+            sa.mean  # noqa: B018  (folds)
+        if not arg_pending:
+            sb.state()
+        if fold_rows is None:
+            assert bool(sa._pending) == recv_pending and bool(sb._pending) == arg_pending
+        sa.merge(sb)
+        _assert_stats(sa, x)
+        _assert_stats(sb, b)  # the argument is unchanged
+    st = R.FrechetStats.merged([fresh(a).state(), fresh(b).state()])
+    _assert_stats(st, x)
+    _assert_stats(fresh(a).update(b), x)  # a batch that reaches the fold size alone
+    with pytest.raises(ValueError):  # validated when given, not when folded
+        fresh(a).update(np.full((2, d), np.inf))
+    with pytest.raises(ValueError):
+        fresh(a).update(np.zeros((2, d + 1)))
+
+
+@pytest.mark.parametrize("n", [30, 200])  # rank-deficient and full-rank covariances
+def test_memoised_cov_sqrt_fd_equals_uncached(n, monkeypatch):
+    """``frechet_distance_stats(a, b)`` uses ``a``'s memoised covariance square root: the value of the plain
+    array formula, one eigendecomposition for many distances against ``a``, recomputed after ``a`` changes
+    (update or merge); safe with ``a`` shared by threads."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(n)
+    d = 48
+    ref_x = rng.normal(size=(n, d))
+    sets = [0.8 * rng.normal(size=(n, d)) + 0.1 * k + 0.2 * ref_x for k in range(5)]
+
+    def stats(x, step=16):
+        st = R.FrechetStats(d)
+        for i in range(0, len(x), step):
+            st.update(x[i : i + step])
+        return st
+
+    calls, slow = [], []
+    root = R._psd_sqrt
+
+    def counted_root(s):
+        calls.append(1)
+        if slow:  # a wide window for threads racing to compute the same root
+            time.sleep(0.05)
+        return root(s)
+
+    monkeypatch.setattr(R, "_psd_sqrt", counted_root)
+
+    def check(a, bs):
+        for b in bs:
+            want = R.frechet_distance(a.mean, a.cov, b.mean, b.cov)
+            assert R.frechet_distance_stats(a, b) == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+    a, bs = stats(ref_x), [stats(x) for x in sets]
+    calls.clear()
+    got = [R.frechet_distance_stats(a, b) for b in bs]
+    assert len(calls) == 1  # one eigendecomposition of a's covariance for all of them
+    sq = a.cov_sqrt()
+    assert a.cov_sqrt() is sq and len(calls) == 1
+    np.testing.assert_allclose(sq @ sq, a.cov, rtol=0, atol=1e-10 * np.abs(a.cov).max())
+    calls.clear()
+    check(a, bs)  # the uncached formula computes its own roots; the stats one is already there
+    assert len(calls) == len(bs)
+
+    a.update(rng.normal(size=(3, d)) + 1.0)  # invalidates the root
+    check(a, bs)
+    assert R.frechet_distance_stats(a, bs[0]) != pytest.approx(got[0], rel=1e-6)
+    a.merge(bs[1])  # so does a merge
+    check(a, bs)
+    a2 = R.FrechetStats.from_state(a.state())
+    assert R.frechet_distance_stats(a2, bs[2]) == R.frechet_distance_stats(a, bs[2])
+
+    # one shared reference (rows pending, root not computed) read by several threads at once
+    seq = stats(ref_x, 7)
+    want = [R.frechet_distance_stats(seq, stats(x)) for x in sets * 3]
+    shared, fresh_bs = stats(ref_x, 7), [stats(x) for x in sets * 3]
+    assert shared._pending
+    calls.clear()
+    slow.append(1)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: R.frechet_distance_stats(shared, b), fresh_bs))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert len(calls) == 1

@@ -42,7 +42,7 @@ def _sk(a, b, dr):
     return np.array(ps), np.array(ss)
 
 
-@pytest.mark.parametrize("distortion", ["noise", "blur", "crop_noise"])
+@pytest.mark.parametrize("distortion", ["noise", "blur", "crop_noise", "contrast", "flip"])
 def test_psnr_ssim_match_skimage_on_real_faces(datasets_root, distortion):
     x = _faces(datasets_root)
     g = torch.Generator().manual_seed(0)
@@ -50,6 +50,10 @@ def test_psnr_ssim_match_skimage_on_real_faces(datasets_root, distortion):
         y = (x + 0.05 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
     elif distortion == "blur":
         y = _blur(x, 2.0)
+    elif distortion == "contrast":  # same structure, SSIM near 1: the worst case for float32 cancellation
+        y = 0.7 * x + 0.1
+    elif distortion == "flip":
+        y = x.flip(-1)
     else:  # odd, non-square size: exercises skimage's border crop on both axes
         x = x[:, :, 3:200, 10:183].contiguous()
         y = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
@@ -72,7 +76,39 @@ def test_identity_and_errors():
     with pytest.raises(ValueError):
         M.ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), 1.0)
     with pytest.raises(ValueError):
+        M.ssim(torch.rand(1, 3, 7, 300), torch.rand(1, 3, 7, 300), 1.0)
+    with pytest.raises(ValueError):
         M.psnr(x, x[:1], 1.0)
+
+
+@pytest.mark.parametrize("hw", [(11, 13), (13, 11), (16, 256), (256, 12)])
+def test_ssim_odd_sizes_ranges_and_layouts(datasets_root, hw):
+    h, w = hw
+    x = _faces(datasets_root)[:, :, 40 : 40 + h, 7 : 7 + w].float()
+    g = torch.Generator().manual_seed(h * 1000 + w)
+    y = (0.9 * x + 0.05 + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    # 0.7 is not a float32 value: that range takes the float64-division route
+    for scale in (1.0, 255.0, 0.7):
+        xs, ys = x * scale, y * scale
+        ref = _sk(xs.double(), ys.double(), scale)[1]
+        np.testing.assert_allclose(M.ssim(xs, ys, data_range=scale).numpy(), ref, atol=1e-5, rtol=0)
+    ref = _sk(x.double(), y.double(), 1.0)[1]
+    for xa, ya in (
+        (x.double(), y.double()),  # float64 batches (exactly float32 values)
+        (x.contiguous(memory_format=torch.channels_last), y[..., :].transpose(2, 3).contiguous().transpose(2, 3)),
+    ):
+        np.testing.assert_allclose(M.ssim(xa, ya, data_range=1.0).numpy(), ref, atol=1e-5, rtol=0)
+
+
+def test_ssim_symmetric_identity_inputs_untouched(datasets_root):
+    x = _faces(datasets_root).float()
+    y = _blur(x, 1.0).float()
+    x0, y0 = x.clone(), y.clone()
+    for dr in (1.0, 255.0):
+        xs, ys = (x, y) if dr == 1.0 else (x * dr, y * dr)
+        assert torch.equal(M.ssim(xs, ys, dr), M.ssim(ys, xs, dr))
+        np.testing.assert_allclose(M.ssim(xs, xs, dr).numpy(), 1.0, atol=1e-12, rtol=0)
+    assert torch.equal(x, x0) and torch.equal(y, y0)  # float32 batches are read in place, never written
 
 
 @pytest.fixture

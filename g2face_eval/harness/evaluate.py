@@ -979,12 +979,15 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
         grids = {(m, d): _grid_path(S, m, d) for m in S.runners for d in S.sources}
         _prune_grids(S, set(grids.values()))
         collected = collect_methods(S, store, indexes, workers=int(prov.get("world_size", 1)))
-        for mname, runner in S.runners.items():
-            mrecords, msets = collected.pop(mname)
-            set_metrics += msets
+        for runner in S.runners.values():
             for dname, ix in indexes.items():
                 _write_grid(S, runner, dname, ix.head[:n_grid])
-            if mname not in latency:
+        from g2face_eval.metrics.latency import heap_settled
+
+        with heap_settled():  # the records just collected stay alive: one full garbage collection, not one per method
+            for mname, runner in S.runners.items():
+                if mname in latency:
+                    continue
                 try:
                     latency[mname] = _latency(S, runner, indexes, int(cfg["latency_repeats"]))
                 except Exception as e:  # noqa: BLE001 - a method that fails here failed per image too: recorded
@@ -992,6 +995,9 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
                     latency[mname] = {"error": f"{type(e).__name__}: {e}"}
                 latency[mname]["method_hash"] = runner.mhash
                 atomic_write_json(latency_path, latency)
+        for mname in S.runners:
+            mrecords, msets = collected.pop(mname)
+            set_metrics += msets
             mdf = pd.concat([d for d in mrecords if len(d)], ignore_index=True) if mrecords else pd.DataFrame()
             all_records.append(mdf)
             _log_child(tracker, S, mname, mdf, msets, latency, params, n_boot, seed)

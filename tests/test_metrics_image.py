@@ -67,6 +67,32 @@ def test_psnr_ssim_match_skimage_on_real_faces(datasets_root, distortion):
     np.testing.assert_allclose(M.ssim(xf * 255, yf * 255, data_range=255.0).numpy(), ref_s255, atol=1e-5)
 
 
+def test_psnr_of_uint8_batches_is_exact(datasets_root):
+    """uint8 batches: PSNR from the exact integer MSE, equal to skimage's on the 8-bit arrays (float64) to 1e-12,
+    and to the float path on the same images scaled to [0, 1] to float precision; mixed or misshapen input is
+    refused, identical images give +inf."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    x = (_faces(datasets_root) * 255).round().to(torch.uint8)
+    g = torch.Generator().manual_seed(3)
+    y = (x.double() + 12 * torch.randn(x.shape, generator=g, dtype=torch.float64)).round().clamp(0, 255)
+    y = y.to(torch.uint8)
+    y[0] = x[0]
+    y[1, :, :, :5] = x[1, :, :, :5] ^ 1  # differs by one grey level in a few columns only: MSE far below 1
+    got = M.psnr(x, y, data_range=255.0).numpy()
+    ref = [peak_signal_noise_ratio(a.permute(1, 2, 0).numpy(), b.permute(1, 2, 0).numpy(), data_range=255)
+           for a, b in zip(x[1:], y[1:], strict=True)]
+    assert np.isinf(got[0])
+    np.testing.assert_allclose(got[1:], ref, rtol=1e-12)
+    np.testing.assert_allclose(got[1:], M.psnr(x.float() / 255, y.float() / 255, 1.0).numpy()[1:], rtol=1e-6)
+    nhwc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # the harness's (B,3,H,W) views of HWC images
+    np.testing.assert_array_equal(M.psnr(nhwc, y, 255.0).numpy(), got)
+    with pytest.raises(ValueError):
+        M.psnr(x, y.float(), 255.0)
+    with pytest.raises(ValueError):
+        M.psnr(x[:, :2], y[:, :2], 255.0)
+
+
 def test_identity_and_errors():
     x = torch.rand(2, 3, 32, 40)
     assert torch.isinf(M.psnr(x, x, 1.0)).all()

@@ -352,17 +352,21 @@ def _to_batch(imgs: list[np.ndarray]) -> torch.Tensor:
     return to_tensor(imgs)
 
 
-def _psnr(a, b) -> np.ndarray:
+def _psnr(a: list[np.ndarray], b: list[np.ndarray]) -> np.ndarray:
+    """PSNR of the uint8 images as they are (range 255, exact integer MSE), capped at PSNR_CAP_DB."""
     from g2face_eval.metrics.image import psnr
 
-    v = psnr(_to_batch(a), _to_batch(b), 1.0).double().numpy()
+    u8 = lambda imgs: torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2)  # noqa: E731 - (B,3,H,W) views
+    v = psnr(u8(a), u8(b), 255.0).double().numpy()
     return np.minimum(np.nan_to_num(v, posinf=PSNR_CAP_DB), PSNR_CAP_DB)
 
 
-def _ssim(a, b) -> np.ndarray:
+def _ssim(a: list[np.ndarray] | torch.Tensor, b: list[np.ndarray] | torch.Tensor) -> np.ndarray:
+    """SSIM of uint8 images (lists) or of their ``_to_batch`` tensors (converted once, shared by several calls)."""
     from g2face_eval.metrics.image import ssim
 
-    return ssim(_to_batch(a), _to_batch(b), 1.0).double().numpy()
+    a, b = (x if isinstance(x, torch.Tensor) else _to_batch(x) for x in (a, b))
+    return ssim(a, b, 1.0).double().numpy()
 
 
 def batch_metrics(
@@ -389,10 +393,11 @@ def batch_metrics(
     orig = [it.image for it in items]
     faces = [it.face for it in items]
     cols: dict[str, Any] = {"id": [it.id for it in items], **meta_columns([it.meta for it in items])}
+    orig_f, anon_f = _to_batch(orig), _to_batch(anon)  # float batches, each converted once
     cols["psnr"] = _psnr(anon, orig)
-    cols["ssim"] = _ssim(anon, orig)
+    cols["ssim"] = _ssim(anon_f, orig_f)
     if oracles.lpips is not None:
-        cols["lpips_alex"] = oracles.lpips(_to_batch(anon), _to_batch(orig), 1.0).numpy()
+        cols["lpips_alex"] = oracles.lpips(anon_f, orig_f, 1.0).numpy()
     ids = [it.id for it in items]
     ns = ctx.dataset  # embeddings are cached by content (image bytes + landmarks), so any output may share it
     for r in oracles.recognizers:
@@ -444,14 +449,13 @@ def batch_metrics(
         cols["landmark_nme"], cols["mesh_detected_rate"] = nme, ok
     if reversible and rec is not None:
         nan_if_failed = lambda v: np.where(rec_failed, np.nan, np.asarray(v, float))  # noqa: E731
+        rec_f, anon2_f = _to_batch(rec), _to_batch(anon2)
         cols["recovery_psnr"] = nan_if_failed(_psnr(rec, orig))
-        cols["recovery_ssim"] = nan_if_failed(_ssim(rec, orig))
+        cols["recovery_ssim"] = nan_if_failed(_ssim(rec_f, orig_f))
         if oracles.lpips is not None:
-            cols["recovery_lpips_alex"] = nan_if_failed(oracles.lpips(_to_batch(rec), _to_batch(orig), 1.0).numpy())
+            cols["recovery_lpips_alex"] = nan_if_failed(oracles.lpips(rec_f, orig_f, 1.0).numpy())
         cols["diversity_lpips_alex" if oracles.lpips is not None else "diversity_ssim"] = (
-            oracles.lpips(_to_batch(anon2), _to_batch(anon), 1.0).numpy()
-            if oracles.lpips is not None
-            else _ssim(anon2, anon)
+            oracles.lpips(anon2_f, anon_f, 1.0).numpy() if oracles.lpips is not None else _ssim(anon2_f, anon_f)
         )
     for k, v in (extra or {}).items():
         cols[k] = v

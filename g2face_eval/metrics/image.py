@@ -1,7 +1,8 @@
 """Per-image fidelity metrics on (B,3,H,W) float batches: PSNR, SSIM and LPIPS.
 
 * ``psnr(a, b, data_range)`` -> (B,) float64 tensor: 10 log10(R^2 / MSE), MSE over all pixels and channels
-  (as ``skimage.metrics.peak_signal_noise_ratio``); identical images give +inf.
+  (as ``skimage.metrics.peak_signal_noise_ratio``); identical images give +inf. uint8 batches (R = 255) get an
+  exact integer MSE.
 * ``ssim(a, b, data_range)`` -> (B,) float64 tensor, equal to
   ``skimage.metrics.structural_similarity(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
   data_range=R, channel_axis=-1)``: 11x11 gaussian window (sigma 1.5, truncate 3.5 -> radius 5), K1 0.01,
@@ -41,9 +42,18 @@ def _check_range(data_range: float) -> float:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
+    """Float batches, or two uint8 (B,3,H,W) batches (8-bit images, ``data_range`` 255 for their full range),
+    whose squared errors are summed exactly in integers."""
     r = _check_range(data_range)
-    _pair(a, b)
-    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
+    if a.dtype == torch.uint8 or b.dtype == torch.uint8:
+        if a.dtype != b.dtype or a.ndim != 4 or a.shape[1] != 3 or a.shape != b.shape:
+            raise ValueError(f"expected two uint8 (B,3,H,W) batches of one shape, got {a.dtype} {tuple(a.shape)} "
+                             f"and {b.dtype} {tuple(b.shape)}")
+        d = a.detach().cpu().to(torch.int32) - b.detach().cpu().to(torch.int32)
+        mse = d.mul_(d).flatten(1).sum(1, dtype=torch.int64).double() / a[0].numel()
+    else:
+        _pair(a, b)
+        mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
     return (10.0 * torch.log10(r * r / mse)).detach()  # mse == 0 -> +inf, as skimage
 
 

@@ -20,7 +20,7 @@ CFG = {
     "methods": ["pixelate_8", "mask_black"],
     "datasets": ["embedded"],
     "limit": 6,
-    "batch_size": 2,  # 3 batches per method: rank 0 gets batches 0 and 2, rank 1 batch 1
+    "batch_size": 2,  # 3 chunks: rank 0 gets chunk 0, rank 1 chunk 1, chunk 2 is shared (one method each)
     "recognizers": ["sface"],
     "detectors": ["yunet"],
     "bootstrap_samples": 50,
@@ -104,10 +104,37 @@ def test_work_was_sharded_and_mlflow_finished(runs):
     assert len(list((two / "batches").rglob("*.parquet"))) == 6
     shards = json.loads((two / "shards.json").read_text())
     assert shards["world_size"] == 2 and len(shards["batches"]) == 6
-    assert sorted(shards["batches"].values()) == [0, 0, 0, 0, 1, 1]  # batches 0, 2 -> rank 0; 1 -> rank 1
+    assert sorted(shards["batches"].values()) == [0, 0, 0, 1, 1, 1]
+    # the last chunk (3 chunks, 2 ranks) is shared: each rank ran one of its two methods, so neither waited a chunk
+    last = {k.split("/")[0]: shards["batches"][k] for k in _last_chunk_batches(two, shards["batches"])}
+    assert last == {"pixelate_8": 0, "mask_black": 1}
     (inv,) = json.loads((two / "invocations.json").read_text())
     assert inv["world_size"] == 2 and inv["batches_computed"] == inv["batches_total"] == 6
     assert len(inv["git_hash"] or "x" * 40) == 40 and inv["wall_s"] > 0
+
+
+def _last_chunk_batches(run_dir: Path, names) -> set[str]:
+    """Of the shard names ("method/dataset/key"), those holding the run's last chunk (the last 2 prepared ids)."""
+    recs = pd.read_parquet(run_dir / "records.parquet")
+    last = set(sorted(recs["id"].unique(), key=list(recs["id"]).index)[-2:])
+    return {n for n in names if set(pd.read_parquet(run_dir / "batches" / f"{n}.parquet")["id"]) == last}
+
+
+def test_method_share_splits_by_cost():
+    """A shared chunk's methods: every method on exactly one rank, reversible ones (4 images per face) weighted 4,
+    greedy and deterministic."""
+    from types import SimpleNamespace
+
+    from g2face_eval.harness.evaluate import method_share
+
+    rev = {"g2face": True, "fit": True, "blur_s1": False, "mask_black": False, "pixelate_8": False, "riddle": True}
+    S = SimpleNamespace(runners={m: SimpleNamespace(method=SimpleNamespace(reversible=r)) for m, r in rev.items()})
+    two = [method_share(S, r, 2) for r in (0, 1)]
+    assert sorted(two[0] + two[1]) == sorted(rev) and not set(two[0]) & set(two[1])
+    assert two == [["g2face", "riddle"], ["fit", "blur_s1", "mask_black", "pixelate_8"]]  # loads 8 and 7
+    assert method_share(S, 0, 1) == list(rev)
+    three = [method_share(S, r, 3) for r in range(3)]
+    assert [sum(4 if rev[m] else 1 for m in t) for t in three] == [5, 5, 5]
 
 
 def test_killed_distributed_run_keeps_every_rank_batches_and_resumes(runs, tmp_path):

@@ -7,8 +7,11 @@ record exchange always uses a gloo group since records are host objects).
 2. The work is sharded by chunk: chunk ``i`` of a dataset belongs to rank ``i % world``. Each rank prepares
    its own chunks only (loading, face detection, the originals' embeddings, meshes and realism features) and
    runs every method on them (``evaluate.compute``), persisting each prepared chunk and each method's batch in
-   the run's stores as it completes (atomic writes; ranks never write the same file). The ``celeba_id``
-   gallery is sharded the same way, then (after a barrier) read whole by every rank.
+   the run's stores as it completes (atomic writes; ranks never write the same file). The last
+   ``len(chunks) % world`` chunks, which would keep one rank working while the others wait, are shared: their
+   owner prepares them, and after a barrier every rank runs its share of the methods on them
+   (``evaluate.method_share``). The ``celeba_id`` gallery is sharded by chunk, then (after a barrier) read whole
+   by every rank.
 3. The ranks' lists of computed batches (provenance only) are gathered to rank 0.
 4. Rank 0 then runs the ordinary ``evaluate``: every chunk and batch is found done, so aggregates, Fréchet
    statistics, bootstrap CIs, files and MLflow runs are produced by the same code as a single-process run --

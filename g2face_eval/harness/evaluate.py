@@ -801,7 +801,9 @@ def compute(
     time), persisting each prepared chunk (``prep``) and each method's batch (``store``) as it completes, so
     an interrupted run resumes where it stopped. Chunk ``i`` of a dataset (and of the ``celeba_id`` gallery)
     belongs to rank ``i % world``; with several ranks, ``sync()`` (a barrier) is called once the gallery
-    shards are persisted, then every rank reads the whole gallery from the store. Returns the
+    shards are persisted, then every rank reads the whole gallery from the store. The last ``len(chunks) % world``
+    chunks are shared: their owners only prepare them, and after a ``sync()`` every rank runs its
+    ``method_share`` of the methods on each of them (rather than one rank working on while the others wait). Returns the
     ``(method, dataset, batch key)`` computed in this call; ``on_saved(n)`` is called after each persisted batch
     with the number persisted so far in this call.
 
@@ -821,32 +823,52 @@ def compute(
                 if sync is not None:
                     sync()
             gallery = prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs)
-        chunks = src.chunks(src.ids, bs)
-        bar = tqdm(chunks, desc=f"{dname}", unit="batch", disable=not progress, leave=False)
+        chunks = list(src.chunks(src.ids, bs))
         labels = set(gallery.labels.tolist()) if gallery is not None else None
-        for i, ids in enumerate(bar):
-            if i % world != rank:
-                continue
-            try:
-                _compute_chunk(S, prep, store, src, i, ids, labels, gallery, done, bar, interrupt_after, on_saved)
-            except ENVIRONMENT_ERRORS as e:  # outside a method's batch: preparing the chunk, persisting a batch
-                raise RunAborted(
-                    f"{type(e).__name__}: {e} -- an environment error (disk, file system or memory) while working "
-                    f"on chunk {i} of {dname}; every batch recorded before is kept: fix the cause and rerun the "
-                    "same command to resume") from e
+        # the last len % world chunks would leave ranks idle while others finish one: their methods are shared
+        shared = range(len(chunks) - len(chunks) % world, len(chunks)) if world > 1 and sync is not None else ()
+        own = [(i, [] if i in shared else None) for i in range(len(chunks)) if i % world == rank]  # []: prepare only
+        phases = (own, [(i, method_share(S, rank, world)) for i in shared])
+        bar = tqdm(total=len(own) + len(shared), desc=f"{dname}", unit="batch", disable=not progress, leave=False)
+        for phase, work in enumerate(phases):
+            if phase == 1 and shared:
+                sync()  # every shared chunk is prepared
+            for i, methods in work:
+                try:
+                    _compute_chunk(S, prep, store, src, i, chunks[i], labels, gallery, done, bar, interrupt_after,
+                                   on_saved, methods)
+                except ENVIRONMENT_ERRORS as e:  # outside a method's batch: preparing the chunk, persisting a batch
+                    raise RunAborted(
+                        f"{type(e).__name__}: {e} -- an environment error (disk, file system or memory) while "
+                        f"working on chunk {i} of {dname}; every batch recorded before is kept: fix the cause and "
+                        "rerun the same command to resume") from e
+                bar.update(1)
+        bar.close()
     return done
 
 
+def method_share(S: Setup, rank: int, world: int) -> list[str]:
+    """The methods rank ``rank`` of ``world`` runs on a shared chunk: a greedy split by expected cost (a reversible
+    method scores four images per face: anonymized, second key, recovered, wrong key), in registry order."""
+    cost = {m: 4 if r.method.reversible else 1 for m, r in S.runners.items()}
+    load, share = [0] * world, {}
+    for m in sorted(S.runners, key=lambda m: -cost[m]):  # stable: ties keep the configuration's order
+        k = load.index(min(load))
+        share[m], load[k] = k, load[k] + cost[m]
+    return [m for m in S.runners if share[m] == rank]
+
+
 def _compute_chunk(S: Setup, prep, store: BatchStore, src: DatasetSource, i: int, ids: list[str], labels,
-                   gallery, done: list, bar, interrupt_after: int | None, on_saved) -> None:
-    """``compute`` on chunk ``i`` (raw ``ids``) of ``src``: prepared (or read back), then every method whose
-    batch is not yet persisted."""
+                   gallery, done: list, bar, interrupt_after: int | None, on_saved,
+                   methods: list[str] | None = None) -> None:
+    """``compute`` on chunk ``i`` (raw ``ids``) of ``src``: prepared (or read back), then every method (of
+    ``methods``, default all) whose batch is not yet persisted."""
     dname = src.name
     chunk, arrays = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
     if not chunk.items:
         return
     bkeys = {m: S.batch_key(m, chunk.ids) for m in S.runners}
-    todo = [m for m in S.runners if not store.done(m, dname, bkeys[m])]
+    todo = [m for m in (S.runners if methods is None else methods) if not store.done(m, dname, bkeys[m])]
     if not todo:
         return
     unreadable = load_images(src, S.preparer, chunk.items)

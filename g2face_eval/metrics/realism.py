@@ -75,7 +75,23 @@ TF_EFFNET_NAME = "g2face-effnet-lite0"
 # ============================================================================================================
 # Streaming Fréchet statistics
 # ============================================================================================================
-class FrechetStats:
+class _Locked:
+    """Instances guard their state with ``self._lock`` (an RLock): left out of pickles and deep copies, made afresh
+    when one is loaded."""
+
+    _lock: threading.RLock
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        del d["_lock"]
+        return d
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        self._lock = threading.RLock()
+
+
+class FrechetStats(_Locked):
     """Running mean and centred scatter matrix (float64), mergeable across processes.
 
     ``update`` validates a batch at once but buffers its rows (a copy, float32 kept as given, else float64) and
@@ -105,13 +121,7 @@ class FrechetStats:
     def __getstate__(self) -> dict:
         with self._lock:
             self._fold()
-            d = dict(self.__dict__)
-        del d["_lock"]
-        return d
-
-    def __setstate__(self, d: dict) -> None:
-        self.__dict__.update(d)
-        self._lock = threading.RLock()
+            return super().__getstate__()
 
     def update(self, features) -> FrechetStats:
         if isinstance(features, torch.Tensor):
@@ -860,7 +870,7 @@ def realism_metrics(
 KID_SAMPLE_MAX = 5000  # features kept per set for KID (a bottom-k sample by id hash; all of them up to this)
 
 
-class FeatureSample:
+class FeatureSample(_Locked):
     """At most ``k`` feature vectors of a set, chosen by the smallest sha256(id): a uniform sample that does
     not depend on the order or sharding in which the images arrive. ``features()`` is in hash order, and so is
     ``ids()`` (the ids as ``str``, row for row, for KID's same-id exclusion)."""
@@ -871,15 +881,6 @@ class FeatureSample:
         self._ids: list[str] = []
         self._feats: list[np.ndarray] = []
         self._lock = threading.RLock()  # ``features()`` / ``ids()`` trim in place: one shared sample, many threads
-
-    def __getstate__(self) -> dict:
-        d = dict(self.__dict__)
-        del d["_lock"]
-        return d
-
-    def __setstate__(self, d: dict) -> None:
-        self.__dict__.update(d)
-        self._lock = threading.RLock()
 
     def add(self, ids, features) -> FeatureSample:
         x = np.asarray(features, np.float32)

@@ -101,7 +101,7 @@ def test_gaussian_blur_matches_scipy(datasets_root, sigma):
     from PIL import Image
 
     f = sorted((datasets_root / "celebahq256" / "images").glob("*.jpg"))[0]
-    x = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1).double()[None] / 255
+    x = torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).double()[None] / 255
     x = x[..., 10:250, :]  # 240 x 256
     want = nd.gaussian_filter(x[0].numpy(), sigma=(0, sigma, sigma), mode="nearest", truncate=3.0)
     got = gaussian_blur(x.float(), sigma)[0].double().numpy()

@@ -3,7 +3,8 @@ stop the run without recording the batch; an image unreadable on resume is that 
 is a configuration error; unavailable metrics and MLflow metric histories do not depend on the invocation; one
 process per run folder (lock); ``--run-name`` reused with other methods keeps no leftovers; the output cache and
 batch keys follow the methods' code; interrupted invocations keep their batch count; the realism cache follows the
-config's ``cache_dir``. Small and cheap: embedded faces, at most 6 images, SFace only, fast baselines."""
+config's ``cache_dir``; a damaged persisted unit stops the run with its name and is recomputed. Small and cheap:
+embedded faces, at most 6 images, SFace only, fast baselines."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from evalhelpers import cheap_config, run_lock_held  # tests/ is on sys.path
@@ -307,3 +309,26 @@ def test_an_interrupted_invocation_keeps_its_batch_count(tmp_path, monkeypatch):
     first, second = json.loads((run_dir / "invocations.json").read_text())
     assert first["status"] == "interrupted" and first["batches_computed"] == 2
     assert second["batches_computed"] == 1 and second["batches_total"] == 3
+
+
+def test_a_damaged_persisted_unit_stops_the_run_with_its_name_and_a_rerun_recomputes_it(tmp_path, capsys):
+    """A persisted batch and a prepared chunk overwritten with junk (a damaged disk, an edit): the rerun stops with
+    one line naming the unit (CLI exit 1, no traceback), the unit is moved aside (``*.corrupt``), and the next rerun
+    computes it again and equals the undamaged run."""
+    cfg = _cfg(tmp_path, methods=["blur_s1", "pixelate_8"], limit=4, batch_size=2)
+    first = E.evaluate(cfg, progress=False, quiet=True)
+    run_dir = Path(first["run_dir"])
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    cols = ["method", "id", "psnr", "ssim", "deid_mean_similarity_sface"]
+    ref = first["records"].sort_values(["method", "id"])[cols].reset_index(drop=True)
+    victims = sorted((run_dir / "batches").rglob("*.parquet"))[0], sorted((run_dir / "prepared").rglob("*.npz"))[1]
+    for victim in victims:
+        victim.write_bytes(b"junk" * 10)
+        assert E.cli(["--config", str(tmp_path / "cfg.json"), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert "aborted:" in err and victim.stem in err and "rerun the same command" in err and "Traceback" not in err
+        assert not victim.exists() and victim.with_name(victim.name + ".corrupt").exists()
+        res = E.evaluate(cfg, progress=False, quiet=True)
+        got = res["records"].sort_values(["method", "id"])[cols].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, ref, check_exact=True)
+        assert victim.exists()

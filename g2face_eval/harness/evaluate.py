@@ -51,6 +51,7 @@ from g2face_eval.harness.prepare import resize as _resize
 from g2face_eval.harness.records import (
     ArrayCache,
     BatchStore,
+    CorruptRecordError,
     ImageCache,
     RunLockedError,
     acquire_run_lock,
@@ -1532,7 +1533,7 @@ def cli(argv: list[str] | None = None) -> int:
     except RunLockedError as e:  # another process works on this run: nothing was done
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 1
-    except RunAborted as e:  # disk full, unwritable folder, out of memory: the persisted batches are kept
-        print(f"g2face-eval evaluate: aborted: {e}", file=sys.stderr)
+    except (RunAborted, CorruptRecordError) as e:  # disk full, unwritable folder, out of memory, a damaged unit:
+        print(f"g2face-eval evaluate: aborted: {e}", file=sys.stderr)  # the persisted batches are kept
         return 1
     return 0

@@ -163,11 +163,36 @@ class RecordStore:
         crashpoints.hit(f"{self.crash_prefix}_saved")
 
     def load(self, *parts: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        """The records and arrays of a unit ``done`` reports. A unit that cannot be read (damaged on disk, or
+        edited) is moved aside (``*.corrupt``) and ``CorruptRecordError`` raised: the unit is no longer done, so
+        rerunning the command computes it again."""
         b = self._base(parts)
-        df = pd.read_parquet(b.with_suffix(".parquet"))
-        with np.load(b.with_suffix(".npz"), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        try:
+            df = pd.read_parquet(b.with_suffix(".parquet"))
+            with np.load(b.with_suffix(".npz"), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever the reader raises, the unit cannot be used
+            moved = [p.name for p in (b.with_suffix(".parquet"), b.with_suffix(".npz")) if _move_aside(p)]
+            raise CorruptRecordError(
+                f"the persisted unit {b} ({self.folder}) cannot be read ({type(e).__name__}: {e}); "
+                f"moved aside as {', '.join(m + '.corrupt' for m in moved) or 'nothing'} -- rerun the same command "
+                "to compute it again") from e
         return df, arrays
+
+
+class CorruptRecordError(OSError):
+    """A persisted unit of a run (``RecordStore.load``) cannot be read; it was moved aside, so a rerun recomputes
+    it."""
+
+
+def _move_aside(p: Path) -> bool:
+    try:
+        os.replace(p, p.with_name(p.name + ".corrupt"))
+        return True
+    except OSError:
+        return False
 
 
 class BatchStore(RecordStore):

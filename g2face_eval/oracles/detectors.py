@@ -181,20 +181,24 @@ class DlibHOGDetector(Detector):
     dlib scans every level of an image pyramid that it builds itself: ``upsample`` x ``pyramid_up``, then
     ``pyramid_down<6>`` again and again, both bilinear ``resize_image`` calls (to ``rect_up``'s extent and to
     ``5n // 6``), down to a level with a side < 64. A window on level L gives a box of about 37 x 1.2^L px (for
-    upsample 1), so the fine levels, which are most of the work, only give boxes too small to overlap the subject's
-    box by ``min_iou``. Non-maximum suppression only removes boxes. So when dlib, run on pyramid level k (rebuilt
-    with dlib's own ``resize_image``: the same image, hence the same features and scores) finds nothing at all on
-    levels k, k+1, ..., no box of the full scan can reach ``min_iou``, and the decision is "not found". Any other
-    outcome falls back to the full scan. ``box_side_bound`` bounds the box size per level with a margin (tests
-    check it against dlib's boxes); ``tests/test_oracles.py`` checks the decisions against the full scan.
+    upsample 1; about 41 x 1.2^L px where the box crosses the image's top or left edge), so the fine levels,
+    which are most of the work, only give boxes too small to overlap the subject's box by ``min_iou``.
+    Non-maximum suppression only removes boxes. So when dlib, run on pyramid level k (rebuilt with dlib's own
+    ``resize_image``: the same image, hence the same features and scores) finds nothing at all on levels k, k+1,
+    ..., no box of the full scan can reach ``min_iou``, and the decision is "not found". Any other outcome falls
+    back to the full scan. ``box_side_bound`` bounds the box size per level with a margin; ``tests/test_oracles.py``
+    checks the decisions against the full scan, also for the largest subject box each of dlib's boxes still matches
+    (faces at many scales and across the image's edges).
     """
 
     name = "dlib_hog"
     MIN_LAYER = 64  # scan_fhog_pyramid's min_pyramid_layer_width/height in dlib's serialized frontal detector
     RATE = 6  # pyramid_down<6>
-    # box side on level 0 of the upsampled image is 72-74 px (dlib's rect_up of the window's object box); the bound
-    # takes 76 px, grown by 1.2 per level, plus 2 px of rounding, and halves it per upsample
-    BOX_LEVEL0, BOX_SLACK = 76.0, 2.0
+    # box side on level 0 of the scanned (upsampled) image: 72-74 px (dlib's rect_up of the window's object box), and
+    # 80-82 px on a side whose corner lies outside the image (dlib's fhog_to_image moves a negative coordinate by
+    # -cell/2 instead of +cell/2, one 8 px cell more); the bound takes 84 px, grown by 1.2 per level, plus 2 px of
+    # rounding, and halves it per upsample
+    BOX_LEVEL0, BOX_SLACK = 84.0, 2.0
 
     def __init__(self, upsample: int = 1, adjust_threshold: float = 0.0):
         import dlib

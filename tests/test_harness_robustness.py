@@ -327,8 +327,20 @@ def test_a_damaged_persisted_unit_stops_the_run_with_its_name_and_a_rerun_recomp
         assert E.cli(["--config", str(tmp_path / "cfg.json"), "--no-progress"]) == 1
         err = capsys.readouterr().err
         assert "aborted:" in err and victim.stem in err and "rerun the same command" in err and "Traceback" not in err
+        assert "environment error" not in err  # the unit's damage, not the machine's
         assert not victim.exists() and victim.with_name(victim.name + ".corrupt").exists()
         res = E.evaluate(cfg, progress=False, quiet=True)
         got = res["records"].sort_values(["method", "id"])[cols].reset_index(drop=True)
         pd.testing.assert_frame_equal(got, ref, check_exact=True)
         assert victim.exists()
+
+
+def test_a_file_system_error_reading_a_unit_leaves_it_in_place(tmp_path, monkeypatch):
+    """An OSError with an errno (permissions, I/O error) while reading a persisted unit is the environment's, not the
+    unit's damage: it propagates unchanged and the unit is not moved aside."""
+    store = BatchStore(tmp_path)
+    store.save("m", "d", "k", records=pd.DataFrame({"id": ["a"]}), arrays={"x": np.zeros(2)})
+    monkeypatch.setattr(pd, "read_parquet", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(PermissionError):
+        store.load("m", "d", "k")
+    assert store.done("m", "d", "k") and not list(tmp_path.rglob("*.corrupt"))

@@ -838,6 +838,8 @@ def compute(
                 try:
                     _compute_chunk(S, prep, store, src, i, chunks[i], labels, gallery, done, bar, interrupt_after,
                                    on_saved, methods)
+                except CorruptRecordError:  # its own message: moved aside, rerun (not the machine's error)
+                    raise
                 except ENVIRONMENT_ERRORS as e:  # outside a method's batch: preparing the chunk, persisting a batch
                     raise RunAborted(
                         f"{type(e).__name__}: {e} -- an environment error (disk, file system or memory) while "

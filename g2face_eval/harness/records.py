@@ -171,9 +171,11 @@ class RecordStore:
             df = pd.read_parquet(b.with_suffix(".parquet"))
             with np.load(b.with_suffix(".npz"), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except MemoryError:
+        except (MemoryError, ImportError):  # the machine's or the environment's problem, not the unit's
             raise
-        except Exception as e:  # noqa: BLE001 - whatever the reader raises, the unit cannot be used
+        except Exception as e:  # noqa: BLE001 - what the decoders raise on bad content (ArrowInvalid, BadZipFile...)
+            if isinstance(e, OSError) and e.errno is not None:  # the file system's error (EACCES, EIO, ENOENT...):
+                raise  # an environment error for the caller, the unit is left in place
             moved = [p.name for p in (b.with_suffix(".parquet"), b.with_suffix(".npz")) if _move_aside(p)]
             raise CorruptRecordError(
                 f"the persisted unit {b} ({self.folder}) cannot be read ({type(e).__name__}: {e}); "

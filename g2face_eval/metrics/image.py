@@ -50,7 +50,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
             raise ValueError(f"expected two uint8 (B,3,H,W) batches of one shape, got {a.dtype} {tuple(a.shape)} "
                              f"and {b.dtype} {tuple(b.shape)}")
         d = a.detach().cpu().to(torch.int32) - b.detach().cpu().to(torch.int32)
-        mse = d.mul_(d).flatten(1).sum(1, dtype=torch.int64).double() / a[0].numel()
+        mse = d.mul_(d).flatten(1).sum(1, dtype=torch.int64).double() / max(1, a[0:1].numel())
     else:
         _pair(a, b)
         mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)

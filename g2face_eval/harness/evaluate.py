@@ -1381,15 +1381,8 @@ def _run_batch(
                     len(batch))
     frames: list[pd.DataFrame] = []
     parts: dict[str, list[np.ndarray]] = {}
-    for j, it in enumerate(batch):
-        try:
-            df, feats = _score_batch(runner, [it], ctx.select([j]), oracles, master, dname)
-        except ENVIRONMENT_ERRORS as e:
-            raise _aborted(runner, dname, [it.id], e) from e
-        except Exception as e:  # noqa: BLE001 - this image's failure record; its batch-mates are scored
-            log.warning("%s failed on image %s of %s: %s", runner.name, it.id, dname, e)
-            frames.append(_failed_frame([it], [_method_error(e)]))
-            continue
+    for j, it in enumerate(batch):  # each image alone: scored, or its own failure record (no features)
+        df, feats = _run_batch(runner, [it], ctx.select([j]), oracles, master, dname)
         frames.append(df)
         for ext, f in feats.items():
             parts.setdefault(ext, []).append(f)

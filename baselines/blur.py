@@ -47,6 +47,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 class GaussianBlur(Anonymizer):
     uses_face_mask = True
+    cache_outputs = False  # a closed-form image operation: recomputed, not cached (Anonymizer.cache_outputs)
 
     def __init__(self, sigma: float = 8.0, *, name: str | None = None, box_margin: float = 0.1) -> None:
         if sigma < 0:

@@ -12,6 +12,7 @@ from g2face_eval.anonymizer import Anonymizer, Key, Output
 
 class SolidMask(Anonymizer):
     uses_face_mask = True
+    cache_outputs = False  # a closed-form image operation: recomputed, not cached (Anonymizer.cache_outputs)
 
     def __init__(
         self,

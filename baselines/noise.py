@@ -16,6 +16,7 @@ from g2face_eval.anonymizer import Anonymizer, Key, Output, key_seed
 
 class AdditiveNoise(Anonymizer):
     uses_face_mask = True
+    cache_outputs = False  # a closed-form image operation: recomputed, not cached (Anonymizer.cache_outputs)
 
     def __init__(self, sigma: float = 0.3, *, name: str | None = None, box_margin: float = 0.1) -> None:
         if sigma < 0:

@@ -26,6 +26,7 @@ def pixelate_box(image: torch.Tensor, box: tuple[int, int, int, int], blocks: in
 
 class Pixelate(Anonymizer):
     uses_face_mask = True
+    cache_outputs = False  # a closed-form image operation: recomputed, not cached (Anonymizer.cache_outputs)
 
     def __init__(self, blocks: int = 16, *, name: str | None = None, box_margin: float = 0.1) -> None:
         if blocks < 1:

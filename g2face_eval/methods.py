@@ -30,6 +30,7 @@ class IdentityMethod(Anonymizer):
 
     name = "identity"
     reversible = True
+    cache_outputs = False
 
     def config(self) -> dict:
         return {"name": self.name, "family": "identity"}

@@ -315,11 +315,14 @@ def test_batch_metrics_measure_the_subjects_face(datasets_root):
     assert df["pose_error_deg"][0] == pytest.approx(want, abs=1e-9) and want < 10
 
 
-def _runner(tmp_path, name: str):
+def _runner(tmp_path, name: str, cached: bool | None = None):
+    """A MethodRunner with its own output cache; ``cached`` overrides the method's ``cache_outputs``."""
     from g2face_eval import methods as M
     from g2face_eval.harness.records import ArrayCache, ImageCache
 
     method = M.METHODS.get(name)()
+    if cached is not None:
+        method.cache_outputs = cached
     return E.MethodRunner(name, method, C.method_hash(method.config()), ImageCache(tmp_path / "out"),
                           ArrayCache(tmp_path / "arr"), "cpu")
 
@@ -338,8 +341,9 @@ def test_output_cache_is_keyed_by_the_input_pixels_and_mask(tmp_path):
     mask = np.zeros(img.shape[:2], np.uint8)
     mask[40:120, 60:200] = 1
     key = [b"k" * 32]
-    shared = _runner(tmp_path / "shared", "mask_black")
+    shared = _runner(tmp_path / "shared", "mask_black", cached=True)  # a cheap method, cached for the test
     with_mask = shared.anonymize("ds", ["a"], [img], key, [mask])[0][0]
+    assert len(list((tmp_path / "shared" / "out").rglob("*.png"))) == 1
     no_mask = shared.anonymize("ds", ["a"], [img], key, [None])[0][0]
     fresh = _runner(tmp_path / "fresh", "mask_black").anonymize("ds", ["a"], [img], key, [None])[0][0]
     assert np.array_equal(no_mask, fresh)
@@ -347,6 +351,35 @@ def test_output_cache_is_keyed_by_the_input_pixels_and_mask(tmp_path):
     assert (with_mask[40:120, 60:200] == 0).all()  # the mask region is blacked out, the rest is not all black
     small = np.ascontiguousarray(img[::2, ::2])  # the same face prepared at 128 px
     assert shared.anonymize("ds", ["a"], [small], key, [None])[0][0].shape == small.shape
+
+
+def test_only_methods_costlier_than_a_png_write_use_the_output_cache(tmp_path, monkeypatch):
+    """The closed-form baselines and identity recompute their outputs (nothing written to the cache, the same
+    output every call); a method with ``cache_outputs`` (the learned ones) writes its output and side array once,
+    and the next call with the same input reads them back instead of running the method."""
+    from g2face_eval import methods as M
+    from g2face_eval.models.anonymizer import G2FaceAnonymizer
+
+    assert not any(M.METHODS.get(n)().cache_outputs for n in (*M.CLASSIC_METHODS, "identity"))
+    assert G2FaceAnonymizer.cache_outputs
+    img = _embedded_faces(1)[0]
+    key = [b"k" * 32]
+    cheap = _runner(tmp_path / "cheap", "pixelate_8")
+    first = cheap.anonymize("ds", ["a"], [img], key, [None])[0][0]
+    assert not (tmp_path / "cheap" / "out").exists() and not (tmp_path / "cheap" / "arr").exists()
+    assert np.array_equal(first, cheap.anonymize("ds", ["a"], [img], key, [None])[0][0])
+
+    cached = _runner(tmp_path / "cached", "pixelate_8", cached=True)
+    out = cached.anonymize("ds", ["a"], [img], key, [None])[0][0]
+    assert np.array_equal(out, first)
+    assert len(list((tmp_path / "cached" / "out").rglob("*.png"))) == 1
+    assert len(list((tmp_path / "cached" / "arr").rglob("*.npy"))) == 1
+
+    def not_called(*a, **k):
+        raise AssertionError("a cached output was recomputed")
+
+    monkeypatch.setattr(cached.method, "_anonymize", not_called)
+    assert np.array_equal(cached.anonymize("ds", ["a"], [img], key, [None])[0][0], first)
 
 
 def test_face_masks_apply_per_image_not_per_batch(tmp_path):

@@ -275,7 +275,9 @@ class MethodRunner:
             digest(dataset, i, k, _array_digest(x), _array_digest(m) if m is not None else "no mask")
             for i, k, x, m in zip(ids, keys, inputs, ms, strict=True)
         ]
-        imgs: list[np.ndarray | None] = [self.cache.get(ns, k) for k in ckeys]
+        # methods cheaper to recompute than to cache (``Anonymizer.cache_outputs``) neither read nor write it
+        cached = self.method.cache_outputs
+        imgs: list[np.ndarray | None] = [self.cache.get(ns, k) if cached else None for k in ckeys]
         side: list[np.ndarray | None] = [
             self.arrays.get(ns, k) if im is not None else None for im, k in zip(imgs, ckeys, strict=False)
         ]
@@ -297,8 +299,9 @@ class MethodRunner:
                     else np.zeros(0, np.float32)
                 )
                 s = np.concatenate([[ok], bits]).astype(np.float32)
-                self.cache.put(ns, ckeys[i], u8[j])
-                self.arrays.put(ns, ckeys[i], s)
+                if cached:
+                    self.cache.put(ns, ckeys[i], u8[j])
+                    self.arrays.put(ns, ckeys[i], s)
                 imgs[i], side[i] = u8[j], s
         oks = [None if s[0] < 0 else bool(s[0]) for s in side]
         bits = [s[1:] if s.size > 1 else None for s in side]

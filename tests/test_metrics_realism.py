@@ -275,7 +275,8 @@ def test_reference_cache_atomic_and_keyed(tmp_path, monkeypatch):
     files = list((tmp_path / "realism").iterdir())
     assert len(files) == 1 and files[0].suffix == ".npz" and "stub" in files[0].name
     with np.load(files[0]) as z:
-        assert int(z["stats_n"]) == 5
+        assert set(z.files) == {"features"} and z["features"].dtype == np.float32
+        assert np.array_equal(z["features"], np.asarray(f1, np.float32))
     R.reference_features(ext, R.content_key(ids, y), lambda: [y])
     assert len(list((tmp_path / "realism").glob("*.npz"))) == 2
     assert not list((tmp_path / "realism").glob("*.tmp"))

@@ -13,7 +13,8 @@ Layout of ``<results_dir>/<run>/``::
 
 The cache (``settings.cache_dir()``, shared between runs) keys anonymized images by (method hash: its configuration
 and the fingerprint of the methods' code, ``config.code_fingerprint``; dataset, image id, key digest, input pixels
-and mask) and embeddings by (recognizer, dataset, image id, content digest).
+and mask) and embeddings by (recognizer, dataset, image id, content digest). Only methods with
+``Anonymizer.cache_outputs`` (the learned ones) keep their outputs there; the closed-form baselines recompute.
 """
 
 from __future__ import annotations

@@ -177,3 +177,22 @@ def test_geometry_prior_with_style_condition(images):
     anon.geometry = ConstantGeometry(n_coef=150)  # no style_condition and not D3DFR-ordered -> clear error
     with pytest.raises(ValueError):
         anon.anonymize(images, [b"a", b"b", b"c"])
+
+
+def test_payload_options_enter_the_configuration_and_the_method_hash(images):
+    """Outputs hidden under other keyed-payload options (nonce mode, context, bit permutation) differ, so those
+    options are part of ``config()`` and hence of the method hash that names the output cache's namespace."""
+    from g2face_eval.harness import config as C
+
+    keys = derive_keys("m", ["a", "b", "c"])
+    base = _make()
+    other = _make(payload=KeyedPayload(CFG.n_bits, CFG.id_dim, permutation_seed=7))
+    assert not torch.equal(base.anonymize(images, keys).images, other.anonymize(images, keys).images)
+    cb, co = base.config(), other.config()
+    assert cb["payload_permutation_seed"] == 20240827 and co["payload_permutation_seed"] == 7
+    assert {k for k in cb if k != "payload_permutation_seed" and cb[k] != co[k]} == set()
+    assert C.method_hash(cb) != C.method_hash(co)
+    random_nonce = _make(payload=KeyedPayload(CFG.n_bits, CFG.id_dim, nonce="random")).config()
+    assert random_nonce["payload_nonce"] == "random" and C.method_hash(random_nonce) != C.method_hash(cb)
+    official = _make(payload="official").config()  # the tiny config carries id_dim * 32 bits
+    assert official["payload"] == "official" and not any(k.startswith("payload_") for k in official)

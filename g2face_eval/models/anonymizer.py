@@ -235,7 +235,9 @@ class G2FaceAnonymizer(Anonymizer):
         return self
 
     def config(self) -> dict:
-        return {"name": self.name, "payload": self.payload.mode, "noise": self.noise, "size": self.cfg.size,
+        return {"name": self.name, "payload": self.payload.mode,
+                **{f"payload_{k}": v for k, v in getattr(self.payload, "options", dict)().items()},
+                "noise": self.noise, "size": self.cfg.size,
                 "id_dim": self.cfg.id_dim, "identity": getattr(self.identity, "name", type(self.identity).__name__),
                 "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None, "fast": self.fast,
                 "channels_last": self.channels_last, "compile": self.compile, "cuda_graphs": self.cuda_graphs}

@@ -136,6 +136,10 @@ class OfficialPayload:
         self.n_bits = dim * 32
         self._consts: dict[torch.device, dict[str, torch.Tensor]] = {}
 
+    def options(self) -> dict:
+        """Constructor options that change what is hidden: none (the embedding's raw bits)."""
+        return {}
+
     def consts(self, device: torch.device) -> dict[str, torch.Tensor]:
         c = self._consts.get(device)
         if c is None:
@@ -206,6 +210,7 @@ class KeyedPayload:
         if nonce not in ("synthetic", "random"):
             raise ValueError("nonce must be 'synthetic' or 'random'")
         self.n_bits, self.dim, self.context, self.nonce_mode = n_bits, dim, context, nonce
+        self.permutation_seed, self.max_codeword = int(permutation_seed), int(max_codeword)
         self.capacity = n_bits // 8
         self.n_cw = max(1, math.ceil(self.capacity / max_codeword))
         self.cw_len = self.capacity // self.n_cw
@@ -234,6 +239,12 @@ class KeyedPayload:
         self._inter = np.arange(self.used_bytes).reshape(self.cw_len, self.n_cw).T.reshape(-1)
 
     # ---- info
+    def options(self) -> dict:
+        """The constructor options that change what is hidden (part of the anonymizer's configuration, hence of
+        its method hash: outputs hidden under other options are never reused from the cache)."""
+        return {"nonce": self.nonce_mode, "context": self.context.hex(), "permutation_seed": self.permutation_seed,
+                "max_codeword": self.max_codeword}
+
     @property
     def correctable_byte_errors(self) -> int:
         return self.nsym // 2

@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("g2face_eval.training.train", "train G2Face or pre-train its StyleGAN2 (torchrun-compatible)"),
     "train-baseline": ("baselines.learned.train", "train or export a learned baseline: fit | inpaint | riddle"),
     "bench": ("g2face_eval.bench", "latency / throughput / memory benchmark"),
+    "cache": ("g2face_eval.harness.cache", "size of the shared cache; --prune-older-than DAYS deletes old entries"),
 }
 
 

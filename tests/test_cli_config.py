@@ -435,3 +435,22 @@ def test_pyproject_requires_the_python_its_code_needs_and_lists_only_existing_pa
     assert py["project"]["requires-python"] == ">=3.11"  # harness/config.py imports tomllib (3.11+)
     for pat in py["tool"]["setuptools"]["package-data"]["g2face_eval"]:
         assert any(p.is_file() for p in (REPO / "g2face_eval").glob(pat)), f"package-data {pat!r} matches no file"
+
+
+def test_settings_that_do_not_change_results_are_tags_of_the_latest_invocation(tmp_path, cache_dir):
+    """A resume with another batch size is the same run (same MLflow runs): the batch size is not a param, which
+    MLflow would keep at its first value, but a tag that follows the latest invocation, on the children too."""
+    import mlflow
+
+    one = E.evaluate(_cheap(tmp_path, cache_dir, run_name="bs", batch_size=2), progress=False, quiet=True)
+    two = E.evaluate(_cheap(tmp_path, cache_dir, run_name="bs", batch_size=3), progress=False, quiet=True)
+    assert one["parent_run_id"] == two["parent_run_id"]
+    client = mlflow.MlflowClient(two["tracking_uri"])
+    parent = client.get_run(two["parent_run_id"])
+    assert not set(parent.data.params) & set(C.NON_RESULT_KEYS)
+    assert parent.data.params["limit"] == "2"
+    assert parent.data.tags["g2face.setting.batch_size"] == "3"
+    assert parent.data.tags["g2face.setting.device"] == "cpu"
+    kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert kids and all(k.data.tags["g2face.setting.batch_size"] == "3" for k in kids)
+    assert all(not set(k.data.params) & set(C.NON_RESULT_KEYS) and "method.hash" in k.data.params for k in kids)

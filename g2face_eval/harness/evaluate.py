@@ -972,7 +972,7 @@ class _InvocationProgress:
 
 def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _interrupt_after: int | None,
                      quiet: bool) -> dict:
-    from g2face_eval.harness.tracking import Tracker, git_tags, ui_command
+    from g2face_eval.harness.tracking import SETTING_TAG_PREFIX, Tracker, git_tags, ui_command
 
     t_start = time.perf_counter() - (time.time() - started)
     cfg, run_dir, name = S.cfg, S.run_dir, S.name
@@ -991,8 +991,11 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
 
     results_dir = Path(cfg["results_dir"]).expanduser()
     tracker = Tracker(results_dir, run_dir, name)
-    params = C.flatten({k: v for k, v in cfg.items()})
-    tags = {"g2face.run": name, "g2face.config_hash": S.chash, **git_tags(env)}
+    # params: what identifies the results (MLflow never lets a param change); the settings that may change between
+    # the invocations of one run (batch size, device, folders, ...) are tags, updated on every resume
+    params = C.flatten({k: v for k, v in cfg.items() if k not in C.NON_RESULT_KEYS})
+    tags = {"g2face.run": name, "g2face.config_hash": S.chash, **git_tags(env),
+            **C.flatten({k: v for k, v in cfg.items() if k in C.NON_RESULT_KEYS}, SETTING_TAG_PREFIX)}
     with tracker.parent_run(params, tags=tags) as parent_id:
         tracker.log_artifact(parent_id, run_dir / "config.json")
         tracker.log_artifact(parent_id, run_dir / "environment.json")

@@ -6,7 +6,9 @@ evaluation reuses its parent (and child) runs instead of leaving orphans -- when
 configuration (tag ``g2face.config_hash``; otherwise, e.g. ``--run-name`` reused with another configuration, new
 runs are started, since MLflow params cannot change); every run is ended with a status (FINISHED, or FAILED
 when the evaluation raised). Runs carry MLflow's ``mlflow.source.git.commit`` tag (and ``g2face.git_dirty``) of
-the latest invocation's code when it is known.
+the latest invocation's code when it is known. Params are the configuration that identifies the results; the
+settings that may change between the invocations of one run without changing them (``config.NON_RESULT_KEYS``:
+batch size, device, folders, ...) are tags ``g2face.setting.<key>`` of the latest invocation.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # when a resumed evaluation reuses them
 IDENTITY_TAG = "g2face.config_hash"
 _LATEST_TAGS = ("mlflow.source.git.commit", "g2face.git_dirty", IDENTITY_TAG)
+# the latest invocation's settings that do not change results (config.NON_RESULT_KEYS: batch size, device,
+# folders, ...): tags under this prefix, replaced on every resume, since a param could keep only the first value
+SETTING_TAG_PREFIX = "g2face.setting."
+
+
+def _latest(key: str) -> bool:
+    return key in _LATEST_TAGS or key.startswith(SETTING_TAG_PREFIX)
 
 
 def environment_info(root: Path | None = None) -> dict:
@@ -193,7 +202,7 @@ class Tracker:
         self.experiment_id = exp_id
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
         self.parent_id: str | None = None
-        self.inherited: dict[str, str] = {}  # tags of the parent that its children carry too (_LATEST_TAGS)
+        self.inherited: dict[str, str] = {}  # tags of the parent that its children carry too (``_latest``)
 
     def _save(self) -> None:
         atomic_write_json(self.state_path, self.state)
@@ -242,7 +251,7 @@ class Tracker:
 
     def _resume(self, run, tags: dict[str, str]) -> None:
         self.client.update_run(run.info.run_id, status="RUNNING")
-        self.set_tags(run.info.run_id, {k: v for k, v in tags.items() if k in _LATEST_TAGS})
+        self.set_tags(run.info.run_id, {k: v for k, v in tags.items() if _latest(k)})
 
     def start_parent(self, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
         """The evaluation's parent run: the one in ``mlflow.json`` (or an orphan of the same run) when it was
@@ -250,7 +259,7 @@ class Tracker:
         reusing ``--run-name`` with another configuration never leaves MLflow params that disagree with it."""
         tags = dict(tags or {})
         identity = tags.get(IDENTITY_TAG)
-        self.inherited = {k: v for k, v in tags.items() if k in _LATEST_TAGS}
+        self.inherited = {k: v for k, v in tags.items() if _latest(k)}
         run = self._existing(self.state.get("parent"))
         if run is not None and not self._same_results(run, identity, params):
             log.warning("run %s: MLflow run %s was logged for another configuration (%s %s, now %s): starting new "

@@ -11,10 +11,11 @@ deleting any entry only makes a later run recompute it. Nothing prunes it automa
 
 Pruning deletes cache files whose modification time (when they were written: entries are written once and
 never modified) is older than the cutoff, and the temporary files of writes cut short by a kill (``.*.tmp``)
-once they are an hour old (a write in flight takes milliseconds). It keeps ``sha256_cache.json`` (the zoo's
-digest records, tiny) and removes the folders that the pruning left empty. An evaluation running at the same
-time is not harmed: a cache entry deleted under it reads as a miss and is recomputed, and the atomic writer
-recreates a folder removed between its ``mkdir`` and its temporary file (``atomic.write_via``).
+once they are an hour old (a write in flight takes milliseconds), in those three folders only (the zoo's
+digest records, ``sha256_cache.json`` beside them, stay); then it removes the folders that it left empty. An
+evaluation running at the same time is not harmed: a cache entry deleted under it reads as a miss and is
+recomputed, and the atomic writer recreates a folder removed between its ``mkdir`` and its temporary file
+(``atomic.write_via``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from pathlib import Path
 
 from g2face_eval import settings
 
-FOLDERS = ("outputs", "arrays", "realism")
-KEEP = frozenset({"sha256_cache.json"})
+FOLDERS = ("outputs", "arrays", "realism")  # what usage() counts and prune() may delete from
 TEMP_GRACE_S = 3600.0  # a temporary file this old is debris of an interrupted write, not a write in flight
 
 
@@ -106,7 +106,7 @@ def prune(root: str | Path | None, older_than_days: float, *, dry_run: bool = Fa
     out = {"files": 0, "bytes": 0, "temp_files": 0, "folders": 0}
     for _folder, _ns, p, st in _walk(root):
         temp = _is_temp(p.name)
-        if p.name in KEEP or st.st_mtime >= (temp_cutoff if temp else cutoff):
+        if st.st_mtime >= (temp_cutoff if temp else cutoff):
             continue
         if not dry_run:
             try:

@@ -36,11 +36,21 @@ def filled(tmp_path):
         images.put("blur-abc_anonymize", key, img)
         arrays.put("emb_sface", key, np.ones(4, np.float32))
     (root / "realism").mkdir()
-    for name in ("old", "new"):
-        atomic.write_bytes(root / "realism" / f"effnet-{name}.npz", b"x" * 100)
+    for key in (old_key, new_key):  # named as metrics.realism.cache_path names them: <extractor tag>-<40 hex>.npz
+        atomic.write_bytes(root / "realism" / f"effnet_lite0-c15b7e5f-{key[:40]}.npz", b"x" * 100)
     for p in root.rglob("*"):
-        if p.is_file() and ("old" in p.name or old_key in p.name):
+        if p.is_file() and old_key[:40] in p.name:
             _age(p, 40, now)
+    # not evaluation entries, all old: a user's file inside outputs/, a symlink there to a file outside the cache,
+    # and another cache beside the three folders (the training split's preload)
+    (root / "outputs" / "notes.txt").write_text("mine")
+    outside = tmp_path / "precious.png"
+    outside.write_bytes(b"keep")
+    (root / "outputs" / "blur-abc_anonymize" / old_key[:2] / ("0" * 64 + ".png")).symlink_to(outside)
+    (root / "training").mkdir()
+    (root / "training" / "celebahq256_train.npy").write_bytes(b"y" * 5000)
+    for p in (root / "outputs" / "notes.txt", outside, root / "training" / "celebahq256_train.npy"):
+        _age(p, 400, now)
     stale_tmp = root / "outputs" / "blur-abc_anonymize" / new_key[:2] / f".{new_key}.png.abc.tmp"
     fresh_tmp = root / "arrays" / "emb_sface" / new_key[:2] / f".{new_key}.npy.def.tmp"
     stale_tmp.write_bytes(b"partial")
@@ -48,16 +58,19 @@ def filled(tmp_path):
     _age(stale_tmp, 2 / 24, now)
     atomic.write_text(root / "sha256_cache.json", "{}")
     _age(root / "sha256_cache.json", 400, now)
-    return dict(root=root, now=now, old=old_key, new=new_key, img=img, stale_tmp=stale_tmp, fresh_tmp=fresh_tmp)
+    return dict(root=root, now=now, old=old_key, new=new_key, img=img, stale_tmp=stale_tmp, fresh_tmp=fresh_tmp,
+                outside=outside)
 
 
 def test_usage_counts_every_folder_and_namespace(filled):
     rep = K.usage(filled["root"])
     assert {k: u.files for k, u in rep.folders.items()} == {"outputs": 2, "arrays": 2, "realism": 2}
     assert set(rep.namespaces) == {"outputs/blur-abc_anonymize", "arrays/emb_sface"}
-    assert rep.namespaces["arrays/emb_sface"].files == 2 and rep.temp_files == 2
+    assert rep.namespaces["arrays/emb_sface"].files == 2 and rep.temp.files == 2
     assert rep.folders["realism"].bytes >= 200  # on disk: whole blocks
     assert rep.folders["outputs"].newest > filled["now"] - DAY
+    assert rep.other.files == 2  # the user's file and the symlink
+    assert set(rep.elsewhere) == {"training/", "sha256_cache.json"} and rep.elsewhere["training/"].bytes >= 5000
 
 
 def test_prune_deletes_what_is_older_than_the_cutoff_and_stale_temporary_files(filled):
@@ -75,17 +88,24 @@ def test_prune_deletes_what_is_older_than_the_cutoff_and_stale_temporary_files(f
     assert arrays.get("emb_sface", filled["old"]) is None
     assert np.array_equal(images.get("blur-abc_anonymize", filled["new"]), filled["img"])
     assert np.array_equal(arrays.get("emb_sface", filled["new"]), np.ones(4, np.float32))
-    assert not (root / "realism" / "effnet-old.npz").exists() and (root / "realism" / "effnet-new.npz").exists()
+    assert [p.name for p in (root / "realism").iterdir()] == [f"effnet_lite0-c15b7e5f-{filled['new'][:40]}.npz"]
     assert not filled["stale_tmp"].exists() and filled["fresh_tmp"].exists()  # a write in flight is left alone
     assert (root / "sha256_cache.json").exists()
-    # the old entries' two-character folders (not the new entries') are gone, and no folder is left empty
-    assert filled["old"][:2] != filled["new"][:2] and res["folders"] == 2
-    assert not (root / "outputs" / "blur-abc_anonymize" / filled["old"][:2]).exists()
+    # what is not an evaluation entry stays, however old: a user's file, a symlink (and its target), other caches
+    assert (root / "outputs" / "notes.txt").exists() and (root / "training" / "celebahq256_train.npy").exists()
+    assert filled["outside"].read_bytes() == b"keep"
+    # the old entries' two-character folder in arrays/ (not the new entries') is gone; the one in outputs/ keeps
+    # the symlink; no folder is left empty
+    assert filled["old"][:2] != filled["new"][:2] and res["folders"] == 1
+    assert not (root / "arrays" / "emb_sface" / filled["old"][:2]).exists()
+    assert (root / "outputs" / "blur-abc_anonymize" / filled["old"][:2]).is_dir()
     assert all(any(d.iterdir()) for d in root.rglob("*") if d.is_dir())
 
     assert K.prune(root, 0, now=now + 1)["files"] == 3  # 0 days: every entry
-    assert not [p for p in root.rglob("*") if p.is_file() and p.name != "sha256_cache.json"
-                and not p.name.endswith(".tmp")]
+    left = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+    assert left == {"sha256_cache.json", "outputs/notes.txt", "training/celebahq256_train.npy",
+                    filled["fresh_tmp"].relative_to(root).as_posix(),
+                    f"outputs/blur-abc_anonymize/{filled['old'][:2]}/{'0' * 64}.png"}
     with pytest.raises(ValueError):
         K.prune(root, -1)
     with pytest.raises(ValueError):
@@ -96,18 +116,19 @@ def test_cache_command(filled, capsys):
     root = str(filled["root"])
     assert main(["cache", "--cache-dir", root, "--namespaces"]) == 0
     out = capsys.readouterr().out
-    assert "6 files, 2 temporary files" in out and "outputs/blur-abc_anonymize" in out and "1 namespaces" in out
+    assert "in 6 files, 2 temporary files" in out and "outputs/blur-abc_anonymize" in out and "1 namespaces" in out
+    assert "other files in those folders (not pruned): 2" in out and "never pruned): sha256_cache.json" in out
     assert main(["cache", "--cache-dir", root, "--prune-older-than", "30", "--dry-run"]) == 0
-    assert "would delete 3 entries and 1 temporary files" in capsys.readouterr().out
-    assert len(list(filled["root"].rglob("*.png"))) == 2
+    assert "would delete 3 evaluation entries written more than 30 days ago and 1 temporary" in capsys.readouterr().out
+    assert len(list(filled["root"].rglob("*.png"))) == 3
     assert main(["cache", "--cache-dir", root, "--prune-older-than", "30"]) == 0
-    assert "deleted 3 entries" in capsys.readouterr().out
-    assert len(list(filled["root"].rglob("*.png"))) == 1
+    assert "deleted 3 evaluation entries" in capsys.readouterr().out
+    assert len(list(filled["root"].rglob("*.png"))) == 2  # the new entry and the symlink
     with pytest.raises(SystemExit) as e:
         main(["cache", "--cache-dir", root, "--prune-older-than", "-2"])
     assert e.value.code == 2
     assert main(["cache", "--cache-dir", str(filled["root"] / "none")]) == 0
-    assert "empty" in capsys.readouterr().out
+    assert "evaluation entries 0 B in 0 files" in capsys.readouterr().out
 
 
 def test_atomic_write_recreates_a_folder_removed_under_it(tmp_path, monkeypatch):

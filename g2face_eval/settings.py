@@ -14,7 +14,7 @@ installed package has no repository to write into). Environment variables overri
                        beside the repository, ``shared_datasets_fallback()``)
   G2FACE_RESULTS_DIR   where evaluations write results and the MLflow sqlite store
   G2FACE_REPORTS_DIR   where evaluations write their reports (figures, tables, report.html)
-  G2FACE_CACHE_DIR     caches (reference statistics, embeddings, anonymized outputs)
+  G2FACE_CACHE_DIR     caches (realism reference features, embeddings, learned methods' outputs; `g2face-eval cache`)
 """
 
 from __future__ import annotations

@@ -173,9 +173,9 @@ class FrechetStats(_Locked):
             nb, mean_b, m2_b = other._nf, other._mean, other._m2
         if nb:
             with self._lock:
-                self._fold()
+                self._fold()  # nothing pending after it: n is the folded count
                 self._combine(nb, mean_b, m2_b)
-                self.n = self._nf + sum(len(p) for p in self._pending)
+                self.n = self._nf
         return self
 
     __iadd__ = merge

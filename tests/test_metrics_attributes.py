@@ -24,14 +24,6 @@ def test_mesh_shape_distance():
     np.testing.assert_allclose(A.mesh_shape_distance([[0, 0], [1, 1]], [[3, 4], [1, 1]]), [5.0, 0.0])
 
 
-def test_expression_error_hand_value():
-    e_a, e_b = np.zeros((2, 64)), np.zeros((2, 64))
-    e_a[0, 0], e_a[0, 5] = 3.0, 4.0  # a displacement of norm 5 spread over 468 points: RMS 5 / sqrt(468)
-    np.testing.assert_allclose(A.expression_error(e_a, e_b), [5 / np.sqrt(468), 0.0])
-    with pytest.raises(ValueError):
-        A.expression_error(np.zeros((2, 64)), np.zeros((3, 64)))
-
-
 def test_landmark_nme_hand_value():
     gt = np.zeros((1, 468, 3))
     gt[0, 33, :2] = (100, 120)

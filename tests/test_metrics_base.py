@@ -22,7 +22,6 @@ def test_all_brief_names_registered_with_direction():
         "fd_effnet_lite0",
         "kid_effnet_lite0",
         "pose_error_deg",
-        "expression_error",
         "mesh_shape_distance",
         "landmark_nme",
         "detection_rate_yunet",

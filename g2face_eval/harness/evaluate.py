@@ -16,7 +16,6 @@ disk; metrics are computed per image; the batch's records are persisted and skip
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import logging
@@ -140,15 +139,6 @@ class Oracles:
                 self.mesh = get_face_mesh()
             except Exception as e:  # noqa: BLE001
                 self.unavailable["attributes"] = str(e)
-        self.expression = False  # expression_error: the mesh, and the geometry prior's morphable model to fit to it
-        if self.mesh is not None:
-            try:
-                from g2face_eval.oracles.geometry import expression_coordinates
-
-                expression_coordinates(np.zeros((0, 468, 3)))  # loads (and verifies) the morphable model
-                self.expression = True
-            except Exception as e:  # noqa: BLE001 - zoo.WeightError: the shipped checkpoint missing or altered
-                self.unavailable["expression_error"] = str(e)
         self.lpips = None
         try:
             from g2face_eval.metrics.image import LPIPS
@@ -166,7 +156,6 @@ class Oracles:
             "recognizers": dict(sorted(self.thresholds.items())),
             "detectors": sorted(self.detectors),
             "face_mesh": self.mesh is not None,
-            "expression": self.expression,
             "lpips": ["alex"] if self.lpips is not None else [],
             "feature_extractors": sorted(self.extractors),
         }
@@ -348,11 +337,6 @@ class BatchContext:
     mesh: list  # MeshResult | None per item
     gallery: Gallery | None = None
 
-    @functools.cached_property
-    def expression(self) -> np.ndarray:
-        """(n, 64) expression coordinates of the originals' meshes (NaN rows: no mesh), fitted once per batch."""
-        return _expressions(self.mesh)
-
     @classmethod
     def build(cls, chunk: Chunk, arrays: dict[str, np.ndarray], gallery: Gallery | None) -> BatchContext:
         from g2face_eval.oracles.geometry import result_from_landmarks
@@ -366,19 +350,6 @@ class BatchContext:
         """The context of the items at positions ``idx`` (in that order)."""
         return BatchContext(self.dataset, {r: e[idx] for r, e in self.orig_emb.items()},
                             [self.mesh[j] for j in idx], self.gallery)
-
-
-def _expressions(meshes: list) -> np.ndarray:
-    """(n, 64) expression coordinates of the given MeshResults, fitted in one batch; NaN rows where None."""
-    from g2face_eval.models.geometry import N_EXP
-
-    out = np.full((len(meshes), N_EXP), np.nan)
-    have = [j for j, m in enumerate(meshes) if m is not None]
-    if have:
-        from g2face_eval.oracles.geometry import expression_coordinates
-
-        out[have] = expression_coordinates(np.stack([meshes[j].landmarks for j in have]))
-    return out
 
 
 def _to_batch(imgs: list[np.ndarray]) -> torch.Tensor:
@@ -466,12 +437,11 @@ def batch_metrics(
         cols[f"detection_rate_{d}"] = A.detection_rate(found)
         found_before = [h or x for h, x in zip(found_before, found, strict=True)]
     if oracles.mesh is not None:
-        pe, sd, nme, ok, meshes = [], [], [], [], []
+        pe, sd, nme, ok = [], [], [], []
         for j, a in enumerate(anon):
             mo = ctx.mesh[j]
             ma = oracles.mesh_of(a, subject=faces[j]) if mo is not None else None
             ok.append(mo is not None and ma is not None)
-            meshes.append(ma if ok[-1] else None)
             if not ok[-1]:
                 pe.append(np.nan), sd.append(np.nan), nme.append(np.nan)
                 continue
@@ -480,8 +450,6 @@ def batch_metrics(
             sd.append(float(A.mesh_shape_distance(ma.shape_offsets[None], mo.shape_offsets[None])[0]))
             nme.append(float(A.landmark_nme(np.asarray(ma.landmarks)[None], np.asarray(mo.landmarks)[None])[0]))
         cols["pose_error_deg"], cols["mesh_shape_distance"] = pe, sd
-        if oracles.expression:  # NaN where the face was not meshed on both images
-            cols["expression_error"] = A.expression_error(_expressions(meshes), ctx.expression)
         cols["landmark_nme"], cols["mesh_detected_rate"] = nme, ok
     if reversible and rec is not None:
         nan_if_failed = lambda v: np.where(rec_failed, np.nan, np.asarray(v, float))  # noqa: E731
@@ -660,7 +628,6 @@ SUMMARY_METRICS = (
     "ssim",
     "fd_effnet_lite0",
     "pose_error_deg",
-    "expression_error",
     "mesh_detected_rate",  # how many faces the pose error averages (it covers only the faces meshed twice)
     "detection_rate_yunet",
     "recovery_ok_rate",

@@ -7,10 +7,6 @@
   latter for rotation matrices when a caller has them.
 * ``mesh_shape_distance(s_a, s_b)`` -> (N,) L2 distance between pose-normalised non-rigid mesh shapes
   (``MeshResult.shape_offsets``): the face's own shape and its expression together, not expression alone.
-* ``expression_error(e_a, e_b)`` -> (N,) RMS over the 468 mesh points of the difference between two faces'
-  expression displacements, from their expression coordinates (``oracles.geometry.expression_coordinates``: the
-  geometry prior's morphable model fitted to each mesh, identity part and pose removed), in units of the model
-  face's RMS point radius (its outer eye corners lie 1.75 apart in these units).
 * ``landmark_nme(pred, gt, left=33, right=263)`` -> (N,) mean 2-D (x,y) point error divided by the
   ground-truth distance between the outer eye corners. In MediaPipe's 468-point mesh, 33 is the outer corner
   of the subject's right eye (image left) and 263 that of the subject's left eye. z is ignored.
@@ -56,13 +52,6 @@ def mesh_shape_distance(s_a, s_b) -> np.ndarray:
     if a.shape != b.shape:
         raise ValueError(f"mesh shape descriptors differ in shape: {a.shape} vs {b.shape}")
     return np.linalg.norm((a - b).reshape(len(a), -1), axis=1)
-
-
-def expression_error(e_a, e_b, n_points: int = 468) -> np.ndarray:
-    a, b = _f64(e_a), _f64(e_b)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"expected two (N,K) expression coordinate arrays, got {a.shape} and {b.shape}")
-    return np.linalg.norm(a - b, axis=1) / np.sqrt(n_points)
 
 
 def landmark_nme(pred, gt, left: int = MESH_OUTER_EYE_CORNERS[0], right: int = MESH_OUTER_EYE_CORNERS[1]):

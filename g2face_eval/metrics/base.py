@@ -25,9 +25,8 @@ AGGREGATIONS = ("mean", "rate", "median", "set", "count")
 # part of every run's config hash, so a run computed under another version is never resumed into (its stored
 # records would be mixed with records of the new definitions, or carry metrics that no longer exist).
 # 1: until 2026-11-27. 2: detection and the face mesh at the subject's face, mesh_shape_distance (was
-# expression_distance), mesh_detected_rate over both images. 3: expression_error (the geometry prior's expression
-# coordinates of the two meshes).
-DEFINITIONS_VERSION = 3
+# expression_distance), mesh_detected_rate over both images.
+DEFINITIONS_VERSION = 2
 
 
 class MetricUnavailable(RuntimeError):
@@ -245,15 +244,6 @@ _add(
     "",
     "L2 distance between the pose-normalised non-rigid face-mesh shapes of anonymized and original face (face "
     "shape and expression together, in units of the canonical mesh, inter-ocular ~ 1)",
-)
-_add(
-    "expression_error",
-    False,
-    "mean",
-    "",
-    "RMS over the 468 mesh points of the difference between the expression displacements of anonymized and original "
-    "face (the geometry prior's morphable model fitted to each face mesh, its identity part and the pose removed; "
-    "units of the model face's RMS point radius, outer eye corners 1.75 apart)",
 )
 _add(
     "landmark_nme",

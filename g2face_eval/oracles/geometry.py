@@ -17,12 +17,6 @@ expression descriptor.
   units of the canonical shape (inter-ocular ~ 1). It holds the face's own shape as well as its expression (an 8 %
   wider face with the same expression moves it about half as much as the differences between photos of one
   person), so it is not an expression-only measure.
-* Expression (``expression_coordinates``, the harness's ``expression_error``): the expression part of a fit of the
-  shipped geometry prior's 468-point morphable model (``models.geometry``; identity and expression bases separated
-  on CelebA identities, see its model card) to the landmarks, pose and scale removed. The identity part of the face
-  shape is left out: it is the offline analogue of the 3DMM expression coefficients that face-swapping and
-  anonymization papers compare (Deep3DFaceRecon + BFM, user files here). As there, the measure shares its basis with
-  G2Face's own geometry condition and loss (the same morphable model, through its regressor, not the mesh).
 * ``CANONICAL`` was built with ``build_canonical`` from 64 CelebA-HQ faces and their mirror images
   (generalised Procrustes mean, centred, inter-ocular distance 1); its frontal pose is that mean's, and
   mirroring makes it yaw/roll-neutral.
@@ -304,43 +298,6 @@ def encode_canonical(shape: np.ndarray) -> str:
 
 
 _mesh_cache: dict[str, FaceMesh] = {}
-
-
-_morphable: list = []  # the shipped geometry prior's morphable model (float64), loaded on first use
-_morphable_lock = threading.Lock()
-
-
-def _morphable_model():
-    with _morphable_lock:
-        if not _morphable:
-            from ..models.geometry import GeometryPrior
-
-            _morphable.append(GeometryPrior.load().model.double())  # sha256-verified through the zoo
-        return _morphable[0]
-
-
-def expression_coordinates(landmarks) -> np.ndarray:
-    """(N, 468, 3) face-mesh landmarks (as ``FaceMesh.landmarks`` gives them: x, y, z in pixels) -> (N, 64) float64
-    expression coordinates: the expression coefficients of the shipped geometry prior's morphable model fitted to
-    each mesh (``models.geometry_fit.fit_coefficients``: similarity pose, then identity and expression bases),
-    times their standard deviations. The expression basis is orthonormal in the model frame (centred, unit RMS
-    radius), so the Euclidean distance between two rows is the distance between the two faces' fitted
-    expression displacements, in that frame; the identity part of the shape and the pose do not enter."""
-    import torch
-
-    from ..models.geometry import EXP, N_POINTS
-    from ..models.geometry_fit import fit_coefficients
-
-    lm = np.asarray(landmarks, np.float64)
-    if lm.ndim != 3 or lm.shape[1:] != (N_POINTS, 3):
-        raise ValueError(f"expected (N, {N_POINTS}, 3) landmarks, got {lm.shape}")
-    if not np.isfinite(lm).all():
-        raise ValueError("landmarks contain NaN or inf values")
-    mm = _morphable_model()
-    if not len(lm):
-        return np.zeros((0, mm.exp_std.numel()), np.float64)
-    c = fit_coefficients(mm, torch.from_numpy(lm), image_size=1)
-    return (c[:, EXP].double() * mm.exp_std).numpy()
 
 
 def get_face_mesh() -> FaceMesh:

@@ -54,7 +54,6 @@ UTILITY_AXES = (
     ("ssim", "SSIM to original (higher: more utility)", True),
     ("fd_effnet_lite0", "Fréchet distance, EfficientNet-lite0 (lower: more realistic)", False),
     ("pose_error_deg", "pose error, degrees (lower: pose kept)", False),
-    ("expression_error", "expression error (lower: expression kept)", False),
 )
 
 
@@ -124,7 +123,6 @@ BAR_METRICS = (
     "ssim",
     "fd_effnet_lite0",
     "pose_error_deg",
-    "expression_error",
     "detection_rate_yunet",
     "detection_rate_dlib_hog",
     "recovery_ok_rate",

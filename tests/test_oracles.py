@@ -437,3 +437,44 @@ def test_mesh_on_small_face_in_large_image(faces, mesh):
 def test_mesh_bad_inputs(mesh):
     assert mesh.analyze(np.full((200, 200, 3), 128, np.uint8)) is None
     assert mesh.analyze(np.zeros((10, 10, 3), np.uint8)) is None
+
+
+def test_mesh_shape_offsets_follow_the_open_mouth_of_real_faces(datasets_root, mesh):
+    """``mesh_shape_distance`` against an independent reference: the human face-parsing masks of held-out CelebA-HQ
+    faces (class 10, the inner mouth; its area says how far the mouth is open). Faces whose pose-normalised mesh
+    offsets are far apart differ in mouth opening, and the nearest face by those offsets agrees on "mouth open" far
+    above chance; the head pose of the same meshes carries none of it (the control). Measured on these 125 faces:
+    Spearman 0.48 and nearest-neighbour agreement 0.80 for the offsets, 0.04 and 0.54 for the pose."""
+    from scipy.stats import spearmanr
+
+    from g2face_eval.data.io import load_image, load_mask
+
+    root = datasets_root / "celebahq256"
+    ids = sorted(p.stem for p in (root / "images").glob("*.jpg"))[-500:][::4]  # the held-out split, spread
+    yunet = detectors.get_detector("yunet")
+    offsets, poses, mouth = [], [], []
+    for i in ids:
+        img = load_image(root / "images" / f"{i}.jpg")
+        found = yunet.detect(img)
+        r = mesh.analyze(img, subject=found[0]) if found else None
+        if r is not None:
+            offsets.append(r.shape_offsets)
+            poses.append((r.yaw, r.pitch, r.roll))
+            mouth.append(float((load_mask(root / "masks" / f"{i}.png") == 10).mean()))
+    assert len(offsets) >= 110
+    mouth = np.array(mouth)
+    iu = np.triu_indices(len(mouth), 1)
+    mouth_gap = np.abs(mouth[:, None] - mouth[None])[iu]
+    is_open = mouth > 0.002
+    assert 0.25 < is_open.mean() < 0.75
+
+    def scores(v):
+        v = np.asarray(v, np.float64)
+        d = np.linalg.norm(v[:, None] - v[None], axis=-1)
+        rho = spearmanr(d[iu], mouth_gap)[0]
+        np.fill_diagonal(d, np.inf)
+        return rho, (is_open[d.argmin(1)] == is_open).mean()
+
+    (rho_s, nn_s), (rho_p, nn_p) = scores(offsets), scores(poses)
+    assert rho_s > 0.3 and nn_s > 0.72, (rho_s, nn_s)
+    assert abs(rho_p) < 0.15 and nn_p < 0.65, (rho_p, nn_p)

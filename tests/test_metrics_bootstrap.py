@@ -46,3 +46,21 @@ def test_rate_and_edge_cases():
         ci([1.0, float("nan")], "mean")
     with pytest.raises(ValueError):
         ci([1.0, 2.0], "set")
+
+
+def test_rate_interval_is_wilson_against_scipy():
+    """Rates get the Wilson score interval (scipy's binomtest as the independent reference); at 0 or n successes it
+    keeps a width that shrinks with n, where a percentile bootstrap would give the zero-width [1, 1] or [0, 0]."""
+    from scipy.stats import binomtest
+
+    from g2face_eval.metrics.bootstrap import wilson
+
+    for k, n in [(999, 999), (0, 500), (1, 2), (37, 100), (1, 1), (0, 1), (499, 500)]:
+        ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson(k, n) == pytest.approx((ref.low, ref.high), abs=1e-12), (k, n)
+        assert ci([1.0] * k + [0.0] * (n - k), "rate") == pytest.approx((ref.low, ref.high), abs=1e-12), (k, n)
+    lo, hi = ci(np.ones(999), "rate")
+    assert 0.996 < lo < 1.0 and hi == 1.0
+    assert np.isnan(wilson(0, 0)).all()
+    with pytest.raises(ValueError):
+        wilson(3, 2)

@@ -162,6 +162,20 @@ def test_wide_table_shows_counts_authentication_and_mesh_coverage():
                                                                                         "0.100")
 
 
+def test_wide_table_flags_small_n_and_writes_no_negative_zero():
+    """A mean over fewer than 10 images says so (a pose error over 4 meshed faces must not read like one over 500);
+    counts and set metrics never get an n; a value that rounds to zero has no minus sign."""
+    rows = [("n_images", 500, np.nan, np.nan, 500, "count"), ("pose_error_deg", 8.154, 3.324, 15.756, 4, "mean"),
+            ("ssim", 0.42, 0.414, 0.426, 500, "mean"), ("fd_effnet_lite0", 275.6, np.nan, np.nan, 500, "set"),
+            ("wrongkey_similarity_sface", 0.0004, -0.0002, 0.014, 500, "mean")]
+    agg = pd.DataFrame([dict(method="g", dataset="d", metric=m, value=float(v), ci_lo=lo, ci_hi=hi, n=n,
+                             aggregation=a) for m, v, lo, hi, n, a in rows])
+    w = tables.wide(agg, "d").iloc[0]
+    assert w["Pose err."] == "8.154 [3.324, 15.756] (n=4)"
+    assert (w["n ok"], w["SSIM"], w["FD-EffNet"]) == ("500", "0.420 [0.414, 0.426]", "275.600")
+    assert w["Wrong-key sim."] == "0.000 [0.000, 0.014]"
+
+
 def test_report_from_synthetic_results_renders(tmp_path):
     run = synthetic_run(tmp_path / "results" / "run1")
     out = build.build_report(run, tmp_path / "out", quiet=True)
@@ -214,3 +228,15 @@ def test_report_cli_writes_where_an_evaluation_does(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "results")
     out = build.default_out(tmp_path / "results" / "run1").resolve()
     assert out == tmp_path / "results" / "reports" / "out" / "run1"
+
+
+def test_console_summary_prints_counts_as_integers():
+    """``summary.txt`` / the console summary: images processed and failed as integers beside the rates (1 failure
+    must not read "1.000" next to rates), rates and means to 3 decimals."""
+    from g2face_eval.harness import evaluate as E
+
+    agg = pd.DataFrame([dict(method="blur", dataset="d", metric=m, value=v, ci_lo=np.nan, ci_hi=np.nan)
+                        for m, v in (("n_images", 999.0), ("n_failed", 1.0), ("deid_success_rate_sface", 0.25))])
+    lines = E.format_summary(agg).splitlines()
+    assert lines[0].split()[1:] == ["n_images", "n_failed", "deid_success_rate_sface"]
+    assert lines[-1].split()[-3:] == ["999", "1", "0.250"]

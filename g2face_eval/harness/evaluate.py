@@ -1,5 +1,5 @@
 """``evaluate(config)``: every method x every dataset on the same faces, with per-image records, aggregate
-table (bootstrap 95% CIs), MLflow logging and resume.
+table (95% CIs: Wilson for rates, bootstrap otherwise), MLflow logging and resume.
 
 Pipeline per dataset: load -> prepare to ``image_size`` (aligned datasets: centre square crop + resize;
 unaligned: FFHQ crop from the YuNet landmarks) -> detect the face on the prepared original (its landmarks are
@@ -490,8 +490,9 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 
 def summarize(metric: str, values: np.ndarray, n_boot: int, seed: int) -> dict | None:
-    """One per-image metric's finite values -> its declared aggregate with a bootstrap 95% CI (a "rate" whose
-    values are not all 0/1 is averaged as a mean), or None when no value is finite."""
+    """One per-image metric's finite values -> its declared aggregate with a 95% CI (``metrics.bootstrap.ci``: Wilson
+    for rates, percentile bootstrap otherwise; a "rate" whose values are not all 0/1 is averaged as a mean, with a
+    warning), or None when no value is finite."""
     from g2face_eval.metrics import bootstrap
 
     v = values[np.isfinite(values)]
@@ -500,6 +501,7 @@ def summarize(metric: str, values: np.ndarray, n_boot: int, seed: int) -> dict |
     sp = _spec(metric)
     agg = sp.aggregation if sp.aggregation in ("mean", "rate", "median") else "mean"
     if agg == "rate" and not np.isin(v, (0.0, 1.0)).all():
+        log.warning("metric %s is declared a rate but has values other than 0/1: aggregated as a mean", metric)
         agg = "mean"
     lo, hi = bootstrap.ci(v, agg, n_boot, seed)
     return dict(metric=metric, value=bootstrap.aggregate(v, agg), ci_lo=lo, ci_hi=hi, n=int(v.size),
@@ -598,7 +600,7 @@ DEMOGRAPHIC_ATTRIBUTES = ("gender", "race", "age_band")
 
 def demographics(records: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """Every per-image metric per demographic group (gender, race, age band) where labelled, aggregated as
-    in the aggregate table (declared aggregation, bootstrap 95% CI). Set metrics (Fréchet distances) are not
+    in the aggregate table (declared aggregation, 95% CI). Set metrics (Fréchet distances) are not
     broken down."""
     cols = ["method", "dataset", "attribute", "group", "metric", "value", "ci_lo", "ci_hi", "n", "aggregation",
             "higher_is_better"]
@@ -620,6 +622,7 @@ def demographics(records: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
 
 
 SUMMARY_METRICS = (
+    "n_images",
     "n_failed",
     "deid_success_rate_sface",
     "deid_success_rate_dlib",
@@ -654,7 +657,8 @@ def format_summary(agg: pd.DataFrame) -> str:
     if w.empty:
         return "(no results)"
     with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_rows", 500):
-        return w.to_string(float_format=lambda x: f"{x:.3f}")
+        counts = {c: (lambda x: "–" if pd.isna(x) else f"{int(x)}") for c in ("n_images", "n_failed") if c in w}
+        return w.to_string(float_format=lambda x: f"{x:.3f}", formatters=counts)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1086,7 +1090,7 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
         tracker.set_tags(parent_id, {"g2face.wall_s": f"{time.perf_counter() - t_start:.1f}"})
 
     wall = time.perf_counter() - t_start
-    say("\nAggregate (headline metrics; full table with 95% bootstrap CIs in aggregate.csv):")
+    say("\nAggregate (headline metrics; full table with 95% CIs in aggregate.csv):")
     say(summary)
     if S.oracles.unavailable:
         say(

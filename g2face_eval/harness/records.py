@@ -8,7 +8,7 @@ Layout of ``<results_dir>/<run>/``::
     prepared/<dataset>/<chunk key>.{parquet,npz}     a chunk's prepared faces and reference data (prepare.py)
     records.parquet, records.csv     all per-image records (written at the end)
     .lock                            held (``flock``) by the evaluation working on the run (``RunLock``)
-    aggregate.parquet, aggregate.csv aggregate table with bootstrap 95% CIs
+    aggregate.parquet, aggregate.csv aggregate table with 95% CIs (Wilson for rates, bootstrap otherwise)
     set_metrics.json, latency.json, environment.json, samples/<method>__<dataset>.png
 
 The cache (``settings.cache_dir()``, shared between runs) keys anonymized images by (method hash: its configuration

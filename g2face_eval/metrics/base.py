@@ -3,7 +3,7 @@
 
 Aggregations
   * ``"mean"``   per-sample real values, reported as their mean (bootstrap CI over samples).
-  * ``"rate"``   per-sample 0/1 outcomes, reported as the share of ones (bootstrap CI over samples).
+  * ``"rate"``   per-sample 0/1 outcomes, reported as the share of ones (Wilson score interval).
   * ``"median"`` per-sample (or per-run) values, reported as their median (bootstrap CI over samples).
   * ``"set"``    one number computed from a whole set (FID, KID, peak memory): there are no per-sample values,
                  so ``bootstrap.ci`` does not apply (extension of the three aggregations in ARCHITECTURE.md).

@@ -1,13 +1,18 @@
-"""Percentile bootstrap confidence intervals for per-sample aggregations ("mean", "rate", "median").
+"""Confidence intervals for per-sample aggregations ("mean", "rate", "median").
 
-``ci(values, agg, n, seed)`` resamples the values with replacement ``n`` times (numpy Generator PCG64 seeded
-with ``seed``, so the result is deterministic for a seed), aggregates each resample and returns the 2.5th and
-97.5th percentiles (``level=0.95``). Vectorised: resample indices are drawn as an (chunk, N) matrix, chunked
-so that at most ~4M indices live at once. Non-finite values are refused (the harness decides what a failed
-sample counts as before calling this).
+``ci(values, agg, n, seed)``: for "mean" and "median" a percentile bootstrap. It resamples the values with
+replacement ``n`` times (numpy Generator PCG64 seeded with ``seed``, so the result is deterministic for a seed),
+aggregates each resample and returns the 2.5th and 97.5th percentiles (``level=0.95``). Vectorised: resample
+indices are drawn as an (chunk, N) matrix, chunked so that at most ~4M indices live at once. For "rate" (0/1
+values) the Wilson score interval: a percentile bootstrap of 999 successes in 999 trials is the zero-width
+[1, 1], which would claim a perfect rate without uncertainty; Wilson gives [0.9962, 1]. Non-finite values are
+refused (the harness decides what a failed sample counts as before calling this).
 """
 
 from __future__ import annotations
+
+import math
+from statistics import NormalDist
 
 import numpy as np
 
@@ -37,8 +42,9 @@ def _as_array(values) -> np.ndarray:
 def ci(
     values, agg: str = "mean", n: int | None = None, seed: int | None = None, level: float = 0.95
 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of ``aggregate(values, agg)``. Fewer than two values give (nan, nan): one value has
-    no spread to resample (its bootstrap interval would be the zero-width (v, v)). ``n`` defaults to
+    """CI of ``aggregate(values, agg)``: the Wilson score interval for "rate" (no value: (nan, nan)), else the
+    percentile bootstrap, where fewer than two values give (nan, nan): one value has no spread to resample (its
+    bootstrap interval would be the zero-width (v, v)). ``n`` (bootstrap resamples) defaults to
     settings.DEFAULTS["bootstrap_samples"], ``seed`` to DEFAULTS["seed"]."""
     if agg not in ("mean", "rate", "median"):
         raise ValueError(f"bootstrap: unsupported aggregation {agg!r} (mean, rate, median)")
@@ -49,6 +55,8 @@ def ci(
     seed = int(DEFAULTS["seed"] if seed is None else seed)
     if n < 1:
         raise ValueError("bootstrap: n must be >= 1")
+    if agg == "rate":
+        return wilson(int(v.sum()), int(v.size), level)
     if v.size < 2:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
@@ -62,4 +70,19 @@ def ci(
         stats[start : start + m] = sample.mean(axis=1) if agg != "median" else np.median(sample, axis=1)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.percentile(stats, [100 * alpha, 100 * (1 - alpha)])
+    return (float(lo), float(hi))
+
+
+def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (``trials`` = 0: (nan, nan))."""
+    if trials < 1:
+        return (float("nan"), float("nan"))
+    if not 0 <= successes <= trials:
+        raise ValueError(f"wilson: {successes} successes in {trials} trials")
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    p, z2n = successes / trials, z * z / trials
+    centre = (p + z2n / 2.0) / (1.0 + z2n)
+    half = z / (1.0 + z2n) * math.sqrt(p * (1.0 - p) / trials + z2n / (4.0 * trials))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == trials else min(1.0, centre + half)
     return (float(lo), float(hi))

@@ -67,7 +67,8 @@ LABELS = {
 
 
 NOTE = (
-    "Cells: value [95% bootstrap CI]; set metrics (FD, KID) and counts have no CI. Rates and means are over the "
+    "Cells: value [95% CI: Wilson score interval for rates, percentile bootstrap for means]; set metrics (FD, KID) "
+    "and counts have no CI; '(n=k)': a mean or rate over fewer than 10 images. Rates and means are over the "
     "images a method processed (n ok; failures in n failed). Pose error, mesh shape distance and NME average "
     "only the faces meshed on both the original and the output (Mesh found); detection counts a face only at "
     "the subject's place (IoU >= 0.3 with the original face's box); recovery PSNR/SSIM only the recoveries "
@@ -76,12 +77,24 @@ NOTE = (
 )
 
 
-def _fmt(v: float, lo: float, hi: float, digits: int = 3) -> str:
+SMALL_N = 10  # a per-image mean or rate over fewer values is shown with its n
+
+
+def _num(x: float, digits: int) -> str:
+    """``x`` to ``digits`` decimals; a value that rounds to zero is written without a minus sign."""
+    s = f"{x:.{digits}f}"
+    return s.lstrip("-") if float(s) == 0 else s
+
+
+def _fmt(v: float, lo: float, hi: float, digits: int = 3, n: int | None = None) -> str:
+    """'value [lo, hi]', '–' for no value; `` (n=k)`` appended when ``n`` (values averaged) is below SMALL_N."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    s = f"{v:.{digits}f}"
+    s = _num(v, digits)
     if lo is not None and not (isinstance(lo, float) and math.isnan(lo)):
-        s += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+        s += f" [{_num(lo, digits)}, {_num(hi, digits)}]"
+    if n is not None and n < SMALL_N:
+        s += f" (n={n})"
     return s
 
 
@@ -96,8 +109,15 @@ def wide(agg: pd.DataFrame, dataset: str, metrics: tuple[str, ...] = HEADLINE) -
         r = {"method": m}
         for k in present:
             x = a[(a["method"] == m) & (a["metric"] == k)]
+            if not len(x):
+                r[LABELS.get(k, k)] = "–"
+                continue
+            row = x.iloc[0]
+            n = row.get("n")  # values averaged; shown when small, for per-image means and rates only (not for
+            per_image = row.get("aggregation") in ("mean", "rate", "median")  # counts and set metrics: FD, KID)
             digits = 0 if k in ("n_images", "n_failed") else 3
-            r[LABELS.get(k, k)] = _fmt(*x[["value", "ci_lo", "ci_hi"]].iloc[0], digits) if len(x) else "–"
+            r[LABELS.get(k, k)] = _fmt(row["value"], row["ci_lo"], row["ci_hi"], digits,
+                                       int(n) if per_image and pd.notna(n) else None)
         if lat:
             r[LABELS["latency_ms_per_image"]] = f"{lat[m]:.1f}" if m in lat else "–"
         rows.append(r)

@@ -501,3 +501,22 @@ def test_celebahq256_defaults_to_its_held_out_test_split(datasets_root, caplog):
     src = DatasetSource("celebahq256", {"datasets_root": str(datasets_root), "limit": 20,
                                         "dataset_options": {"celebahq256": {"split": "all"}}})
     assert set(src.ids) & train_ids and "not held-out" in caplog.text
+
+
+def test_demographics_count_each_groups_failures():
+    """Failures that fall on one group show in its n_failed (they are left out of its rates, as in the aggregate
+    table), and the rates are over that group's processed images only."""
+    rows = []
+    for i in range(200):
+        g = "F" if i % 2 else "M"
+        failed = g == "F" and i < 120  # 60 of the 100 F images fail, no M image does
+        rows.append(dict(method="blur", dataset="utkface", id=f"{i:03d}", status="failed" if failed else "ok",
+                         reason="no face" if failed else None, gender=g,
+                         deid_success_rate_sface=np.nan if failed else float(i % 3 == 0)))
+    rec = pd.DataFrame(rows)
+    demo = E.demographics(rec, n_boot=50, seed=0).set_index(["group", "metric"])
+    assert demo.loc[("F", "n_failed"), "value"] == 60 and demo.loc[("M", "n_failed"), "value"] == 0
+    assert demo.loc[("F", "n_images"), "value"] == 40 and demo.loc[("M", "n_images"), "value"] == 100
+    f_ok = rec[(rec.gender == "F") & (rec.status == "ok")].deid_success_rate_sface
+    assert demo.loc[("F", "deid_success_rate_sface"), "value"] == pytest.approx(f_ok.mean())
+    assert demo.loc[("F", "deid_success_rate_sface"), "n"] == 40

@@ -600,22 +600,27 @@ DEMOGRAPHIC_ATTRIBUTES = ("gender", "race", "age_band")
 
 def demographics(records: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """Every per-image metric per demographic group (gender, race, age band) where labelled, aggregated as
-    in the aggregate table (declared aggregation, 95% CI). Set metrics (Fréchet distances) are not
-    broken down."""
+    in the aggregate table (declared aggregation, 95% CI), and each group's ``n_images`` (processed) and
+    ``n_failed`` (e.g. no face found), as in the aggregate table: failures that fall on one group are seen, not
+    silently left out of its rates. Set metrics (Fréchet distances) are not broken down."""
     cols = ["method", "dataset", "attribute", "group", "metric", "value", "ci_lo", "ci_hi", "n", "aggregation",
             "higher_is_better"]
     rows = []
-    ok = records[records["status"] == "ok"]
-    metrics = metric_columns(ok)
+    metrics = metric_columns(records[records["status"] == "ok"])
     for attr in DEMOGRAPHIC_ATTRIBUTES:
-        if attr not in ok.columns:
+        if attr not in records.columns:
             continue
-        sub = ok[ok[attr].notna()]
+        sub = records[records[attr].notna()]
         for (method, dataset, grp), g in sub.groupby(["method", "dataset", attr], sort=True):
+            ok = g[g["status"] == "ok"]
+            key = dict(method=method, dataset=dataset, attribute=attr, group=str(grp))
+            for name, count in (("n_images", len(ok)), ("n_failed", len(g) - len(ok))):
+                rows.append(dict(**key, metric=name, value=float(count), ci_lo=np.nan, ci_hi=np.nan, n=len(g),
+                                 aggregation="count", higher_is_better=None))
             for m in metrics:
-                row = summarize(m, g[m].to_numpy(np.float64), n_boot, seed)
+                row = summarize(m, ok[m].to_numpy(np.float64), n_boot, seed)
                 if row is not None:
-                    rows.append(dict(method=method, dataset=dataset, attribute=attr, group=str(grp), **row))
+                    rows.append(dict(**key, **row))
     df = pd.DataFrame(rows, columns=cols)
     df["higher_is_better"] = df["higher_is_better"].astype(object)
     return df

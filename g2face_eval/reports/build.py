@@ -96,9 +96,9 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
         dparts.append(html.figure(p, p.stem.replace("_", " ")))
         md.append(f"![{p.stem}](figures/{p.name})\n")
     if not demo.empty:
-        shown = demo[demo["metric"].isin(figures.demographic_metrics(demo))]
+        shown = demo[demo["metric"].isin([*figures.demographic_metrics(demo), "n_images", "n_failed"])]
         dparts.append('<p class="muted">every per-image metric per group: demographics.csv in the run folder; '
-                      "shown here: the metrics of the figures</p>")
+                      "shown here: the metrics of the figures and each group's images processed and failed</p>")
         dparts.append(html.table_html(shown[["method", "dataset", "attribute", "group", "metric", "value",
                                              "ci_lo", "ci_hi", "n"]].round(4)))
     if dparts:

@@ -508,39 +508,19 @@ def summarize(metric: str, values: np.ndarray, n_boot: int, seed: int) -> dict |
                 aggregation=agg, higher_is_better=sp.higher_is_better)
 
 
+def count_rows(n_ok: int, n_total: int) -> list[dict]:
+    """The ``n_images`` (processed) and ``n_failed`` rows of a group of ``n_total`` records, ``n_ok`` of them ok."""
+    return [dict(metric=name, value=float(count), ci_lo=np.nan, ci_hi=np.nan, n=n_total, aggregation="count",
+                 higher_is_better=None) for name, count in (("n_images", n_ok), ("n_failed", n_total - n_ok))]
+
+
 def aggregate(
     records: pd.DataFrame, set_metrics: list[dict], latency: dict, n_boot: int, seed: int
 ) -> pd.DataFrame:
     rows = []
     for (method, dataset), g in records.groupby(["method", "dataset"], sort=True):
         ok = g[g["status"] == "ok"]
-        n_failed = int((g["status"] != "ok").sum())
-        rows.append(
-            dict(
-                method=method,
-                dataset=dataset,
-                metric="n_images",
-                value=float(len(ok)),
-                ci_lo=np.nan,
-                ci_hi=np.nan,
-                n=len(g),
-                aggregation="count",
-                higher_is_better=None,
-            )
-        )
-        rows.append(
-            dict(
-                method=method,
-                dataset=dataset,
-                metric="n_failed",
-                value=float(n_failed),
-                ci_lo=np.nan,
-                ci_hi=np.nan,
-                n=len(g),
-                aggregation="count",
-                higher_is_better=None,
-            )
-        )
+        rows += [dict(method=method, dataset=dataset, **r) for r in count_rows(len(ok), len(g))]
         for c in metric_columns(ok):
             row = summarize(c, ok[c].to_numpy(dtype=np.float64), n_boot, seed)
             if row is not None:
@@ -614,9 +594,7 @@ def demographics(records: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
         for (method, dataset, grp), g in sub.groupby(["method", "dataset", attr], sort=True):
             ok = g[g["status"] == "ok"]
             key = dict(method=method, dataset=dataset, attribute=attr, group=str(grp))
-            for name, count in (("n_images", len(ok)), ("n_failed", len(g) - len(ok))):
-                rows.append(dict(**key, metric=name, value=float(count), ci_lo=np.nan, ci_hi=np.nan, n=len(g),
-                                 aggregation="count", higher_is_better=None))
+            rows += [dict(**key, **r) for r in count_rows(len(ok), len(g))]
             for m in metrics:
                 row = summarize(m, ok[m].to_numpy(np.float64), n_boot, seed)
                 if row is not None:

@@ -18,8 +18,12 @@ Official config (256 px, random weights, official payload), tensor API (``BenchP
 3. for the fastest of step 2: anonymize with CUDA graphs on top, recover (compiled, + graphs), both at batch
    ``--batch-big``; then anonymize at ``--batch-big`` with inductor ``freezing`` (+ graphs).
 ``--steps`` picks the groups (``matmul_rate``, the floor's denominator, only when asked); a ``--grid`` cell may
-name an inductor preset as a third field (``INDUCTOR_PRESETS``, e.g. ``stencil:cl:cdt``). A step name that
-recurs (``--batch`` equal to ``--batch-big``) is kept as ``<name>_again``.
+name presets as a third field, joined by ``+``: inductor settings (``INDUCTOR_PRESETS``, e.g. ``stencil:cl:cdt``)
+and pipeline switches (``PIPELINE_PRESETS``: ``ov`` runs the identity prior on a side stream beside the geometry
+prior), and its batch after ``@`` (``stencil:cl:cdt+ov@64``; default ``--batch``); ``--graph-each`` adds each grid
+cell's CUDA-graph cell right after it. The PSNR / hidden-bit checks run at every batch a cell uses, against the
+fp32 eager output at that batch. A step name that recurs (``--batch`` equal to ``--batch-big``) is kept as
+``<name>_again``.
 Writes OUT_DIR/compile_study.json after every step.
 """
 
@@ -39,6 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # inductor settings a grid cell may add (third field of --grid); applied while that cell compiles and runs
 INDUCTOR_PRESETS = {"cdt": {"coordinate_descent_tuning": True},
                     "cdt_aggr": {"coordinate_descent_tuning": True, "aggressive_fusion": True}}
+# G2FaceAnonymizer switches a grid cell may add (same field, joined by "+")
+PIPELINE_PRESETS = {"ov": {"overlap_priors": True}}
 
 
 def kernel_breakdown(prof, calls: int) -> dict:
@@ -87,8 +93,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; a compile step needs >= 75 s left")
     ap.add_argument("--grid", default="stencil:cl,stencil:nchw,matmul:nchw",
-                    help="FIR form:layout[:inductor preset] cells of step 2, in order (presets: "
-                         + ", ".join(INDUCTOR_PRESETS) + ")")
+                    help="FIR form:layout[:preset[+preset]][@batch] cells of step 2, in order (presets: "
+                         + ", ".join([*INDUCTOR_PRESETS, *PIPELINE_PRESETS]) + ")")
+    ap.add_argument("--graph-each", action="store_true", help="each grid cell's CUDA-graph cell right after it")
     ap.add_argument("--steps", default="priors,grid,best,big,freezing",
                     help="which step groups run: matmul_rate, priors, grid (2), best / big / freezing (3; without "
                          "grid they use the first --grid pair)")
@@ -138,8 +145,18 @@ def main() -> int:
         return x01, torch.arange(b, device=dev, dtype=torch.int64) * 7919 + 3
 
     x01, seeds = inputs(a.batch)
-    with torch.no_grad():
-        ref_y, ref_bits = (t.clone() for t in p.anonymize(x01, seeds))         # fp32 eager, default layout
+    batch_inputs = {a.batch: (x01, seeds)}
+    refs: dict = {}
+
+    def reference(b):
+        """fp32 eager anonymize output and hidden bits at batch b (default layout), made once per batch."""
+        if b not in refs:
+            batch_inputs.setdefault(b, inputs(b))
+            with torch.no_grad():
+                refs[b] = tuple(t.clone() for t in p.anonymize(*batch_inputs[b]))
+        return refs[b]
+
+    reference(a.batch)
 
     # ---- 1. priors
     def priors():
@@ -176,22 +193,37 @@ def main() -> int:
         step("priors", priors)
 
     # ---- 2. FIR form x layout, compiled anonymize
-    def configure(fir: str, cl: bool):
+    def configure(fir: str, cl: bool, switches: dict):
         sg.FIR_UNDER_COMPILE = fir
         p.amp_dtype, p.channels_last = torch.bfloat16, cl
+        p.fast.overlap_priors = bool(switches.get("overlap_priors", False))
         set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)
+
+    def split(preset: str) -> tuple[dict, dict]:
+        ind: dict = {}
+        pipe: dict = {}
+        for n in filter(None, preset.split("+")):
+            (ind if n in INDUCTOR_PRESETS else pipe).update(INDUCTOR_PRESETS.get(n) or PIPELINE_PRESETS[n])
+        return ind, pipe
 
     def compiled(op: str, b: int, fir: str, layout: str, graph: bool = False, profile: bool = True,
                  preset: str = ""):
+        ind, pipe = split(preset)
+
         def run():
             import torch._inductor.config as ic
 
-            with ic.patch(**INDUCTOR_PRESETS[preset]) if preset else contextlib.nullcontext():
-                return _run()
+            try:
+                with ic.patch(**ind) if ind else contextlib.nullcontext():
+                    return _run()
+            finally:
+                p.fast.overlap_priors = False
 
         def _run():
-            configure(fir, layout == "cl")
-            xx, ss = (x01, seeds) if b == a.batch else inputs(b)
+            configure(fir, layout == "cl", pipe)
+            if b not in batch_inputs:
+                batch_inputs[b] = inputs(b)
+            xx, ss = batch_inputs[b]
             if op == "recover":
                 with torch.no_grad():
                     xx = p.anonymize(xx, ss)[0].clone()
@@ -206,8 +238,9 @@ def main() -> int:
             r["images_per_s"] = round(b * 1000 / r["median_ms"], 1)
             if cuda:
                 r["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
-            if op == "anonymize" and b == a.batch:
+            if op == "anonymize":
                 y, bits = res
+                ref_y, ref_bits = reference(b)
                 r["psnr_db_vs_fp32_eager_min"] = round(float(bench.psnr_db(y.float(), ref_y).min()), 2)
                 r["hidden_bits_identical"] = bool(torch.equal(bits, ref_bits))
             if profile and cuda:
@@ -222,28 +255,39 @@ def main() -> int:
             return r
         return run
 
-    grid = [(*c.split(":"), "")[:3] for c in a.grid.split(",") if c]
+    grid = []
+    for c in filter(None, a.grid.split(",")):
+        c, _, bs = c.partition("@")
+        grid.append(((*c.split(":"), "")[:3], int(bs) if bs else a.batch))
+    for (_, _, preset), _ in grid:
+        split(preset)                                   # unknown preset names fail before any device work
     if "grid" in steps:
         cells = {}
-        for fir, layout, preset in grid:
-            name = f"anonymize_b{a.batch}_{fir}_{layout}" + (f"_{preset}" if preset else "")
-            step(name, compiled("anonymize", a.batch, fir, layout, preset=preset), need=75)
-            cells[name] = (fir, layout, preset)
-            torch._dynamo.reset()
+        last = None
+        for (fir, layout, preset), b in grid:
+            ind_key = (fir, layout, tuple(sorted(split(preset)[0].items())))
+            if last is not None and ind_key != last:    # new inductor settings / FIR form: compile afresh
+                torch._dynamo.reset()
+            last = ind_key
+            name = f"anonymize_b{b}_{fir}_{layout}" + (f"_{preset.replace('+', '_')}" if preset else "")
+            step(name, compiled("anonymize", b, fir, layout, preset=preset), need=75)
+            if a.graph_each and cuda:
+                step(name + "_graph", compiled("anonymize", b, fir, layout, graph=True, profile=False,
+                                               preset=preset), need=30)
+            if b == a.batch:
+                cells[name] = (fir, layout, preset)
+        torch._dynamo.reset()
         done = {k: doc["steps"][k]["median_ms"] for k in cells if "median_ms" in doc["steps"].get(k, {})}
-        if not done:
-            save()
-            return 1
-        best = min(done, key=done.get)
-        fir, layout, preset = cells[best]
+        best = min(done, key=done.get) if done else None
+        fir, layout, preset = cells[best] if best else grid[0][0]
     else:
-        fir, layout, preset = grid[0]
+        fir, layout, preset = grid[0][0]
         best = None
     doc["best"] = {"fir": fir, "layout": layout, "inductor_preset": preset, "step": best}
     save()
 
     # ---- 3. the best setting: + CUDA graphs, recover, the big batch, freezing
-    tag = f"{fir}_{layout}" + (f"_{preset}" if preset else "")
+    tag = f"{fir}_{layout}" + (f"_{preset.replace('+', '_')}" if preset else "")
     if "best" in steps:
         step(f"anonymize_b{a.batch}_{tag}_graph", compiled("anonymize", a.batch, fir, layout, graph=True,
                                                             profile=False, preset=preset), need=30)

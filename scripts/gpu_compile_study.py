@@ -18,12 +18,12 @@ Official config (256 px, random weights, official payload), tensor API (``BenchP
 3. for the fastest of step 2: anonymize with CUDA graphs on top, recover (compiled, + graphs), both at batch
    ``--batch-big``; then anonymize at ``--batch-big`` with inductor ``freezing`` (+ graphs).
 ``--steps`` picks the groups (``matmul_rate``, the floor's denominator, only when asked); a ``--grid`` cell may
-name presets as a third field, joined by ``+``: inductor settings (``INDUCTOR_PRESETS``, e.g. ``stencil:cl:cdt``)
-and pipeline switches (``PIPELINE_PRESETS``: ``ov`` runs the identity prior on a side stream beside the geometry
-prior), and its batch after ``@`` (``stencil:cl:cdt+ov@64``; default ``--batch``); ``--graph-each`` adds each grid
-cell's CUDA-graph cell right after it. The PSNR / hidden-bit checks run at every batch a cell uses, against the
-fp32 eager output at that batch. A step name that recurs (``--batch`` equal to ``--batch-big``) is kept as
-``<name>_again``.
+name inductor presets as a third field, joined by ``+`` (``INDUCTOR_PRESETS``, e.g. ``stencil:cl:cdt``), and its
+batch after ``@`` (``stencil:cl:cdt@64``; default ``--batch``); ``--graph-each`` adds each grid cell's CUDA-graph
+cell right after it. (Session 15's ``ov`` cells ran a pipeline preset, the identity prior on a side stream beside
+the geometry prior, with the switch of commit b44cf5c; not adopted, removed: docs/BENCH.md.)
+The PSNR / hidden-bit checks run at every batch a cell uses, against the fp32 eager output at that batch. A
+step name that recurs (``--batch`` equal to ``--batch-big``) is kept as ``<name>_again``.
 Writes OUT_DIR/compile_study.json after every step.
 """
 
@@ -43,8 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # inductor settings a grid cell may add (third field of --grid); applied while that cell compiles and runs
 INDUCTOR_PRESETS = {"cdt": {"coordinate_descent_tuning": True},
                     "cdt_aggr": {"coordinate_descent_tuning": True, "aggressive_fusion": True}}
-# G2FaceAnonymizer switches a grid cell may add (same field, joined by "+")
-PIPELINE_PRESETS = {"ov": {"overlap_priors": True}}
 
 
 def kernel_breakdown(prof, calls: int) -> dict:
@@ -94,7 +92,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; a compile step needs >= 75 s left")
     ap.add_argument("--grid", default="stencil:cl,stencil:nchw,matmul:nchw",
                     help="FIR form:layout[:preset[+preset]][@batch] cells of step 2, in order (presets: "
-                         + ", ".join([*INDUCTOR_PRESETS, *PIPELINE_PRESETS]) + ")")
+                         + ", ".join(INDUCTOR_PRESETS) + ")")
     ap.add_argument("--graph-each", action="store_true", help="each grid cell's CUDA-graph cell right after it")
     ap.add_argument("--steps", default="priors,grid,best,big,freezing",
                     help="which step groups run: matmul_rate, priors, grid (2), best / big / freezing (3; without "
@@ -193,34 +191,30 @@ def main() -> int:
         step("priors", priors)
 
     # ---- 2. FIR form x layout, compiled anonymize
-    def configure(fir: str, cl: bool, switches: dict):
+    def configure(fir: str, cl: bool):
         sg.FIR_UNDER_COMPILE = fir
         p.amp_dtype, p.channels_last = torch.bfloat16, cl
-        p.fast.overlap_priors = bool(switches.get("overlap_priors", False))
         set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)
 
-    def split(preset: str) -> tuple[dict, dict]:
-        ind: dict = {}
-        pipe: dict = {}
+    def inductor(preset: str) -> dict:
+        """inductor settings of a cell's ``+``-joined preset names (KeyError for an unknown name)"""
+        out: dict = {}
         for n in filter(None, preset.split("+")):
-            (ind if n in INDUCTOR_PRESETS else pipe).update(INDUCTOR_PRESETS.get(n) or PIPELINE_PRESETS[n])
-        return ind, pipe
+            out.update(INDUCTOR_PRESETS[n])
+        return out
 
     def compiled(op: str, b: int, fir: str, layout: str, graph: bool = False, profile: bool = True,
                  preset: str = ""):
-        ind, pipe = split(preset)
+        ind = inductor(preset)
 
         def run():
             import torch._inductor.config as ic
 
-            try:
-                with ic.patch(**ind) if ind else contextlib.nullcontext():
-                    return _run()
-            finally:
-                p.fast.overlap_priors = False
+            with ic.patch(**ind) if ind else contextlib.nullcontext():
+                return _run()
 
         def _run():
-            configure(fir, layout == "cl", pipe)
+            configure(fir, layout == "cl")
             if b not in batch_inputs:
                 batch_inputs[b] = inputs(b)
             xx, ss = batch_inputs[b]
@@ -260,12 +254,12 @@ def main() -> int:
         c, _, bs = c.partition("@")
         grid.append(((*c.split(":"), "")[:3], int(bs) if bs else a.batch))
     for (_, _, preset), _ in grid:
-        split(preset)                                   # unknown preset names fail before any device work
+        inductor(preset)                                # unknown preset names fail before any device work
     if "grid" in steps:
         cells = {}
         last = None
         for (fir, layout, preset), b in grid:
-            ind_key = (fir, layout, tuple(sorted(split(preset)[0].items())))
+            ind_key = (fir, layout, tuple(sorted(inductor(preset).items())))
             if last is not None and ind_key != last:    # new inductor settings / FIR form: compile afresh
                 torch._dynamo.reset()
             last = ind_key

@@ -103,7 +103,7 @@ def test_fast_path_has_no_host_sync(config):
 
 @pytest.mark.parametrize("amp,cl", [(None, False), (torch.bfloat16, True)])
 def test_compiled_paths_trace_as_one_graph(tiny_pipe, amp, cl):
-    """torch.compile sees each device path as one graph, apart from the intended breaks around the identity prior,
+    """torch.compile sees each device path as one graph, apart from the one intended break: the identity prior,
     which stays eager so the hidden bits are exact. Any other break (e.g. the FIR layers' host-built matrices,
     which broke the graph at every Blur / Upsample and made dynamo recompile StyledConv per resolution until its
     recompile limit left the rest eager) would split it. Traced by dynamo with the eager backend (no inductor
@@ -121,12 +121,10 @@ def test_compiled_paths_trace_as_one_graph(tiny_pipe, amp, cl):
             y = p.anonymize(x, s)[0]
             ex = torch._dynamo.explain(p.anonymize)(x, s)
             reasons = [str(b.reason) for b in ex.break_reasons]
-            # the eager identity prior is started (_identity_fork, on a side stream with overlap_priors) before the
-            # geometry prior and joined after it: two breaks, three graphs
+            # the call is nested (anonymize_tensors -> _seg_priors -> _identity), so dynamo reports that one break
+            # once per enclosing frame
             assert ex.graph_break_count == 2 and ex.graph_count == 3, reasons
-            assert all("torch.compiler.disable" in r for r in reasons), reasons
-            assert ["G2FaceAnonymizer._identity_fork" in r for r in reasons] == [True, False], reasons
-            assert ["G2FaceAnonymizer._identity_join" in r for r in reasons] == [False, True], reasons
+            assert all("G2FaceAnonymizer._identity" in r and "torch.compiler.disable" in r for r in reasons), reasons
             ex = torch._dynamo.explain(p.recover)(y, s)
             assert (ex.graph_count, ex.graph_break_count) == (1, 0), [str(b.reason)[:300] for b in ex.break_reasons]
             f = p.fast

@@ -145,8 +145,7 @@ class G2FaceAnonymizer(Anonymizer):
                  payload: str | OfficialPayload | KeyedPayload = "keyed", noise: str = "keyed",
                  device: str | torch.device | None = None, amp_dtype: torch.dtype | None = None,
                  amp_priors: bool = False, name: str | None = None, fast: bool = True,
-                 channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False,
-                 overlap_priors: bool = False):
+                 channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False):
         if model is None:
             model = G2Face(cfg or G2FaceConfig(), with_discriminator=False)
         self.model = model.eval()
@@ -176,8 +175,6 @@ class G2FaceAnonymizer(Anonymizer):
         self.compile = bool(compile and fast)
         self._want_graphs = bool(cuda_graphs and fast)
         self.cuda_graphs = bool(self._want_graphs and self.device.type == "cuda")
-        self.overlap_priors = bool(overlap_priors and fast)   # identity prior on a side stream (CUDA only)
-        self._streams: dict = {}
         self.model.set_inference_cache(fast)
         if fast:
             self.keyed_noise = KeyedNoise(self.model.noise_shapes()).to(self.device)
@@ -219,10 +216,9 @@ class G2FaceAnonymizer(Anonymizer):
         return self
 
     def configure(self, *, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                  compile: bool = False, cuda_graphs: bool = False, overlap_priors: bool = False
-                  ) -> G2FaceAnonymizer:
-        """Switch the fast path's precision / layout / compile / CUDA-graph / prior-overlap settings (drops
-        compiled functions and captured graphs). CUDA graphs and the prior overlap are ignored off CUDA."""
+                  compile: bool = False, cuda_graphs: bool = False) -> G2FaceAnonymizer:
+        """Switch the fast path's precision / layout / compile / CUDA-graph settings (drops compiled functions
+        and captured graphs). CUDA graphs are ignored off CUDA."""
         if not self.fast:
             raise ValueError("configure() applies to the fast path (fast=True)")
         self.amp_dtype = amp_dtype
@@ -232,7 +228,6 @@ class G2FaceAnonymizer(Anonymizer):
             set_memory_format(self.model.hiding_extractor, fmt)
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
-        self.overlap_priors = bool(overlap_priors)
         self._compiled = {}
         self._want_graphs = bool(cuda_graphs)
         self.cuda_graphs = bool(cuda_graphs and self.device.type == "cuda")
@@ -245,8 +240,7 @@ class G2FaceAnonymizer(Anonymizer):
                 "noise": self.noise, "size": self.cfg.size,
                 "id_dim": self.cfg.id_dim, "identity": getattr(self.identity, "name", type(self.identity).__name__),
                 "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None, "fast": self.fast,
-                "channels_last": self.channels_last, "compile": self.compile, "cuda_graphs": self.cuda_graphs,
-                "overlap_priors": self.overlap_priors}
+                "channels_last": self.channels_last, "compile": self.compile, "cuda_graphs": self.cuda_graphs}
 
     def _amp(self, prior: bool = False):
         if self.amp_dtype is None or (prior and not self.amp_priors):
@@ -310,45 +304,19 @@ class G2FaceAnonymizer(Anonymizer):
             return self._graphs.run(name, fn, args)
         return fn(*args)
 
+    @torch.compiler.disable
     def _identity(self, x: torch.Tensor) -> torch.Tensor:
+        """The identity embedding, eager even inside a compiled segment (one intended graph break): inductor's
+        fused kernels move the fp32 embedding by an ulp, which changes the official payload's hidden mantissa
+        bits (seen on the H200); CUDA graphs still capture it."""
         with self._amp_fast(prior=True):
             return self.identity(x).float()
 
-    def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
-        s = self._streams.get(device)
-        if s is None:
-            s = self._streams[device] = torch.cuda.Stream(device)
-        return s
-
-    @torch.compiler.disable
-    def _identity_fork(self, x: torch.Tensor) -> torch.Tensor:
-        """The identity embedding, eager even inside a compiled segment (an intended graph break): inductor's
-        fused kernels move the fp32 embedding by an ulp, which changes the official payload's hidden mantissa
-        bits (seen on the H200); CUDA graphs still capture it. With ``overlap_priors`` on CUDA it is launched on
-        a side stream, to run beside the geometry prior; ``_identity_join`` makes the current stream wait for it.
-        Memory: its output is allocated on the side stream and read on the current one after the join; the
-        block can only be reused by a later side-stream allocation, and every one of those follows the next
-        fork's ``side.wait_stream(current)``, which orders it after every read queued before."""
-        if not (self.overlap_priors and x.is_cuda):
-            return self._identity(x)
-        side = self._side_stream(x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            return self._identity(x)
-
-    @torch.compiler.disable
-    def _identity_join(self, ident: torch.Tensor) -> torch.Tensor:
-        if self.overlap_priors and ident.is_cuda:
-            torch.cuda.current_stream(ident.device).wait_stream(self._side_stream(ident.device))
-        return ident
-
     def _seg_priors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [-1,1] -> (coeffs (B,147) fp32, identity (B,id_dim) fp32); default layout, fp32 unless amp_priors.
-        The identity prior is launched first so that, with ``overlap_priors``, it runs beside the geometry."""
-        ident = self._identity_fork(x)
+        """x [-1,1] -> (coeffs (B,147) fp32, identity (B,id_dim) fp32); default layout, fp32 unless amp_priors."""
         with self._amp_fast(prior=True):
             coeffs = self._geometry(x)
-        return coeffs, self._identity_join(ident)
+        return coeffs, self._identity(x)
 
     def _seg_anon(self, x: torch.Tensor, coeffs: torch.Tensor, bits: torch.Tensor, seeds: torch.Tensor
                   ) -> torch.Tensor:

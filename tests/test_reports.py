@@ -176,6 +176,19 @@ def test_wide_table_flags_small_n_and_writes_no_negative_zero():
     assert w["Wrong-key sim."] == "0.000 [0.000, 0.014]"
 
 
+def test_wide_table_keeps_significant_figures_of_small_set_metrics():
+    """A set metric near zero (KID of a mild blur) keeps 3 significant figures instead of reading 0.003 or
+    0.000; large ones (FD) and per-image means keep 3 decimals."""
+    rows = [("kid_effnet_lite0", 0.0032147, "set"), ("kid", -0.00041234, "set"), ("fid", 12.34567, "set"),
+            ("fd_effnet_lite0", 0.0, "set"), ("ssim", 0.0032147, "mean")]
+    agg = pd.DataFrame([dict(method="g", dataset="d", metric=m, value=v, ci_lo=np.nan, ci_hi=np.nan, n=500,
+                             aggregation=a) for m, v, a in rows])
+    w = tables.wide(agg, "d").iloc[0]
+    assert (w["KID-EffNet"], w["KID"], w["FID"], w["FD-EffNet"]) == ("0.00321", "-0.000412", "12.346", "0.000")
+    assert w["SSIM"] == "0.003"
+    assert tables._set_digits(1e-12) == 8
+
+
 def test_report_from_synthetic_results_renders(tmp_path):
     run = synthetic_run(tmp_path / "results" / "run1")
     out = build.build_report(run, tmp_path / "out", quiet=True)

@@ -68,7 +68,8 @@ LABELS = {
 
 NOTE = (
     "Cells: value [95% CI: Wilson score interval for rates, percentile bootstrap for means]; set metrics (FD, KID) "
-    "and counts have no CI; '(n=k)': a mean or rate over fewer than 10 images. Rates and means are over the "
+    "and counts have no CI (a set metric below 1 keeps 3 significant figures); '(n=k)': a mean or rate over "
+    "fewer than 10 images. Rates and means are over the "
     "images a method processed (n ok; failures in n failed). Pose error, mesh shape distance and NME average "
     "only the faces meshed on both the original and the output (Mesh found); detection counts a face only at "
     "the subject's place (IoU >= 0.3 with the original face's box); recovery PSNR/SSIM only the recoveries "
@@ -84,6 +85,14 @@ def _num(x: float, digits: int) -> str:
     """``x`` to ``digits`` decimals; a value that rounds to zero is written without a minus sign."""
     s = f"{x:.{digits}f}"
     return s.lstrip("-") if float(s) == 0 else s
+
+
+def _set_digits(x: float, digits: int = 3, sig: int = 3) -> int:
+    """Decimals for a set metric (FD, KID): at least ``digits``, more for a small value so that it keeps ``sig``
+    significant figures (a KID of 0.00321 would read 0.003 to 3 decimals), at most 8."""
+    if not math.isfinite(x) or x == 0:
+        return digits
+    return min(8, max(digits, sig - 1 - math.floor(math.log10(abs(x)))))
 
 
 def _fmt(v: float, lo: float, hi: float, digits: int = 3, n: int | None = None) -> str:
@@ -116,6 +125,8 @@ def wide(agg: pd.DataFrame, dataset: str, metrics: tuple[str, ...] = HEADLINE) -
             n = row.get("n")  # values averaged; shown when small, for per-image means and rates only (not for
             per_image = row.get("aggregation") in ("mean", "rate", "median")  # counts and set metrics: FD, KID)
             digits = 0 if k in ("n_images", "n_failed") else 3
+            if row.get("aggregation") == "set" and pd.notna(row["value"]):
+                digits = _set_digits(float(row["value"]), digits)
             r[LABELS.get(k, k)] = _fmt(row["value"], row["ci_lo"], row["ci_hi"], digits,
                                        int(n) if per_image and pd.notna(n) else None)
         if lat:

@@ -11,7 +11,7 @@ Official config (256 px, random weights, official payload), tensor API (``BenchP
 
 1. ``priors``: eager identity (iresnet50 at 112) and geometry (ResNet-50 at 256) alone, fp32 as the fast path
    runs them, and the geometry network in channels_last fp32 and in bf16 (with its coefficient error);
-2. ``anon_b{B}_{fir}_{layout}``: compiled anonymize at batch B for FIR form (``stylegan2.FIR_UNDER_COMPILE``:
+2. ``anonymize_b{B}_{fir}_{layout}``: compiled anonymize at batch B for FIR form (``stylegan2.FIR_UNDER_COMPILE``:
    stencil / matmul) x layout (nchw / cl): first-call (compile) seconds, median ms, PSNR vs the fp32 eager
    output, hidden bits identical, and a kernel-time breakdown of one profiled call (convolutions, layout
    transposes, triton pointwise / reductions, GEMMs; top kernels);
@@ -22,8 +22,9 @@ name inductor presets as a third field, joined by ``+`` (``INDUCTOR_PRESETS``, e
 batch after ``@`` (``stencil:cl:cdt@64``; default ``--batch``); ``--graph-each`` adds each grid cell's CUDA-graph
 cell right after it. (Session 15's ``ov`` cells ran a pipeline preset, the identity prior on a side stream beside
 the geometry prior, with the switch of commit b44cf5c; not adopted, removed: docs/BENCH.md.)
-The PSNR / hidden-bit checks run at every batch a cell uses, against the fp32 eager output at that batch. A
-step name that recurs (``--batch`` equal to ``--batch-big``) is kept as ``<name>_again``.
+The PSNR / hidden-bit checks run at every batch a cell uses, against the fp32 eager output at that batch (made before
+any cell). Cells of one inductor setting share dynamo's cache across batches: more than 8 batches in one grid would
+reach its recompile limit. A step name that recurs (``--batch`` equal to ``--batch-big``) is kept as ``<name>_again``.
 Writes OUT_DIR/compile_study.json after every step.
 """
 
@@ -98,6 +99,14 @@ def main() -> int:
                     help="which step groups run: matmul_rate, priors, grid (2), best / big / freezing (3; without "
                          "grid they use the first --grid pair)")
     a = ap.parse_args()
+    grid = []                                        # parsed and checked before any device work
+    for c in filter(None, a.grid.split(",")):
+        c, _, bs = c.partition("@")
+        fir, layout, preset = (*c.split(":"), "")[:3]
+        bad = [n for n in preset.split("+") if n and n not in INDUCTOR_PRESETS]
+        if fir not in ("stencil", "matmul") or layout not in ("cl", "nchw") or bad or (bs and not bs.isdigit()):
+            ap.error(f"bad --grid cell {c + ('@' + bs if bs else '')!r}")
+        grid.append(((fir, layout, preset), int(bs) if bs else a.batch))
     t_start = time.perf_counter()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,6 +140,7 @@ def main() -> int:
             bench.record_step(doc["steps"], name, fn)
         print(f"[{time.perf_counter() - t_start:6.1f}s] {name}: {json.dumps(doc['steps'][name])[:700]}", flush=True)
         save()
+        return name
 
     def ms(fn) -> float:
         return round(bench.time_fn(fn, dev, a.warmup, a.repeats)["median_ms"], 3)
@@ -147,14 +157,24 @@ def main() -> int:
     refs: dict = {}
 
     def reference(b):
-        """fp32 eager anonymize output and hidden bits at batch b (default layout), made once per batch."""
+        """fp32 eager anonymize output and hidden bits at batch b (default layout), made once per batch; the
+        cells' bf16 / channels_last settings are switched off while it runs (session 15's b=64 reference was
+        made under them, i.e. bf16 channels_last eager)."""
         if b not in refs:
             batch_inputs.setdefault(b, inputs(b))
-            with torch.no_grad():
-                refs[b] = tuple(t.clone() for t in p.anonymize(*batch_inputs[b]))
+            amp, cl = p.amp_dtype, p.channels_last
+            p.amp_dtype, p.channels_last = None, False
+            set_memory_format(p.model, torch.contiguous_format)
+            try:
+                with torch.no_grad():
+                    refs[b] = tuple(t.clone() for t in p.anonymize(*batch_inputs[b]))
+            finally:
+                p.amp_dtype, p.channels_last = amp, cl
+                set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)
         return refs[b]
 
-    reference(a.batch)
+    for b in sorted({a.batch, *(b for _, b in grid)}):
+        reference(b)
 
     # ---- 1. priors
     def priors():
@@ -249,12 +269,6 @@ def main() -> int:
             return r
         return run
 
-    grid = []
-    for c in filter(None, a.grid.split(",")):
-        c, _, bs = c.partition("@")
-        grid.append(((*c.split(":"), "")[:3], int(bs) if bs else a.batch))
-    for (_, _, preset), _ in grid:
-        inductor(preset)                                # unknown preset names fail before any device work
     if "grid" in steps:
         cells = {}
         last = None
@@ -264,13 +278,16 @@ def main() -> int:
                 torch._dynamo.reset()
             last = ind_key
             name = f"anonymize_b{b}_{fir}_{layout}" + (f"_{preset.replace('+', '_')}" if preset else "")
-            step(name, compiled("anonymize", b, fir, layout, preset=preset), need=75)
-            if a.graph_each and cuda:
+            stored = step(name, compiled("anonymize", b, fir, layout, preset=preset), need=75)
+            if a.graph_each and cuda and "median_ms" in doc["steps"][stored]:  # reuses the cell's compile
                 step(name + "_graph", compiled("anonymize", b, fir, layout, graph=True, profile=False,
                                                preset=preset), need=30)
             if b == a.batch:
                 cells[name] = (fir, layout, preset)
         torch._dynamo.reset()
+        if not any("median_ms" in v for k, v in doc["steps"].items() if k.startswith("anonymize_")):
+            save()
+            return 1                                    # no grid cell ran: nothing for step 3 to build on
         done = {k: doc["steps"][k]["median_ms"] for k in cells if "median_ms" in doc["steps"].get(k, {})}
         best = min(done, key=done.get) if done else None
         fir, layout, preset = cells[best] if best else grid[0][0]

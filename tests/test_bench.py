@@ -577,3 +577,19 @@ def test_metric_suite_without_faces_or_oracles_still_times_psnr_ssim(monkeypatch
     assert [k["name"] for k in kernels] == ["psnr", "ssim"]
     assert "yunet" in info["unavailable"]["faces"] and "yunet" in info["unavailable"]["oracles"]
     assert all(len(k["call"](3)()) == 3 for k in kernels)     # a batch of 3 from the 2 faces, cycled
+
+
+@pytest.mark.parametrize("cell", ["stencil:cl:ov", "stencil:cl@x", "fir:cl", "stencil:nhwc"])
+def test_compile_study_refuses_a_bad_grid_cell_before_device_work(cell, tmp_path):
+    """scripts/gpu_compile_study.py runs in one short device call: a mistyped grid cell (an unknown preset such as
+    the removed ``ov``, a bad batch, FIR form or layout) must stop it at argument parsing, before the pipeline and
+    its references are built, not after minutes of device time."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_compile_study.py"
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "out"), "--device", "cpu", "--config", "tiny",
+                        "--grid", f"stencil:cl,{cell}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"bad --grid cell {cell!r}" in r.stderr, (r.returncode, r.stderr[-500:])
+    assert not (tmp_path / "out").exists()

@@ -71,6 +71,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -790,8 +791,10 @@ class Bench:
                          "cudnn_benchmark": torch.backends.cudnn.benchmark,
                          "max_gflop_per_call": args.max_gflop_per_call, "time_budget_s": args.time_budget},
             "configs": {}, "flops": {}, "matmul_rate": None, "fidelity": {}, "sync_check": {},
-            "metric_suite": {}, "results": [], "reference": load_reference(), "notes": [],
+            "metric_suite": {}, "results": [], "notes": [],
         }
+        # the official numbers on the same kind of card (none on CPU or another card)
+        self.doc["reference"] = load_reference(self.doc["device"].get("name"))
         self._pipes: dict[str, BenchPipeline] = {}
         self._build_errors: dict[str, str] = {}      # config -> why its pipeline cannot be built
         self._build_error_rows: set[str] = set()     # configs whose build error rows are written
@@ -1325,20 +1328,56 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
-def load_reference() -> dict | None:
-    p = REFERENCE_DIR / "official_g2face_latency.json"
-    if not p.is_file():
+REFERENCE_FILES = ("official_g2face_latency.json", "official_g2face_latency_h100.json")
+
+
+def _card(name: str | None) -> str | None:
+    """The card's model token ('NVIDIA H100 80GB HBM3' -> 'H100'), to match a bench device with a reference."""
+    m = re.search(r"\b([A-Z]{1,2}\d{2,4})\b", name or "")
+    return m.group(1) if m else None
+
+
+def load_reference(device_name: str | None = None) -> dict | None:
+    """The official code's headline numbers (fp32, official CUDA ops; the first timed run of each batch, as the
+    reference tables give them) measured on the same kind of card as ``device_name`` (e.g. 'NVIDIA H200'), read
+    from ``REFERENCE_DIR``; None for a card or CPU with no reference (numbers are compared only on the same kind
+    of card) or when the files are absent (a clone without ../shared, the device machine)."""
+    want = _card(device_name)
+    if want is None:
         return None
-    try:
-        ref = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    # headline numbers only (H200, fp32, official CUDA ops), from the committed table
-    return {"source": str(p), "device": "NVIDIA H200", "anonymize_ms": {"1": 24.40, "8": 39.46, "32": 117.22},
-            "recover_ms": {"1": 21.24, "8": 42.38, "32": 132.85},
-            "anonymize_gflop_per_image": 289.79, "recover_gflop_per_image": 298.19,
-            "anonymize_gflop_per_image_native_ops": 290.29,
-            "generator_breakdown_gflop": ref.get("generator_flops_breakdown_b1_GFLOP")}
+    for fname in REFERENCE_FILES:
+        p = REFERENCE_DIR / fname
+        try:
+            ref = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        gpu = (ref.get("meta") or {}).get("gpu_name")
+        if _card(gpu) != want:
+            continue
+        ms: dict[str, dict[str, float]] = {"anonymize": {}, "recover": {}}
+        for t in ref.get("timings", []):
+            op = {"anonymize_pipeline": "anonymize", "recover_pipeline": "recover"}.get(t.get("name"))
+            if op and t.get("variant") == "fp32" and t.get("ops") == "official-cuda-ext" and "median_ms" in t:
+                ms[op].setdefault(str(t["batch"]), round(float(t["median_ms"]), 2))
+        fl = {k: round(v["GFLOP"], 2) for k, v in (ref.get("flops") or {}).items()
+              if isinstance(v, dict) and v.get("GFLOP") is not None}
+        return {"source": str(p), "device": gpu, "anonymize_ms": ms["anonymize"], "recover_ms": ms["recover"],
+                "anonymize_gflop_per_image": fl.get("anonymize_b1"), "recover_gflop_per_image": fl.get("recover_b1"),
+                "anonymize_gflop_per_image_native_ops": fl.get("anonymize_b1__native_ops"),
+                "generator_breakdown_gflop": ref.get("generator_flops_breakdown_b1_GFLOP")}
+    return None
+
+
+def series_label(r: dict, bench_device_type: str) -> str:
+    """A bench row's line in the latency figure: config / op / variant for G2Face (``(g2face_reference)`` for
+    the fp32 reference path), the name otherwise; ``[on cpu]`` when the row ran on another device than the
+    bench's (the metric suite's host oracles in a GPU bench), so that no CPU timing reads as the GPU's."""
+    label = f"{r['config']} {r['op']} {r['variant']}" if r["suite"] == "g2face" else r["name"]
+    if r["suite"] == "g2face" and r["name"] != "g2face":
+        label += f" ({r['name']})"
+    if r.get("runs_on") and torch.device(r["runs_on"]).type != bench_device_type:
+        label += f" [on {torch.device(r['runs_on']).type}]"
+    return label
 
 
 def plot(doc: dict, path: Path) -> Path | None:
@@ -1359,10 +1398,7 @@ def plot(doc: dict, path: Path) -> Path | None:
         for r in rows:
             if r["suite"] != suite:
                 continue
-            label = (f"{r['config']} {r['op']} {r['variant']}" if suite == "g2face" else r["name"])
-            if suite == "g2face" and r["name"] != "g2face":
-                label += f" ({r['name']})"                 # g2face_reference: the fp32 reference path
-            series.setdefault(label, []).append((r["batch"], r["ms_per_image"]))
+            series.setdefault(series_label(r, doc["device"]["type"]), []).append((r["batch"], r["ms_per_image"]))
         for label, pts in sorted(series.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, label=label)
@@ -1371,12 +1407,15 @@ def plot(doc: dict, path: Path) -> Path | None:
             for op, mk in (("anonymize", "k*"), ("recover", "kx")):
                 d = ref[f"{op}_ms"]
                 bs = sorted(int(k) for k in d)
-                ax.plot(bs, [d[str(b)] / b for b in bs], mk + "--", lw=1, label=f"official {op} (H200 ref)")
+                ax.plot(bs, [d[str(b)] / b for b in bs], mk + "--", lw=1,
+                        label=f"official {op} ({ref.get('device', 'reference')}, fp32)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
         ax.set_ylabel("ms per image (median)")
-        ax.set_title(f"{suite} on {doc['device'].get('name')} ({doc['device']['type']})")
+        marked = " (other devices marked)" if any(
+            "[on " in lbl for lbl in series) else ""
+        ax.set_title(f"{suite} on {doc['device'].get('name')} ({doc['device']['type']}){marked}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=1 if len(series) < 14 else 2)
     fig.tight_layout()
@@ -1548,7 +1587,7 @@ def cli(argv: list[str] | None = None) -> int:
     if a.ingest:  # a bench.json from elsewhere (any file name): copied into its own run folder, then logged
         src = Path(a.ingest)
         doc = json.loads(src.read_text())
-        if not doc.get("reference") and (ref := load_reference()):
+        if not doc.get("reference") and (ref := load_reference(doc.get("device", {}).get("name"))):
             doc["reference"] = ref   # the device machine has no ../shared: the official numbers are added here
             doc.setdefault("notes", []).append("reference added at ingest from the local reference file")
         out_dir = Path(a.out) if a.out else results_dir / "bench" / f"ingested-{stamp}"

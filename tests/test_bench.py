@@ -259,8 +259,8 @@ def test_cli_ingest_of_a_gpu_json(tmp_path):
     assert bench.cli(["--ingest", str(src), "--out", str(out), "--results-dir", str(tmp_path)]) == 0
     got, orig = json.loads((out / "bench.json").read_text()), json.loads(src.read_text())
     assert got["results"] == orig["results"] and got["device"] == orig["device"]
-    if bench.load_reference():                   # the official H200 numbers, missing on the device machine
-        assert orig.get("reference") is None and got["reference"]["anonymize_ms"]
+    if bench.load_reference("NVIDIA H200"):      # the official H200 numbers, missing on the device machine
+        assert orig.get("reference") is None and got["reference"]["anonymize_ms"]["32"] == 117.22
     assert (out / "bench_latency.png").stat().st_size > 1000
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         keys = {k for (k,) in db.execute("select key from metrics")}
@@ -593,3 +593,30 @@ def test_compile_study_refuses_a_bad_grid_cell_before_device_work(cell, tmp_path
                         "--grid", f"stencil:cl,{cell}"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f"bad --grid cell {cell!r}" in r.stderr, (r.returncode, r.stderr[-500:])
     assert not (tmp_path / "out").exists()
+
+
+def test_reference_is_the_same_kind_of_card():
+    """The official numbers come from the reference file of the bench's card (H200 or H100 here), read from its
+    timings (the first fp32 run of each batch, as the reference tables give them); a CPU or another card gets
+    none, so that no figure or ratio compares across cards."""
+    h200 = bench.load_reference("NVIDIA H200")
+    if h200 is None:
+        pytest.skip("no ../shared/reference beside the checkout")
+    assert h200["anonymize_ms"] == {"1": 24.4, "8": 39.46, "32": 117.22}
+    assert h200["recover_ms"] == {"1": 21.24, "8": 42.38, "32": 132.85}
+    assert (h200["anonymize_gflop_per_image"], h200["recover_gflop_per_image"],
+            h200["anonymize_gflop_per_image_native_ops"]) == (289.79, 298.19, 290.29)
+    h100 = bench.load_reference("NVIDIA H100 80GB HBM3")
+    assert h100["device"] == "NVIDIA H100 80GB HBM3" and h100["anonymize_ms"]["1"] == 45.24
+    for other in (None, "x86_64", "AMD EPYC 7B13", "NVIDIA A100-SXM4-80GB"):
+        assert bench.load_reference(other) is None, other
+
+
+def test_latency_figure_marks_rows_timed_on_another_device():
+    """A GPU bench times the metric suite's host oracles on the CPU: their lines say so."""
+    row = {"suite": "metric", "name": "sface_embedding", "runs_on": "cpu"}
+    assert bench.series_label(row, "cuda") == "sface_embedding [on cpu]"
+    assert bench.series_label({**row, "runs_on": "cuda:0"}, "cuda") == "sface_embedding"
+    g = {"suite": "g2face", "name": "g2face_reference", "config": "official", "op": "anonymize", "variant": "fp32",
+         "runs_on": "cuda:0"}
+    assert bench.series_label(g, "cuda") == "official anonymize fp32 (g2face_reference)"

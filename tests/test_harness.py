@@ -434,6 +434,7 @@ def test_a_method_failing_everywhere_leaves_a_complete_run(tmp_path, monkeypatch
     assert (rec[rec.method == "pixelate_8"].status == "ok").all()
     lat = json.loads((Path(res["run_dir"]) / "latency.json").read_text())
     assert "boom" in lat["always_fails"]["error"] and lat["pixelate_8"]["latency_ms_per_image"] > 0
+    assert lat["pixelate_8"]["device"] == "cpu" and "thread" in lat["pixelate_8"]["device_name"]
     agg = res["aggregate"]
     rows = agg[(agg.method == "pixelate_8") & agg.metric.isin(["latency_ms_per_image", "peak_memory_mb"])]
     assert dict(zip(rows.metric, rows.aggregation, strict=True)) == {"latency_ms_per_image": "median",
@@ -520,3 +521,17 @@ def test_demographics_count_each_groups_failures():
     f_ok = rec[(rec.gender == "F") & (rec.status == "ok")].deid_success_rate_sface
     assert demo.loc[("F", "deid_success_rate_sface"), "value"] == pytest.approx(f_ok.mean())
     assert demo.loc[("F", "deid_success_rate_sface"), "n"] == 40
+
+
+def test_latency_is_reused_only_from_the_same_device_and_runs(tmp_path):
+    """An earlier invocation's timing is kept only for the same method code, device and number of timed calls:
+    a GPU timing reused beside CPU ones (or 1 run beside 3) would put two kinds of number on one axis."""
+    from types import SimpleNamespace as NS
+
+    S = NS(runners={m: NS(mhash="h", device="cpu") for m in "abcde"}, cfg={"latency_repeats": 3})
+    ok = {"device": "cpu", "runs": 3, "method_hash": "h", "latency_ms_per_image": 1.0}
+    old = {"a": ok, "b": {**ok, "device": "cuda:0"}, "c": {**ok, "runs": 1}, "d": {**ok, "method_hash": "x"},
+           "e": {"error": "boom", "method_hash": "h"}, "gone": ok}
+    p = tmp_path / "latency.json"
+    p.write_text(json.dumps(old))
+    assert E._reusable_latency(S, p) == {"a": ok}

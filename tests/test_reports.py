@@ -253,3 +253,102 @@ def test_console_summary_prints_counts_as_integers():
     lines = E.format_summary(agg).splitlines()
     assert lines[0].split()[1:] == ["n_images", "n_failed", "deid_success_rate_sface"]
     assert lines[-1].split()[-3:] == ["999", "1", "0.250"]
+
+
+# ------------------------------------------------------------------------------------ figures say what they draw
+def _agg(rows):
+    """rows: (method, metric, value, ci_lo, ci_hi, n, aggregation) on dataset 'd'."""
+    return pd.DataFrame([dict(method=m, dataset="d", metric=k, value=float(v), ci_lo=lo, ci_hi=hi, n=n,
+                              aggregation=a) for m, k, v, lo, hi, n, a in rows])
+
+
+class _Calls:
+    """Records what the figure functions ask matplotlib to draw (method name -> list of (args, kwargs))."""
+
+    def __init__(self, monkeypatch, *names):
+        import matplotlib.axes
+
+        self.calls: dict[str, list] = {n: [] for n in names}
+        for n in names:
+            orig = getattr(matplotlib.axes.Axes, n)
+
+            def wrap(ax, *a, _n=n, _orig=orig, **k):
+                self.calls[_n].append((a, k))
+                return _orig(ax, *a, **k)
+
+            monkeypatch.setattr(matplotlib.axes.Axes, n, wrap)
+
+
+def test_privacy_utility_keeps_small_n_points_out_of_the_front_and_lists_missing_methods(tmp_path, monkeypatch):
+    """A pose error over 3 meshed faces is drawn hollow with its n and cannot be on the Pareto front (it would
+    dominate on a handful of faces); a method with no value on an axis, or whose every image failed (count rows
+    only), is named on the panel."""
+    rows = []
+    for m, deid, pose, n in (("a", 0.9, 2.0, 3), ("b", 0.8, 4.0, 500), ("c", 0.2, 1.0, 500)):
+        rows += [(m, "deid_success_rate_sface", deid, deid - 0.05, deid + 0.05, 500, "rate"),
+                 (m, "pose_error_deg", pose, pose - 0.5, pose + 0.5, n, "mean")]
+    rows += [("dead", "n_images", 0, np.nan, np.nan, 0, "count"), ("dead", "n_failed", 10, np.nan, np.nan, 10, "count"),
+             ("nopose", "deid_success_rate_sface", 0.5, 0.4, 0.6, 500, "rate")]
+    c = _Calls(monkeypatch, "errorbar", "annotate", "text", "plot")
+    assert figures.privacy_utility(_agg(rows), "d", tmp_path) is not None
+    hollow = {a[0][0] for a in c.calls["errorbar"] if a[1].get("mfc") == "none"}
+    assert hollow == {2.0}                                               # the point of 'a' (x = its pose error)
+    labels = [a[0][0] for a in c.calls["annotate"]]
+    assert "a (n=3)" in labels and "b" in labels
+    front_x = [a[0][0] for a in c.calls["plot"] if a[1].get("label") == "Pareto front"][0]
+    assert 2.0 not in list(front_x) and set(front_x) == {1.0, 4.0}
+    texts = " ".join(str(a[0][2]) for a in c.calls["text"])
+    assert "dead" in texts and "nopose" in texts and "hollow" in texts
+
+
+def test_metric_bars_keep_every_method_and_say_which_interval(tmp_path, monkeypatch):
+    rows = [("a", "recovery_psnr", 30.0, 29.0, 31.0, 50, "mean"), ("b", "ssim", 0.5, 0.4, 0.6, 50, "mean"),
+            ("a", "ssim", 0.7, 0.6, 0.8, 4, "mean")]
+    import matplotlib.figure
+
+    c = _Calls(monkeypatch, "set_xticklabels", "set_title")
+    sup: list[str] = []
+    orig = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", lambda f, t, **k: sup.append(t) or orig(f, t, **k))
+    figures.metric_bars(_agg(rows), "d", tmp_path)
+    ticks = [list(a[0][0]) for a in c.calls["set_xticklabels"]]
+    assert ["a", "b –"] in ticks                                         # recovery_psnr: b has no value, kept
+    assert ["a (n=4)", "b"] in ticks                                     # ssim over 4 images: said
+    titles = [a[0][0] for a in c.calls["set_title"]]
+    assert "recovery_psnr (dB, capped at 100)" in titles
+    assert len(sup) == 1 and "Wilson score for rates" in sup[0] and "bootstrap for means" in sup[0]
+
+
+def test_demographics_draw_no_interval_where_there_is_none(tmp_path, monkeypatch):
+    """A group mean over one value has no CI: no (zero-length) error bar is drawn for it."""
+    demo = pd.DataFrame([dict(method="m", dataset="u", attribute="gender", group=g, metric="ssim", value=v,
+                              ci_lo=lo, ci_hi=hi, n=n) for g, v, lo, hi, n in
+                         (("female", 0.5, 0.4, 0.6, 30), ("male", 0.7, np.nan, np.nan, 1))])
+    c = _Calls(monkeypatch, "errorbar", "bar")
+    assert figures.demographics(demo, tmp_path)
+    assert not any("yerr" in k for _, k in c.calls["bar"])
+    drawn = [np.asarray(a[1]).tolist() for a, _ in c.calls["errorbar"]]
+    assert drawn == [[0.5]]
+
+
+def test_latency_note_names_device_batch_and_runs_and_never_merges_devices(tmp_path, monkeypatch):
+    same = {"a": {"device": "cpu", "device_name": "AMD EPYC, 1 thread", "batch_size": 8, "runs": 3},
+            "b": {"device": "cpu", "device_name": "AMD EPYC, 1 thread", "batch_size": 8, "runs": 3}}
+    assert figures.latency_note(same) == ("median anonymize time per image: 3 timed calls of a batch of 8, on cpu "
+                                          "(AMD EPYC, 1 thread)")
+    mixed = {**same, "g": {"device": "cuda:0", "device_name": "NVIDIA H200", "batch_size": 8, "runs": 3},
+             "x": {"error": "RuntimeError: boom"}}
+    note = figures.latency_note(mixed)
+    assert "a, b: 3 timed calls of a batch of 8, on cpu" in note and "g: 3 timed calls of a batch of 8, on cuda:0 " \
+        "(NVIDIA H200)" in note
+    agg = pd.DataFrame([dict(method=m, dataset="all", metric="latency_ms_per_image", value=v) for m, v in
+                        (("a", 1.0), ("b", 2.0), ("g", 0.5))])
+    c = _Calls(monkeypatch, "set_yticklabels", "set_xlabel")
+    assert figures.latency(agg, tmp_path, mixed) is not None
+    assert list(c.calls["set_yticklabels"][0][0][0]) == ["g [cuda:0]", "a [cpu]", "b [cpu]"]
+    assert "timing failed, not shown: x" in c.calls["set_xlabel"][0][0][0]
+
+
+def test_primary_privacy_metric_prefers_a_success_rate():
+    agg = pd.DataFrame({"metric": ["deid_mean_similarity_arcface_r50", "deid_success_rate_arcface_r50"]})
+    assert figures.primary_deid_metric(agg) == "deid_success_rate_arcface_r50"

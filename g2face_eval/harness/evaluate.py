@@ -61,10 +61,10 @@ from g2face_eval.harness.records import (
     write_table,
 )
 from g2face_eval.imaging import to_tensor, to_uint8
+from g2face_eval.metrics.base import PSNR_CAP_DB  # noqa: F401 - re-exported: E.PSNR_CAP_DB
 
 log = logging.getLogger("g2face_eval.evaluate")
 
-PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so means and CIs stay finite
 
 
 class Interrupted(RuntimeError):
@@ -1180,14 +1180,17 @@ LATENCY_BATCH = 8  # images per timed anonymize call
 
 def _reusable_latency(S: Setup, path: Path) -> dict:
     """The entries of ``latency.json`` measured for this run's methods as they are now (same name and method
-    hash: configuration and code) and not failed; the rest (other methods of an earlier configuration under the
-    same ``--run-name``, changed methods, errors) are dropped and measured again."""
+    hash: configuration and code), on the device each now runs on, with as many timed runs, and not failed; the
+    rest (other methods of an earlier configuration under the same ``--run-name``, changed methods, a run on
+    another device -- a GPU timing must not stand beside CPU ones --, errors) are dropped and measured again."""
     try:
         old = json.loads(path.read_text()) if path.exists() else {}
     except (OSError, ValueError):
         old = {}
+    runs = max(1, int(S.cfg["latency_repeats"]))
     return {m: v for m, v in old.items() if m in S.runners and isinstance(v, dict) and "error" not in v
-            and v.get("method_hash") == S.runners[m].mhash}
+            and v.get("method_hash") == S.runners[m].mhash
+            and v.get("device") == str(torch.device(S.runners[m].device)) and v.get("runs") == runs}
 
 
 def _grid_path(S: Setup, method: str, dataset: str) -> Path:
@@ -1457,7 +1460,7 @@ def _write_grid(S: Setup, runner: MethodRunner, dname: str, items: list[Item]) -
 
 def _latency(S: Setup, runner: MethodRunner, indexes: dict[str, DatasetIndex], repeats: int) -> dict:
     """Anonymize timing on the first dataset's first ``LATENCY_BATCH`` prepared faces."""
-    from g2face_eval.metrics.latency import measure
+    from g2face_eval.metrics.latency import device_name, measure
 
     dname, items = next(((d, ix.head[:LATENCY_BATCH]) for d, ix in indexes.items() if ix.head), (None, []))
     if not items:
@@ -1484,6 +1487,7 @@ def _latency(S: Setup, runner: MethodRunner, indexes: dict[str, DatasetIndex], r
         "runs": res.runs,
         "batch_size": res.batch_size,
         "device": res.device,
+        "device_name": device_name(device),
         "memory_kind": res.memory_kind,
         "memory_baseline_mb": res.memory_baseline_mb,
         "memory_note": res.memory_note,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 
 from g2face_eval.registry import Registry
 
+PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; capped so means and CIs stay finite
+
 AGGREGATIONS = ("mean", "rate", "median", "set", "count")
 
 # The version of what the per-image metrics mean. Bump it whenever a metric's definition or name changes: it is

@@ -38,6 +38,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +55,22 @@ PROC_SELF = Path("/proc/self")  # module attribute so that tests can point it at
 KIND_CUDA = "cuda_allocated_peak_increase"
 KIND_RSS = "rss_peak_increase"
 KIND_UNAVAILABLE = "unavailable"
+
+
+def device_name(device: str | torch.device) -> str:
+    """What a latency was measured on, for reports: the GPU's name, or the CPU's model (``/proc/cpuinfo``),
+    with the number of threads torch uses."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or dev.type
+    return f"{name}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"
 
 
 @dataclass

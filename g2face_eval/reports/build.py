@@ -58,6 +58,11 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
         if (run_dir / "unavailable.json").exists()
         else {}
     )
+    try:
+        lat_info = json.loads((run_dir / "latency.json").read_text()) if (run_dir / "latency.json").exists() else {}
+    except (OSError, ValueError):
+        lat_info = {}
+    lat_note = f"ms/img: {figures.latency_note(lat_info)}."
     datasets = [d for d in cfg.get("datasets", []) if d in set(agg["dataset"])] or sorted(
         d for d in agg["dataset"].unique() if d != "all"
     )
@@ -70,11 +75,12 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
     for d in datasets:
         w = tables.wide(agg, d)
         (out / f"table_{d}.md").write_text(tables.markdown(w))
-        tex_table = tables.latex(w, caption=f"Results on {d}. {tables.NOTE}", label=f"tab:{d}")
+        note = tables.NOTE + (f" {lat_note}" if "ms/img" in w.columns else "")
+        tex_table = tables.latex(w, caption=f"Results on {d}. {note}", label=f"tab:{d}")
         (out / f"table_{d}.tex").write_text(tex_table)
-        md += [f"## {d}\n", tables.markdown(w), f"\n{tables.NOTE}\n"]
+        md += [f"## {d}\n", tables.markdown(w), f"\n{note}\n"]
         tex.append(tex_table)
-        tparts += [f"<h3>{d}</h3>", html.table_html(w), f"<p>{html.html.escape(tables.NOTE)}</p>"]
+        tparts += [f"<h3>{d}</h3>", html.table_html(w), f"<p>{html.html.escape(note)}</p>"]
     sections.append(("Results (value [95% CI])", tparts))
     # figures
     fparts = []
@@ -86,9 +92,9 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
             if p is not None:
                 fparts.append(html.figure(p, cap))
                 md.append(f"![{cap}](figures/{p.name})\n")
-    lp = figures.latency(agg, fig_dir)
+    lp = figures.latency(agg, fig_dir, lat_info)
     if lp is not None:
-        fparts.append(html.figure(lp, "latency per method"))
+        fparts.append(html.figure(lp, f"latency per method ({figures.latency_note(lat_info)})"))
         md.append(f"![latency](figures/{lp.name})\n")
     sections.append(("Figures", fparts))
     dparts = []

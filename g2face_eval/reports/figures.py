@@ -13,12 +13,42 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from g2face_eval.metrics.base import PSNR_CAP_DB, spec  # noqa: E402
+from g2face_eval.reports.tables import SMALL_N  # noqa: E402
+
 DPI = 110
 
 
 def _get(agg: pd.DataFrame, dataset: str, metric: str) -> pd.DataFrame:
-    a = agg[(agg["dataset"] == dataset) & (agg["metric"] == metric)]
-    return a.set_index("method")[["value", "ci_lo", "ci_hi"]]
+    """value, ci_lo, ci_hi and ``small`` (a per-image mean or rate over fewer than ``tables.SMALL_N`` values, the
+    tables' "(n=k)" cells) of ``metric`` per method, with ``n`` (NaN where the table has no n)."""
+    a = agg[(agg["dataset"] == dataset) & (agg["metric"] == metric)].set_index("method")
+    d = a[["value", "ci_lo", "ci_hi"]].astype(float)
+    n = a["n"].astype(float) if "n" in a else pd.Series(np.nan, index=a.index)
+    per_image = a["aggregation"].isin(["mean", "rate", "median"]) if "aggregation" in a else True
+    d["n"] = n
+    d["small"] = per_image & (n < SMALL_N)
+    return d
+
+
+def _methods(agg: pd.DataFrame, dataset: str) -> list[str]:
+    """Every method with a row for ``dataset`` (also one whose every image failed: it has count rows only)."""
+    return sorted(agg.loc[agg["dataset"] == dataset, "method"].unique())
+
+
+def _unit(metric: str) -> str:
+    """' (unit)' from the metric's declaration; PSNRs say where they are capped (identical images)."""
+    try:
+        u = spec(metric).unit
+    except Exception:  # noqa: BLE001 - a metric without a declaration: no unit shown
+        return ""
+    if u == "dB" and "psnr" in metric:
+        u = f"dB, capped at {PSNR_CAP_DB:g}"
+    return f" ({u})" if u else ""
+
+
+def _n_tag(row: pd.Series) -> str:
+    return f" (n={int(row['n'])})" if bool(row["small"]) else ""
 
 
 def primary_deid_metric(agg: pd.DataFrame) -> str | None:
@@ -33,8 +63,9 @@ def primary_deid_metric(agg: pd.DataFrame) -> str | None:
     ):
         if m in present:
             return m
-    rates = sorted(m for m in present if m.startswith("deid_"))
-    return rates[0] if rates else None
+    rates = sorted(m for m in present if m.startswith("deid_success_rate_"))     # another recognizer's rate,
+    sims = sorted(m for m in present if m.startswith("deid_mean_similarity_"))   # before any similarity
+    return (rates or sims or [None])[0]
 
 
 def pareto_front(
@@ -53,7 +84,7 @@ def pareto_front(
 UTILITY_AXES = (
     ("ssim", "SSIM to original (higher: more utility)", True),
     ("fd_effnet_lite0", "Fréchet distance, EfficientNet-lite0 (lower: more realistic)", False),
-    ("pose_error_deg", "pose error, degrees (lower: pose kept)", False),
+    ("pose_error_deg", "pose error, degrees, over the faces meshed on both images (lower: pose kept)", False),
 )
 
 
@@ -66,25 +97,31 @@ def privacy_utility(agg: pd.DataFrame, dataset: str, out: Path) -> Path | None:
     if not axes_spec or y.empty:
         return None
     fig, axes = plt.subplots(1, len(axes_spec), figsize=(5.2 * len(axes_spec), 4.4), squeeze=False)
+    everyone = _methods(agg, dataset)
     for ax, (xm, xl, hib) in zip(axes[0], axes_spec, strict=False):
         x = _get(agg, dataset, xm)
-        methods = [m for m in y.index if m in x.index]
+        ok = x["value"].notna()
+        methods = [m for m in y.index if m in x.index and ok[m] and pd.notna(y.loc[m, "value"])]
         if not methods:
             ax.set_visible(False)
             continue
-        absent = [m for m in y.index if m not in x.index]
-        if absent:  # e.g. no face for the mesh in any output: said on the panel, not silently dropped
-            ax.text(0.01, 0.01, "no value, not shown: " + ", ".join(absent), transform=ax.transAxes, fontsize=6,
-                    va="bottom", color="0.35", wrap=True)
+        # no value on one axis (no face meshed, every image failed): said, not silently dropped
+        notes = ["no value, not shown: " + ", ".join(m for m in everyone if m not in methods)]
         xv = x.loc[methods, "value"].to_numpy(float)
         yv = y.loc[methods, "value"].to_numpy(float)
+        small = (x.loc[methods, "small"].to_numpy(bool) | y.loc[methods, "small"].to_numpy(bool))
         y_hib = ym.startswith("deid_success_rate")
-        front = pareto_front(xv, yv, hib, y_hib)
+        # a mean over a handful of faces (e.g. a pose error over the 6 faces a strong pixelation leaves meshable)
+        # is drawn hollow with its n and takes no part in the front
+        front = np.zeros(len(methods), bool)
+        if (~small).any():
+            front[~small] = pareto_front(xv[~small], yv[~small], hib, y_hib)
         for i, m in enumerate(methods):
             xe = x.loc[m]
             ye = y.loc[m]
             xerr = None if np.isnan(xe.ci_lo) else [[xe.value - xe.ci_lo], [xe.ci_hi - xe.value]]
             yerr = None if np.isnan(ye.ci_lo) else [[ye.value - ye.ci_lo], [ye.ci_hi - ye.value]]
+            color = "C3" if front[i] else "C0"
             ax.errorbar(
                 xv[i],
                 yv[i],
@@ -92,12 +129,20 @@ def privacy_utility(agg: pd.DataFrame, dataset: str, out: Path) -> Path | None:
                 yerr=yerr,
                 fmt="o",
                 ms=6 if front[i] else 4,
-                color="C3" if front[i] else "C0",
+                color=color,
+                mfc="none" if small[i] else color,
                 ecolor="0.7",
                 elinewidth=0.8,
                 capsize=2,
             )
-            ax.annotate(m, (xv[i], yv[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            tag = f" (n={int(min(n for n in (xe.n, ye.n) if pd.notna(n)))})" if small[i] else ""
+            ax.annotate(m + tag, (xv[i], yv[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if small.any():
+            notes.append(f"hollow: fewer than {SMALL_N} faces, not in the front")
+        notes = [t for t in notes if not t.endswith(": ")]
+        if notes:
+            ax.text(0.01, 0.01, "\n".join(notes), transform=ax.transAxes, fontsize=6, va="bottom", color="0.35",
+                    wrap=True)
         order = np.argsort(xv[front])
         ax.plot(xv[front][order], yv[front][order], "-", color="C3", lw=1.2, alpha=0.7, label="Pareto front")
         ax.set_xlabel(xl, fontsize=8)
@@ -140,22 +185,28 @@ def metric_bars(agg: pd.DataFrame, dataset: str, out: Path, metrics=BAR_METRICS)
     ncol = min(4, len(present))
     nrow = int(np.ceil(len(present) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+    everyone = _methods(agg, dataset)
     for ax, m in zip(axes.flat, present, strict=False):
-        d = _get(agg, dataset, m).sort_index()
+        d = _get(agg, dataset, m).reindex(everyone)    # a method with no value keeps its place, marked "–"
         v = d["value"].to_numpy(float)
-        ax.bar(range(len(d)), v, color="C0")
+        small = d["small"].fillna(False).to_numpy(bool)
+        ax.bar(range(len(d)), np.nan_to_num(v), color=["none" if s else "C0" for s in small], edgecolor="C0")
         has_ci = np.isfinite(d["ci_lo"].to_numpy(float)) & np.isfinite(d["ci_hi"].to_numpy(float))
         if has_ci.any():  # error bars only where a CI exists (set metrics such as FD have none)
             i = np.flatnonzero(has_ci)
             ax.errorbar(i, v[i], yerr=[v[i] - d["ci_lo"].to_numpy(float)[i], d["ci_hi"].to_numpy(float)[i] - v[i]],
                         fmt="none", ecolor="0.3", capsize=2)
         ax.set_xticks(range(len(d)))
-        ax.set_xticklabels(d.index, rotation=60, ha="right", fontsize=7)
-        ax.set_title(m if has_ci.any() else f"{m} (no CI)", fontsize=9)
+        ticks = [f"{k} –" if np.isnan(v[j]) else k + (_n_tag(d.iloc[j]) if small[j] else "")
+                 for j, k in enumerate(d.index)]
+        ax.set_xticklabels(ticks, rotation=60, ha="right", fontsize=7)
+        title = m + _unit(m)
+        ax.set_title(title if has_ci.any() else f"{title} (no CI)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(present) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Metrics with 95% bootstrap CIs — {dataset}", fontsize=10)
+    fig.suptitle(f"{dataset}: 95% CIs (Wilson score for rates, percentile bootstrap for means; set metrics have "
+                 f"none); '–': no value; hollow bar, (n=k): fewer than {SMALL_N} images", fontsize=9)
     fig.tight_layout()
     path = out / f"metrics_{dataset}.png"
     fig.savefig(path, dpi=DPI)
@@ -163,15 +214,47 @@ def metric_bars(agg: pd.DataFrame, dataset: str, out: Path, metrics=BAR_METRICS)
     return path
 
 
-def latency(agg: pd.DataFrame, out: Path) -> Path | None:
+def latency_note(info: dict | None) -> str:
+    """What the latency numbers are, from ``latency.json`` (``{method: {device, device_name, batch_size, runs}}``):
+    'median anonymize time per image: 3 timed calls of a batch of 8, on cpu (AMD EPYC, 1 thread)'. Devices (or
+    batch sizes / runs) that differ between methods are listed per method, never merged."""
+    ok = {m: v for m, v in (info or {}).items() if isinstance(v, dict) and "error" not in v and "device" in v}
+    if not ok:
+        return "median anonymize time per image"
+
+    def where(v: dict) -> str:
+        name = v.get("device_name")
+        return f"{v['device']} ({name})" if name else str(v["device"])
+
+    def how(v: dict) -> str:
+        return f"{v.get('runs', '?')} timed calls of a batch of {v.get('batch_size', '?')}, on {where(v)}"
+
+    kinds: dict[str, list[str]] = {}
+    for m, v in sorted(ok.items()):
+        kinds.setdefault(how(v), []).append(m)
+    if len(kinds) == 1:
+        return f"median anonymize time per image: {next(iter(kinds))}"
+    return "median anonymize time per image: " + "; ".join(f"{', '.join(ms)}: {k}" for k, ms in kinds.items())
+
+
+def latency(agg: pd.DataFrame, out: Path, info: dict | None = None) -> Path | None:
+    """ms per image per method; ``info`` (``latency.json``) gives the device, batch and runs for the label; a
+    method whose timing failed is listed, not dropped; methods timed on different devices are marked per bar."""
     d = agg[agg["metric"] == "latency_ms_per_image"].set_index("method")["value"].sort_values()
     if d.empty:
         return None
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(d) + 1.2))
+    ok = {m: v for m, v in (info or {}).items() if isinstance(v, dict) and "device" in v}
+    devices = {ok[m]["device"] for m in d.index if m in ok}
+    labels = [f"{m} [{ok[m]['device']}]" if len(devices) > 1 and m in ok else m for m in d.index]
+    failed = sorted(m for m, v in (info or {}).items() if isinstance(v, dict) and "error" in v)
+    fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(d) + 1.6))
     ax.barh(range(len(d)), d.to_numpy(float), color="C2")
     ax.set_yticks(range(len(d)))
-    ax.set_yticklabels(d.index, fontsize=8)
-    ax.set_xlabel("ms per image (median, anonymize only)")
+    ax.set_yticklabels(labels, fontsize=8)
+    note = latency_note(info)
+    if failed:
+        note += "\ntiming failed, not shown: " + ", ".join(failed)
+    ax.set_xlabel("ms per image\n" + note, fontsize=7, wrap=True)
     ax.set_xscale("log" if d.max() / max(d[d > 0].min() if (d > 0).any() else 1, 1e-9) > 100 else "linear")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -215,11 +298,13 @@ def demographics(demo: pd.DataFrame, out: Path) -> list[Path]:
             for j, g in enumerate(groups):
                 dd = dm[dm["group"] == g].set_index("method").reindex(methods)
                 v = dd["value"].to_numpy(float)
-                err = [
-                    np.nan_to_num(v - dd["ci_lo"].to_numpy(float)),
-                    np.nan_to_num(dd["ci_hi"].to_numpy(float) - v),
-                ]
-                ax.bar(np.arange(len(methods)) + j * w, v, w, yerr=err, label=f"{g}", capsize=1.5)
+                xs = np.arange(len(methods)) + j * w
+                ax.bar(xs, v, w, label=f"{g}")
+                lo, hi = dd["ci_lo"].to_numpy(float), dd["ci_hi"].to_numpy(float)
+                has = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(v)   # a mean over 1 value has no CI: no bar
+                if has.any():
+                    ax.errorbar(xs[has], v[has], yerr=[v[has] - lo[has], hi[has] - v[has]], fmt="none",
+                                ecolor="0.25", elinewidth=0.8, capsize=1.5)
             ax.set_xticks(np.arange(len(methods)) + 0.4 - w / 2)
             ax.set_xticklabels(methods, rotation=60, ha="right", fontsize=7)
             ax.set_ylabel(metric, fontsize=8)

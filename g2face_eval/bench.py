@@ -1368,13 +1368,17 @@ def load_reference(device_name: str | None = None) -> dict | None:
     return None
 
 
-def series_label(r: dict, bench_device_type: str) -> str:
+def series_label(r: dict, bench_device_type: str, configs: dict | None = None) -> str:
     """A bench row's line in the latency figure: config / op / variant for G2Face (``(g2face_reference)`` for
     the fp32 reference path), the name otherwise; ``[on cpu]`` when the row ran on another device than the
-    bench's (the metric suite's host oracles in a GPU bench), so that no CPU timing reads as the GPU's."""
+    bench's (the metric suite's host oracles in a GPU bench), so that no CPU timing reads as the GPU's;
+    ``[FALLBACK ...]`` when a config's note (``configs``, the bench's ``configs`` table) says it fell back."""
     label = f"{r['config']} {r['op']} {r['variant']}" if r["suite"] == "g2face" else r["name"]
     if r["suite"] == "g2face" and r["name"] != "g2face":
         label += f" ({r['name']})"
+    note = str(((configs or {}).get(r.get("config")) or {}).get("note", ""))
+    if r["suite"] == "g2face" and note.startswith("FALLBACK"):
+        label += f" [{note.split(' -> ')[-1].replace(chr(39), '')} used]"
     if r.get("runs_on") and torch.device(r["runs_on"]).type != bench_device_type:
         label += f" [on {torch.device(r['runs_on']).type}]"
     return label
@@ -1398,7 +1402,8 @@ def plot(doc: dict, path: Path) -> Path | None:
         for r in rows:
             if r["suite"] != suite:
                 continue
-            series.setdefault(series_label(r, doc["device"]["type"]), []).append((r["batch"], r["ms_per_image"]))
+            series.setdefault(series_label(r, doc["device"]["type"], doc.get("configs")), []).append(
+                (r["batch"], r["ms_per_image"]))
         for label, pts in sorted(series.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=1, label=label)

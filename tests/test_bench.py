@@ -612,11 +612,16 @@ def test_reference_is_the_same_kind_of_card():
         assert bench.load_reference(other) is None, other
 
 
-def test_latency_figure_marks_rows_timed_on_another_device():
-    """A GPU bench times the metric suite's host oracles on the CPU: their lines say so."""
+def test_latency_figure_marks_rows_timed_on_another_device(monkeypatch):
+    """A GPU bench times the metric suite's host oracles on the CPU: their lines say so; so does a config that fell
+    back to another one."""
     row = {"suite": "metric", "name": "sface_embedding", "runs_on": "cpu"}
     assert bench.series_label(row, "cuda") == "sface_embedding [on cpu]"
     assert bench.series_label({**row, "runs_on": "cuda:0"}, "cuda") == "sface_embedding"
     g = {"suite": "g2face", "name": "g2face_reference", "config": "official", "op": "anonymize", "variant": "fp32",
          "runs_on": "cuda:0"}
     assert bench.series_label(g, "cuda") == "official anonymize fp32 (g2face_reference)"
+    fb = {**g, "name": "g2face", "config": "shipped"}
+    monkeypatch.setattr(bench, "_shipped", lambda: None)                  # no shipped checkpoint: the fallback
+    note = bench.config_by_name("shipped")[1]
+    assert bench.series_label(fb, "cuda", {"shipped": {"note": note}}) == "shipped anonymize fp32 [small config used]"

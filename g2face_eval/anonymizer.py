@@ -88,9 +88,19 @@ class Anonymizer(abc.ABC):
 
     def anonymize(self, images: torch.Tensor, keys: Sequence[Key], *, face_masks: torch.Tensor | None = None
                   ) -> Output:
+        """``face_masks`` (B,1,H,W) in [0,1] (>= 0.5: face). An image whose mask has no face pixel is treated
+        as all face (fail-safe, as for a face the detector misses): its index is in ``info["empty_face_mask"]``."""
         self._check(images, keys, face_masks)
+        empty: list[int] = []
+        if face_masks is not None:
+            none = (face_masks.detach().flatten(1) < 0.5).all(dim=1)
+            if bool(none.any()):
+                empty = torch.nonzero(none).flatten().tolist()
+                face_masks = torch.where(none[:, None, None, None], torch.ones_like(face_masks), face_masks)
         out = self._anonymize(images, keys, face_masks)
-        check_batch(out.images)
+        self._check_output(out, images)
+        if empty:
+            out.info["empty_face_mask"] = empty
         return out
 
     def recover(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
@@ -98,8 +108,21 @@ class Anonymizer(abc.ABC):
             raise NotImplementedError(f"{self.name} is not reversible")
         self._check(images, keys, None)
         out = self._recover(images, keys)
-        check_batch(out.images)
+        self._check_output(out, images)
         return out
+
+    def _check_output(self, out: Output, images: torch.Tensor) -> None:
+        """An output batch must be the input's shape (B,3,H,W), with one ``ok`` / ``bits`` row per image: an
+        extra, missing or reordered image would be scored against another image's original."""
+        check_batch(out.images)
+        b = images.shape[0]
+        if tuple(out.images.shape) != tuple(images.shape):
+            raise ValueError(f"{self.name} returned images of shape {tuple(out.images.shape)} for an input of "
+                             f"shape {tuple(images.shape)}")
+        for field_name in ("ok", "bits"):
+            v = getattr(out, field_name)
+            if v is not None and (v.ndim == 0 or v.shape[0] != b):
+                raise ValueError(f"{self.name} returned {field_name} of shape {tuple(v.shape)} for {b} images")
 
     @abc.abstractmethod
     def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
@@ -110,6 +133,8 @@ class Anonymizer(abc.ABC):
 
     def _check(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None) -> None:
         check_batch(images)
+        if images.numel() == 0:
+            raise ValueError(f"{self.name}: empty batch (shape {tuple(images.shape)})")
         if len(keys) != images.shape[0]:
             raise ValueError(f"{self.name}: got {len(keys)} keys for a batch of {images.shape[0]} images")
         if any(not isinstance(k, bytes) or not k for k in keys):
@@ -123,6 +148,13 @@ class Anonymizer(abc.ABC):
                 got = tuple(face_masks.shape) if isinstance(face_masks, torch.Tensor) else type(face_masks).__name__
                 raise ValueError(f"{self.name}: face_masks must be a (B,1,H,W) tensor matching the images, i.e. "
                                  f"{(b, 1, h, w)}; got {got}")
+            if not face_masks.is_floating_point() and face_masks.dtype != torch.bool:
+                raise TypeError(f"{self.name}: face_masks must be float in [0, 1] or bool, got {face_masks.dtype}")
+            if face_masks.is_floating_point():
+                lo, hi = (float(v) for v in torch.aminmax(face_masks.detach()))
+                if not (lo >= 0.0 and hi <= 1.0):                  # NaN fails both comparisons
+                    raise ValueError(f"{self.name}: face_masks must be finite and lie in [0, 1], got "
+                                     f"[{lo:.3g}, {hi:.3g}]")
 
 
 def check_options(method: str, given: Iterable[str], accepted: Iterable[str]) -> None:

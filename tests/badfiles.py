@@ -211,6 +211,24 @@ def make_corpus(root: str | Path) -> dict[str, BadFile]:
         buf = io.BytesIO()
         Image.fromarray(fb).save(buf, "TIFF")
         add(name, buf.getvalue(), "error", "NaN or infinite")
+    for name, v in (("float_65535.tif", 65535.0), ("float_negative.tif", -3.0)):   # not [0,1] nor [0,255]
+        fb = fl.copy()
+        fb[0, 0] = v
+        buf = io.BytesIO()
+        Image.fromarray(fb).save(buf, "TIFF")
+        add(name, buf.getvalue(), "error", "outside [0, 1] and [0, 255]")
+    f255 = np.full((32, 32), 200.0, np.float32)
+    save("float_0_255.tif", Image.fromarray(f255), "TIFF", check=lambda a: _close(a, np.full((32, 32, 3), 200), 0))
+    # PNG tRNS colour key (RGB and grayscale): the keyed colour is transparent -> composited on white
+    ck = np.zeros((32, 32, 3), np.uint8)
+    ck[8:24, 8:24] = (200, 100, 50)
+    exp_ck = np.full((32, 32, 3), 255, np.uint8)
+    exp_ck[8:24, 8:24] = (200, 100, 50)
+    save("rgb_colour_key.png", Image.fromarray(ck), "PNG", transparency=(0, 0, 0), check=lambda a: _close(a, exp_ck, 0))
+    gk = np.zeros((32, 32), np.uint8)
+    gk[8:24, 8:24] = 90
+    exp_gk = np.where(gk[..., None] == 0, 255, 90).repeat(3, axis=2).astype(np.uint8)
+    save("gray_colour_key.png", Image.fromarray(gk), "PNG", transparency=0, check=lambda a: _close(a, exp_gk, 0))
     i32 = np.full((32, 32), 65535, np.int32)
     save("int32.tif", Image.fromarray(i32), "TIFF", check=lambda a: _close(a, np.full((32, 32, 3), 255), 0))
     for name, v in (("int32_70000.tif", 70000), ("int32_negative.tif", -1)):

@@ -309,8 +309,97 @@ def _invalid_config_cli(tmp_path, monkeypatch):
     return "exit 2"
 
 
+def _nan_face_mask():
+    m = torch.full((2, 1, 32, 32), float("nan"))
+    _baseline().anonymize(torch.rand(2, 3, 32, 32), [b"k1", b"k2"], face_masks=m)
+
+
+def _face_mask_out_of_range():
+    _baseline().anonymize(torch.rand(2, 3, 32, 32), [b"k1", b"k2"], face_masks=torch.full((2, 1, 32, 32), 255.0))
+
+
+def _integer_face_mask():
+    m = torch.ones(2, 1, 32, 32, dtype=torch.uint8)
+    _baseline().anonymize(torch.rand(2, 3, 32, 32), [b"k1", b"k2"], face_masks=m)
+
+
+def _empty_face_mask():
+    """A mask with no face pixel (all zero) is not 'leave the image alone': the whole image is anonymized, as
+    for a face the detector misses, and the output says which images that was."""
+    from g2face_eval import methods as M
+
+    x = torch.from_numpy(np.array(_face())).permute(2, 0, 1)[None].float().div(255)
+    x = torch.cat([x, x])
+    m = torch.zeros(2, 1, *x.shape[-2:])
+    m[1, :, 40:200, 40:200] = 1.0
+    for name in ("pixelate_8", "mask_black", "blur_s4", "noise_s0.2"):
+        out = M.METHODS.get(name)().anonymize(x, [b"k1", b"k2"], face_masks=m)
+        assert out.info["empty_face_mask"] == [0], name
+        changed = (out.images != x).flatten(1).float().mean(1)
+        assert changed[0] > 0.5 and 0.0 < changed[1] < 0.5, (name, changed)   # whole image vs the masked box
+    return "whole image"
+
+
+def _empty_batch():
+    _baseline().anonymize(torch.rand(0, 3, 32, 32), [])
+
+
+class _WrongShape:
+    """A method whose output is not its input's batch: one image too many, reordered."""
+
+    @staticmethod
+    def make(kind: str):
+        from g2face_eval.anonymizer import Anonymizer, Output
+
+        class Bad(Anonymizer):
+            name = "bad_" + kind
+
+            def _anonymize(self, images, keys, face_masks):
+                if kind == "extra":
+                    return Output(torch.cat([images.flip(0), images[:1]]))
+                return Output(images.clone(), ok=torch.ones(images.shape[0] + 1, dtype=torch.bool))
+
+        return Bad()
+
+
+def _output_extra_image():
+    _WrongShape.make("extra").anonymize(torch.rand(2, 3, 32, 32), [b"k1", b"k2"])
+
+
+def _output_ok_rows():
+    _WrongShape.make("ok").anonymize(torch.rand(2, 3, 32, 32), [b"k1", b"k2"])
+
+
+def _dataset_option_errors_cli(tmp_path, monkeypatch):
+    """A dataset option it does not take, a bad value, or the folder dataset without its root: exit 2 with one
+    line naming the dataset (it was a TypeError/ValueError traceback)."""
+    monkeypatch.setenv("G2FACE_CACHE_DIR", str(tmp_path / "c"))
+    common = ["--methods", "pixelate_8", "--results-dir", str(tmp_path / "r"),
+              "--no-progress"]
+    import contextlib
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        assert E.cli(["--datasets", "folder", *common]) == 2
+        for opt in ('bogus = 1', 'limit = "abc"'):
+            f = tmp_path / "opts.toml"
+            f.write_text(f'datasets = ["folder"]\n[dataset_options.folder]\nroot = "{FACES}"\n{opt}\n')
+            assert E.cli(["--config", str(f), *common]) == 2, opt
+    err = buf.getvalue()
+    assert err.count("g2face-eval evaluate: dataset 'folder'") == 3 and "Traceback" not in err, err
+    return "exit 2"
+
+
 # case id -> (callable, expected exception type or None (returns a fail-closed marker), message substring)
 API_CASES = {
+    "dataset_option_errors_cli_exit_2": (_dataset_option_errors_cli, None, "exit 2"),
+    "nan_face_mask": (_nan_face_mask, ValueError, "finite and lie in [0, 1]"),
+    "face_mask_out_of_range": (_face_mask_out_of_range, ValueError, "finite and lie in [0, 1]"),
+    "integer_face_mask": (_integer_face_mask, TypeError, "float in [0, 1] or bool"),
+    "empty_face_mask_whole_image": (_empty_face_mask, None, "whole image"),
+    "empty_batch": (_empty_batch, ValueError, "empty batch"),
+    "output_with_an_extra_image": (_output_extra_image, ValueError, "returned images of shape (3, 3, 32, 32)"),
+    "output_with_ok_rows_mismatch": (_output_ok_rows, ValueError, "returned ok of shape (3,) for 2 images"),
     "nan_tensor": (_nan_tensor, ValueError, "NaN or inf"),
     "inf_tensor": (_inf_tensor, ValueError, "NaN or inf"),
     "wrong_dtype_uint8": (_wrong_dtype, TypeError, "floating-point"),

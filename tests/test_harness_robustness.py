@@ -244,6 +244,8 @@ def test_a_reused_run_name_keeps_no_leftovers_of_the_earlier_methods(tmp_path):
     run_dir = res["run_dir"]
     lat = json.loads((run_dir / "latency.json").read_text())
     assert list(lat) == ["blur_s1"]
+    rec = pd.read_parquet(run_dir / "records.parquet")             # a run without failures has a reason column
+    assert (rec.status == "ok").all() and "reason" in rec.columns and rec.reason.isna().all()
     assert set(res["aggregate"].method) == {"blur_s1"}
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["blur_s1__embedded.png"]
     client = mlflow.MlflowClient(res["tracking_uri"])

@@ -196,6 +196,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset's folder is missing or lacks its layout (see docs/DATASETS.md)."""
 
 
+class DatasetOptionsError(ValueError):
+    """A dataset's options (``dataset_options.<name>``) are not ones it takes or have bad values."""
+
+
 def _resolve_root(root: str | Path | None, sub: str, marker: str) -> Path:
     """``root``: the datasets root (holding ``sub``) or the dataset folder itself (holding ``marker``)."""
     if root is None:

@@ -7,9 +7,11 @@ convention, see ``g2face_eval/imaging.py``), whatever the file holds:
 * 16-bit data (``I;16*`` / ``I`` from 16-bit PNG or TIFF) is scaled to 8 bit as ``round(v * 255 / 65535)``
   (not truncated, not clipped at 255); a 32-bit integer ``I`` image is read the same way, so a value outside
   0..65535 is refused; 16-bit RGB(A) PNGs are reduced to 8 bit by Pillow itself (high byte);
-  ``F`` (float) images are taken as [0, 1] when their maximum is <= 1, else as [0, 255], and clipped; a NaN or
-  infinite pixel is refused (there is no honest value to give it);
-* images with alpha (``RGBA``, ``LA``, ``PA``, palette with a transparency entry) are **composited on white**:
+  ``F`` (float) images are taken as [0, 1] when their maximum is <= 1, else as [0, 255], and rounded; a NaN or
+  infinite pixel, or a value outside [0, 255] (beyond rounding; e.g. a float image in 0..65535), is refused
+  (there is no honest value to give it: clipping made such an image white);
+* images with alpha (``RGBA``, ``LA``, ``PA``, a palette, RGB or grayscale image with a transparency entry --
+  PNG's ``tRNS`` colour key) are **composited on white**:
   ``rgb * a + 255 * (1 - a)``. Dropping the alpha instead would expose whatever colour values happen to sit
   under fully transparent pixels (often black or junk), which detectors read as a hard dark border; white
   is the usual background of cut-out portraits;
@@ -17,7 +19,8 @@ convention, see ``g2face_eval/imaging.py``), whatever the file holds:
 * CMYK JPEGs (including Adobe's inverted CMYK, which Pillow undoes when reading) are converted with Pillow's
   CMYK -> RGB conversion; when the file carries an ICC profile it is converted through that profile to sRGB
   instead (falls back to the plain conversion if the profile is unusable);
-* the EXIF orientation tag is applied (the array is what a viewer shows, upright).
+* the EXIF orientation tag is applied (the array is what a viewer shows, upright);
+* a multi-frame file (animated GIF / PNG / WebP, multi-page TIFF) gives its first frame.
 
 Refused with ``ImageLoadError(reason)`` (``str(err)`` names the file and the reason): missing file, zero-byte
 file, not an image (unidentified format, e.g. a text file named ``.jpg``), truncated data (no partial images
@@ -171,7 +174,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def _to_rgb_uint8(img: Image.Image, p: Path | None = None) -> np.ndarray:
     mode = img.mode
-    if mode == "RGB":
+    keyed = "transparency" in img.info and mode in ("RGB", "L", "P")   # a colour key (PNG tRNS, GIF)
+    if mode == "RGB" and not keyed:
         return np.asarray(img, dtype=np.uint8)
     if mode == "CMYK":
         icc = img.info.get("icc_profile")
@@ -198,12 +202,14 @@ def _to_rgb_uint8(img: Image.Image, p: Path | None = None) -> np.ndarray:
         a = np.asarray(img, dtype=np.float64)
         if not np.isfinite(a).all():
             raise ImageLoadError(f"float image with {int((~np.isfinite(a)).sum())} NaN or infinite pixel(s)", p)
+        if a.size and (a.min() < -0.5 or a.max() >= 255.5):
+            raise ImageLoadError(f"float pixel values {a.min():.6g}..{a.max():.6g} outside [0, 1] and [0, 255]", p)
         if a.size and a.max() <= 1.0:
             a = a * 255.0
         a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
-    if mode in ("L", "1"):
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or keyed
+    if mode in ("L", "1") and not keyed:
         a = np.asarray(img.convert("L"), dtype=np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
     if has_alpha:

@@ -733,6 +733,21 @@ def key_fingerprint(key: str) -> str:
     return "fingerprint:" + hmac.new(key.encode(), b"g2face-eval key fingerprint", hashlib.sha256).hexdigest()[:16]
 
 
+def _dataset_source(name: str, cfg: dict) -> DatasetSource:
+    """The dataset with its options; an option it does not take, or a bad value (no ``root`` for the folder
+    dataset, ``limit = "abc"``), is a DatasetOptionsError naming the dataset (the CLI exits 2), not a TypeError
+    from deep inside."""
+    from g2face_eval.data.datasets import DatasetNotFoundError, DatasetOptionsError
+
+    try:
+        return DatasetSource(name, cfg)
+    except DatasetNotFoundError:
+        raise
+    except (TypeError, ValueError) as e:
+        opts = dict(cfg.get("dataset_options", {}).get(name, {}))
+        raise DatasetOptionsError(f"dataset {name!r} with options {opts}: {e}") from e
+
+
 def setup(cfg: dict) -> Setup:
     from g2face_eval import methods as M
 
@@ -740,7 +755,7 @@ def setup(cfg: dict) -> Setup:
     for m in method_names:
         M.METHODS.get(m)  # fail fast on unknown names
     # the datasets before anything heavy: a missing folder is reported before any model or oracle loads
-    sources = {d: DatasetSource(d, cfg) for d in cfg["datasets"]}
+    sources = {d: _dataset_source(d, cfg) for d in cfg["datasets"]}
     for d, src in sources.items():  # nothing to evaluate: said now, in one line (the CLI exits 2)
         if not src.ids:
             where = C.data_locations(cfg).get(d)
@@ -1025,6 +1040,9 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
             _log_child(tracker, S, mname, mdf, msets, latency, params, n_boot, seed)
 
         records = pd.concat([d for d in all_records if len(d)], ignore_index=True)
+        if "reason" not in records:                        # a run without failures has the column too (empty)
+            records.insert(records.columns.get_loc("status") + 1 if "status" in records else len(records.columns),
+                           "reason", pd.Series([None] * len(records), dtype=object))
         records = _arrow_safe(records)
         agg = aggregate(records, set_metrics, latency, n_boot, seed)
         demo = demographics(records, n_boot, seed)
@@ -1508,7 +1526,7 @@ def cli(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, UnknownNameError) as e:
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2
-    from g2face_eval.data.datasets import DatasetNotFoundError
+    from g2face_eval.data.datasets import DatasetNotFoundError, DatasetOptionsError
     from g2face_eval.interrupts import sigterm_exits
 
     try:
@@ -1519,7 +1537,7 @@ def cli(argv: list[str] | None = None) -> int:
                 evaluate_distributed(cfg, progress=not ns.no_progress)
             else:
                 evaluate(cfg, progress=not ns.no_progress)
-    except (DatasetNotFoundError, EmptyDatasetError) as e:  # a missing, malformed or empty dataset: exit 2
+    except (DatasetNotFoundError, DatasetOptionsError, EmptyDatasetError) as e:  # missing, malformed, empty: exit 2
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2
     except RunLockedError as e:  # another process works on this run: nothing was done

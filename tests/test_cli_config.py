@@ -309,6 +309,15 @@ def test_git_provenance_is_unknown_outside_the_projects_own_checkout(tmp_path):
     assert own["git_hash"] and len(own["git_hash"]) == 40 and own["git_dirty"] is False
     assert T.git_tags(own) == {"mlflow.source.git.commit": own["git_hash"], "g2face.git_dirty": "false"}
     assert T.git_tags({"git_hash": None, "git_dirty": None}) == {}
+    # results written inside the checkout (untracked) are no code change; an edited tracked file is
+    (host / "results").mkdir()
+    (host / "results" / "records.csv").write_text("id\n")
+    assert T.git_info(host)["git_dirty"] is False
+    (host / "code.py").write_text("x = 1\n")
+    for args in (["add", "code.py"], ["commit", "-q", "-m", "code"]):
+        subprocess.run(["git", *args], cwd=host, env=env, check=True, capture_output=True, timeout=60)
+    (host / "code.py").write_text("x = 2\n")
+    assert T.git_info(host)["git_dirty"] is True
 
 
 # ------------------------------------------------------------------------------------------------ help

@@ -445,13 +445,20 @@ def test_a_method_failing_everywhere_leaves_a_complete_run(tmp_path, monkeypatch
 def test_resume_by_other_code_is_reported(tmp_path):
     said: list[str] = []
     say = lambda fmt, *a: said.append(fmt % a)  # noqa: E731
-    E._warn_on_mixed_commits(tmp_path, {"git_hash": "abc", "git_dirty": False}, say)  # first invocation
-    (tmp_path / "invocations.json").write_text(json.dumps([{"git_hash": "abc", "git_dirty": False}]))
-    E._warn_on_mixed_commits(tmp_path, {"git_hash": "abc", "git_dirty": False}, say)  # same code: silent
+    env = {"git_hash": "abc", "git_dirty": False, "python": "3.11.7 (main)", "torch": "2.14.1",
+           "packages": {"numpy": "2.1.0", "g2face-eval": "0.1"}}
+    E._warn_on_mixed_code(tmp_path, env, say)  # first invocation
+    (tmp_path / "invocations.json").write_text(json.dumps([{"git_hash": "abc", "git_dirty": False,
+                                                             "software": E.software(env)}]))
+    assert E.software(env) == {"python": "3.11.7", "torch": "2.14.1", "numpy": "2.1.0"}
+    E._warn_on_mixed_code(tmp_path, env, say)  # same code and software: silent
     assert said == []
-    E._warn_on_mixed_commits(tmp_path, {"git_hash": "def", "git_dirty": False}, say)
-    E._warn_on_mixed_commits(tmp_path, {"git_hash": "abc", "git_dirty": True}, say)
+    E._warn_on_mixed_code(tmp_path, {**env, "git_hash": "def"}, say)
+    E._warn_on_mixed_code(tmp_path, {**env, "git_dirty": True}, say)
     assert len(said) == 2 and "def" in said[0] and "abc" in said[0] and "uncommitted" in said[1]
+    # the same commit after a package upgrade: said, with what changed
+    E._warn_on_mixed_code(tmp_path, {**env, "torch": "2.15.0", "packages": {"numpy": "2.1.0"}}, say)
+    assert len(said) == 3 and "torch 2.14.1 -> 2.15.0" in said[2] and "numpy" not in said[2]
 
 
 def test_failed_closed_recoveries_are_not_scored_as_recoveries(tmp_path, monkeypatch):

@@ -62,3 +62,26 @@ def test_validation_pool_workers_die_on_terminate_despite_parent_handler():
         assert done.wait(60), "pool workers ignored SIGTERM: Pool.terminate() hangs"
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_evaluate_cli_interrupted_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (KeyboardInterrupt) during an evaluation: exit 130 and one line saying the batches are kept and how
+    to resume, not a traceback; SIGTERM (SystemExit 143) keeps its code and says the same."""
+    import pytest
+
+    from g2face_eval.harness import evaluate as E
+
+    monkeypatch.setenv("G2FACE_RESULTS_DIR", str(tmp_path / "r"))
+    for exc, code in ((KeyboardInterrupt(), 130), (SystemExit(143), 143)):
+        def stop(*a, _e=exc, **k):
+            raise _e
+
+        monkeypatch.setattr(E, "evaluate", stop)
+        if code == 130:
+            assert E.cli(["--methods", "blur_s4", "--no-progress"]) == 130
+        else:
+            with pytest.raises(SystemExit) as e:
+                E.cli(["--methods", "blur_s4", "--no-progress"])
+            assert e.value.code == 143
+        err = capsys.readouterr().err
+        assert "rerun the same command to resume" in err and "Traceback" not in err, err

@@ -352,3 +352,27 @@ def test_latency_note_names_device_batch_and_runs_and_never_merges_devices(tmp_p
 def test_primary_privacy_metric_prefers_a_success_rate():
     agg = pd.DataFrame({"metric": ["deid_mean_similarity_arcface_r50", "deid_success_rate_arcface_r50"]})
     assert figures.primary_deid_metric(agg) == "deid_success_rate_arcface_r50"
+
+
+def test_report_says_what_computed_the_run_and_goes_where_the_run_put_its_report(tmp_path, monkeypatch):
+    """The report names the commit (and uncommitted changes), the software and every invocation's commit and
+    device; `g2face-eval report` without --out writes to the reports folder the run's config.json records."""
+    run = synthetic_run(tmp_path / "results" / "run1")
+    (run / "environment.json").write_text(json.dumps({"git_hash": "f" * 40, "git_dirty": True, "python": "3.11.7 x",
+                                                      "torch": "2.14.1", "platform": "Linux-x86_64"}))
+    sw = {"python": "3.11.7", "torch": "2.14.1"}
+    (run / "invocations.json").write_text(json.dumps([
+        {"git_hash": "e" * 40, "git_dirty": False, "device": "cpu", "status": "interrupted", "software": sw},
+        {"git_hash": "f" * 40, "git_dirty": True, "device": "cuda", "status": "finished",
+         "software": {**sw, "torch": "2.15.0"}}]))
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "reports_dir": str(tmp_path / "where_the_run_said")}))
+    monkeypatch.setenv("G2FACE_REPORTS_DIR", str(tmp_path / "env_reports"))
+    assert build.default_out(run) == tmp_path / "where_the_run_said" / "run1"
+    assert build.cli(["--results", str(run)]) == 0
+    out = tmp_path / "where_the_run_said" / "run1"
+    md = (out / "report.md").read_text()
+    assert f"code: {'f' * 40} (uncommitted changes)" in md and "torch 2.14.1" in md
+    assert f"commits: {'e' * 40}, {'f' * 40} (dirty); devices: cpu, cuda; package versions differ" in md
+    assert (out / "tables.tex").read_text().startswith("% g2face-eval run run1\n% code: " + "f" * 40)
+    assert f"code: {'f' * 40}" in (out / "report.html").read_text()

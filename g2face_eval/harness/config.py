@@ -71,8 +71,10 @@ SHARED_KEYS = (
     "reports_dir",
 )
 
-# Keys that do not change any result: excluded from the config hash (so a rerun with another batch size,
-# device or output folder resumes the same run). ``datasets_root`` is listed because its spelling does not
+# Keys that do not identify a run's results: excluded from the config hash (so a rerun with another batch size,
+# device or output folder resumes the same run). Batch size and device change values only at float-rounding level
+# (batched inference is not bit-identical across batch sizes: similarities by up to 1e-4; README), and each
+# invocation records its own (invocations.json). ``datasets_root`` is listed because its spelling does not
 # matter: the folders it resolves to enter the hash through ``data_locations``.
 NON_RESULT_KEYS = (
     "batch_size",

@@ -1060,6 +1060,7 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
         for f in (
             "records.parquet",
             "records.csv",
+            "aggregate.parquet",
             "aggregate.csv",
             "demographics.csv",
             "summary.txt",
@@ -1114,9 +1115,10 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
     }
 
 
-def _warn_on_mixed_commits(run_dir: Path, env: dict, say) -> None:
-    """A resume by other code than the earlier invocations' (another commit, or uncommitted changes) mixes
-    results of both in one run: say so (``invocations.json`` keeps which invocation computed how many batches)."""
+def _warn_on_mixed_code(run_dir: Path, env: dict, say) -> None:
+    """A resume by other code than the earlier invocations' (another commit, or uncommitted changes, or other
+    package versions) mixes results of both in one run: say so (``invocations.json`` keeps which invocation
+    computed how many batches, with which software)."""
     history = _invocations(run_dir)
     if not history:
         return
@@ -1126,6 +1128,21 @@ def _warn_on_mixed_commits(run_dir: Path, env: dict, say) -> None:
         say("resuming run %s with code %s%s; earlier invocations ran %s: its results may mix code versions "
             "(see invocations.json)", run_dir.name, now[0], " (uncommitted changes)" if now[1] else "",
             ", ".join(f"{h}{' (dirty)' if d else ''}" for h, d in sorted(seen, key=str)))
+    sw = software(env)
+    for h in history:  # the same commit under other package versions (an upgraded torch) computes differently
+        old = h.get("software")
+        if old and old != sw:
+            diff = sorted(k for k in set(old) | set(sw) if old.get(k) != sw.get(k))
+            say("resuming run %s with other software than an earlier invocation (%s): its results may mix them "
+                "(see invocations.json)", run_dir.name,
+                ", ".join(f"{k} {old.get(k)} -> {sw.get(k)}" for k in diff))
+            break
+
+
+def software(env: dict) -> dict:
+    """The versions an invocation computed with (python, torch, the packages ``environment_info`` lists)."""
+    return {"python": str(env.get("python", "")).split()[0] if env.get("python") else None,
+            "torch": env.get("torch"), **{k: v for k, v in (env.get("packages") or {}).items() if k != "g2face-eval"}}
 
 
 def _iso(t: float) -> str:
@@ -1145,12 +1162,13 @@ def begin_invocation(S: Setup, started: float, world_size: int = 1) -> tuple[dic
     # it here, before its sharded phase, and keeps it until it exits): another process on the run fails now
     acquire_run_lock(S.run_dir)
     env = {**environment_info(), "code_fingerprint": C.code_fingerprint()}
-    _warn_on_mixed_commits(S.run_dir, env, say=log.warning)  # against the earlier invocations, finished or not
+    _warn_on_mixed_code(S.run_dir, env, say=log.warning)  # against the earlier invocations, finished or not
     atomic_write_json(S.run_dir / "environment.json", env)
     index = _start_invocation(S.run_dir, started, {
         "git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), "device": str(S.cfg["device"]),
+        "batch_size": int(S.cfg["batch_size"]),
         "world_size": int(world_size), "config_hash": S.chash, "data_locations": C.data_locations(S.cfg),
-        "code_fingerprint": env["code_fingerprint"], "batches_computed": 0,
+        "code_fingerprint": env["code_fingerprint"], "software": software(env), "batches_computed": 0,
     })
     return env, index
 
@@ -1275,7 +1293,8 @@ def collect_method(S: Setup, store: BatchStore, mname: str, indexes: dict[str, D
         for e in exts:  # realism: Fréchet distance of the anonymized set against the dataset's originals
             if ix.real[e].n < 2 or fake[e].n < max(2, int(S.cfg["fd_min_images"])):
                 continue
-            for metric, value in realism.realism_metrics_streamed(e, ix.real[e], fake[e]).items():
+            for metric, value in realism.realism_metrics_streamed(e, ix.real[e], fake[e],
+                                                                  seed=int(S.cfg["seed"])).items():
                 sets.append(dict(method=mname, dataset=dname, metric=metric, value=float(value), n=fake[e].n))
     return records, sets
 
@@ -1537,6 +1556,15 @@ def cli(argv: list[str] | None = None) -> int:
                 evaluate_distributed(cfg, progress=not ns.no_progress)
             else:
                 evaluate(cfg, progress=not ns.no_progress)
+    except KeyboardInterrupt:  # Ctrl-C: the batches saved so far are kept (one line, no traceback)
+        print("g2face-eval evaluate: interrupted; the batches computed so far are saved: rerun the same command "
+              "to resume", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        if e.code == 143:  # SIGTERM (sigterm_exits)
+            print("g2face-eval evaluate: terminated (SIGTERM); the batches computed so far are saved: rerun the "
+                  "same command to resume", file=sys.stderr)
+        raise
     except (DatasetNotFoundError, DatasetOptionsError, EmptyDatasetError) as e:  # missing, malformed, empty: exit 2
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2

@@ -44,7 +44,9 @@ def tracking_uri(results_dir: Path) -> str:
 
 
 def ui_command(uri: str) -> str:
-    return f"mlflow ui --backend-store-uri {uri}"
+    """The command that opens the MLflow UI on ``uri``, with this interpreter (``mlflow`` is installed in the
+    project's environment, e.g. nox's, which need not be on PATH)."""
+    return f"{sys.executable} -m mlflow ui --backend-store-uri {uri}"
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +122,8 @@ def git_info(root: Path | None = None) -> dict:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0 or not head.stdout.strip():
             return unknown
-        status = git("status", "--porcelain")
+        status = git("status", "--porcelain", "--untracked-files=no")   # changed tracked files only: results
+        # or report folders inside the checkout are no code change
         dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
         return {"git_hash": head.stdout.strip(), "git_dirty": dirty}
     except Exception:  # noqa: BLE001 - no git, a timeout: unknown, never a failed run

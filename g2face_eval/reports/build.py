@@ -27,7 +27,42 @@ def latest_run(results_dir: Path | None = None) -> Path:
 
 
 def default_out(run_dir: Path) -> Path:
-    return settings.reports_dir() / Path(run_dir).name
+    """Where the run's evaluation wrote its report: the ``reports_dir`` of its ``config.json`` (as resolved when
+    it ran; a relative one against the working directory, as there), else ``settings.reports_dir()``."""
+    run_dir = Path(run_dir)
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        cfg = {}
+    root = cfg.get("reports_dir") if isinstance(cfg, dict) else None
+    return (Path(root) if root else settings.reports_dir()) / run_dir.name
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+def provenance(run_dir: Path) -> list[str]:
+    """Lines saying what computed the run: the code (commit, uncommitted changes) and software of its latest
+    invocation, and every commit, device and software of the invocations a resumed run was computed by."""
+    env = _json(Path(run_dir) / "environment.json") or {}
+    inv = _json(Path(run_dir) / "invocations.json") or []
+    dirty = {True: " (uncommitted changes)", False: "", None: " (dirty flag unknown)"}
+    lines = [f"code: {env.get('git_hash') or 'unknown (not a git checkout)'}{dirty.get(env.get('git_dirty'), '')}",
+             f"software: python {str(env.get('python', '?')).split()[0]}, torch {env.get('torch', '?')}, "
+             f"{env.get('platform', '?')}" + (f", GPU {env['gpu']}" if env.get("gpu") else "")]
+    if inv:
+        commits = sorted({(h.get("git_hash") or "unknown") + (" (dirty)" if h.get("git_dirty") else "")
+                          for h in inv})
+        devices = sorted({str(h.get("device")) for h in inv})
+        sw = {json.dumps(h.get("software"), sort_keys=True) for h in inv if h.get("software")}
+        lines.append(f"invocations: {len(inv)} ({', '.join(str(h.get('status')) for h in inv)}); commits: "
+                     f"{', '.join(commits)}; devices: {', '.join(devices)}"
+                     + ("; package versions differ between invocations (invocations.json)" if len(sw) > 1 else ""))
+    return lines
 
 
 def _read(run_dir: Path, name: str) -> pd.DataFrame:
@@ -68,8 +103,9 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
     )
 
     sections: list[tuple[str, list[str]]] = []
-    md = [f"# g2face-eval report: {run_dir.name}\n"]
-    tex = []
+    prov = provenance(run_dir)
+    md = [f"# g2face-eval report: {run_dir.name}\n", *(f"- {ln}" for ln in prov), ""]
+    tex = [f"% g2face-eval run {run_dir.name}", *(f"% {ln}" for ln in prov)]
     # tables
     tparts = []
     for d in datasets:
@@ -144,6 +180,7 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
         f"results: {run_dir.resolve()}",
         f"methods: {', '.join(cfg.get('methods', []))}",
         f"datasets: {', '.join(datasets)}",
+        *prov,
     ]
     (out / "report.html").write_text(html.page(f"g2face-eval report — {run_dir.name}", sections, meta))
     if not quiet:
@@ -154,7 +191,8 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
 def cli(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="g2face-eval report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", help="results folder of one run (default: the latest under results_dir)")
-    ap.add_argument("--out", help="output folder (default: $G2FACE_REPORTS_DIR or ./reports/out, then /<run>)")
+    ap.add_argument("--out", help="output folder (default: the run's own reports folder, as its config.json "
+                    "records it, else $G2FACE_REPORTS_DIR or ./reports/out; then /<run>)")
     ns = ap.parse_args(argv)
     try:
         run_dir = Path(ns.results) if ns.results else latest_run()

@@ -1372,7 +1372,8 @@ def series_label(r: dict, bench_device_type: str, configs: dict | None = None) -
     """A bench row's line in the latency figure: config / op / variant for G2Face (``(g2face_reference)`` for
     the fp32 reference path), the name otherwise; ``[on cpu]`` when the row ran on another device than the
     bench's (the metric suite's host oracles in a GPU bench), so that no CPU timing reads as the GPU's;
-    ``[FALLBACK ...]`` when a config's note (``configs``, the bench's ``configs`` table) says it fell back."""
+    ``[<config> used]`` when a config's note (``configs``, the bench's ``configs`` table) says it fell back (the
+    shipped config without its checkpoint)."""
     label = f"{r['config']} {r['op']} {r['variant']}" if r["suite"] == "g2face" else r["name"]
     if r["suite"] == "g2face" and r["name"] != "g2face":
         label += f" ({r['name']})"
@@ -1418,8 +1419,7 @@ def plot(doc: dict, path: Path) -> Path | None:
         ax.set_yscale("log")
         ax.set_xlabel("batch size")
         ax.set_ylabel("ms per image (median)")
-        marked = " (other devices marked)" if any(
-            "[on " in lbl for lbl in series) else ""
+        marked = " (other devices marked)" if any("[on " in lbl for lbl in series) else ""
         ax.set_title(f"{suite} on {doc['device'].get('name')} ({doc['device']['type']}){marked}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, ncol=1 if len(series) < 14 else 2)

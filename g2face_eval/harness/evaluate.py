@@ -66,7 +66,6 @@ from g2face_eval.metrics.base import PSNR_CAP_DB  # noqa: F401 - re-exported: E.
 log = logging.getLogger("g2face_eval.evaluate")
 
 
-
 class Interrupted(RuntimeError):
     """Raised by the test hook ``_interrupt_after`` to simulate a killed run."""
 

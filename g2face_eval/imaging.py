@@ -32,8 +32,10 @@ def to_uint8(batch: torch.Tensor) -> np.ndarray:
     return batch.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def check_batch(batch: torch.Tensor, *, allow_out_of_range: bool = False) -> torch.Tensor:
-    """Refuse tensors that would silently produce garbage: wrong rank/channels/dtype, NaN or inf values."""
+def check_batch(batch: torch.Tensor, *, allow_out_of_range: bool = False, upper: float = RANGE[1]) -> torch.Tensor:
+    """Refuse tensors that would silently produce garbage: wrong rank/channels/dtype, NaN or inf values, values
+    outside [0, ``upper``] (default the images' [0, 1]; a metric passes its ``data_range``) unless
+    ``allow_out_of_range``."""
     if not isinstance(batch, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor batch, got {type(batch).__name__}")
     if batch.ndim != 4 or batch.shape[1] != 3:
@@ -45,6 +47,7 @@ def check_batch(batch: torch.Tensor, *, allow_out_of_range: bool = False) -> tor
     lo, hi = (float(v) for v in torch.aminmax(batch.detach()))  # one pass; NaN propagates into both
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("batch contains NaN or inf values")
-    if not allow_out_of_range and (lo < RANGE[0] - 1e-6 or hi > RANGE[1] + 1e-6):
-        raise ValueError(f"batch values must lie in {RANGE}, got [{lo:.3g}, {hi:.3g}]")
+    tol = 1e-6 * max(1.0, float(upper))
+    if not allow_out_of_range and (lo < RANGE[0] - tol or hi > upper + tol):
+        raise ValueError(f"batch values must lie in [{RANGE[0]:g}, {upper:g}], got [{lo:.3g}, {hi:.3g}]")
     return batch

@@ -187,3 +187,19 @@ def test_lpips_unavailable_without_user_file(tmp_path, monkeypatch, no_network):
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alexnet-owt-7be5be79.pth")
     with pytest.raises(MetricUnavailable):
         M.LPIPS("alex")
+
+
+def test_data_outside_the_given_range_is_refused():
+    """Values above data_range (0..255 data measured with data_range 1) would give a plausible-looking wrong
+    number (PSNR -21.8 dB, an SSIM near 1): refused, naming the range. Data inside a larger range (a dark 0..1
+    image with data_range 255) cannot be told from a dark image and stays allowed."""
+    from g2face_eval.metrics.image import psnr, ssim
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    for fn in (psnr, ssim):
+        with pytest.raises(ValueError, match="do not match data_range=1"):
+            fn(a * 255, b * 255, 1.0)
+        with pytest.raises(ValueError, match="do not match data_range=1"):
+            fn(a - 0.5, b, 1.0)
+        assert torch.isfinite(fn(a, b, 1.0)).all() and torch.isfinite(fn(a * 255, b * 255, 255.0)).all()

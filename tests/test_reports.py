@@ -163,17 +163,20 @@ def test_wide_table_shows_counts_authentication_and_mesh_coverage():
 
 
 def test_wide_table_flags_small_n_and_writes_no_negative_zero():
-    """A mean over fewer than 10 images says so (a pose error over 4 meshed faces must not read like one over 500);
-    counts and set metrics never get an n; a value that rounds to zero has no minus sign."""
+    """A mean over fewer than 10 images says so (a pose error over 4 meshed faces must not read like one over 500),
+    and so does an FD or KID over a handful of images; counts never get an n; a value that rounds to zero has no
+    minus sign."""
     rows = [("n_images", 500, np.nan, np.nan, 500, "count"), ("pose_error_deg", 8.154, 3.324, 15.756, 4, "mean"),
             ("ssim", 0.42, 0.414, 0.426, 500, "mean"), ("fd_effnet_lite0", 275.6, np.nan, np.nan, 500, "set"),
+            ("kid_effnet_lite0", 0.25, np.nan, np.nan, 3, "set"), ("n_failed", 2, np.nan, np.nan, 2, "count"),
             ("wrongkey_similarity_sface", 0.0004, -0.0002, 0.014, 500, "mean")]
     agg = pd.DataFrame([dict(method="g", dataset="d", metric=m, value=float(v), ci_lo=lo, ci_hi=hi, n=n,
                              aggregation=a) for m, v, lo, hi, n, a in rows])
     w = tables.wide(agg, "d").iloc[0]
     assert w["Pose err."] == "8.154 [3.324, 15.756] (n=4)"
     assert (w["n ok"], w["SSIM"], w["FD-EffNet"]) == ("500", "0.420 [0.414, 0.426]", "275.600")
-    assert w["Wrong-key sim."] == "0.000 [0.000, 0.014]"
+    assert w["Wrong-key sim. (SFace)"] == "0.000 [0.000, 0.014]"
+    assert (w["KID-EffNet"], w["n failed"]) == ("0.250 (n=3)", "2")
 
 
 def test_wide_table_keeps_significant_figures_of_small_set_metrics():

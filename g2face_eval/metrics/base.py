@@ -252,7 +252,8 @@ _add(
     False,
     "mean",
     "fraction",
-    "mean 2-D landmark error normalised by outer-eye-corner distance (mesh points 33, 263)",
+    "mean 2-D distance between the anonymized face's and the original's predicted face-mesh landmarks (not "
+    "annotated landmarks), normalised by the original's outer-eye-corner distance (mesh points 33, 263)",
 )
 _add("latency_ms_per_image", False, "median", "ms", "wall time per image (median over timed runs)")
 _add("images_per_second", True, "median", "1/s", "throughput (batch size / median batch time)")
@@ -270,7 +271,10 @@ _add(
 # (PSNR/SSIM/LPIPS of the *anonymized* image against the original are utility metrics -- how much of the
 # input survives, the x axis of the privacy-utility plots -- so "better" means closer to the input.)
 _add("psnr", True, "mean", "dB", "utility: PSNR between anonymized and original image")
-_add("ssim", True, "mean", "", "utility: SSIM (gaussian, sigma 1.5) between anonymized and original image")
+_add("ssim", True, "mean", "", "utility: SSIM between anonymized and original image: mean over the R, G, B "
+     "channels (not luminance) of gaussian-window SSIM (11x11, sigma 1.5, K1 0.01, K2 0.03, population covariance, "
+     "5-px border cropped), i.e. skimage structural_similarity(gaussian_weights=True, sigma=1.5, "
+     "use_sample_covariance=False, channel_axis=-1, data_range=1)")
 _add("lpips_alex", False, "mean", "", "utility: LPIPS (AlexNet) between anonymized and original image")
 _add("lpips_vgg", False, "mean", "", "utility: LPIPS (VGG16) between anonymized and original image")
 _add(

@@ -28,9 +28,16 @@ from g2face_eval.imaging import check_batch
 from g2face_eval.metrics.base import MetricUnavailable
 
 
-def _pair(a: torch.Tensor, b: torch.Tensor) -> None:
-    check_batch(a, allow_out_of_range=True)
-    check_batch(b, allow_out_of_range=True)
+def _pair(a: torch.Tensor, b: torch.Tensor, data_range: float) -> None:
+    """Two float batches of one shape with values in [0, data_range]: a range that does not match the data
+    (0..255 values with data_range 1, or the reverse) would give a plausible-looking wrong number."""
+    try:
+        check_batch(a, upper=data_range)
+        check_batch(b, upper=data_range)
+    except ValueError as e:
+        if "must lie in" in str(e):
+            raise ValueError(f"{e}: the data do not match data_range={data_range:g}") from None
+        raise
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
 
@@ -52,7 +59,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
         d = a.detach().cpu().to(torch.int32) - b.detach().cpu().to(torch.int32)
         mse = d.mul_(d).flatten(1).sum(1, dtype=torch.int64).double() / max(1, a[0:1].numel())
     else:
-        _pair(a, b)
+        _pair(a, b, r)
         mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)
     return (10.0 * torch.log10(r * r / mse)).detach()  # mse == 0 -> +inf, as skimage
 
@@ -87,7 +94,7 @@ def ssim(
     k2: float = 0.03,
 ) -> torch.Tensor:
     r = _check_range(data_range)
-    _pair(a, b)
+    _pair(a, b, r)
     import cv2
     import numpy as np
 
@@ -214,7 +221,7 @@ class LPIPS(torch.nn.Module):
     @torch.no_grad()
     def forward(self, a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
         r = _check_range(data_range)
-        _pair(a, b)
+        _pair(a, b, r)
         dev = next(self.model.parameters()).device
         spec = self.input_spec  # [-1, 1], declared by the backbone's zoo entry
         x, y = spec.normalize(a.to(dev).float(), r), spec.normalize(b.to(dev).float(), r)

@@ -957,7 +957,9 @@ def realism_metrics_streamed(
     to float summation order); KID on the bounded, order-independent samples with their ids, so the same-id
     pairs (an original and its anonymized version) are left out of the cross term and every sampled original
     counts, those of failed images included (the same subsets as ``realism_metrics`` only when both sets have
-    <= ``kid_subset_size`` images, where every subset is the whole set). ``real`` may be shared by calls in
+    the same size <= ``kid_subset_size``, where every subset is the whole set: with sets of other sizes, e.g. a
+    method that failed on some images, the subset size is the smaller set's and the larger set is subsampled,
+    in another order than ``realism_metrics``). ``real`` may be shared by calls in
     several threads (its covariance square root is computed once; see ``RealismAccumulator.prepare_reference``)."""
     spec = EXTRACTORS.get(extractor_name)
     fd = frechet_distance_stats(real.stats, fake.stats)  # real first: its memoised covariance square root

@@ -41,8 +41,8 @@ LABELS = {
     "deid_success_rate_sface": "De-ID (SFace)",
     "deid_success_rate_dlib": "De-ID (dlib)",
     "deid_mean_similarity_sface": "Sim. (SFace)",
-    "id_rank1_sface": "Rank-1",
-    "id_rank5_sface": "Rank-5",
+    "id_rank1_sface": "Rank-1 (SFace)",
+    "id_rank5_sface": "Rank-5 (SFace)",
     "ssim": "SSIM",
     "psnr": "PSNR",
     "lpips_alex": "LPIPS",
@@ -53,14 +53,14 @@ LABELS = {
     "kid": "KID",
     "pose_error_deg": "Pose err.",
     "mesh_shape_distance": "Shape dist.",
-    "landmark_nme": "NME",
+    "landmark_nme": "NME vs orig. mesh",
     "detection_rate_yunet": "Det. (YuNet)",
     "recovery_ok_rate": "Rec. auth.",
     "recovery_psnr": "Rec. PSNR",
     "recovery_ssim": "Rec. SSIM",
-    "recovered_id_success_sface": "Rec. ID",
+    "recovered_id_success_sface": "Rec. ID (SFace)",
     "wrongkey_rejected_rate": "Wrong key rej.",
-    "wrongkey_similarity_sface": "Wrong-key sim.",
+    "wrongkey_similarity_sface": "Wrong-key sim. (SFace)",
     "payload_ber": "BER",
     "latency_ms_per_image": "ms/img",
 }
@@ -68,8 +68,11 @@ LABELS = {
 
 NOTE = (
     "Cells: value [95% CI: Wilson score interval for rates, percentile bootstrap for means]; set metrics (FD, KID) "
-    "and counts have no CI (a set metric below 1 keeps 3 significant figures); '(n=k)': a mean or rate over "
-    "fewer than 10 images. Rates and means are over the "
+    "and counts have no CI (a set metric below 1 keeps 3 significant figures); '(n=k)': a mean, rate, FD or KID "
+    "over fewer than 10 images. KID: unbiased polynomial-kernel MMD^2, mean over 100 subsets of min(n real, "
+    "n output, 1000) images, each face's own original left out of the cross term (torch-fidelity's KID keeps "
+    "it). FD-EffNet / KID-EffNet are on EfficientNet-lite0 "
+    "features, not FID / KID. Rates and means are over the "
     "images a method processed (n ok; failures in n failed). Pose error, mesh shape distance and NME average "
     "only the faces meshed on both the original and the output (Mesh found); detection counts a face only at "
     "the subject's place (IoU >= 0.3 with the original face's box); recovery PSNR/SSIM only the recoveries "
@@ -78,7 +81,8 @@ NOTE = (
 )
 
 
-SMALL_N = 10  # a per-image mean or rate over fewer values is shown with its n
+SMALL_N = 10  # a per-image mean or rate (or an FD / KID) over fewer values is shown with its n
+REALISM_SET_METRICS = ("fd_effnet_lite0", "kid_effnet_lite0", "fid", "kid")
 
 
 def _num(x: float, digits: int) -> str:
@@ -122,8 +126,9 @@ def wide(agg: pd.DataFrame, dataset: str, metrics: tuple[str, ...] = HEADLINE) -
                 r[LABELS.get(k, k)] = "–"
                 continue
             row = x.iloc[0]
-            n = row.get("n")  # values averaged; shown when small, for per-image means and rates only (not for
-            per_image = row.get("aggregation") in ("mean", "rate", "median")  # counts and set metrics: FD, KID)
+            n = row.get("n")  # values averaged; shown when small, for per-image means and rates and the
+            per_image = (row.get("aggregation") in ("mean", "rate", "median")  # set-based FD/KID (not counts,
+                         or k in REALISM_SET_METRICS)                         # not peak memory)
             digits = 0 if k in ("n_images", "n_failed") else 3
             if row.get("aggregation") == "set" and pd.notna(row["value"]):
                 digits = _set_digits(float(row["value"]), digits)

@@ -374,6 +374,7 @@ def _dataset_option_errors_cli(tmp_path, monkeypatch):
     """A dataset option it does not take, a bad value, or the folder dataset without its root: exit 2 with one
     line naming the dataset (it was a TypeError/ValueError traceback)."""
     monkeypatch.setenv("G2FACE_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.delenv("G2FACE_DATASETS", raising=False)   # else the folder dataset reads the datasets root (CI)
     common = ["--methods", "pixelate_8", "--results-dir", str(tmp_path / "r"),
               "--no-progress"]
     import contextlib

@@ -287,6 +287,9 @@ def test_resume_checks_run_settings(datasets_root, tmp_path):
         return {k: v for k, v in {**meta, "config": json.dumps(cfg)}.items() if k not in ("run", "payload")}
 
     _rewrite_meta(ck, legacy)
+    from g2face_eval import zoo
+
+    zoo.record_path(ck / "model.safetensors").unlink()  # written before checkpoints were sha256-recorded
     legacy_payload = r"payload \('official' in the checkpoint, 'keyed' now, the checkpoint predates this option\)"
     with pytest.raises(ValueError, match=legacy_payload) as e:
         trainer(batch=2, accum=2).load(ck)
@@ -339,3 +342,36 @@ def test_final_checkpoint_always_saved(datasets_root, tmp_path):
         again = Trainer(_cfg(datasets_root, out, steps=steps + 1), images=imgs, log=lambda *_: None)
         again.load(out / "last")
         assert again.step == steps
+
+
+def test_train_cli_refuses_overwrite_tampering_and_bad_settings(datasets_root, tmp_path, monkeypatch, capsys):
+    """`g2face-eval train`: a folder that already holds a checkpoint is not overwritten without --resume; a
+    tampered checkpoint is refused on resume (sha256); impossible settings and a G2Face too small for the keyed
+    payload are refused at the start or at export — each in one line, exit 2, no traceback."""
+    from g2face_eval.models import shipped
+    from g2face_eval.training import train
+
+    monkeypatch.setenv("G2FACE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    base = ["--preset", "tiny", "--limit", "8", "--batch", "2", "--no-mlflow", "--device", "cpu",
+            "--data-root", str(datasets_root), "--out", str(out)]
+    assert train.cli([*base, "--steps", "1"]) == 0
+    capsys.readouterr()
+    assert (out / "last" / "model.sha256").is_file()
+
+    def refused(args, expect):
+        assert train.cli(args) == 2, args
+        err = capsys.readouterr().err
+        assert expect in err and "Traceback" not in err and err.startswith("g2face-eval train: "), err
+
+    refused([*base, "--steps", "2"], "already holds a checkpoint")
+    refused([*base, "--steps", "2", "--limit", "-5"], "limit=-5")
+    refused([*base, "--steps", "2", "--lr", "-1"], "lr=-1.0")
+    assert shipped.main(["export", str(out / "last"), "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "cannot carry the keyed payload" in capsys.readouterr().err   # 32 px / width 8: too few bits
+    with pytest.raises(SystemExit):                                       # --out is required: the shipped
+        shipped.main(["export", str(out / "last")])                       # file is never overwritten by default
+    capsys.readouterr()
+    m = out / "last" / "model.safetensors"
+    m.write_bytes(m.read_bytes() + b"\0")
+    refused([*base, "--steps", "2", "--resume", "auto"], "sha256")

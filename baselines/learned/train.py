@@ -16,8 +16,9 @@ import argparse
 import json
 
 from baselines.learned import MODULES
-from baselines.learned.base import BaselineConfig, export, run
+from baselines.learned.base import BaselineConfig, BaselineTrainer, export
 from g2face_eval import settings
+from g2face_eval.training.train import export_cli, run_cli
 
 G2FACE_ONLY = ("preset", "pretrain_stylegan", "tiny_width", "init_generator", "geometry", "payload")
 
@@ -97,10 +98,9 @@ def cli(argv: list[str] | None = None) -> int:
     if args.mode == "export":
         if not args.train_dir:
             raise SystemExit("export needs the training checkpoint dir")
-        print(export(args.train_dir, args.export_to))
-        return 0
-    run(config_from_args(args), resume=args.resume, log=lambda m: print(m, flush=True))
-    return 0
+        return export_cli("g2face-eval train-baseline export", lambda: export(args.train_dir, args.export_to))
+    return run_cli("g2face-eval train-baseline", lambda: config_from_args(args), args.resume,
+                   trainer_cls=BaselineTrainer)
 
 
 if __name__ == "__main__":

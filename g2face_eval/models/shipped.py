@@ -157,13 +157,23 @@ def export(train_dir: str | Path, out: str | Path = CHECKPOINT_DIR / FILENAME) -
     if meta.get("mode") != "g2face" or "g2face_config" not in meta:
         raise ValueError(f"{src} is not a G2Face training checkpoint (metadata mode={meta.get('mode')!r})")
     train_cfg = json.loads(meta["config"])
+    gcfg = G2FaceConfig(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in json.loads(meta["g2face_config"]).items()})
+    from g2face_eval.models.payload import make_payload
+
+    try:  # what ``build`` will hide: refused now, not when the exported file is first used
+        make_payload("keyed", gcfg.n_bits, gcfg.id_dim)
+    except ValueError as e:
+        raise ValueError(f"{src}: this G2Face cannot carry the keyed payload the g2face method hides ({e})") from e
     sd = {k: v for k, v in load_file(str(src)).items() if k.startswith(KEEP_PREFIXES)}
     identity = train_cfg.get("identity", "auto")
+    trained_with = json.loads(meta.get("run", "{}")).get("identity_net")   # "auto" as training resolved it
+    if identity == "auto":
+        identity = trained_with if trained_with in ("arcface", "sface") else (
+            "arcface" if zoo.available("arcface_iresnet50") else "sface")    # older checkpoints: resolved now
     out_meta = {
         "g2face_config": meta["g2face_config"],
-        # "auto" resolved as training resolved it (ArcFace when its user weights exist, else SFace)
-        "identity": (("arcface" if zoo.available("arcface_iresnet50") else "sface") if identity == "auto"
-                     else identity),
+        "identity": identity,
         "geometry": train_cfg.get("geometry", "mediapipe_lmm"),
         "train_step": meta.get("step", ""),
         "train_config": meta["config"],
@@ -177,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("export")
     e.add_argument("train_dir")
-    e.add_argument("--out", default=str(CHECKPOINT_DIR / FILENAME))
+    e.add_argument("--out", required=True,
+                   help=f"target .safetensors (the project's shipped checkpoint is {CHECKPOINT_DIR / FILENAME}: "
+                        "name it to replace it)")
     args = ap.parse_args(argv)
-    print(export(args.train_dir, args.out))
-    return 0
+    from g2face_eval.training.train import export_cli
+
+    return export_cli("g2face export", lambda: export(args.train_dir, args.out))
 
 
 if __name__ == "__main__":

@@ -53,9 +53,18 @@ def load_train_images(size: int, root: str | Path | None = None, limit: int | No
         files = allf[:-500]
     if limit:
         files = files[:limit]
-    cpath = settings.cache_dir() / "training" / f"celebahq256_train_{size}_{len(files)}_{files[-1].stem}.npy"
+    # keyed by the files themselves (resolved paths, sizes, mtimes): another datasets root with the same names,
+    # or a replaced image, is another cache entry
+    h = hashlib.sha256()
+    for f in files:
+        st = Path(f).stat()
+        h.update(f"{Path(f).resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    cpath = settings.cache_dir() / "training" / f"celebahq256_train_{size}_{len(files)}_{h.hexdigest()[:16]}.npy"
     if cache and cpath.exists():
-        return torch.from_numpy(np.load(cpath))
+        try:
+            return torch.from_numpy(np.load(cpath))
+        except (OSError, ValueError) as e:  # damaged entry: rebuilt below
+            log(f"[data] rebuilding an unreadable cache entry {cpath}: {e}")
     from g2face_eval.data.io import load_image
 
     out = np.empty((len(files), 3, size, size), np.uint8)
@@ -65,9 +74,14 @@ def load_train_images(size: int, root: str | Path | None = None, limit: int | No
         if x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out[i0:i0 + 64] = x.round().clamp(0, 255).to(torch.uint8).numpy()
-    if cache:
-        cpath.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cpath, out)
+    if cache:  # atomic: torchrun ranks load concurrently, and an interrupted write leaves no truncated entry
+        from g2face_eval import atomic
+
+        def write(t: str) -> None:
+            with open(t, "wb") as fh:
+                np.save(fh, out)
+
+        atomic.write_via(cpath, write)
     log(f"[data] celebahq256 train: {len(out)} images at {size}px")
     return torch.from_numpy(out)
 

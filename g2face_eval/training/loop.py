@@ -25,6 +25,7 @@ with W*A micro-batches (same samples, same draws, gradients averaged).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -141,6 +142,16 @@ class TrainConfig:
                 bad.append(f"{name}={getattr(self, name)!r} (must be an integer >= 0)")
         if self.payload not in PAYLOADS:
             bad.append(f"payload={self.payload!r} (must be one of {', '.join(PAYLOADS)})")
+        for name in ("limit", "tiny_width"):
+            v = getattr(self, name, None)
+            if v is not None and not (isinstance(v, int) and v >= 1):
+                bad.append(f"{name}={v!r} (must be None or an integer >= 1)")
+        for name in ("lr", "lr_pretrained", "lr_d", "gamma"):
+            v = getattr(self, name, None)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                bad.append(f"{name}={v!r} (must be > 0)")
+        if not (isinstance(self.warmup_epochs, int) and self.warmup_epochs >= 0):
+            bad.append(f"warmup_epochs={self.warmup_epochs!r} (must be an integer >= 0)")
         if bad:
             raise ValueError("invalid training config: " + "; ".join(bad))
 
@@ -274,7 +285,9 @@ class Trainer:
         # a subclass with its own __init__ (baselines/learned/base.py) walks data and schedule by one ``spe``
         coupled = getattr(self, "spe", None)
         sched = getattr(self, "sched_spe", coupled)
-        return {"world_size": self.info.world, "global_batch": self.global_batch,
+        nets = ({"identity_net": getattr(self.idp, "name", type(self.idp).__name__), "id_dim": int(self.idp.dim),
+                 "perceptual_net": self.perc_name} if hasattr(self, "idp") else {})   # "auto" as resolved
+        return {**nets, "world_size": self.info.world, "global_batch": self.global_batch,
                 "n_train_images": len(self.data.images), "data_steps_per_epoch": getattr(self, "data_spe", coupled),
                 "sched_steps_per_epoch": sched, "amp_dtype": "bfloat16" if self.amp else "float32",
                 "lr_factor_final": (lr_factor_at(max(self.cfg.steps - 1, 0), sched, self.cfg.warmup_epochs,
@@ -297,6 +310,10 @@ class Trainer:
         self.model = G2Face(self.gcfg).to(self.dev)
         if cfg.init_generator:
             self._init_generator(cfg.init_generator)
+        else:
+            self.log("[train] note: the synthesis network starts from random weights (no --init-generator); the "
+                     "official code fine-tunes StyleGAN2-FFHQ-256 (--init-generator zoo:stylegan2_ffhq256, a user "
+                     "file) at the pretrained lr, or use a --pretrain-stylegan run of this project")
         net = self.model.anonymous_net
         pre, new = [], []
         for n, p in net.named_parameters():
@@ -544,7 +561,6 @@ class Trainer:
         if self.cfg.mode == "g2face":
             meta["g2face_config"] = json.dumps(self.gcfg.to_dict())
             meta["payload"] = self.cfg.payload  # the training payload bits (TrainConfig.payload)
-        save_file(self.state_tensors(), str(tmp / "model.safetensors"), metadata=meta)
         np_state = np.random.get_state()
         state = {
             "step": self.step,
@@ -559,8 +575,21 @@ class Trainer:
             "config": json.dumps(self.cfg.to_dict()),
         }
         torch.save(state, tmp / "train_state.pt")
+        from g2face_eval import zoo
+
+        meta["train_state_sha256"] = zoo.sha256_file(tmp / "train_state.pt")  # verified by ``load``
+        meta["environment"] = json.dumps(self._provenance())
+        save_file(self.state_tensors(), str(tmp / "model.safetensors"), metadata=meta)
+        zoo.write_record(tmp / "model.safetensors")                              # sha256 record beside it
         (tmp / "config.json").write_text(json.dumps({"step": self.step, **self.cfg.to_dict(), "resolved": resolved},
                                                     indent=1))
+        for f in tmp.iterdir():  # durable before the swap: a checkpoint marks work as done
+            os.chmod(f, 0o644)
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         # swap without a window where no complete checkpoint exists: old -> <name>.old, tmp -> name, drop old
         old = path.with_name(path.name + ".old")
         if path.exists():
@@ -571,7 +600,22 @@ class Trainer:
         crashpoints.hit("ckpt_swap")
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the rename itself (directories cannot be opened on every platform)
+            fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         return path
+
+    def _provenance(self) -> dict:
+        """Code and software of this run (recorded in checkpoints and MLflow tags), as the harness records them."""
+        from g2face_eval.harness.tracking import environment_info
+
+        env = environment_info()
+        return {"git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), "torch": env.get("torch"),
+                "python": str(env.get("python", "")).split()[0], "device": str(self.dev),
+                "device_name": torch.cuda.get_device_name(self.dev) if self.dev.type == "cuda" else None}
 
     def check_resumable(self, path: str | Path) -> None:
         """Raise ValueError when the checkpoint at ``path`` was trained with other run-defining settings than
@@ -602,6 +646,10 @@ class Trainer:
                              f"{self.info.world} x {now['accum']} now)")
         elif old_accum != now["accum"]:
             diffs.append(f"accum ({old_accum!r} in the checkpoint, {now['accum']!r} now)")
+        for k in ("identity_net", "id_dim", "perceptual_net"):   # an "auto" that resolves otherwise now (a user
+            if k in run and k in cur and run[k] != cur[k]:       # file added or removed since)
+                diffs.append(f"{k} ({run[k]!r} in the checkpoint, {cur[k]!r} now: 'auto' resolves differently; "
+                             "name it explicitly)")
         if "n_train_images" in run and run["n_train_images"] != cur["n_train_images"]:
             diffs.append(f"training images ({run['n_train_images']} in the checkpoint, {cur['n_train_images']} "
                          "now)")
@@ -631,6 +679,7 @@ class Trainer:
         from safetensors.torch import load_file
 
         path = Path(path)
+        verify_checkpoint(path, self.log)
         self.check_resumable(path)
         sd = load_file(str(path / "model.safetensors"), device=str(self.dev))
         if self.cfg.mode == "g2face":
@@ -670,12 +719,17 @@ class Trainer:
         if mlflow.get_experiment_by_name(self.cfg.experiment) is None:
             mlflow.create_experiment(self.cfg.experiment, artifact_location=art.as_uri() if art else None)
         exp = mlflow.set_experiment(self.cfg.experiment)
-        run_id = self._mlflow_run_to_resume(mlflow, exp.experiment_id)
+        # continue an unfinished MLflow run only when the training resumed from a checkpoint: a run started again
+        # from step 0 would log its steps a second time into it
+        run_id = self._mlflow_run_to_resume(mlflow, exp.experiment_id) if self.step > 0 else None
         if run_id is not None:  # a killed or preempted run of this output folder: continue it, same run
             run = mlflow.start_run(run_id=run_id)
         else:
-            run = mlflow.start_run(run_name=f"{self.cfg.mode}-{self.cfg.size}px-step{self.step}",
-                                   tags={"g2face.train_out": self._out_tag()})
+            prov = self._provenance()
+            tags = {"g2face.train_out": self._out_tag(), **{f"g2face.{k}": str(v) for k, v in prov.items()}}
+            if prov.get("git_hash"):
+                tags["mlflow.source.git.commit"] = prov["git_hash"]
+            run = mlflow.start_run(run_name=f"{self.cfg.mode}-{self.cfg.size}px-step{self.step}", tags=tags)
             from g2face_eval import atomic
 
             atomic.write_json(Path(self.cfg.out) / MLFLOW_RUN_FILE, {"run_id": run.info.run_id, "uri": uri})
@@ -747,15 +801,20 @@ class Trainer:
     def _fit_loop(self, steps: int, ckpt_dir: Path, history: list, t0: float) -> None:
         from g2face_eval import crashpoints
 
+        first = self.step
         while self.step < steps:
             logs = self.train_step()
             history.append(logs)
             crashpoints.hit("train_step")
             s = self.step
             if self.info.is_main:
-                if s % self.cfg.log_every == 0 or s == steps:
+                if s % self.cfg.log_every == 0 or s == steps or s == first + 1:   # the first step too: a sign of life
                     msg = " ".join(f"{k} {v:.4f}" for k, v in sorted(logs.items()))
-                    self.log(f"[train] step {s}/{steps} {msg} ({time.time() - t0:.1f}s)")
+                    el = time.time() - t0
+                    rate = (s - first) / el if el > 0 else float("nan")
+                    eta = (steps - s) / rate if rate > 0 else float("nan")
+                    self.log(f"[train] step {s}/{steps} {msg} ({el:.1f}s, {rate * 60:.2f} steps/min, "
+                             f"ETA {eta / 60:.1f} min)")
                     if self._mlflow:
                         self._mlflow[0].log_metrics({k: v for k, v in logs.items() if math.isfinite(v)},
                                                     step=s)
@@ -768,6 +827,34 @@ class Trainer:
                 ddp.barrier(self.info)
 
 
+class TrainSetupError(ValueError):
+    """A training that cannot start: a bad setting, missing data or weights, a refused resume, a checkpoint in
+    the way (the CLIs print it in one line and exit 2)."""
+
+
+def verify_checkpoint(path: str | Path, log=print) -> None:
+    """A training checkpoint dir against its sha256s: ``model.safetensors`` against its sibling record and
+    ``train_state.pt`` against the digest in the weights' metadata (both written by ``Trainer.save``). A mismatch
+    raises ``zoo.WeightIntegrityError``; a checkpoint written before checkpoints were recorded (no record) is
+    loaded with a warning."""
+    from safetensors import safe_open
+
+    from g2face_eval import zoo
+
+    path = Path(path)
+    model = path / "model.safetensors"
+    if zoo.recorded_sha256(model) is None:
+        log(f"[train] WARNING: {model} has no sha256 record (a checkpoint from before records were written): "
+            "it is loaded unverified")
+        return
+    zoo.verify_recorded(model, name=f"checkpoint {path}")
+    with safe_open(str(model), "pt") as f:
+        want = (f.metadata() or {}).get("train_state_sha256")
+    state = path / "train_state.pt"
+    if want and state.exists() and (got := zoo.sha256_file(state)) != want:
+        raise zoo.WeightIntegrityError(f"checkpoint {path}", state, want, got)
+
+
 def load_generator_state(src: str) -> dict[str, torch.Tensor]:
     """Synthesis weights from a stylegan pre-training checkpoint (dir or model.safetensors: ``generator.*``),
     a plain generator state dict, or ``zoo:stylegan2_ffhq256`` (rosinality checkpoint, ``g_ema``)."""
@@ -778,11 +865,17 @@ def load_generator_state(src: str) -> dict[str, torch.Tensor]:
         sd = sd.get("g_ema", sd) if isinstance(sd, dict) else sd
         return {k: v for k, v in sd.items() if not k.startswith("noises.")}
     p = Path(src)
-    if p.is_dir():
+    verified = p.is_dir()
+    if verified:
+        verify_checkpoint(p)
         p = p / "model.safetensors"
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        from g2face_eval import zoo
+
+        if not verified and zoo.recorded_sha256(p) is not None:
+            zoo.verify_recorded(p)
         sd = load_file(str(p))
     else:
         sd = torch.load(p, map_location="cpu", weights_only=True)
@@ -794,19 +887,28 @@ def load_generator_state(src: str) -> dict[str, torch.Tensor]:
 def run(cfg: TrainConfig, resume: str | None = None, log=print, trainer_cls: type[Trainer] | None = None) -> Trainer:
     """Entry used by the CLIs (one process or a torchrun rank): build ``trainer_cls`` (default ``Trainer``; the
     learned baselines pass theirs), optionally resume (``auto`` = ``<out>/last``), train."""
+    last = Path(cfg.out) / "last"
+    if not resume and (last.exists() or last.with_name("last.old").is_dir()):
+        raise TrainSetupError(f"{cfg.out} already holds a checkpoint ({last}): pass --resume auto to continue "
+                              "it, or another --out for a new run (it would be overwritten)")
+    from g2face_eval.zoo import WeightError
+
     info = ddp.init(cfg.device)
     try:
-        tr = (trainer_cls or Trainer)(cfg, info, log=log if info.is_main else (lambda *_: None))
-        if resume:
-            rp = Path(cfg.out) / "last" if resume == "auto" else Path(resume)
-            if not rp.exists() and rp.with_name(rp.name + ".old").is_dir():
-                rp = rp.with_name(rp.name + ".old")  # killed mid-swap: the previous complete checkpoint
-            if rp.exists():
-                tr.load(rp)
-                if info.is_main:
-                    log(f"[train] resumed from {rp} at step {tr.step}")
-            elif resume != "auto":
-                raise FileNotFoundError(f"--resume {rp}: no checkpoint there")
+        try:  # building the trainer and resuming: a bad setting, missing data or weights, a refused resume
+            tr = (trainer_cls or Trainer)(cfg, info, log=log if info.is_main else (lambda *_: None))
+            if resume:
+                rp = last if resume == "auto" else Path(resume)
+                if not rp.exists() and rp.with_name(rp.name + ".old").is_dir():
+                    rp = rp.with_name(rp.name + ".old")  # killed mid-swap: the previous complete checkpoint
+                if rp.exists():
+                    tr.load(rp)
+                    if info.is_main:
+                        log(f"[train] resumed from {rp} at step {tr.step}")
+                elif resume != "auto":
+                    raise FileNotFoundError(f"--resume {rp}: no checkpoint there")
+        except (ValueError, OSError, WeightError) as e:
+            raise TrainSetupError(str(e)) from e
         tr.fit()
         ddp.cleanup(sync=True)
         return tr

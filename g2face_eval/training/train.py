@@ -13,10 +13,16 @@ epoch, R1 5 every 16 steps, loss weights of the official train.py). An epoch of 
 official one, 70,000 FFHQ images, i.e. ceil(70000 / global batch) steps (2,188 on 4 GPUs x 8), not a pass over
 our 3,500-image train split (the data is reshuffled after every such pass; ``--steps-per-epoch`` sets the
 schedule's epoch in steps). The perceptual loss is LPIPS-VGG when the zoo's ``lpips_vgg`` user file is
-present, otherwise the offline EfficientNet-lite0 feature substitute (logged by name). One deliberate
-deviation: the hidden training bits are uniform (``--payload keyed``, the statistics of the keyed payload the
-shipped model hides at inference) instead of the official float2bit(randn) (``--payload official``).
-The start-up log states the resolved schedule (steps per epoch, lr factor at the final step) and amp dtype.
+present, otherwise the offline EfficientNet-lite0 feature substitute (logged by name). Deliberate
+deviations: the hidden training bits are uniform (``--payload keyed``, the statistics of the keyed payload the
+shipped model hides at inference) instead of the official float2bit(randn) (``--payload official``); on CUDA the
+default ``--amp auto`` trains in bf16 autocast (the official code trains in fp32: ``--amp off``). Not a default
+that can be reproduced offline: the official code initialises the synthesis network from StyleGAN2-FFHQ-256
+(``--init-generator zoo:stylegan2_ffhq256``, a user file); without ``--init-generator`` it starts from random
+weights (said at start-up). The start-up log states the resolved schedule (steps per epoch, lr factor at the
+final step) and amp dtype. A folder that already holds a checkpoint is refused without ``--resume``; checkpoints
+are sha256-recorded and verified when loaded. Errors in the settings, data or weights: one line, exit 2; Ctrl-C /
+SIGTERM: the last checkpoint is kept, resume with ``--resume auto``.
 """
 
 from __future__ import annotations
@@ -82,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"],
                     help=f"training device (default {settings.DEFAULTS['train_device']}: cuda when available, else "
                     "cpu; settings.DEFAULTS['train_device'])")
-    ap.add_argument("--amp", choices=["auto", "bf16", "off"])
+    ap.add_argument("--amp", choices=["auto", "bf16", "off"],
+                    help="autocast: auto = bf16 on CUDA, off on CPU (the official code trains in fp32: off)")
     return ap
 
 
@@ -99,14 +106,54 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**kw)
 
 
+def run_cli(prog: str, make_cfg, resume: str | None, **kw) -> int:
+    """Run a training for a CLI: a bad setting, missing data or weights, a refused resume or a checkpoint in the
+    way is one line and exit 2; Ctrl-C (exit 130) and SIGTERM (exit 143) say how to resume."""
+    import sys
+
+    from g2face_eval.interrupts import sigterm_exits
+    from g2face_eval.training.loop import TrainSetupError
+
+    try:
+        cfg = make_cfg()
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    hint = f"the last checkpoint in {cfg.out}/last is kept: rerun with --resume auto to continue"
+    try:
+        with sigterm_exits():  # SIGTERM (preemption): unwind so the MLflow run ends as KILLED
+            run(cfg, resume=resume, log=lambda m: print(m, flush=True), **kw)
+    except TrainSetupError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {hint}", file=sys.stderr)
+        return 130
+    except SystemExit as e:
+        if e.code == 143:
+            print(f"{prog}: terminated (SIGTERM); {hint}", file=sys.stderr)
+        raise
+    return 0
+
+
+def export_cli(prog: str, do_export) -> int:
+    """An export for a CLI: prints what ``do_export()`` returns; a missing or wrong checkpoint, a refused target
+    or a failed verification is one line and exit 2."""
+    import sys
+
+    from g2face_eval.zoo import WeightError
+
+    try:
+        print(do_export())
+    except (ValueError, OSError, WeightError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    from g2face_eval.interrupts import sigterm_exits
-
-    with sigterm_exits():  # SIGTERM (preemption): unwind so the MLflow run ends as KILLED
-        run(cfg, resume=args.resume, log=lambda m: print(m, flush=True))
-    return 0
+    return run_cli("g2face-eval train", lambda: config_from_args(args), args.resume)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def run_cli(prog: str, make_cfg, resume: str | None, **kw) -> int:
     except ValueError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    hint = f"the last checkpoint in {cfg.out}/last is kept: rerun with --resume auto to continue"
+    hint = f"the last checkpoint written (if any) is in {cfg.out}/last: rerun with --resume auto to continue"
     try:
         with sigterm_exits():  # SIGTERM (preemption): unwind so the MLflow run ends as KILLED
             run(cfg, resume=resume, log=lambda m: print(m, flush=True), **kw)

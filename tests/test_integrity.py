@@ -210,7 +210,30 @@ def _training_resume(p: Path, monkeypatch):
     tr = Trainer(cfg, images=torch.rand(4, 3, 32, 32) * 2 - 1, log=lambda *_: None)
     ck = tr.save(p.parent / "ck")
     p.replace(ck / "train_state.pt")  # a tampered resume state next to valid safetensors weights
+    if getattr(_training_resume, "rewrite_digests", True):
+        # an attacker who also rewrites the digests (train_state's in the weights' metadata, the weights' record):
+        # the sha256 layer passes, weights_only=True must still refuse the pickle
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        m = ck / "model.safetensors"
+        with safe_open(str(m), "pt") as f:
+            meta = dict(f.metadata())
+        meta["train_state_sha256"] = zoo.sha256_file(ck / "train_state.pt")
+        save_file(load_file(str(m)), str(m), metadata=meta)
+        zoo.write_record(m)
     tr.load(ck)
+
+
+def test_swapped_training_state_is_refused_by_its_digest(tmp_path, monkeypatch):
+    """A resume state swapped without the digest recorded in the weights' metadata is refused before it is
+    unpickled at all."""
+    marker = tmp_path / "PWNED"
+    p = _evil_checkpoint(tmp_path / "x" / "evil.pt", marker)
+    monkeypatch.setattr(_training_resume, "rewrite_digests", False, raising=False)
+    with pytest.raises(zoo.WeightIntegrityError, match="train_state.pt"):
+        _training_resume(p, monkeypatch)
+    assert not marker.exists()
 
 
 LOADERS = {

@@ -932,7 +932,8 @@ class Bench:
         if "g2face" in a.suites:  # torch.compile cells last: they are the slowest to prepare
             self.g2face(compiled=True)
         self.release()
-        self.doc["status"] = "partial" if self.budget_skipped else "complete"
+        self.doc["errors"] = sum(r.get("status") == "error" for r in self.doc["results"])
+        self.doc["status"] = run_status(self.doc, self.budget_skipped)
         self.doc["wall_s"] = time.perf_counter() - self.t0
         self.save()
         return self.doc
@@ -1092,7 +1093,8 @@ class Bench:
                 mask = ellipse_mask(b, size).to(self.device)
                 keys = [f"bench{i}".encode() for i in range(b)]
                 self.measure(cell, lambda m=m, x=x, mask=mask, keys=keys:
-                             m.anonymize(x, keys, face_masks=mask))
+                             m.anonymize(x, keys, face_masks=mask),
+                             floor_note="no FLOPs counted for baselines: no floor")
             del m
             self.release()
 
@@ -1575,12 +1577,50 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.suites = list(dict.fromkeys(SUITES[s] for s in names("--suites", a.suites, SUITES)))
     a.compile_batches = ints("--compile-batches", a.compile_batches)
     a.compile_ops = names("--compile-ops", a.compile_ops, OPS)
-    a.methods = _csv(a.methods) if a.methods else None
+    if a.methods:
+        from g2face_eval.methods import METHODS
+
+        a.methods = names("--methods", a.methods, [n for n in METHODS.names() if n != "g2face"])
+    else:
+        a.methods = None
     a.repeats = a.repeats if a.repeats is not None else d["repeats"]
     a.warmup = a.warmup if a.warmup is not None else d["warmup"]
+    if a.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {a.repeats}")
+    if a.warmup < 0:
+        ap.error(f"--warmup must be >= 0, got {a.warmup}")
+    if a.threads is not None and a.threads < 1:
+        ap.error(f"--threads must be >= 1, got {a.threads}")
     if a.max_gflop_per_call is None:
         a.max_gflop_per_call = d["max_gflop_per_call"]
     return a
+
+
+def run_status(doc: dict, budget_skipped: int) -> str:
+    """complete: every cell measured or skipped by rule; partial: a cell skipped for lack of time budget or a cell
+    that failed (its ``error`` row says why); failed: cells failed and none was measured."""
+    rows = doc["results"]
+    if any(r.get("status") == "error" for r in rows) and not any(r.get("status") == "ok" for r in rows):
+        return "failed"
+    return "partial" if budget_skipped or any(r.get("status") == "error" for r in rows) else "complete"
+
+
+ROW_KEYS = ("suite", "name", "config", "op", "variant", "batch", "status")
+
+
+def check_ingest(doc) -> None:
+    """ValueError unless ``doc`` is a bench document this code can log and plot: a dict of this ``SCHEMA`` with a
+    ``device`` dict and ``results``, a list of rows with ``ROW_KEYS`` (``ok`` rows with ``ms_per_image``)."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"not a bench document (a JSON {type(doc).__name__}, expected an object)")
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"schema {doc.get('schema')!r}, expected {SCHEMA!r}")
+    if not isinstance(doc.get("device"), dict) or not isinstance(doc.get("results"), list):
+        raise ValueError("'device' must be an object and 'results' a list")
+    for i, r in enumerate(doc["results"]):
+        missing = [k for k in ROW_KEYS if not isinstance(r, dict) or k not in r]
+        if missing or (r.get("status") == "ok" and "ms_per_image" not in r):
+            raise ValueError(f"results[{i}] lacks {missing or ['ms_per_image']}")
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -1591,14 +1631,20 @@ def cli(argv: list[str] | None = None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     if a.ingest:  # a bench.json from elsewhere (any file name): copied into its own run folder, then logged
         src = Path(a.ingest)
-        doc = json.loads(src.read_text())
+        try:  # checked before anything is written
+            doc = json.loads(src.read_text())
+            check_ingest(doc)
+        except (OSError, ValueError) as e:
+            print(f"g2face-eval bench: error: --ingest {src}: {e}", file=sys.stderr)
+            return 2
         if not doc.get("reference") and (ref := load_reference(doc.get("device", {}).get("name"))):
             doc["reference"] = ref   # the device machine has no ../shared: the official numbers are added here
             doc.setdefault("notes", []).append("reference added at ingest from the local reference file")
         out_dir = Path(a.out) if a.out else results_dir / "bench" / f"ingested-{stamp}"
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out_dir / "bench.json", doc)
         fig = None if a.no_plot else plot(doc, out_dir / "bench_latency.png")
+        doc["figure"] = str(fig) if fig else None   # this folder's figure, not the source machine's path
+        atomic_write_json(out_dir / "bench.json", doc)
         uri = None if a.no_mlflow else log_mlflow(doc, out_dir, results_dir, fig)
         print(f"ingested {src} -> {out_dir}" + (f" ({uri})" if uri else " (no MLflow run)"))
         return 0

@@ -395,6 +395,7 @@ def test_baselines_run_on_the_bench_device(monkeypatch, tmp_path):
 
     fake = Fake()
     monkeypatch.setattr(methods, "build", lambda name: fake)
+    monkeypatch.setattr(methods.METHODS, "names", lambda *a, **k: ["fake"])   # --methods names are checked
     b = _bench(tmp_path, "--methods", "fake", "--batches", "1", "--repeats", "1", "--warmup", "0")
     b.baselines()
     assert fake.device == b.device
@@ -625,3 +626,31 @@ def test_latency_figure_marks_rows_timed_on_another_device(monkeypatch):
     monkeypatch.setattr(bench, "_shipped", lambda: None)                  # no shipped checkpoint: the fallback
     note = bench.config_by_name("shipped")[1]
     assert bench.series_label(fb, "cuda", {"shipped": {"note": note}}) == "shipped anonymize fp32 [small config used]"
+
+
+def test_cli_refuses_bad_arguments_and_ingests(tmp_path, capsys):
+    """Settings no run can time and a malformed --ingest file: one line, exit 2, nothing written."""
+    for args, msg in ((["--repeats", "0"], "--repeats must be >= 1"), (["--warmup", "-1"], "--warmup must be >= 0"),
+                      (["--methods", "nope"], "--methods: unknown ['nope']")):
+        with pytest.raises(SystemExit) as e:
+            bench.parse_args(args)
+        assert e.value.code == 2 and msg in capsys.readouterr().err, args
+    bad = {"truncated.json": '{"schema": "x", "results": [', "list.json": "[1, 2]",
+           "no_suite.json": json.dumps({"schema": bench.SCHEMA, "device": {}, "results": [{"status": "ok"}]})}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        out = tmp_path / f"out_{name}"
+        assert bench.cli(["--ingest", str(tmp_path / name), "--out", str(out), "--results-dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("g2face-eval bench: error: --ingest") and not out.exists(), (name, err)
+    assert bench.cli(["--ingest", str(tmp_path / "missing.json"), "--results-dir", str(tmp_path)]) == 2
+
+
+def test_run_status_counts_error_rows():
+    """A run whose cells errored is not 'complete': partial with some ok rows, failed with none."""
+    for rows, skipped, want in (([{"status": "ok"}, {"status": "skipped"}], 0, "complete"),
+                                ([{"status": "ok"}, {"status": "skipped"}], 1, "partial"),
+                                ([{"status": "ok"}, {"status": "error"}], 0, "partial"),
+                                ([{"status": "error"}, {"status": "skipped"}], 0, "failed"),
+                                ([{"status": "skipped"}], 1, "partial"), ([{"status": "skipped"}], 0, "complete")):
+        assert bench.run_status({"results": rows}, skipped) == want, rows

@@ -1599,10 +1599,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run_status(doc: dict, budget_skipped: int) -> str:
     """complete: every cell measured or skipped by rule; partial: a cell skipped for lack of time budget or a cell
     that failed (its ``error`` row says why); failed: cells failed and none was measured."""
-    rows = doc["results"]
-    if any(r.get("status") == "error" for r in rows) and not any(r.get("status") == "ok" for r in rows):
+    statuses = {r.get("status") for r in doc["results"]}
+    if "error" in statuses and "ok" not in statuses:
         return "failed"
-    return "partial" if budget_skipped or any(r.get("status") == "error" for r in rows) else "complete"
+    return "partial" if budget_skipped or "error" in statuses else "complete"
 
 
 ROW_KEYS = ("suite", "name", "config", "op", "variant", "batch", "status")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 from collections.abc import Iterator
 
 
@@ -26,3 +27,19 @@ def sigterm_exits() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def say_how_to_resume(prog: str, hint: str) -> Iterator[None]:
+    """Ctrl-C (KeyboardInterrupt) and SIGTERM (``sigterm_exits``' SystemExit 143) leaving the block print one line,
+    ``<prog>: interrupted; <hint>`` / ``<prog>: terminated (SIGTERM); <hint>``, instead of a bare traceback, and
+    propagate (the command maps KeyboardInterrupt to exit code 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {hint}", file=sys.stderr)
+        raise
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            print(f"{prog}: terminated (SIGTERM); {hint}", file=sys.stderr)
+        raise

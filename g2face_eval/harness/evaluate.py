@@ -60,6 +60,7 @@ from g2face_eval.harness.records import (
     release_run_lock,
     write_table,
 )
+from g2face_eval.harness.tracking import software
 from g2face_eval.imaging import to_tensor, to_uint8
 from g2face_eval.metrics.base import PSNR_CAP_DB  # noqa: F401 - re-exported: E.PSNR_CAP_DB
 
@@ -1138,12 +1139,6 @@ def _warn_on_mixed_code(run_dir: Path, env: dict, say) -> None:
             break
 
 
-def software(env: dict) -> dict:
-    """The versions an invocation computed with (python, torch, the packages ``environment_info`` lists)."""
-    return {"python": str(env.get("python", "")).split()[0] if env.get("python") else None,
-            "torch": env.get("torch"), **{k: v for k, v in (env.get("packages") or {}).items() if k != "g2face-eval"}}
-
-
 def _iso(t: float) -> str:
     from datetime import datetime, timezone
 
@@ -1545,25 +1540,19 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2
     from g2face_eval.data.datasets import DatasetNotFoundError, DatasetOptionsError
-    from g2face_eval.interrupts import sigterm_exits
+    from g2face_eval.interrupts import say_how_to_resume, sigterm_exits
 
     try:
-        with sigterm_exits():  # SIGTERM: unwind so MLflow runs end as KILLED
+        with say_how_to_resume("g2face-eval evaluate", "the batches computed so far are saved: rerun the same "
+                               "command to resume"), sigterm_exits():  # SIGTERM: MLflow runs end as KILLED
             if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: images sharded across ranks
                 from g2face_eval.harness.distributed import evaluate_distributed
 
                 evaluate_distributed(cfg, progress=not ns.no_progress)
             else:
                 evaluate(cfg, progress=not ns.no_progress)
-    except KeyboardInterrupt:  # Ctrl-C: the batches saved so far are kept (one line, no traceback)
-        print("g2face-eval evaluate: interrupted; the batches computed so far are saved: rerun the same command "
-              "to resume", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C: said by say_how_to_resume
         return 130
-    except SystemExit as e:
-        if e.code == 143:  # SIGTERM (sigterm_exits)
-            print("g2face-eval evaluate: terminated (SIGTERM); the batches computed so far are saved: rerun the "
-                  "same command to resume", file=sys.stderr)
-        raise
     except (DatasetNotFoundError, DatasetOptionsError, EmptyDatasetError) as e:  # missing, malformed, empty: exit 2
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2

@@ -102,6 +102,13 @@ def environment_info(root: Path | None = None) -> dict:
     return info
 
 
+def software(env: dict) -> dict:
+    """The versions an ``environment_info`` says the code computed with: python, torch and the listed packages
+    (the project itself excepted: its code is the git hash)."""
+    return {"python": str(env.get("python", "")).split()[0] if env.get("python") else None,
+            "torch": env.get("torch"), **{k: v for k, v in (env.get("packages") or {}).items() if k != "g2face-eval"}}
+
+
 def git_info(root: Path | None = None) -> dict:
     """``git_hash`` (HEAD) and ``git_dirty`` (uncommitted changes) of the project's checkout; both None
     (unknown) when ``root`` (default: the project root) is not the top level of a git checkout: an installed

@@ -44,9 +44,13 @@ def _load(path: Path) -> tuple[G2FaceConfig, dict, dict[str, torch.Tensor]]:
 
     with safe_open(str(path), "pt") as f:
         meta = dict(f.metadata() or {})
-    cfg = G2FaceConfig(**{k: tuple(v) if isinstance(v, list) else v
-                          for k, v in json.loads(meta["g2face_config"]).items()})
-    return cfg, meta, load_file(str(path))
+    return _config_of(meta), meta, load_file(str(path))
+
+
+def _config_of(meta: dict) -> G2FaceConfig:
+    """The G2FaceConfig recorded in a checkpoint's metadata (``g2face_config``; JSON lists back to tuples)."""
+    return G2FaceConfig(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in json.loads(meta["g2face_config"]).items()})
 
 
 zoo.register_project_checkpoint(
@@ -157,8 +161,7 @@ def export(train_dir: str | Path, out: str | Path = CHECKPOINT_DIR / FILENAME) -
     if meta.get("mode") != "g2face" or "g2face_config" not in meta:
         raise ValueError(f"{src} is not a G2Face training checkpoint (metadata mode={meta.get('mode')!r})")
     train_cfg = json.loads(meta["config"])
-    gcfg = G2FaceConfig(**{k: tuple(v) if isinstance(v, list) else v
-                           for k, v in json.loads(meta["g2face_config"]).items()})
+    gcfg = _config_of(meta)
     from g2face_eval.models.payload import make_payload
 
     try:  # what ``build`` will hide: refused now, not when the exported file is first used

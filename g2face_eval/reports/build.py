@@ -30,10 +30,7 @@ def default_out(run_dir: Path) -> Path:
     """Where the run's evaluation wrote its report: the ``reports_dir`` of its ``config.json`` (as resolved when
     it ran; a relative one against the working directory, as there), else ``settings.reports_dir()``."""
     run_dir = Path(run_dir)
-    try:
-        cfg = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        cfg = {}
+    cfg = _json(run_dir / "config.json")
     root = cfg.get("reports_dir") if isinstance(cfg, dict) else None
     return (Path(root) if root else settings.reports_dir()) / run_dir.name
 
@@ -93,10 +90,7 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
         if (run_dir / "unavailable.json").exists()
         else {}
     )
-    try:
-        lat_info = json.loads((run_dir / "latency.json").read_text()) if (run_dir / "latency.json").exists() else {}
-    except (OSError, ValueError):
-        lat_info = {}
+    lat_info = _json(run_dir / "latency.json") or {}
     lat_note = f"ms/img: {figures.latency_note(lat_info)}."
     datasets = [d for d in cfg.get("datasets", []) if d in set(agg["dataset"])] or sorted(
         d for d in agg["dataset"].unique() if d != "all"

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from g2face_eval.metrics.base import PSNR_CAP_DB, spec  # noqa: E402
-from g2face_eval.reports.tables import REALISM_SET_METRICS, SMALL_N  # noqa: E402
+from g2face_eval.reports.tables import SMALL_N, counts_images  # noqa: E402
 
 DPI = 110
 
@@ -25,10 +25,10 @@ def _get(agg: pd.DataFrame, dataset: str, metric: str) -> pd.DataFrame:
     a = agg[(agg["dataset"] == dataset) & (agg["metric"] == metric)].set_index("method")
     d = a[["value", "ci_lo", "ci_hi"]].astype(float)
     n = a["n"].astype(float) if "n" in a else pd.Series(np.nan, index=a.index)
-    if metric in REALISM_SET_METRICS or "aggregation" not in a:   # FD / KID over a handful of images: marked too
+    if "aggregation" not in a:   # no declaration to go by: every n counts images
         per_image = pd.Series(True, index=a.index)
     else:
-        per_image = a["aggregation"].isin(["mean", "rate", "median"])
+        per_image = a["aggregation"].map(lambda g: counts_images(metric, g)).astype(bool)
     d["n"] = n
     d["small"] = per_image & (n < SMALL_N)
     return d

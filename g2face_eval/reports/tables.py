@@ -85,6 +85,12 @@ SMALL_N = 10  # a per-image mean or rate (or an FD / KID) over fewer values is s
 REALISM_SET_METRICS = ("fd_effnet_lite0", "kid_effnet_lite0", "fid", "kid")
 
 
+def counts_images(metric: str, aggregation: str | None) -> bool:
+    """Whether a value's ``n`` counts the images it was computed from, so that a small one is shown (tables and
+    figures alike): per-image means, rates and medians, and the set-based FD / KID; not counts or peak memory."""
+    return aggregation in ("mean", "rate", "median") or metric in REALISM_SET_METRICS
+
+
 def _num(x: float, digits: int) -> str:
     """``x`` to ``digits`` decimals; a value that rounds to zero is written without a minus sign."""
     s = f"{x:.{digits}f}"
@@ -126,9 +132,8 @@ def wide(agg: pd.DataFrame, dataset: str, metrics: tuple[str, ...] = HEADLINE) -
                 r[LABELS.get(k, k)] = "–"
                 continue
             row = x.iloc[0]
-            n = row.get("n")  # values averaged; shown when small, for per-image means and rates and the
-            per_image = (row.get("aggregation") in ("mean", "rate", "median")  # set-based FD/KID (not counts,
-                         or k in REALISM_SET_METRICS)                         # not peak memory)
+            n = row.get("n")  # images the value comes from: shown when small
+            per_image = counts_images(k, row.get("aggregation"))
             digits = 0 if k in ("n_images", "n_failed") else 3
             if row.get("aggregation") == "set" and pd.notna(row["value"]):
                 digits = _set_digits(float(row["value"]), digits)

@@ -610,11 +610,12 @@ class Trainer:
 
     def _provenance(self) -> dict:
         """Code and software of this run (recorded in checkpoints and MLflow tags), as the harness records them."""
-        from g2face_eval.harness.tracking import environment_info
+        from g2face_eval.harness.tracking import environment_info, software
 
         env = environment_info()
-        return {"git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), "torch": env.get("torch"),
-                "python": str(env.get("python", "")).split()[0], "device": str(self.dev),
+        sw = software(env)
+        return {"git_hash": env.get("git_hash"), "git_dirty": env.get("git_dirty"), "torch": sw["torch"],
+                "python": sw["python"], "device": str(self.dev),
                 "device_name": torch.cuda.get_device_name(self.dev) if self.dev.type == "cuda" else None}
 
     def check_resumable(self, path: str | Path) -> None:

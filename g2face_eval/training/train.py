@@ -111,7 +111,7 @@ def run_cli(prog: str, make_cfg, resume: str | None, **kw) -> int:
     way is one line and exit 2; Ctrl-C (exit 130) and SIGTERM (exit 143) say how to resume."""
     import sys
 
-    from g2face_eval.interrupts import sigterm_exits
+    from g2face_eval.interrupts import say_how_to_resume, sigterm_exits
     from g2face_eval.training.loop import TrainSetupError
 
     try:
@@ -121,18 +121,13 @@ def run_cli(prog: str, make_cfg, resume: str | None, **kw) -> int:
         return 2
     hint = f"the last checkpoint written (if any) is in {cfg.out}/last: rerun with --resume auto to continue"
     try:
-        with sigterm_exits():  # SIGTERM (preemption): unwind so the MLflow run ends as KILLED
+        with say_how_to_resume(prog, hint), sigterm_exits():  # SIGTERM: the MLflow run ends as KILLED
             run(cfg, resume=resume, log=lambda m: print(m, flush=True), **kw)
     except TrainSetupError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; {hint}", file=sys.stderr)
+    except KeyboardInterrupt:  # said by say_how_to_resume
         return 130
-    except SystemExit as e:
-        if e.code == 143:
-            print(f"{prog}: terminated (SIGTERM); {hint}", file=sys.stderr)
-        raise
     return 0
 
 

@@ -18,7 +18,8 @@ Official config (256 px, random weights, official payload), tensor API (``BenchP
 3. for the fastest of step 2: anonymize with CUDA graphs on top, recover (compiled, + graphs), both at batch
    ``--batch-big``; then anonymize at ``--batch-big`` with inductor ``freezing`` (+ graphs).
 ``--steps`` picks the groups (``matmul_rate``, the floor's denominator, only when asked); a ``--grid`` cell may
-name inductor presets as a third field, joined by ``+`` (``INDUCTOR_PRESETS``, e.g. ``stencil:cl:cdt``), and its
+name presets as a third field, joined by ``+``: inductor settings (``INDUCTOR_PRESETS``, e.g. ``stencil:cl:cdt``)
+or pipeline settings (``PIPELINE_PRESETS``: ``unfused``, ``pad8``, ``nofold``, the pre-session-16 forms), and its
 batch after ``@`` (``stencil:cl:cdt@64``; default ``--batch``); ``--graph-each`` adds each grid cell's CUDA-graph
 cell right after it. (Session 15's ``ov`` cells ran a pipeline preset, the identity prior on a side stream beside
 the geometry prior, with the switch of commit b44cf5c; not adopted, removed: docs/BENCH.md.)
@@ -44,6 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # inductor settings a grid cell may add (third field of --grid); applied while that cell compiles and runs
 INDUCTOR_PRESETS = {"cdt": {"coordinate_descent_tuning": True},
                     "cdt_aggr": {"coordinate_descent_tuning": True, "aggressive_fusion": True}}
+# pipeline settings a grid cell may add (same field), each the form before session 16 of one part, switched on while
+# that cell runs: (target, attribute, value)
+#   unfused: the ArcFace identity prior as the plain network (``ArcFaceIdentity.fused = False``); its fp32 reference
+#            is made in that form too, as the hidden bits depend on it
+#   pad8:    the 3-channel convolutions zero-padded to 8 channels for cuDNN (``g2face.SMALL_CIN_CONV``)
+#   nofold:  the hiding injections materialised and concatenated (``g2face.FOLD_BINARY_BITS``)
+PIPELINE_PRESETS = {"unfused": ("identity", "fused", False), "pad8": ("g2face", "SMALL_CIN_CONV", "pad8"),
+                    "nofold": ("g2face", "FOLD_BINARY_BITS", False)}
 
 
 def kernel_breakdown(prof, calls: int) -> dict:
@@ -93,7 +102,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; a compile step needs >= 75 s left")
     ap.add_argument("--grid", default="stencil:cl,stencil:nchw,matmul:nchw",
                     help="FIR form:layout[:preset[+preset]][@batch] cells of step 2, in order (presets: "
-                         + ", ".join(INDUCTOR_PRESETS) + ")")
+                         + ", ".join([*INDUCTOR_PRESETS, *PIPELINE_PRESETS]) + ")")
     ap.add_argument("--graph-each", action="store_true", help="each grid cell's CUDA-graph cell right after it")
     ap.add_argument("--steps", default="priors,grid,best,big,freezing",
                     help="which step groups run: matmul_rate, priors, grid (2), best / big / freezing (3; without "
@@ -103,7 +112,7 @@ def main() -> int:
     for c in filter(None, a.grid.split(",")):
         c, _, bs = c.partition("@")
         fir, layout, preset = (*c.split(":"), "")[:3]
-        bad = [n for n in preset.split("+") if n and n not in INDUCTOR_PRESETS]
+        bad = [n for n in preset.split("+") if n and n not in INDUCTOR_PRESETS and n not in PIPELINE_PRESETS]
         if fir not in ("stencil", "matmul") or layout not in ("cl", "nchw") or bad or (bs and not bs.isdigit()):
             ap.error(f"bad --grid cell {c + ('@' + bs if bs else '')!r}")
         grid.append(((fir, layout, preset), int(bs) if bs else a.batch))
@@ -155,26 +164,57 @@ def main() -> int:
     x01, seeds = inputs(a.batch)
     batch_inputs = {a.batch: (x01, seeds)}
     refs: dict = {}
+    from g2face_eval.models.identity import ArcFaceIdentity
+
+    arcface = next((m for m in p.identity.modules() if isinstance(m, ArcFaceIdentity)), None)
+
+    from g2face_eval.models import g2face as g2face_module
+
+    def pipeline_setting(what: tuple, value=None):
+        """read (value None) or set one PIPELINE_PRESETS setting ``(target, attribute)``; returns the previous
+        value (None when the pipeline has no such part, e.g. no ArcFace identity prior)"""
+        target, attr = what
+        obj = arcface if target == "identity" else g2face_module
+        old = getattr(obj, attr, None) if obj is not None else None
+        if value is not None and obj is not None:
+            setattr(obj, attr, value)
+        return old
+
+    @contextlib.contextmanager
+    def pipeline(preset: str):
+        saved = []
+        try:
+            for n in filter(None, preset.split("+")):
+                if n in PIPELINE_PRESETS:
+                    target, attr, value = PIPELINE_PRESETS[n]
+                    saved.append(((target, attr), pipeline_setting((target, attr), value)))
+            yield
+        finally:
+            for what, old in reversed(saved):
+                pipeline_setting(what, old)
 
     def reference(b):
-        """fp32 eager anonymize output and hidden bits at batch b (default layout), made once per batch; the
-        cells' bf16 / channels_last settings are switched off while it runs (session 15's b=64 reference was
-        made under them, i.e. bf16 channels_last eager)."""
-        if b not in refs:
+        """fp32 eager anonymize output and hidden bits at batch b (default layout), made once per batch and
+        identity form, in the official form of every other part (``pad8``, ``nofold``); the cells' bf16 /
+        channels_last settings are switched off while it runs (session 15's b=64 reference was made under them,
+        i.e. bf16 channels_last eager)."""
+        key = (b, pipeline_setting(("identity", "fused")))
+        if key not in refs:
             batch_inputs.setdefault(b, inputs(b))
             amp, cl = p.amp_dtype, p.channels_last
             p.amp_dtype, p.channels_last = None, False
             set_memory_format(p.model, torch.contiguous_format)
             try:
-                with torch.no_grad():
-                    refs[b] = tuple(t.clone() for t in p.anonymize(*batch_inputs[b]))
+                with torch.no_grad(), pipeline("pad8+nofold"):
+                    refs[key] = tuple(t.clone() for t in p.anonymize(*batch_inputs[b]))
             finally:
                 p.amp_dtype, p.channels_last = amp, cl
                 set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)
-        return refs[b]
+        return refs[key]
 
-    for b in sorted({a.batch, *(b for _, b in grid)}):
-        reference(b)
+    for (_, _, preset), b in [((None, None, ""), a.batch), *grid]:
+        with pipeline(preset):
+            reference(b)
 
     # ---- 1. priors
     def priors():
@@ -220,7 +260,7 @@ def main() -> int:
         """inductor settings of a cell's ``+``-joined preset names (KeyError for an unknown name)"""
         out: dict = {}
         for n in filter(None, preset.split("+")):
-            out.update(INDUCTOR_PRESETS[n])
+            out.update(INDUCTOR_PRESETS.get(n, {}))
         return out
 
     def compiled(op: str, b: int, fir: str, layout: str, graph: bool = False, profile: bool = True,
@@ -230,7 +270,7 @@ def main() -> int:
         def run():
             import torch._inductor.config as ic
 
-            with ic.patch(**ind) if ind else contextlib.nullcontext():
+            with ic.patch(**ind) if ind else contextlib.nullcontext(), pipeline(preset):
                 return _run()
 
         def _run():
@@ -273,7 +313,7 @@ def main() -> int:
         cells = {}
         last = None
         for (fir, layout, preset), b in grid:
-            ind_key = (fir, layout, tuple(sorted(inductor(preset).items())))
+            ind_key = (fir, layout, preset)
             if last is not None and ind_key != last:    # new inductor settings / FIR form: compile afresh
                 torch._dynamo.reset()
             last = ind_key

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from g2face_eval.anonymizer import derive_keys, key_seed
 from g2face_eval.models.anonymizer import G2FaceAnonymizer
@@ -236,3 +237,85 @@ def test_to_device_moves_everything(shipped_parts, faces, runs):
     x, _ = faces
     a = _anon(shipped_parts, True).to("cpu")
     assert torch.equal(a.anonymize(x, runs["keys"]).bits, runs["fast"].bits)
+
+
+def _tiny_with_injections(seed: int = 0) -> G2Face:
+    """Tiny G2Face whose hiding injections are not the zero of their initialisation (a trained model's are not;
+    a zero injection would make any folding look exact)."""
+    torch.manual_seed(seed)
+    model = G2Face(G2FaceConfig.tiny(), with_discriminator=False).eval()
+    with torch.no_grad():
+        for inj in model.anonymous_net.hiding_injects:
+            inj.weight.normal_()
+            inj.activate.bias.normal_()
+            inj.conv.bias.normal_()
+    return model
+
+
+def test_binary_bit_tables_equal_the_official_injection():
+    """The fast path's binary-bit form (``G2FaceGenerator.fold_binary_bits``): table lookups equal the official
+    injections for 0/1 bits, level by level and through the whole generator; it is off under autograd (training
+    may feed soft bits) and off by default (the reference path)."""
+    from g2face_eval.models import g2face as g2
+
+    model = _tiny_with_injections()
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(5)
+    bits = (torch.rand(3, *cfg.bits_shape, generator=g) > 0.5).float()
+    net = model.anonymous_net
+    folded = [inj for inj in net.hiding_injects if inj.in_ch <= inj.max_folded_in_ch]
+    assert sorted({inj.in_ch for inj in folded}) == [1, 4] and len(folded) < len(net.hiding_injects)
+    with torch.no_grad():
+        for inj in folded:
+            assert inj.table().shape == (2 ** inj.in_ch, inj.conv.out_channels)
+            ref = inj(bits)
+            assert float((inj.folded(bits) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+            w = torch.randn(5, inj.conv.out_channels, generator=g)
+            via_conv = F.conv2d(ref, w[:, :, None, None])
+            assert float((inj.folded_term(bits, w) - via_conv).abs().max()) <= 1e-5 * float(via_conv.abs().max())
+    x = torch.rand(3, 3, cfg.size, cfg.size, generator=g) * 2 - 1
+    z, geo = torch.randn(3, cfg.z_dim, generator=g), torch.randn(3, 147, generator=g) * 0.1
+    noise = [torch.randn(3, 1, h, w, generator=g) for h, w in model.noise_shapes()]
+    assert not net.fold_binary_bits                                      # reference form by default
+    with torch.no_grad():
+        official = model.anonymize_tensor(x, geo, bits, z, noise)
+        model.set_inference_cache(True)
+        assert net.fold_binary_bits
+        fast = model.anonymize_tensor(x, geo, bits, z, noise)
+        g2.FOLD_BINARY_BITS = False
+        try:
+            switched_off = model.anonymize_tensor(x, geo, bits, z, noise)
+        finally:
+            g2.FOLD_BINARY_BITS = True
+    assert not torch.equal(fast, official)                               # a different computation ...
+    assert float((fast - official).abs().max()) <= 1e-5 * float(official.abs().max())   # ... same function
+    assert torch.equal(switched_off, official)                          # the switch restores the official form
+    soft = torch.rand(3, *cfg.bits_shape, generator=g)                   # training: soft bits, autograd on
+    with torch.no_grad():
+        soft_ref = model.set_inference_cache(False).anonymize_tensor(x, geo, soft, z, noise)
+    soft_grad = model.set_inference_cache(True).anonymize_tensor(x, geo, soft, z, noise)
+    assert torch.allclose(soft_grad.detach(), soft_ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("k", "stride", "pad", "bias"), [(3, 1, 1, True), (4, 2, 1, False), (1, 1, 0, True)])
+def test_conv2d_as_gemm_equals_conv2d(k, stride, pad, bias):
+    """``conv2d_as_gemm`` (how CUDA runs a convolution of the 3-channel image, ``SMALL_CIN_CONV``) is
+    ``F.conv2d``: same values and gradients, output in channels_last, bf16 under autocast."""
+    from g2face_eval.models.g2face import conv2d_as_gemm
+
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(2, 3, 19, 17, generator=g, requires_grad=True)
+    w = torch.randn(16, 3, k, k, generator=g, requires_grad=True)
+    b = torch.randn(16, generator=g, requires_grad=True) if bias else None
+    ref = F.conv2d(x, w, b, stride, pad)
+    out = conv2d_as_gemm(x, w, b, stride, pad)
+    assert out.shape == ref.shape and out.is_contiguous(memory_format=torch.channels_last)
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    gr = torch.autograd.grad(ref.square().sum(), [x, w])
+    go = torch.autograd.grad(out.square().sum(), [x, w])
+    for u, v in zip(go, gr, strict=True):
+        assert float((u - v).abs().max()) <= 1e-4 * float(v.abs().max())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o16 = conv2d_as_gemm(x, w, b, stride, pad)
+    assert o16.dtype == torch.bfloat16
+    assert float((o16.float() - ref).abs().max()) <= 0.02 * float(ref.abs().max())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,63 @@ def test_arcface_prior_interface():
     assert e.shape == (1, 512)
     with pytest.raises(KeyError):
         get_identity_prior("nope")
+
+
+def _arcface_with_statistics(seed: int = 0) -> ArcFaceIdentity:
+    """Random iresnet50 with non-trivial BatchNorm statistics and affine terms (a trained network's BN is not the
+    identity; folding an identity BN would test nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    p = ArcFaceIdentity()
+    with torch.no_grad():
+        for m in p.net.modules():
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+    return p
+
+
+def test_arcface_inference_form_is_the_same_function():
+    """``ArcFaceIdentity`` runs its folded, channels_last inference form (``FusedIResNet``): the same embedding as
+    the plain eval-mode network up to float rounding, the same input gradient, rebuilt after a weight change,
+    and invisible in the state dict."""
+    from g2face_eval.oracles.arcface import FusedIResNet
+
+    p = _arcface_with_statistics()
+    x = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        fused = p(x)
+        p.fused = False
+        plain = p(x)
+        assert torch.equal(plain, p.net(torch.nn.functional.interpolate(x, size=(112, 112))))
+        p.fused = True
+    assert isinstance(p.inference_net(), FusedIResNet)
+    assert not torch.equal(fused, plain)                      # it is a different computation ...
+    rel = float((fused - plain).abs().max() / plain.abs().max())
+    assert rel < 1e-5, rel                                    # ... of the same function (measured 1.5e-6)
+    assert torch.equal(p(x), fused)                           # deterministic: the bits the payload hides
+    # the identity loss differentiates through it (w.r.t. the input; the prior is frozen)
+    xs = [x[:1].clone().requires_grad_(True) for _ in range(2)]
+    p(xs[0]).square().sum().backward()
+    p.fused = False
+    p(xs[1]).square().sum().backward()
+    p.fused = True
+    g0, g1 = xs[0].grad, xs[1].grad
+    assert float((g0 - g1).abs().max() / g1.abs().max()) < 1e-4
+    assert not any(q.requires_grad for q in p.inference_net().parameters())
+    # state dict and parameters are the plain network's
+    assert set(p.state_dict()) == {f"net.{k}" for k in p.net.state_dict()}
+    # rebuilt when a weight or a statistic changes in place (optimiser step, load_state_dict)
+    original = copy.deepcopy(p.state_dict())
+    before = p.inference_net()
+    with torch.no_grad():
+        p.net.layer3[5].bn2.running_var.mul_(2.0)
+        changed = p(x)
+    assert p.inference_net() is not before and not torch.equal(changed, fused)
+    p.load_state_dict(original)
+    with torch.no_grad():
+        assert torch.equal(p(x), fused)
+    with pytest.raises(ValueError, match="eval"):
+        FusedIResNet(p.net.train(True))

@@ -312,11 +312,15 @@ class G2FaceAnonymizer(Anonymizer):
         with self._amp_fast(prior=True):
             return self.identity(x).float()
 
+    def _geometry_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The geometry condition on the fast path: fp32 in the default layout (as the reference path) unless
+        amp_priors. (bf16 geometry alone was measured and rejected: docs/BENCH.md, session 16.)"""
+        with self._amp_fast(prior=True):
+            return self._geometry(x)
+
     def _seg_priors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [-1,1] -> (coeffs (B,147) fp32, identity (B,id_dim) fp32); default layout, fp32 unless amp_priors."""
-        with self._amp_fast(prior=True):
-            coeffs = self._geometry(x)
-        return coeffs, self._identity(x)
+        return self._geometry_fast(x), self._identity(x)
 
     def _seg_anon(self, x: torch.Tensor, coeffs: torch.Tensor, bits: torch.Tensor, seeds: torch.Tensor
                   ) -> torch.Tensor:
@@ -330,9 +334,7 @@ class G2FaceAnonymizer(Anonymizer):
     def _seg_extract(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self._amp_fast():
             logits = self.model.extract_logits(self._cl(y)).float().reshape(y.shape[0], -1)
-        with self._amp_fast(prior=True):
-            coeffs = self._geometry(y)
-        return logits, coeffs
+        return logits, self._geometry_fast(y)
 
     def _seg_rec(self, y: torch.Tensor, ident: torch.Tensor, coeffs: torch.Tensor, bits: torch.Tensor,
                  seeds: torch.Tensor) -> torch.Tensor:

@@ -247,16 +247,51 @@ class KeyedNoise(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- generator
+# how a convolution with fewer than 8 input channels (the RGB image, the 3-channel first pyramid conv) runs on CUDA:
+# "gemm" (default): ``conv2d_as_gemm``, an explicit im2col + one GEMM writing channels_last; "pad8": zero-padded to
+# 8 input channels for cuDNN (before session 16; cuDNN took an Ampere-generation cutlass kernel for it on the H200)
+SMALL_CIN_CONV = "gemm"
+# G2FaceGenerator.fold_binary_bits takes effect (a switch for measuring the form against the official one)
+FOLD_BINARY_BITS = True
+
+
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0
            ) -> torch.Tensor:
-    """``F.conv2d``; on CUDA an input with fewer than 8 channels (the RGB image) and its weight are zero-padded to
-    8 channels, the same sum, so cuDNN takes a tensor-core kernel (on the H200, 3 -> 128 channels at 256 px and
-    batch 32 ran as a generic 0.8 ms implicit GEMM for 15 GFLOP)."""
+    """``F.conv2d``, except on CUDA for an input with fewer than 8 channels (the RGB image), which tensor-core
+    convolution kernels do not take well: ``conv2d_as_gemm`` (``SMALL_CIN_CONV = "gemm"``), or input and weight
+    zero-padded to 8 channels, the same sum (``"pad8"``; on the H200, 3 -> 128 channels at 256 px and batch 32
+    unpadded ran as a generic 0.8 ms implicit GEMM for 15 GFLOP)."""
     cin = x.shape[1]
     if x.is_cuda and cin < 8:
+        if SMALL_CIN_CONV == "gemm" and weight.shape[0] >= 8:
+            return conv2d_as_gemm(x, weight, bias, stride, padding)
         x = F.pad(x, (0, 0, 0, 0, 0, 8 - cin))
         weight = F.pad(weight, (0, 0, 0, 0, 0, 8 - cin))
     return F.conv2d(x, weight, bias, stride, padding)
+
+
+def conv2d_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0
+                   ) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding)`` (square kernel, int stride / padding) as im2col + one matrix
+    product, for inputs with few channels: the patches (B*Ho*Wo, Cin*k*k, zero-padded to a multiple of 8) times
+    the flattened weight give the output directly in channels_last order, with no intermediate image of more
+    than Cin*k*k channels. The same sum in another order (float rounding apart)."""
+    b, cin, h, w = x.shape
+    cout, _, k, _ = weight.shape
+    s, p = int(stride if isinstance(stride, int) else stride[0]), int(padding if isinstance(padding, int)
+                                                                       else padding[0])
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    xp = F.pad(x, (p, p, p, p)) if p else x
+    taps = [xp[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] for i in range(k) for j in range(k)]
+    kk = cin * k * k
+    kpad = -kk % 8
+    cols = torch.stack(taps, -1).permute(0, 2, 3, 1, 4).reshape(b * ho * wo, kk)   # (B*Ho*Wo, Cin*k*k), c-major
+    wmat = weight.reshape(cout, kk).to(cols.dtype)
+    if kpad:
+        cols = F.pad(cols, (0, kpad))
+        wmat = F.pad(wmat, (0, kpad))
+    out = cols @ wmat.t() if bias is None else torch.addmm(bias.to(cols.dtype), cols, wmat.t())
+    return out.view(b, ho, wo, cout).permute(0, 3, 1, 2)
 
 
 def instance_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
@@ -320,12 +355,22 @@ class FusionMask(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, 1)
 
-    def forward(self, gen: torch.Tensor, pyr: torch.Tensor, inj: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, gen: torch.Tensor, pyr: torch.Tensor, inj: torch.Tensor | None = None,
+                inj_folded: tuple[HidingInjection, torch.Tensor] | None = None) -> torch.Tensor:
+        """``inj_folded`` = (injection, bits) replaces ``inj`` by ``HidingInjection.folded_term`` (binary bits
+        only; the inference fast path, see ``G2FaceGenerator.forward``)."""
         parts = [gen, pyr] if inj is None else [gen, pyr, inj]
         dt = pyr.dtype
         bias = self.conv.bias if torch.is_grad_enabled() else None          # removed by the norm (ConvNormAct)
-        mask = torch.sigmoid(instance_norm(F.conv2d(torch.cat([t.to(dt) for t in parts], 1), self.conv.weight,
-                                                    bias)))
+        w = self.conv.weight
+        if inj_folded is None:
+            y = F.conv2d(torch.cat([t.to(dt) for t in parts], 1), w, bias)
+        else:
+            c = gen.shape[1] + pyr.shape[1]
+            injection, bits = inj_folded
+            y = F.conv2d(torch.cat([gen.to(dt), pyr], 1), w[:, :c], bias)
+            y = y + injection.folded_term(bits, w[:, c:, 0, 0]).to(y.dtype)
+        mask = torch.sigmoid(instance_norm(y))
         return torch.lerp(pyr, gen.to(dt), mask.to(dt))
 
 
@@ -350,9 +395,49 @@ class HidingInjection(nn.Module):
         y = F.conv2d(x, self.conv.weight, self.conv.bias + a.bias)
         return F.leaky_relu(y, a.negative_slope) * (self.weight * a.scale).to(y.dtype)
 
+    # ---- binary bits (inference fast path): every pixel's output is one of 2^in_ch vectors
+    max_folded_in_ch = 4            # tables of at most 16 rows (at 256 px: the 128 and 64 px injections)
+
+    def table(self) -> torch.Tensor:
+        """(2^in_ch, out_ch) float32: ``forward``'s output vector for each pattern of in_ch bits (row index =
+        sum of bit k * 2^k over the in_ch bit channels of a pixel)."""
+        a = self.activate
+        n = self.in_ch
+        codes = torch.arange(2 ** n, device=self.weight.device)
+        patterns = ((codes[:, None] >> torch.arange(n, device=codes.device)) & 1).float()       # (2^n, n)
+        y = patterns @ self.conv.weight[:, :, 0, 0].float().t() + (self.conv.bias + a.bias).float()
+        return F.leaky_relu(y, a.negative_slope) * (self.weight.view(1, -1) * a.scale).float()
+
+    def lookup(self, bits: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """bits (binary, any shape with n_bits per image) -> (B, table columns, s, s), channels_last: each
+        pixel's row of ``table`` (``table()`` or a product of it)."""
+        s, n = self.resolution, self.in_ch
+        x = bits.reshape(bits.shape[0], n, s, s).to(torch.int64)
+        code = (x << torch.arange(n, device=x.device).view(1, n, 1, 1)).sum(1)                   # (B, s, s)
+        return F.embedding(code, table).permute(0, 3, 1, 2)
+
+    def folded_term(self, bits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``F.conv2d(forward(bits), weight[..., None, None])`` for binary bits, as a table lookup: what the
+        fusion mask's 1x1 convolution adds for this injection's channels (``weight``: (out, out_ch)), without
+        materialising the injection."""
+        return self.lookup(bits, self.table() @ weight.float().t())
+
+    def folded(self, bits: torch.Tensor) -> torch.Tensor:
+        """``forward(bits)`` for binary bits, as a table lookup (float32)."""
+        return self.lookup(bits, self.table())
+
 
 class G2FaceGenerator(SynthesisNetwork):
-    """The ``anonymous_net``: StyleGAN2 synthesis + pyramid encoder + IFF fusion masks + hiding injections."""
+    """The ``anonymous_net``: StyleGAN2 synthesis + pyramid encoder + IFF fusion masks + hiding injections.
+
+    ``fold_binary_bits`` (set by ``G2Face.set_inference_cache``, i.e. on the inference fast path; applies without
+    autograd and while ``FOLD_BINARY_BITS``): the bits are 0/1, so an injection with at most 4 bit channels per
+    pixel (at 256 px: 1 at 128 px, 4 at 64 px) takes one of at most 16 vectors per pixel; the fusion mask's 1x1
+    convolution of those channels becomes a lookup in a 16-row table and the injection is never materialised (the
+    concatenation at 128 px has 512 instead of 768 channels). The same function as the official form for binary
+    bits (float rounding apart); soft bits need the official form (training, which records autograd)."""
+
+    fold_binary_bits = False
 
     def __init__(self, cfg: G2FaceConfig = G2FaceConfig()):
         super().__init__(cfg.size, cfg.style_dim, cfg.channels, cfg.blur_kernel)
@@ -388,6 +473,7 @@ class G2FaceGenerator(SynthesisNetwork):
         (B, n_bits) float {0,1}; noise: list of (B,1,H,W) maps (see ``noise_shapes``) or None (fresh randn).
         Returns the generated image (no clamp)."""
         feats = self.encode(x)
+        fold = FOLD_BINARY_BITS and self.fold_binary_bits and not torch.is_grad_enabled()
         noise = list(noise) if noise is not None else [None] * (1 + len(self.convs))
         nlev = len(feats)
         out = self.input(x.shape[0]).to(feats[-1].dtype)
@@ -402,8 +488,13 @@ class G2FaceGenerator(SynthesisNetwork):
             out = self.convs[2 * k](out, styles[:, i], noise[1 + 2 * k])
             if r in hid:
                 m = hid.index(r)
-                out = self.fusion_mask[j](out, feats[j], self.hiding_injects[2 * m](bits))
-                out = out + self.hiding_injects[2 * m + 1](bits)
+                inj, add = self.hiding_injects[2 * m], self.hiding_injects[2 * m + 1]
+                if fold and inj.in_ch <= inj.max_folded_in_ch:
+                    out = self.fusion_mask[j](out, feats[j], inj_folded=(inj, bits))
+                    out = out + add.folded(bits).to(out.dtype)
+                else:
+                    out = self.fusion_mask[j](out, feats[j], inj(bits))
+                    out = out + add(bits)
             else:
                 out = self.fusion_mask[j](out, feats[j])
             out = self.convs[2 * k + 1](out, styles[:, i + 1], noise[2 + 2 * k])
@@ -510,9 +601,11 @@ class G2Face(nn.Module):
         return self.anonymous_net.noise_shapes()
 
     def set_inference_cache(self, on: bool = True) -> G2Face:
-        """Turn the eval-mode weight cache of every equalised / modulated layer on or off (stylegan2.py)."""
+        """Turn the eval-mode weight cache of every equalised / modulated layer on or off (stylegan2.py), and the
+        generator's binary-bit tables (``G2FaceGenerator.fold_binary_bits``)."""
         from g2face_eval.models.stylegan2 import WeightCache
 
+        self.anonymous_net.fold_binary_bits = on
         for m in self.modules():
             if isinstance(m, WeightCache):
                 m.cache_weights = on

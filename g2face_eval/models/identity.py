@@ -44,12 +44,17 @@ def iresnet50(**kw) -> nn.Module:
 
 
 class ArcFaceIdentity(IdentityPrior):
-    """Official G2Face identity prior: iresnet50 on the whole [-1,1] image resized (nearest) to 112."""
+    """Official G2Face identity prior: iresnet50 on the whole [-1,1] image resized (nearest) to 112.
+
+    Runs ``inference_net()`` (BatchNorms folded, channels_last) unless ``fused`` is False: every caller (the
+    G2Face fast and reference paths, training's identity loss) gets the same float32 embedding bit for bit, which
+    the official payload hides as its mantissa bits."""
 
     name = "arcface"
 
-    def __init__(self, state_dict: dict | None = None, input_size: int = 112):
+    def __init__(self, state_dict: dict | None = None, input_size: int = 112, fused: bool = True):
         super().__init__()
+        self.fused = fused      # False: run ``net`` as it is (the unfolded network; slower, same function)
         self.net = iresnet50()
         self.dim = 512
         self.input_size = input_size
@@ -64,7 +69,26 @@ class ArcFaceIdentity(IdentityPrior):
         x = images_m11
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size))
-        return self.net(x)
+        return self.inference_net()(x) if self.fused else self.net(x)
+
+    def inference_net(self) -> nn.Module:
+        """``net``'s inference form (``oracles.arcface.FusedIResNet``: BatchNorms folded, channels_last), made
+        on first use and again whenever a weight or statistic of ``net`` changes (version counter, storage or
+        device); not a submodule, so the state dict, ``.to`` and the parameters stay ``net``'s."""
+        from g2face_eval.oracles.arcface import FusedIResNet
+
+        sources = self.__dict__.get("_sources")
+        if sources is None:
+            sources = self.__dict__["_sources"] = [*self.net.parameters(), *self.net.buffers()]
+        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in sources)
+        hit = self.__dict__.get("_inference")
+        if hit is None or hit[0] != key:
+            hit = self.__dict__["_inference"] = (key, FusedIResNet(self.net))
+        return hit[1]
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.pop("_sources", None)      # .to() / .half() may replace the parameter objects
+        return super()._apply(fn, recurse)
 
 
 # ------------------------------------------------------------------------------------------------ SFace

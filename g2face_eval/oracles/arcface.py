@@ -76,3 +76,82 @@ def iresnet(depth: int, **kw) -> IResNet:
     if depth not in LAYERS:
         raise ValueError(f"unsupported iresnet depth {depth}; known: {sorted(LAYERS)}")
     return IResNet(LAYERS[depth], **kw)
+
+
+# ------------------------------------------------------------------------------------------ inference form
+def _bn_affine(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as y = x * scale + shift (per channel)."""
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+class _Affine(nn.Module):
+    """Per-channel x * scale + shift (one pass): an eval-mode BatchNorm that cannot be folded into a convolution
+    (it precedes a zero-padded one)."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        scale, shift = _bn_affine(bn)
+        self.register_buffer("scale", scale.detach().view(1, -1, 1, 1).clone())
+        self.register_buffer("shift", shift.detach().view(1, -1, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+class _FusedBlock(nn.Module):
+    def __init__(self, b: IBasicBlock):
+        super().__init__()
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        self.pre = _Affine(b.bn1)
+        self.conv1 = fuse_conv_bn_eval(b.conv1, b.bn2)
+        self.prelu = b.prelu
+        self.conv2 = fuse_conv_bn_eval(b.conv2, b.bn3)
+        ds = b.downsample
+        self.downsample = None if ds is None else fuse_conv_bn_eval(ds[0], ds[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv2(self.prelu(self.conv1(self.pre(x)))) + identity
+
+
+class FusedIResNet(nn.Module):
+    """The inference form of an eval-mode ``IResNet``: every BatchNorm that follows a convolution or feeds the
+    fully connected layer folded into its weights (``torch.nn.utils.fusion``), the one before each block's
+    zero-padded first convolution kept as a per-channel affine, and the network run in channels_last. The same
+    function as ``IResNet.forward`` in eval mode up to float rounding (about 1e-6 relative), in fewer passes over
+    the activations: on the H200 the unfolded network spent 1.85 ms of 8.5 ms (fp32, batch 64) in 78 BatchNorm
+    kernels and 1.7 ms in NCHW <-> NHWC transposes around cuDNN's convolutions. A snapshot: it does not follow
+    later changes of ``net``'s weights (``ArcFaceIdentity`` rebuilds it when they change)."""
+
+    def __init__(self, net: IResNet):
+        super().__init__()
+        import copy
+
+        from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+        if net.training:
+            raise ValueError("FusedIResNet folds eval-mode BatchNorm statistics: call net.eval() first")
+        net = copy.deepcopy(net)
+        self.stem = fuse_conv_bn_eval(net.conv1, net.bn1)
+        self.prelu = net.prelu
+        self.blocks = nn.Sequential(*(_FusedBlock(b) for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
+                                      for b in layer))
+        # bn2 (per channel of the 512x7x7 map) then fc on the NCHW flattening: fc(a*x + c) = (W*a) x + (W c + b)
+        scale, shift = _bn_affine(net.bn2)
+        hw = net.fc.in_features // scale.numel()
+        fc = copy.deepcopy(net.fc)
+        with torch.no_grad():
+            a = scale.repeat_interleave(hw)
+            fc.bias.copy_(fc.bias + net.fc.weight @ shift.repeat_interleave(hw))
+            fc.weight.copy_(net.fc.weight * a)
+        self.fc = fuse_linear_bn_eval(fc, net.features)
+        self.requires_grad_(False)
+        self.to(memory_format=torch.channels_last)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.blocks(self.prelu(self.stem(x)))
+        return self.fc(torch.flatten(x, 1))

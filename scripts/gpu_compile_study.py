@@ -19,7 +19,7 @@ Official config (256 px, random weights, official payload), tensor API (``BenchP
    ``--batch-big``; then anonymize at ``--batch-big`` with inductor ``freezing`` (+ graphs).
 ``--steps`` picks the groups (``matmul_rate``, the floor's denominator, only when asked); a ``--grid`` cell may
 name presets as a third field, joined by ``+``: inductor settings (``INDUCTOR_PRESETS``, e.g. ``stencil:cl:cdt``)
-or pipeline settings (``PIPELINE_PRESETS``: ``unfused``, ``pad8``, ``nofold``, the pre-session-16 forms), and its
+or pipeline settings (``PIPELINE_PRESETS``: ``unfused``, ``nofold``, the forms before session 16; ``gemm``), and its
 batch after ``@`` (``stencil:cl:cdt@64``; default ``--batch``); ``--graph-each`` adds each grid cell's CUDA-graph
 cell right after it. (Session 15's ``ov`` cells ran a pipeline preset, the identity prior on a side stream beside
 the geometry prior, with the switch of commit b44cf5c; not adopted, removed: docs/BENCH.md.)
@@ -45,14 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # inductor settings a grid cell may add (third field of --grid); applied while that cell compiles and runs
 INDUCTOR_PRESETS = {"cdt": {"coordinate_descent_tuning": True},
                     "cdt_aggr": {"coordinate_descent_tuning": True, "aggressive_fusion": True}}
-# pipeline settings a grid cell may add (same field), each the form before session 16 of one part, switched on while
-# that cell runs: (target, attribute, value)
-#   unfused: the ArcFace identity prior as the plain network (``ArcFaceIdentity.fused = False``); its fp32 reference
-#            is made in that form too, as the hidden bits depend on it
-#   pad8:    the 3-channel convolutions zero-padded to 8 channels for cuDNN (``g2face.SMALL_CIN_CONV``)
-#   nofold:  the hiding injections materialised and concatenated (``g2face.FOLD_BINARY_BITS``)
-PIPELINE_PRESETS = {"unfused": ("identity", "fused", False), "pad8": ("g2face", "SMALL_CIN_CONV", "pad8"),
-                    "nofold": ("g2face", "FOLD_BINARY_BITS", False)}
+# pipeline settings a grid cell may add (same field), switched on while that cell runs: (target, attribute, value)
+#   unfused: the ArcFace identity prior as the plain network (``ArcFaceIdentity.fused = False``, the form before
+#            session 16); its fp32 reference is made in that form too, as the hidden bits depend on it
+#   nofold:  the hiding injections materialised and concatenated (``g2face.FOLD_BINARY_BITS``; before session 16)
+#   gemm:    the 3-channel convolutions as im2col + GEMM (``g2face.SMALL_CIN_CONV``; default "pad8")
+PIPELINE_PRESETS = {"unfused": ("identity", "fused", False), "nofold": ("g2face", "FOLD_BINARY_BITS", False),
+                    "gemm": ("g2face", "SMALL_CIN_CONV", "gemm")}
 
 
 def kernel_breakdown(prof, calls: int) -> dict:
@@ -195,7 +194,8 @@ def main() -> int:
 
     def reference(b):
         """fp32 eager anonymize output and hidden bits at batch b (default layout), made once per batch and
-        identity form, in the official form of every other part (``pad8``, ``nofold``); the cells' bf16 /
+        identity form, in the official form of every other part (``nofold``, padded 3-channel convolutions); the
+        cells' bf16 /
         channels_last settings are switched off while it runs (session 15's b=64 reference was made under them,
         i.e. bf16 channels_last eager)."""
         key = (b, pipeline_setting(("identity", "fused")))
@@ -205,8 +205,14 @@ def main() -> int:
             p.amp_dtype, p.channels_last = None, False
             set_memory_format(p.model, torch.contiguous_format)
             try:
-                with torch.no_grad(), pipeline("pad8+nofold"):
-                    refs[key] = tuple(t.clone() for t in p.anonymize(*batch_inputs[b]))
+                official = [(w, pipeline_setting(w, v)) for w, v in ((("g2face", "FOLD_BINARY_BITS"), False),
+                                                                      (("g2face", "SMALL_CIN_CONV"), "pad8"))]
+                try:
+                    with torch.no_grad():
+                        refs[key] = tuple(t.clone() for t in p.anonymize(*batch_inputs[b]))
+                finally:
+                    for w, old in official:
+                        pipeline_setting(w, old)
             finally:
                 p.amp_dtype, p.channels_last = amp, cl
                 set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)

@@ -299,7 +299,7 @@ def test_binary_bit_tables_equal_the_official_injection():
 
 @pytest.mark.parametrize(("k", "stride", "pad", "bias"), [(3, 1, 1, True), (4, 2, 1, False), (1, 1, 0, True)])
 def test_conv2d_as_gemm_equals_conv2d(k, stride, pad, bias):
-    """``conv2d_as_gemm`` (how CUDA runs a convolution of the 3-channel image, ``SMALL_CIN_CONV``) is
+    """``conv2d_as_gemm`` (how CUDA can run a convolution of the 3-channel image, ``SMALL_CIN_CONV = "gemm"``) is
     ``F.conv2d``: same values and gradients, output in channels_last, bf16 under autocast."""
     from g2face_eval.models.g2face import conv2d_as_gemm
 

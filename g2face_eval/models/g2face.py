@@ -248,9 +248,11 @@ class KeyedNoise(nn.Module):
 
 # ------------------------------------------------------------------------------------------- generator
 # how a convolution with fewer than 8 input channels (the RGB image, the 3-channel first pyramid conv) runs on CUDA:
-# "gemm" (default): ``conv2d_as_gemm``, an explicit im2col + one GEMM writing channels_last; "pad8": zero-padded to
-# 8 input channels for cuDNN (before session 16; cuDNN took an Ampere-generation cutlass kernel for it on the H200)
-SMALL_CIN_CONV = "gemm"
+# "pad8" (default): zero-padded to 8 input channels for cuDNN (on the H200 cuDNN took an Ampere-generation cutlass
+# kernel for the two 3 -> 128 convolutions at 256 px, 2.35 ms of 60.8 at batch 64, session 15's profile);
+# "gemm": ``conv2d_as_gemm``, an explicit im2col + one GEMM writing channels_last (not yet measured on a GPU:
+# scripts/gpu_compile_study.py preset ``gemm``)
+SMALL_CIN_CONV = "pad8"
 # G2FaceGenerator.fold_binary_bits takes effect (a switch for measuring the form against the official one)
 FOLD_BINARY_BITS = True
 
@@ -258,9 +260,9 @@ FOLD_BINARY_BITS = True
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0
            ) -> torch.Tensor:
     """``F.conv2d``, except on CUDA for an input with fewer than 8 channels (the RGB image), which tensor-core
-    convolution kernels do not take well: ``conv2d_as_gemm`` (``SMALL_CIN_CONV = "gemm"``), or input and weight
-    zero-padded to 8 channels, the same sum (``"pad8"``; on the H200, 3 -> 128 channels at 256 px and batch 32
-    unpadded ran as a generic 0.8 ms implicit GEMM for 15 GFLOP)."""
+    convolution kernels do not take well: input and weight zero-padded to 8 channels, the same sum
+    (``SMALL_CIN_CONV = "pad8"``; on the H200, 3 -> 128 channels at 256 px and batch 32 unpadded ran as a generic
+    0.8 ms implicit GEMM for 15 GFLOP), or ``conv2d_as_gemm`` (``"gemm"``, at least 8 output channels)."""
     cin = x.shape[1]
     if x.is_cuda and cin < 8:
         if SMALL_CIN_CONV == "gemm" and weight.shape[0] >= 8:

@@ -301,3 +301,23 @@ def test_fit_at_network_size_keeps_dtype(fit_method):
     ref = inner.anonymize(x, KEYS[:2]).images
     got = inner.anonymize(x.double(), KEYS[:2]).images
     assert got.dtype == torch.float64 and torch.equal(got.float(), ref)
+
+
+def test_export_cli_needs_a_named_target(tmp_path, monkeypatch, capsys):
+    """``train-baseline export`` used to write over the shipped checkpoint and its record when no target was
+    given; the target is now required (exit 2, nothing written), as for ``g2face export --out``."""
+    from baselines.learned import train as T
+
+    ckdir = tmp_path / "ckdir"
+    ckdir.mkdir()
+    monkeypatch.setattr(B, "CHECKPOINT_DIR", ckdir)
+    last = _tiny_train_dir(tmp_path / "train")
+    with pytest.raises(SystemExit) as e:
+        T.cli(["export", str(last)])
+    assert e.value.code == 2 and "--export-to" in capsys.readouterr().err
+    assert list(ckdir.iterdir()) == []
+    with pytest.raises(SystemExit) as e:
+        T.cli(["export", "--export-to", str(tmp_path / "x.safetensors")])
+    assert e.value.code == 2 and not (tmp_path / "x.safetensors").exists()
+    assert T.cli(["export", str(last), "--export-to", str(tmp_path / "fit.safetensors")]) == 0
+    assert B.load_model(tmp_path / "fit.safetensors").name == "fit" and list(ckdir.iterdir()) == []

@@ -403,10 +403,11 @@ def sha256_path(name_or_path: str | Path) -> Path:
     return zoo.record_path(p)
 
 
-def export(train_dir: str | Path, out: str | Path | None = None) -> str:
+def export(train_dir: str | Path, out: str | Path) -> str:
     """Training checkpoint dir -> inference weights (generator only) with the model config and training
     provenance in the safetensors metadata; atomic write; the sha256 goes next to it (``<name>.sha256``).
-    ``out`` (default ``CHECKPOINT_DIR/<name>.safetensors``) must end in ``.safetensors`` (ValueError)."""
+    ``out`` must end in ``.safetensors`` (ValueError); there is no default, so the shipped checkpoint
+    (``CHECKPOINT_DIR/<name>.safetensors``) is replaced only when named."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -418,7 +419,7 @@ def export(train_dir: str | Path, out: str | Path | None = None) -> str:
     if name not in BUILDERS and name not in _known_modules():
         raise ValueError(f"{src} is not a learned-baseline checkpoint (metadata mode={name!r})")
     sd = {k[len("generator."):]: v for k, v in load_file(str(src)).items() if k.startswith("generator.")}
-    out = Path(out) if out is not None else checkpoint_path(name)
+    out = Path(out)
     zoo.record_path(out)  # refuses a target without .safetensors before anything is written
     out_meta = {
         "mode": name,

@@ -44,7 +44,7 @@ priors; it stays frozen. No discriminator: realism comes from the frozen generat
 
   g2face-eval train-baseline riddle --steps 300 --lr 4e-4 --model prior=/work/train_runs/sg/last \
       --out /work/train_runs/riddle      (Adam betas (0.5, 0.999) = the scaffold's default; no discriminator)
-  g2face-eval train-baseline export /work/train_runs/riddle/last    # -> g2face_eval/checkpoints/riddle.*
+  g2face-eval train-baseline export /work/train_runs/riddle/last --export-to g2face_eval/checkpoints/riddle.safetensors
 
 The exported ``g2face_eval/checkpoints/riddle.safetensors`` holds the encoder, the encryptor, the frozen
 synthesis network and the W statistics (self-contained); zoo entry ``learned_riddle``, sha256 in

@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.prog, ap.description = "g2face-eval train-baseline", __doc__
     ap.add_argument("mode", choices=[*MODULES, "export"], help="baseline to train, or 'export'")
     ap.add_argument("train_dir", nargs="?", help="export: the training checkpoint dir (<out>/last)")
-    ap.add_argument("--export-to", help="export: output file, ending in .safetensors; its sha256 record goes beside "
-                    "it (default g2face_eval/checkpoints/<name>.safetensors)")
+    ap.add_argument("--export-to", help="export (required): output file, ending in .safetensors; its sha256 record "
+                    "goes beside it (the shipped one is g2face_eval/checkpoints/<name>.safetensors)")
     ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
                     help="baseline model option (JSON value), repeatable")
     _baseline_help(ap)
@@ -94,10 +94,11 @@ def config_from_args(args: argparse.Namespace) -> BaselineConfig:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
     if args.mode == "export":
-        if not args.train_dir:
-            raise SystemExit("export needs the training checkpoint dir")
+        if not args.train_dir or not args.export_to:     # exit 2; the shipped checkpoint is never a default target
+            ap.error("export needs the training checkpoint dir and --export-to FILE.safetensors")
         return export_cli("g2face-eval train-baseline export", lambda: export(args.train_dir, args.export_to))
     return run_cli("g2face-eval train-baseline", lambda: config_from_args(args), args.resume,
                    trainer_cls=BaselineTrainer)

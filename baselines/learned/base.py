@@ -390,10 +390,6 @@ def weight_name(name: str) -> str:
     return f"learned_{name}"
 
 
-def checkpoint_path(name: str) -> Path:
-    return CHECKPOINT_DIR / f"{name}.safetensors"
-
-
 def sha256_path(name_or_path: str | Path) -> Path:
     """The sha256 record of a shipped baseline (a bare method name such as ``"fit"``:
     ``CHECKPOINT_DIR/<name>.sha256``) or of an exported file (``record_path``)."""

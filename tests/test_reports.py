@@ -179,6 +179,28 @@ def test_wide_table_flags_small_n_and_writes_no_negative_zero():
     assert (w["KID-EffNet"], w["n failed"]) == ("0.250 (n=3)", "2")
 
 
+def test_a_rate_that_is_not_all_or_none_never_reads_1_or_0():
+    """1,999 of 2,000 faces de-identified is 0.9995, not 1.000 (and 1 of 2,000 is not 0.000), in the tables and
+    the console summary; exact 0 and 1, and means, keep 3 decimals."""
+    from g2face_eval.harness import evaluate as E
+
+    rows = [("deid_success_rate_sface", 1999 / 2000, 0.99717, 0.99991, "rate"),
+            ("recovery_ok_rate", 1 / 2000, 0.0000883, 0.00283, "rate"), ("wrongkey_rejected_rate", 1.0, 0.998, 1.0,
+                                                                          "rate"),
+            ("deid_success_rate_dlib", 0.0, 0.0, 0.0019, "rate"), ("ssim", 0.99996, 0.99994, 0.99998, "mean")]
+    agg = pd.DataFrame([dict(method="g", dataset="d", metric=m, value=v, ci_lo=lo, ci_hi=hi, n=2000,
+                             aggregation=a) for m, v, lo, hi, a in rows])
+    w = tables.wide(agg, "d").iloc[0]
+    assert w["De-ID (SFace)"] == "0.9995 [0.997, 0.9999]"
+    assert w["Rec. auth."] == "0.001 [0.0001, 0.003]"             # rounds to 0.001: already not none
+    assert w["Wrong key rej."] == "1.000 [0.998, 1.000]" and w["De-ID (dlib)"] == "0.000 [0.000, 0.002]"
+    assert w["SSIM"] == "1.000 [1.000, 1.000]"                       # a mean, not a rate: 3 decimals
+    summary = E.format_summary(agg).splitlines()
+    cols, vals = summary[0].split(), summary[-1].split()
+    got = dict(zip(cols, vals[-len(cols):], strict=True))
+    assert got["deid_success_rate_sface"] == "0.9995" and got["deid_success_rate_dlib"] == "0.000"
+
+
 def test_wide_table_keeps_significant_figures_of_small_set_metrics():
     """A set metric near zero (KID of a mild blur) keeps 3 significant figures instead of reading 0.003 or
     0.000; large ones (FD) and per-image means keep 3 decimals."""

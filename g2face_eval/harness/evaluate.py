@@ -636,12 +636,17 @@ def summary_table(agg: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_summary(agg: pd.DataFrame) -> str:
+    from g2face_eval.reports import tables
+
     w = summary_table(agg)
     if w.empty:
         return "(no results)"
     with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_rows", 500):
         counts = {c: (lambda x: "–" if pd.isna(x) else f"{int(x)}") for c in ("n_images", "n_failed") if c in w}
-        return w.to_string(float_format=lambda x: f"{x:.3f}", formatters=counts)
+        rates = ({c: (lambda x: "–" if pd.isna(x) else tables.rate_text(x))
+                  for c in set(agg.loc[agg["aggregation"] == "rate", "metric"]) if c in w}
+                 if "aggregation" in agg else {})
+        return w.to_string(float_format=lambda x: f"{x:.3f}", formatters={**rates, **counts})
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ LABELS = {
 
 NOTE = (
     "Cells: value [95% CI: Wilson score interval for rates, percentile bootstrap for means]; set metrics (FD, KID) "
-    "and counts have no CI (a set metric below 1 keeps 3 significant figures); '(n=k)': a mean, rate, FD or KID "
+    "and counts have no CI (a set metric below 1 keeps 3 significant figures; a rate that is not exactly 0 or 1 "
+    "gets the decimals that show it, up to 6); '(n=k)': a mean, rate, FD or KID "
     "over fewer than 10 images. KID: unbiased polynomial-kernel MMD^2, mean over 100 subsets of min(n real, "
     "n output, 1000) images, each face's own original left out of the cross term (torch-fidelity's KID keeps "
     "it). FD-EffNet / KID-EffNet are on EfficientNet-lite0 "
@@ -91,10 +92,20 @@ def counts_images(metric: str, aggregation: str | None) -> bool:
     return aggregation in ("mean", "rate", "median") or metric in REALISM_SET_METRICS
 
 
-def _num(x: float, digits: int) -> str:
-    """``x`` to ``digits`` decimals; a value that rounds to zero is written without a minus sign."""
+def _num(x: float, digits: int, rate: bool = False) -> str:
+    """``x`` to ``digits`` decimals; a value that rounds to zero has no minus sign. ``rate``: a rate that is not
+    exactly 0 or 1 gets more decimals (up to 6) rather than read as none or all (1,999 of 2,000 is 0.9995, not
+    1.000)."""
     s = f"{x:.{digits}f}"
+    while rate and float(s) in (0.0, 1.0) and x not in (0.0, 1.0) and digits < 6:
+        digits += 1
+        s = f"{x:.{digits}f}"
     return s.lstrip("-") if float(s) == 0 else s
+
+
+def rate_text(x: float, digits: int = 3) -> str:
+    """A rate as the tables write it (``_num(..., rate=True)``; the console summary uses it too)."""
+    return _num(x, digits, rate=True)
 
 
 def _set_digits(x: float, digits: int = 3, sig: int = 3) -> int:
@@ -105,13 +116,13 @@ def _set_digits(x: float, digits: int = 3, sig: int = 3) -> int:
     return min(8, max(digits, sig - 1 - math.floor(math.log10(abs(x)))))
 
 
-def _fmt(v: float, lo: float, hi: float, digits: int = 3, n: int | None = None) -> str:
+def _fmt(v: float, lo: float, hi: float, digits: int = 3, n: int | None = None, rate: bool = False) -> str:
     """'value [lo, hi]', '–' for no value; `` (n=k)`` appended when ``n`` (values averaged) is below SMALL_N."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
-    s = _num(v, digits)
+    s = _num(v, digits, rate)
     if lo is not None and not (isinstance(lo, float) and math.isnan(lo)):
-        s += f" [{_num(lo, digits)}, {_num(hi, digits)}]"
+        s += f" [{_num(lo, digits, rate)}, {_num(hi, digits, rate)}]"
     if n is not None and n < SMALL_N:
         s += f" (n={n})"
     return s
@@ -138,7 +149,8 @@ def wide(agg: pd.DataFrame, dataset: str, metrics: tuple[str, ...] = HEADLINE) -
             if row.get("aggregation") == "set" and pd.notna(row["value"]):
                 digits = _set_digits(float(row["value"]), digits)
             r[LABELS.get(k, k)] = _fmt(row["value"], row["ci_lo"], row["ci_hi"], digits,
-                                       int(n) if per_image and pd.notna(n) else None)
+                                       int(n) if per_image and pd.notna(n) else None,
+                                       rate=row.get("aggregation") == "rate")
         if lat:
             r[LABELS["latency_ms_per_image"]] = f"{lat[m]:.1f}" if m in lat else "–"
         rows.append(r)

@@ -20,8 +20,8 @@ What is measured (one row per cell ``suite x name x config x op x variant x batc
   (Frechet features: EfficientNet-lite0, Inception), ``psnr``, ``ssim`` (``evaluate._psnr/_ssim``) and
   ``lpips_alex``; trained weights from the zoo, inputs = the package's embedded faces prepared as the harness
   prepares them (YuNet subject face), blurred as a stand-in output. An oracle that cannot be built is listed in
-  ``metric_suite.unavailable`` (without a prepared face only the face-free ones run: features, LPIPS, PSNR,
-  SSIM). Host-side oracles (OpenCV / dlib / MediaPipe / the CPU recognizers) run on the CPU even in a GPU bench,
+  ``metric_suite.unavailable`` and, when it is one the harness runs, recorded as a ``skipped`` row with the reason
+  (``metric_suite.skipped``; without a prepared face only the face-free ones run: features, LPIPS, PSNR, SSIM). Host-side oracles (OpenCV / dlib / MediaPipe / the CPU recognizers) run on the CPU even in a GPU bench,
   as in the harness: ``runs_on`` says where (timed with the host clock, RSS memory).
 
 Variants: ``fp32`` (torch defaults: cuDNN TF32 allowed, matmul TF32 off, as the reference), ``fp32_cl``
@@ -1132,6 +1132,10 @@ class Bench:
                 return
             suite.update(info)
             self.save()
+            for name, why in info["skipped"].items():
+                for b in self.args.batches:
+                    self.row(Cell("metric", name, str(info["image_size"]), "compute", "fp32", b), status="skipped",
+                             error=f"unavailable: {why[:300]}")
             for k in kernels:
                 gf, flop_error, floor_note = oracle_flops(k)
                 suite["oracles"][k["name"]]["gflop_per_image"] = gf
@@ -1178,8 +1182,10 @@ def metric_oracles(device: torch.device, n_faces: int, cache_dir: str) -> tuple[
     on up to ``n_faces`` of the package's embedded faces prepared as the harness prepares them (``Preparer``: the
     YuNet subject face), Gaussian-blurred (sigma 4) as the stand-in output. Returns (kernels, info): each kernel
     ``{"name", "call": b -> zero-arg callable on a batch of b (the faces cycled), "runs_on", "what"}``; info
-    records the inputs and what is unavailable. Without faces (the detector's weights missing) or without the
-    oracles (no recognizer), what needs no face (features, LPIPS, PSNR, SSIM) is still timed."""
+    records the inputs, what is unavailable and ``skipped``: {kernel name: reason} of the oracles the harness
+    would run but that cannot run here (a user file missing: LPIPS, FID features; no subject face), which the
+    bench records as ``skipped`` rows. Without faces (the detector's weights missing) or without the oracles (no
+    recognizer), what needs no face (features, LPIPS, PSNR, SSIM) is still timed."""
     import cv2
 
     from g2face_eval.harness import config as C
@@ -1241,7 +1247,21 @@ def metric_oracles(device: torch.device, n_faces: int, cache_dir: str) -> tuple[
             lambda o, x, f, ext=ext: _features(ext, x))
     add("psnr", "evaluate._psnr output vs original", "cpu", lambda o, x, f: _psnr(x, o))
     add("ssim", "evaluate._ssim output vs original", "cpu", lambda o, x, f: _ssim(x, o))
-    info = {"image_size": size,
+    # the oracles the harness would run but cannot here, by kernel name, with the reason (rows "skipped")
+    skipped: dict[str, str] = {}
+    oracle_of = {"recognizer_": "embed_", "detection_rate_": "finds_", "attributes": "mesh", "lpips_alex": "lpips_alex",
+                 "fd_effnet_lite0": "features_effnet_lite0", "fid": "features_inception_fid"}
+    for key, why in unavailable.items():
+        for prefix, name in oracle_of.items():
+            if key == prefix or (prefix.endswith("_") and key.startswith(prefix)):
+                skipped[name + key[len(prefix):] if prefix.endswith("_") else name] = why
+    if O is not None and not faces:
+        why = f"needs the subject's face: {unavailable.get('faces', 'no embedded face prepared')}"
+        skipped.update({f"embed_{r}": why for r in O.recognizers})
+        skipped.update({f"finds_{d}": why for d in O.detectors})
+        if O.mesh is not None:
+            skipped["mesh"] = why
+    info = {"image_size": size, "skipped": skipped,
             "inputs": (f"{len(orig)} embedded faces (g2face_eval/data/embedded) "
                        + ("prepared (YuNet subject face)" if faces else "resized, NOT prepared (no subject face),")
                        + f" at {size} px, Gaussian-blurred (sigma 4) as the stand-in output; a batch of b cycles "

@@ -241,6 +241,13 @@ def test_cli_minimal_sweep_writes_valid_json(tmp_path):
     assert all(r["flop_error"] is None for r in m.values())
     assert all(r["gflop_per_image"] or "no FLOPs counted" in r["floor_note"] for r in m.values())
     assert set(doc["metric_suite"]["oracles"]) == set(m)
+    # an oracle the harness would run but cannot here (a user file missing) is a skipped row with the reason,
+    # never just absent: LPIPS and the FID features are timed or skipped
+    skipped = {r["name"]: r for r in rows if r["suite"] == "metric" and r["status"] == "skipped"}
+    assert set(skipped) == set(doc["metric_suite"]["skipped"])
+    assert all(r["error"].startswith("unavailable: ") for r in skipped.values())
+    assert {"lpips_alex", "features_inception_fid", "features_effnet_lite0"} <= set(m) | set(skipped)
+    assert not set(m) & set(skipped)
     assert (out / "bench_latency.png").stat().st_size > 1000
     assert (tmp_path / "mlflow.db").exists()
     # the MLflow copy of bench.json is the final document (figure and run recorded)
@@ -588,6 +595,23 @@ def test_metric_suite_without_faces_or_oracles_still_times_psnr_ssim(monkeypatch
     assert [k["name"] for k in kernels] == ["psnr", "ssim"]
     assert "yunet" in info["unavailable"]["faces"] and "yunet" in info["unavailable"]["oracles"]
     assert all(len(k["call"](3)()) == 3 for k in kernels)     # a batch of 3 from the 2 faces, cycled
+
+
+def test_metric_suite_names_what_needs_a_face_when_no_face_is_prepared(monkeypatch, tmp_path):
+    """Without a prepared subject face the recognizers, detectors and mesh cannot be timed: each is a skipped
+    row's name with the reason, beside the face-free oracles that still run."""
+    from g2face_eval.harness import prepare
+
+    def missing(*a, **k):
+        raise RuntimeError("weight 'yunet' is missing")
+
+    monkeypatch.setattr(prepare, "Preparer", missing)
+    kernels, info = bench.metric_oracles(torch.device("cpu"), 2, str(tmp_path))
+    names = {k["name"] for k in kernels}
+    assert {"psnr", "ssim"} <= names and not any(n.startswith(("embed_", "finds_")) for n in names)
+    sk = info["skipped"]
+    assert "embed_sface" in sk and any(n.startswith("finds_") for n in sk), sk
+    assert all("yunet" in why for n, why in sk.items() if n.startswith(("embed_", "finds_")) or n == "mesh")
 
 
 @pytest.mark.parametrize("cell", ["stencil:cl:ov", "stencil:cl:unfused+geo16", "stencil:cl@x", "fir:cl",

@@ -21,7 +21,8 @@ What is measured (one row per cell ``suite x name x config x op x variant x batc
   ``lpips_alex``; trained weights from the zoo, inputs = the package's embedded faces prepared as the harness
   prepares them (YuNet subject face), blurred as a stand-in output. An oracle that cannot be built is listed in
   ``metric_suite.unavailable`` and, when it is one the harness runs, recorded as a ``skipped`` row with the reason
-  (``metric_suite.skipped``; without a prepared face only the face-free ones run: features, LPIPS, PSNR, SSIM). Host-side oracles (OpenCV / dlib / MediaPipe / the CPU recognizers) run on the CPU even in a GPU bench,
+  (``metric_suite.skipped``; without a prepared face only the face-free ones run: features, LPIPS, PSNR, SSIM).
+  Host-side oracles (OpenCV / dlib / MediaPipe / the CPU recognizers) run on the CPU even in a GPU bench,
   as in the harness: ``runs_on`` says where (timed with the host clock, RSS memory).
 
 Variants: ``fp32`` (torch defaults: cuDNN TF32 allowed, matmul TF32 off, as the reference), ``fp32_cl``

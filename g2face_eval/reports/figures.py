@@ -217,11 +217,16 @@ def metric_bars(agg: pd.DataFrame, dataset: str, out: Path, metrics=BAR_METRICS)
     return path
 
 
+def _timed(info: dict | None) -> dict:
+    """The methods of ``latency.json`` that were timed: ``{method: entry}`` with a device and no error."""
+    return {m: v for m, v in (info or {}).items() if isinstance(v, dict) and "error" not in v and "device" in v}
+
+
 def latency_note(info: dict | None) -> str:
     """What the latency numbers are, from ``latency.json`` (``{method: {device, device_name, batch_size, runs}}``):
     'median anonymize time per image: 3 timed calls of a batch of 8, on cpu (AMD EPYC, 1 thread)'. Devices (or
     batch sizes / runs) that differ between methods are listed per method, never merged."""
-    ok = {m: v for m, v in (info or {}).items() if isinstance(v, dict) and "error" not in v and "device" in v}
+    ok = _timed(info)
     if not ok:
         return "median anonymize time per image"
 
@@ -246,7 +251,7 @@ def latency(agg: pd.DataFrame, out: Path, info: dict | None = None) -> Path | No
     d = agg[agg["metric"] == "latency_ms_per_image"].set_index("method")["value"].sort_values()
     if d.empty:
         return None
-    ok = {m: v for m, v in (info or {}).items() if isinstance(v, dict) and "device" in v}
+    ok = _timed(info)
     devices = {ok[m]["device"] for m in d.index if m in ok}
     labels = [f"{m} [{ok[m]['device']}]" if len(devices) > 1 and m in ok else m for m in d.index]
     failed = sorted(m for m, v in (info or {}).items() if isinstance(v, dict) and "error" in v)

@@ -9,8 +9,9 @@ Official config (256 px, random weights, official payload), tensor API (``BenchP
 ``bench.make_callable``: the whole call compiled, priors included), bf16 autocast, CUDA-event medians
 (``bench.time_fn``). Steps, in priority order, each skipped when the time budget is spent:
 
-1. ``priors``: eager identity (iresnet50 at 112) and geometry (ResNet-50 at 256) alone, fp32 as the fast path
-   runs them, and the geometry network in channels_last fp32 and in bf16 (with its coefficient error);
+1. ``priors``: eager identity (iresnet50 at 112: its inference form, as the fast path runs it, and the plain
+   network) and geometry (ResNet-50 at 256) alone, fp32, and the geometry network in channels_last fp32 and in
+   bf16 (with its coefficient error);
 2. ``anonymize_b{B}_{fir}_{layout}``: compiled anonymize at batch B for FIR form (``stylegan2.FIR_UNDER_COMPILE``:
    stencil / matmul) x layout (nchw / cl): first-call (compile) seconds, median ms, PSNR vs the fp32 eager
    output, hidden bits identical, and a kernel-time breakdown of one profiled call (convolutions, layout
@@ -195,9 +196,8 @@ def main() -> int:
     def reference(b):
         """fp32 eager anonymize output and hidden bits at batch b (default layout), made once per batch and
         identity form, in the official form of every other part (``nofold``, padded 3-channel convolutions); the
-        cells' bf16 /
-        channels_last settings are switched off while it runs (session 15's b=64 reference was made under them,
-        i.e. bf16 channels_last eager)."""
+        cells' bf16 / channels_last settings are switched off while it runs (session 15's b=64 reference was made
+        under them, i.e. bf16 channels_last eager)."""
         key = (b, pipeline_setting(("identity", "fused")))
         if key not in refs:
             batch_inputs.setdefault(b, inputs(b))
@@ -227,17 +227,15 @@ def main() -> int:
         x = x01 * 2 - 1
         r = {}
         with torch.no_grad():
-            r["identity_fp32_ms"] = ms(lambda: p.identity(x))
+            r["identity_fp32_ms"] = ms(lambda: p.identity(x))          # its inference form (session 16)
+            with pipeline("unfused"):
+                r["identity_unfused_fp32_ms"] = ms(lambda: p.identity(x))
             r["geometry_fp32_ms"] = ms(lambda: p.geometry.coefficients(x))
             c_ref = p.geometry.coefficients(x).float()
-            e_ref = p.identity(x).float()
             xc = x.contiguous(memory_format=torch.channels_last)
             p.geometry.to(memory_format=torch.channels_last)
-            p.identity.to(memory_format=torch.channels_last)
             try:
                 r["geometry_cl_fp32_ms"] = ms(lambda: p.geometry.coefficients(xc))
-                r["identity_cl_fp32_ms"] = ms(lambda: p.identity(xc))
-                r["identity_cl_fp32_identical"] = bool(torch.equal(p.identity(xc).float(), e_ref))
                 with torch.autocast(dev.type, dtype=torch.bfloat16):
                     r["geometry_cl_bf16_ms"] = ms(lambda: p.geometry.coefficients(xc))
                     c16 = p.geometry.coefficients(xc).float()
@@ -246,7 +244,6 @@ def main() -> int:
                     (p.geometry.coefficients(xc).float() - c_ref).abs().max() / c_ref.abs().max())
             finally:
                 p.geometry.to(memory_format=torch.contiguous_format)
-                p.identity.to(memory_format=torch.contiguous_format)
         return r
 
     steps = set(a.steps.split(","))
@@ -263,7 +260,7 @@ def main() -> int:
         set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)
 
     def inductor(preset: str) -> dict:
-        """inductor settings of a cell's ``+``-joined preset names (KeyError for an unknown name)"""
+        """inductor settings of a cell's ``+``-joined preset names (pipeline presets contribute none)"""
         out: dict = {}
         for n in filter(None, preset.split("+")):
             out.update(INDUCTOR_PRESETS.get(n, {}))
@@ -319,8 +316,11 @@ def main() -> int:
         cells = {}
         last = None
         for (fir, layout, preset), b in grid:
-            ind_key = (fir, layout, preset)
-            if last is not None and ind_key != last:    # new inductor settings / FIR form: compile afresh
+            # new inductor settings / FIR form: compile afresh. Not for a pipeline preset: dynamo guards the module
+            # globals it switches (recompiling only what changed, within its cache of 8 per function), and
+            # ``unfused`` changes the eager identity prior only, so its cell reuses the compiled segments
+            ind_key = (fir, layout, tuple(sorted(inductor(preset).items())))
+            if last is not None and ind_key != last:
                 torch._dynamo.reset()
             last = ind_key
             name = f"anonymize_b{b}_{fir}_{layout}" + (f"_{preset.replace('+', '_')}" if preset else "")

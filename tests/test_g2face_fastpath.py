@@ -186,11 +186,18 @@ def test_weight_cache_is_invalidated_when_weights_change():
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     keys = [b"a", b"b"]
     y0 = fast.anonymize(x, keys).images
+    cached = {(id(m), k): v[1] for m in model.modules() for k, v in m.__dict__.get("_weight_cache", {}).items()}
+    before = {k: (t.data_ptr(), t.clone()) for k, t in cached.items()}
+    assert before
     with torch.no_grad():  # in-place update (as an optimiser step) of every modulated conv weight
         for m in model.modules():
             if hasattr(m, "demodulate"):
                 m.weight.mul_(-1.5)
     y1 = fast.anonymize(x, keys).images
+    # rebuilt values are written where the old ones were (a captured CUDA graph reads them there)
+    after = {(id(m), k): v[1] for m in model.modules() for k, v in m.__dict__.get("_weight_cache", {}).items()}
+    assert all(after[k].data_ptr() == ptr for k, (ptr, _) in before.items())
+    assert any(not torch.equal(after[k], old) for k, (_, old) in before.items())
     ref = G2FaceAnonymizer(copy.deepcopy(model), identity=Ident(), geometry=Geo(), payload="official", fast=False)
     yr = ref.anonymize(x, keys).images
     assert not torch.equal(y0, y1)
@@ -269,10 +276,14 @@ def test_binary_bit_tables_equal_the_official_injection():
         for inj in folded:
             assert inj.table().shape == (2 ** inj.in_ch, inj.conv.out_channels)
             ref = inj(bits)
-            assert float((inj.folded(bits) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+            codes = inj.codes(bits)
+            assert codes.shape == (3, inj.resolution, inj.resolution) and int(codes.max()) < 2 ** inj.in_ch
+            assert float((inj.folded(codes, torch.float32) - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+            assert inj.folded(codes, torch.bfloat16).dtype == torch.bfloat16
             w = torch.randn(5, inj.conv.out_channels, generator=g)
             via_conv = F.conv2d(ref, w[:, :, None, None])
-            assert float((inj.folded_term(bits, w) - via_conv).abs().max()) <= 1e-5 * float(via_conv.abs().max())
+            term = inj.folded_term(codes, w, torch.float32)
+            assert float((term - via_conv).abs().max()) <= 1e-5 * float(via_conv.abs().max())
     x = torch.rand(3, 3, cfg.size, cfg.size, generator=g) * 2 - 1
     z, geo = torch.randn(3, cfg.z_dim, generator=g), torch.randn(3, 147, generator=g) * 0.1
     noise = [torch.randn(3, 1, h, w, generator=g) for h, w in model.noise_shapes()]

@@ -90,7 +90,9 @@ def _arcface_with_statistics(seed: int = 0) -> ArcFaceIdentity:
     """Random iresnet50 with non-trivial BatchNorm statistics and affine terms (a trained network's BN is not the
     identity; folding an identity BN would test nothing)."""
     g = torch.Generator().manual_seed(seed)
-    p = ArcFaceIdentity()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        p = ArcFaceIdentity()                                  # the same network for the same seed
     with torch.no_grad():
         for m in p.net.modules():
             if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
@@ -138,9 +140,70 @@ def test_arcface_inference_form_is_the_same_function():
     with torch.no_grad():
         p.net.layer3[5].bn2.running_var.mul_(2.0)
         changed = p(x)
-    assert p.inference_net() is not before and not torch.equal(changed, fused)
+    assert p.inference_net() is before and not torch.equal(changed, fused)   # refreshed in place
     p.load_state_dict(original)
     with torch.no_grad():
         assert torch.equal(p(x), fused)
     with pytest.raises(ValueError, match="eval"):
         FusedIResNet(p.net.train(True))
+
+
+def test_arcface_inference_form_does_not_depend_on_how_it_was_first_called(tmp_path):
+    """The folded form is made in float32 whatever the caller's mode: a first call under bf16 autocast (training's
+    first identity loss) or inference mode must not leave a bf16-rounded or inference-only fold for later fp32
+    and autograd calls; parameters replaced (``load_state_dict(assign=True)``) are seen; a network that trains or
+    learns runs unfolded; the fold is neither pickled nor kept across ``.to``."""
+    import io
+
+    x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    p = _arcface_with_statistics()
+    with torch.no_grad():
+        clean = p(x)
+    for first in (lambda: torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode):
+        q = _arcface_with_statistics()
+        with first():
+            q(x)
+        with torch.no_grad():
+            assert torch.equal(q(x), clean)
+        xg = x[:1].clone().requires_grad_(True)
+        q(xg).sum().backward()                                 # an inference-mode fold could not be saved
+        assert xg.grad is not None
+    # replaced parameter objects (same values: same output; other values: followed)
+    other = _arcface_with_statistics(seed=1)
+    p.load_state_dict(other.state_dict(), assign=True)
+    with torch.no_grad():
+        assert torch.equal(p(x), other(x))
+    # training or learning: the plain network (a folded snapshot would not follow its statistics or gradients)
+    p.net.layer1.train()
+    with torch.no_grad():
+        assert torch.equal(p(x), p.net(x))
+    p.net.eval()
+    p.net.fc.weight.requires_grad_(True)
+    assert torch.equal(p(x), p.net(x))
+    p.net.fc.weight.requires_grad_(False)
+    # derived state: not pickled, dropped by .to
+    p.inference_net()
+    buf = io.BytesIO()
+    torch.save(p, buf)
+    plain = io.BytesIO()
+    p.__dict__.pop("_inference")
+    torch.save(p, plain)
+    assert abs(buf.tell() - plain.tell()) < 4096
+    p.inference_net()
+    p.to(torch.float32)
+    assert "_inference" not in p.__dict__
+
+
+def test_arcface_inference_form_is_refreshed_in_place():
+    """A weight change rebuilds the folded form into the same memory (a captured CUDA graph reads it there)."""
+    p = _arcface_with_statistics()
+    x = torch.rand(1, 3, 112, 112, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    first = p.inference_net()
+    ptr = first.fc.weight.data_ptr()
+    with torch.no_grad():
+        p.net.fc.weight.mul_(0.5)
+        y = p(x)
+    assert p.inference_net() is first and first.fc.weight.data_ptr() == ptr
+    p.fused = False
+    with torch.no_grad():
+        assert float((y - p(x)).abs().max()) <= 1e-5 * float(y.abs().max())

@@ -39,7 +39,8 @@ path, on the same networks and keys:
   changes), all keyed-noise index constants (``KeyedNoise`` buffers, one batched draw for all maps);
 * uses that the hidden bits are 0/1: the hiding injections with at most 4 bit channels per pixel become lookups in
   16-row tables folded into the fusion masks' 1x1 convolutions (``G2FaceGenerator.fold_binary_bits``, set by
-  ``set_inference_cache``; the same function, 4.3 GFLOP less per 256 px image, no injection tensor materialised);
+  ``set_inference_cache``; the same function, 4.3 GFLOP less per 256 px image, no injection channels in the
+  fusion masks' concatenations);
 * draws z and the noise maps on the device from per-image seeds (``key_seed(key)``, one pinned non-blocking
   host->device copy of B int64 per call): no host random draw, and row b depends only on key b;
 * has no ``.item()`` / ``.cpu()`` / python loop over the batch in the device segments (priors, generator,

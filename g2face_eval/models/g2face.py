@@ -359,8 +359,8 @@ class FusionMask(nn.Module):
 
     def forward(self, gen: torch.Tensor, pyr: torch.Tensor, inj: torch.Tensor | None = None,
                 inj_folded: tuple[HidingInjection, torch.Tensor] | None = None) -> torch.Tensor:
-        """``inj_folded`` = (injection, bits) replaces ``inj`` by ``HidingInjection.folded_term`` (binary bits
-        only; the inference fast path, see ``G2FaceGenerator.forward``)."""
+        """``inj_folded`` = (injection, its ``codes(bits)``) replaces ``inj`` by ``HidingInjection.folded_term``
+        (binary bits only; the inference fast path, see ``G2FaceGenerator.forward``)."""
         parts = [gen, pyr] if inj is None else [gen, pyr, inj]
         dt = pyr.dtype
         bias = self.conv.bias if torch.is_grad_enabled() else None          # removed by the norm (ConvNormAct)
@@ -369,9 +369,9 @@ class FusionMask(nn.Module):
             y = F.conv2d(torch.cat([t.to(dt) for t in parts], 1), w, bias)
         else:
             c = gen.shape[1] + pyr.shape[1]
-            injection, bits = inj_folded
+            injection, codes = inj_folded
             y = F.conv2d(torch.cat([gen.to(dt), pyr], 1), w[:, :c], bias)
-            y = y + injection.folded_term(bits, w[:, c:, 0, 0]).to(y.dtype)
+            y = y + injection.folded_term(codes, w[:, c:, 0, 0], y.dtype)
         mask = torch.sigmoid(instance_norm(y))
         return torch.lerp(pyr, gen.to(dt), mask.to(dt))
 
@@ -410,23 +410,27 @@ class HidingInjection(nn.Module):
         y = patterns @ self.conv.weight[:, :, 0, 0].float().t() + (self.conv.bias + a.bias).float()
         return F.leaky_relu(y, a.negative_slope) * (self.weight.view(1, -1) * a.scale).float()
 
-    def lookup(self, bits: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """bits (binary, any shape with n_bits per image) -> (B, table columns, s, s), channels_last: each
-        pixel's row of ``table`` (``table()`` or a product of it)."""
+    def codes(self, bits: torch.Tensor) -> torch.Tensor:
+        """binary bits (any shape with n_bits per image) -> (B, s, s) int64: each pixel's row index of ``table``
+        (bit channel k of ``forward``'s reshape contributes 2^k); a bit is 1 above 0.5."""
         s, n = self.resolution, self.in_ch
-        x = bits.reshape(bits.shape[0], n, s, s).to(torch.int64)
-        code = (x << torch.arange(n, device=x.device).view(1, n, 1, 1)).sum(1)                   # (B, s, s)
-        return F.embedding(code, table).permute(0, 3, 1, 2)
+        x = (bits.reshape(bits.shape[0], n, s, s) > 0.5).to(torch.int64)
+        return (x << torch.arange(n, device=x.device).view(1, n, 1, 1)).sum(1)
 
-    def folded_term(self, bits: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """``F.conv2d(forward(bits), weight[..., None, None])`` for binary bits, as a table lookup: what the
-        fusion mask's 1x1 convolution adds for this injection's channels (``weight``: (out, out_ch)), without
-        materialising the injection."""
-        return self.lookup(bits, self.table() @ weight.float().t())
+    @staticmethod
+    def lookup(codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """(B, s, s) ``codes`` -> (B, table columns, s, s), channels_last: each pixel's row of ``table``."""
+        return F.embedding(codes, table).permute(0, 3, 1, 2)
 
-    def folded(self, bits: torch.Tensor) -> torch.Tensor:
-        """``forward(bits)`` for binary bits, as a table lookup (float32)."""
-        return self.lookup(bits, self.table())
+    def folded_term(self, codes: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``F.conv2d(forward(bits), weight[..., None, None])`` for binary bits (``codes(bits)``), as a lookup in
+        ``dtype``: what the fusion mask's 1x1 convolution adds for this injection's channels (``weight``:
+        (out, out_ch)), without computing the injection."""
+        return self.lookup(codes, (self.table() @ weight.float().t()).to(dtype))
+
+    def folded(self, codes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``forward(bits)`` for binary bits (``codes(bits)``), as a lookup in ``dtype``."""
+        return self.lookup(codes, self.table().to(dtype))
 
 
 class G2FaceGenerator(SynthesisNetwork):
@@ -435,9 +439,10 @@ class G2FaceGenerator(SynthesisNetwork):
     ``fold_binary_bits`` (set by ``G2Face.set_inference_cache``, i.e. on the inference fast path; applies without
     autograd and while ``FOLD_BINARY_BITS``): the bits are 0/1, so an injection with at most 4 bit channels per
     pixel (at 256 px: 1 at 128 px, 4 at 64 px) takes one of at most 16 vectors per pixel; the fusion mask's 1x1
-    convolution of those channels becomes a lookup in a 16-row table and the injection is never materialised (the
-    concatenation at 128 px has 512 instead of 768 channels). The same function as the official form for binary
-    bits (float rounding apart); soft bits need the official form (training, which records autograd)."""
+    convolution of those channels becomes a lookup in a 16-row table, so the concatenation carries no injection
+    channels (at 128 px 512 instead of 768), and the added injection is a lookup too. The same function as the
+    official form for binary bits (float rounding apart); soft bits need the official form (training, which
+    records autograd)."""
 
     fold_binary_bits = False
 
@@ -492,8 +497,9 @@ class G2FaceGenerator(SynthesisNetwork):
                 m = hid.index(r)
                 inj, add = self.hiding_injects[2 * m], self.hiding_injects[2 * m + 1]
                 if fold and inj.in_ch <= inj.max_folded_in_ch:
-                    out = self.fusion_mask[j](out, feats[j], inj_folded=(inj, bits))
-                    out = out + add.folded(bits).to(out.dtype)
+                    codes = inj.codes(bits)                  # the same map for both (same resolution, bits)
+                    out = self.fusion_mask[j](out, feats[j], inj_folded=(inj, codes))
+                    out = out + add.folded(codes, out.dtype)
                 else:
                     out = self.fusion_mask[j](out, feats[j], inj(bits))
                     out = out + add(bits)

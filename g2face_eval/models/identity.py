@@ -19,6 +19,7 @@ L2-normalised, as the official code). Backends (``get_identity_prior(name)``):
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -69,26 +70,50 @@ class ArcFaceIdentity(IdentityPrior):
         x = images_m11
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size))
-        return self.inference_net()(x) if self.fused else self.net(x)
+        return self.net(x) if self._plain() else self.inference_net()(x)
 
     def inference_net(self) -> nn.Module:
         """``net``'s inference form (``oracles.arcface.FusedIResNet``: BatchNorms folded, channels_last), made
-        on first use and again whenever a weight or statistic of ``net`` changes (version counter, storage or
-        device); not a submodule, so the state dict, ``.to`` and the parameters stay ``net``'s."""
+        on first use and again whenever a weight or statistic of ``net`` changes (``stylegan2.state_key``: object,
+        version counter, storage, device, dtype), always in float32 without autocast (a fold made under bf16
+        autocast would stay bf16-rounded); a rebuild is written into the previous form's memory, so a captured
+        CUDA graph sees the new weights. Not a submodule: the state dict, ``.to`` and the parameters stay
+        ``net``'s (``forward`` runs ``net`` itself while it is in training mode or has a parameter that records
+        gradients)."""
+        from g2face_eval.models.stylegan2 import refresh_in_place, state_key
         from g2face_eval.oracles.arcface import FusedIResNet
 
-        sources = self.__dict__.get("_sources")
-        if sources is None:
-            sources = self.__dict__["_sources"] = [*self.net.parameters(), *self.net.buffers()]
-        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in sources)
+        sources = [*self.net.parameters(), *self.net.buffers()]
+        key = state_key(sources)
         hit = self.__dict__.get("_inference")
         if hit is None or hit[0] != key:
-            hit = self.__dict__["_inference"] = (key, FusedIResNet(self.net))
+            dev = sources[0].device.type
+            no_amp = (torch.autocast(dev, enabled=False) if torch.amp.is_autocast_available(dev)
+                      else contextlib.nullcontext())          # e.g. the meta device of the FLOP count
+            with torch.inference_mode(False), torch.no_grad(), no_amp:
+                fused = FusedIResNet(self.net)
+                if hit is not None:
+                    old = hit[1]
+                    pairs = list(zip(old.state_dict().values(), fused.state_dict().values(), strict=True))
+                    if all(refresh_in_place(o, n, sources) is o for o, n in pairs):
+                        fused = old
+            hit = self.__dict__["_inference"] = (key, fused)
         return hit[1]
 
+    def _plain(self) -> bool:
+        """run ``net`` itself: it is training or learning (the folded copy would not follow either)"""
+        return (not self.fused or any(m.training for m in self.net.modules())
+                or any(p.requires_grad for p in self.net.parameters()))
+
     def _apply(self, fn, recurse=True):
-        self.__dict__.pop("_sources", None)      # .to() / .half() may replace the parameter objects
+        self.__dict__.pop("_inference", None)    # .to() / .half(): rebuilt on the next call, on the new device
         return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_inference", None)            # derived: not pickled, not deep-copied
+        return state
 
 
 # ------------------------------------------------------------------------------------------------ SFace

@@ -260,23 +260,46 @@ class Upsample(_FIR):
         self._set_kernel(k)
 
 
+def state_key(tensors) -> tuple:
+    """What identifies the values of ``tensors`` for a cache of results derived from them: each tensor's object,
+    storage, device, dtype and version counter (bumped by every in-place change: optimiser steps,
+    ``load_state_dict``, ``copy_``); an inference-mode tensor has no version counter and counts by the rest."""
+    return tuple((id(t), t.data_ptr(), t.device, t.dtype, 0 if t.is_inference() else t._version) for t in tensors)
+
+
+def refresh_in_place(old: torch.Tensor | None, new: torch.Tensor, sources=()) -> torch.Tensor:
+    """``new``'s values in ``old``'s memory when they have the same shape, dtype, device and strides and ``old``
+    shares no storage with a source; else ``new``. A rebuilt cached value then stays where a captured CUDA graph
+    reads it (a replaced one would be freed under the graph)."""
+    if (old is None or old.shape != new.shape or old.dtype != new.dtype or old.device != new.device
+            or old.stride() != new.stride()):
+        return new
+    ptr = old.untyped_storage().data_ptr()
+    if any(s.untyped_storage().data_ptr() == ptr for s in sources):
+        return new
+    with torch.no_grad():
+        old.copy_(new)
+    return old
+
+
 class WeightCache:
     """Mixin: inference cache of tensors derived from parameters (see the module docstring).
 
     ``self._cached(name, fn, *sources)`` returns ``fn()``, reused while (no grad is recorded) and every source
-    keeps its version counter, storage pointer and device. Off unless ``cache_weights`` is True."""
+    keeps its object, version counter, storage pointer and device (``state_key``); a value rebuilt after a
+    weight change is written into the old one's memory (``refresh_in_place``). Off unless ``cache_weights``."""
 
     cache_weights = False
 
     def _cached(self, name: str, fn, *sources: torch.Tensor) -> torch.Tensor:
         if not self.cache_weights or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return fn()
-        key = tuple((t._version, t.data_ptr(), t.device) for t in sources)
+        key = state_key(sources)
         cache = self.__dict__.setdefault("_weight_cache", {})
         hit = cache.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]
-        val = fn()
+        val = refresh_in_place(hit[1] if hit is not None else None, fn(), sources)
         cache[name] = (key, val)
         return val
 

@@ -272,8 +272,8 @@ def refresh_in_place(old: torch.Tensor | None, new: torch.Tensor, sources=()) ->
     shares no storage with a source; else ``new``. A rebuilt cached value then stays where a captured CUDA graph
     reads it (a replaced one would be freed under the graph)."""
     if (old is None or old.shape != new.shape or old.dtype != new.dtype or old.device != new.device
-            or old.stride() != new.stride()):
-        return new
+            or old.stride() != new.stride() or (old.is_inference() and not torch.is_inference_mode_enabled())):
+        return new                     # (an inference tensor cannot be written outside inference mode)
     ptr = old.untyped_storage().data_ptr()
     if any(s.untyped_storage().data_ptr() == ptr for s in sources):
         return new

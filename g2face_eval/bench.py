@@ -1126,7 +1126,7 @@ class Bench:
                 kernels, info = metric_oracles(self.device, max(self.args.batches), tmp)
             except Exception as e:  # noqa: BLE001 - e.g. the harness's packages missing on a device image
                 traceback.print_exc()
-                suite["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                suite.update(error=f"{type(e).__name__}: {str(e)[:300]}", skipped={}, unavailable={}, oracles={})
                 for b in self.args.batches:
                     self.row(Cell("metric", "oracles", "256", "compute", "fp32", b), status="error",
                              error=f"oracles: {suite['error']}")
@@ -1184,9 +1184,9 @@ def metric_oracles(device: torch.device, n_faces: int, cache_dir: str) -> tuple[
     YuNet subject face), Gaussian-blurred (sigma 4) as the stand-in output. Returns (kernels, info): each kernel
     ``{"name", "call": b -> zero-arg callable on a batch of b (the faces cycled), "runs_on", "what"}``; info
     records the inputs, what is unavailable and ``skipped``: {kernel name: reason} of the oracles the harness
-    would run but that cannot run here (a user file missing: LPIPS, FID features; no subject face), which the
-    bench records as ``skipped`` rows. Without faces (the detector's weights missing) or without the oracles (no
-    recognizer), what needs no face (features, LPIPS, PSNR, SSIM) is still timed."""
+    would run but that cannot run here (a user file missing: LPIPS, FID features; no subject face; the oracles
+    not built), which the bench records as ``skipped`` rows. Without faces (the detector's weights missing) or
+    without the oracles (no recognizer), what needs no face (features, LPIPS, PSNR, SSIM) is still timed."""
     import cv2
 
     from g2face_eval.harness import config as C
@@ -1214,9 +1214,11 @@ def metric_oracles(device: torch.device, n_faces: int, cache_dir: str) -> tuple[
     try:
         O = Oracles(cfg, ArrayCache(cache_dir))  # noqa: N806 - the harness's name
         unavailable.update(O.unavailable)
-    except Exception as e:  # noqa: BLE001 - e.g. no recognizer's weights: PSNR / SSIM still run
+        lpips, extractors = O.lpips, O.extractors
+    except Exception as e:  # noqa: BLE001 - e.g. no recognizer's weights: the face-free oracles still run
         unavailable["oracles"] = f"{type(e).__name__}: {str(e)[:300]}"
         O = None  # noqa: N806
+        lpips, extractors = _face_free_oracles(cfg, unavailable)
 
     def pick(seq: list, b: int) -> list:
         return [seq[i % len(seq)] for i in range(b)] if seq else []
@@ -1240,10 +1242,10 @@ def metric_oracles(device: torch.device, n_faces: int, cache_dir: str) -> tuple[
         if O.mesh is not None:
             add("mesh", f"{type(O.mesh).__name__}.analyze of the subject (Oracles.mesh_of)", _where(O.mesh),
                 lambda o, x, f: [O.mesh_of(im, subject=fc) for im, fc in zip(x, f, strict=True)])
-    if O is not None and O.lpips is not None:
-        add("lpips_alex", "LPIPS('alex') output vs original", _where(O.lpips),
-            lambda o, x, f: O.lpips(_to_batch(x), _to_batch(o), 1.0))
-    for n, ext in (O.extractors if O is not None else {}).items():
+    if lpips is not None:
+        add("lpips_alex", "LPIPS('alex') output vs original", _where(lpips),
+            lambda o, x, f: lpips(_to_batch(x), _to_batch(o), 1.0))
+    for n, ext in extractors.items():
         add(f"features_{n}", f"Fréchet features ({type(ext).__name__}, evaluate._features)", _where(ext),
             lambda o, x, f, ext=ext: _features(ext, x))
     add("psnr", "evaluate._psnr output vs original", "cpu", lambda o, x, f: _psnr(x, o))
@@ -1262,6 +1264,14 @@ def metric_oracles(device: torch.device, n_faces: int, cache_dir: str) -> tuple[
         skipped.update({f"finds_{d}": why for d in O.detectors})
         if O.mesh is not None:
             skipped["mesh"] = why
+    if O is None:                        # the harness's face oracles of this configuration, none of them built
+        from g2face_eval.oracles import recognizers as R
+
+        why = f"oracles: {unavailable['oracles']}"
+        skipped.update({f"embed_{r}": why for r in (cfg.get("recognizers") or R.DEFAULT_RECOGNIZERS)})
+        skipped.update({f"finds_{d}": why for d in (cfg.get("detectors") or ())})
+        if cfg.get("face_mesh", True):
+            skipped["mesh"] = why
     info = {"image_size": size, "skipped": skipped,
             "inputs": (f"{len(orig)} embedded faces (g2face_eval/data/embedded) "
                        + ("prepared (YuNet subject face)" if faces else "resized, NOT prepared (no subject face),")
@@ -1270,6 +1280,15 @@ def metric_oracles(device: torch.device, n_faces: int, cache_dir: str) -> tuple[
             "unavailable": unavailable,
             "oracles": {k["name"]: {"what": k["what"], "runs_on": k["runs_on"]} for k in kernels}}
     return kernels, info
+
+
+def _face_free_oracles(cfg: dict, unavailable: dict) -> tuple:
+    """(LPIPS or None, {name: Fréchet feature extractor}) built as ``harness.evaluate.Oracles`` builds them, for
+    when the oracles as a whole cannot be (no recognizer): these need no face and still run; what is missing goes
+    into ``unavailable`` under the harness's keys."""
+    from g2face_eval.harness.evaluate import _feature_extractors, _lpips
+
+    return _lpips(unavailable), _feature_extractors(unavailable, str(cfg["device"]), cfg.get("feature_extractors"))
 
 
 def oracle_flops(kernel: dict) -> tuple[float | None, str | None, str | None]:

@@ -401,3 +401,18 @@ def test_report_says_what_computed_the_run_and_goes_where_the_run_put_its_report
     assert f"commits: {'e' * 40}, {'f' * 40} (dirty); devices: cpu, cuda; package versions differ" in md
     assert (out / "tables.tex").read_text().startswith("% g2face-eval run run1\n% code: " + "f" * 40)
     assert f"code: {'f' * 40}" in (out / "report.html").read_text()
+
+
+def test_report_demographic_table_writes_rates_as_the_tables_do(tmp_path):
+    """The report's demographic table (4 decimals) used to round a group's rate of 0.99996 to 1.0; rates follow the
+    tables' rule (never 0 or 1 unless exact), means keep 4 decimals."""
+    run = synthetic_run(tmp_path / "run")
+    demo = pd.DataFrame([dict(method="blur_s4", dataset="utkface", attribute="gender", group="male",
+                              metric="deid_success_rate_sface", value=0.99996, ci_lo=0.9996, ci_hi=1.0, n=25000,
+                              aggregation="rate"),
+                         dict(method="blur_s4", dataset="utkface", attribute="gender", group="male", metric="ssim",
+                              value=0.123456, ci_lo=0.12, ci_hi=0.13, n=25000, aggregation="mean")])
+    demo.to_csv(run / "demographics.csv", index=False)
+    out = build.build_report(run, tmp_path / "out", quiet=True)
+    page = (out / "report.html").read_text()
+    assert "0.99996" in page and "0.9996" in page and "0.1235" in page

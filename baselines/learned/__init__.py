@@ -55,7 +55,8 @@ def available_methods() -> list[str]:
         except zoo.WeightIntegrityError as e:
             e.args = (f"{e.args[0]}. Learned baseline {name!r}: restore g2face_eval/checkpoints/{name}.safetensors "
                       f"from the repository, or re-train and export it (`g2face-eval train-baseline {name} --out "
-                      f"<dir>`, then `python -m baselines.learned.train export <dir>/last`); to run without it, "
+                      f"<dir>`, then `python -m baselines.learned.train export <dir>/last --export-to "
+                      f"g2face_eval/checkpoints/{name}.safetensors`); to run without it, "
                       f"name the methods explicitly (--methods)",)
             raise
         out.append(name)

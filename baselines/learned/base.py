@@ -43,9 +43,10 @@ runs ``BaselineTrainer`` — a subclass of the G2Face ``training.loop.Trainer`` 
 on CPU; one plain process otherwise), learning-rate schedule, atomic checkpoint directories
 (``<out>/last``: model.safetensors with ``generator.*``/``discriminator.*`` + train_state.pt), exact resume and
 MLflow logging (experiment ``baseline-train``); several processes: ``torchrun --nproc_per_node N -m
-baselines.learned.train <name> ...``. ``export(train_dir, out=None)`` (CLI: ``python -m baselines.learned.train
-export <dir>/last``) writes the generator weights to ``g2face_eval/checkpoints/<name>.safetensors`` (+
-``<name>.sha256``; the full model config and training provenance in the metadata) atomically;
+baselines.learned.train <name> ...``. ``export(train_dir, out)`` (CLI: ``python -m baselines.learned.train
+export <dir>/last --export-to FILE.safetensors``; the shipped file is ``g2face_eval/checkpoints/<name>.safetensors``
+and is replaced only when named) writes the generator weights to ``out`` (+ its ``.sha256`` beside it; the full
+model config and training provenance in the metadata) atomically;
 ``load_exported`` verifies the sha256 before loading; the zoo entry is ``learned_<name>``
 (``zoo.register_project_checkpoint``).
 """
@@ -463,8 +464,8 @@ def zoo_entry(name: str) -> str:
             input=zoo.InputSpec(size=None, value_range=(0.0, 1.0), mean=None, std=None, channel_order="RGB"),
             description=f"learned baseline '{name}' trained by this project on celebahq256 train "
                         f"(model card: checkpoints/{name}.md)",
-            instructions=f"g2face-eval train-baseline {name} --out <dir>; "
-                         f"python -m baselines.learned.train export <dir>/last",
+            instructions=f"g2face-eval train-baseline {name} --out <dir>; python -m baselines.learned.train "
+                         f"export <dir>/last --export-to g2face_eval/checkpoints/{name}.safetensors",
             loader=load_model,
         )
     return wn

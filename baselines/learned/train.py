@@ -4,7 +4,8 @@
 One CPU/GPU process:  g2face-eval train-baseline fit --steps 300 --out /tmp/fit
 Several processes:    torchrun --nproc_per_node 2 -m baselines.learned.train fit --steps 300 --out /tmp/fit
 Resume:               add ``--resume auto`` (``<out>/last``) or ``--resume <checkpoint dir>``
-Export:               python -m baselines.learned.train export /tmp/fit/last   (-> g2face_eval/checkpoints/)
+Export:               python -m baselines.learned.train export /tmp/fit/last --export-to /tmp/fit.safetensors
+                      (the shipped file, g2face_eval/checkpoints/fit.safetensors, is replaced only when named)
 
 Defaults are the shipped G2Face's budget (celebahq256 train split at 64 px, batch 8, 300 steps, flips).
 Model options: ``--model key=value`` (JSON values), e.g. ``--model width=24 --model weights='{"id": 2}'``.

@@ -139,13 +139,7 @@ class Oracles:
                 self.mesh = get_face_mesh()
             except Exception as e:  # noqa: BLE001
                 self.unavailable["attributes"] = str(e)
-        self.lpips = None
-        try:
-            from g2face_eval.metrics.image import LPIPS
-
-            self.lpips = LPIPS("alex")
-        except Exception as e:  # noqa: BLE001 - MetricUnavailable (backbone weights absent)
-            self.unavailable["lpips_alex"] = getattr(e, "reason", str(e))
+        self.lpips = _lpips(self.unavailable)
         self.extractors = _feature_extractors(self.unavailable, str(cfg["device"]), cfg.get("feature_extractors"))
 
     def in_force(self) -> dict:
@@ -200,6 +194,17 @@ class Oracles:
         """The recognizer's FAR-1e-3 threshold, or None (reported unavailable when the oracles were loaded)."""
         t = self.thresholds[rec]
         return None if t is None else float(t)
+
+
+def _lpips(unavailable: dict):
+    """LPIPS('alex'), or None with the reason in ``unavailable["lpips_alex"]`` (its backbone is a user file)."""
+    try:
+        from g2face_eval.metrics.image import LPIPS
+
+        return LPIPS("alex")
+    except Exception as e:  # noqa: BLE001 - MetricUnavailable (backbone weights absent)
+        unavailable["lpips_alex"] = getattr(e, "reason", str(e))
+        return None
 
 
 def _feature_extractors(unavailable: dict, device: str = "cpu", names: list[str] | None = None) -> dict:
@@ -642,11 +647,10 @@ def format_summary(agg: pd.DataFrame) -> str:
     if w.empty:
         return "(no results)"
     with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_rows", 500):
-        counts = {c: (lambda x: "–" if pd.isna(x) else f"{int(x)}") for c in ("n_images", "n_failed") if c in w}
-        rates = ({c: (lambda x: "–" if pd.isna(x) else tables.rate_text(x))
-                  for c in set(agg.loc[agg["aggregation"] == "rate", "metric"]) if c in w}
+        counts = {c: (lambda x: f"{int(x)}") for c in ("n_images", "n_failed") if c in w}    # (NaN: na_rep)
+        rates = ({c: tables.rate_text for c in set(agg.loc[agg["aggregation"] == "rate", "metric"]) if c in w}
                  if "aggregation" in agg else {})
-        return w.to_string(float_format=lambda x: f"{x:.3f}", formatters={**rates, **counts})
+        return w.to_string(float_format=lambda x: f"{x:.3f}", formatters={**rates, **counts}, na_rep="–")
 
 
 # ----------------------------------------------------------------------------------------------------------

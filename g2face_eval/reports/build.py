@@ -135,8 +135,12 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
         shown = demo[demo["metric"].isin([*figures.demographic_metrics(demo), "n_images", "n_failed"])]
         dparts.append('<p class="muted">every per-image metric per group: demographics.csv in the run folder; '
                       "shown here: the metrics of the figures and each group's images processed and failed</p>")
-        dparts.append(html.table_html(shown[["method", "dataset", "attribute", "group", "metric", "value",
-                                             "ci_lo", "ci_hi", "n"]].round(4)))
+        shown = shown.reindex(columns=["method", "dataset", "attribute", "group", "metric", "value", "ci_lo",
+                                       "ci_hi", "n", "aggregation"])
+        for c in ("value", "ci_lo", "ci_hi"):             # 4 decimals; a rate that is not 0 or 1 never reads so
+            shown[c] = [("" if pd.isna(x) else tables.rate_text(x, 4) if a == "rate" else f"{x:.4f}")
+                        for x, a in zip(shown[c], shown["aggregation"], strict=True)]
+        dparts.append(html.table_html(shown.drop(columns="aggregation")))
     if dparts:
         sections.append(("Demographic breakdown", dparts))
     # qualitative grids (original / anonymized / recovered / wrong key)

@@ -1127,16 +1127,19 @@ class Bench:
             except Exception as e:  # noqa: BLE001 - e.g. the harness's packages missing on a device image
                 traceback.print_exc()
                 suite.update(error=f"{type(e).__name__}: {str(e)[:300]}", skipped={}, unavailable={}, oracles={})
+                from g2face_eval.harness import config as C
+
+                size = str(C.defaults()["image_size"])                   # the harness's size, as metric_oracles
                 for b in self.args.batches:
-                    self.row(Cell("metric", "oracles", "256", "compute", "fp32", b), status="error",
-                             error=f"oracles: {suite['error']}")
+                    self.row(Cell("metric", "oracles", size, "compute", "fp32", b), status="error",
+                             error=f"oracles: {suite['error']}", runs_on=None)
                 return
             suite.update(info)
             self.save()
             for name, why in info["skipped"].items():
                 for b in self.args.batches:
                     self.row(Cell("metric", name, str(info["image_size"]), "compute", "fp32", b), status="skipped",
-                             error=f"unavailable: {why[:300]}")
+                             error=f"unavailable: {why[:300]}", runs_on=None)          # nothing ran anywhere
             for k in kernels:
                 gf, flop_error, floor_note = oracle_flops(k)
                 suite["oracles"][k["name"]]["gflop_per_image"] = gf

@@ -245,7 +245,7 @@ def test_cli_minimal_sweep_writes_valid_json(tmp_path):
     # never just absent: LPIPS and the FID features are timed or skipped
     skipped = {r["name"]: r for r in rows if r["suite"] == "metric" and r["status"] == "skipped"}
     assert set(skipped) == set(doc["metric_suite"]["skipped"])
-    assert all(r["error"].startswith("unavailable: ") for r in skipped.values())
+    assert all(r["error"].startswith("unavailable: ") and r["runs_on"] is None for r in skipped.values())
     assert {"lpips_alex", "features_inception_fid", "features_effnet_lite0"} <= set(m) | set(skipped)
     assert not set(m) & set(skipped)
     assert (out / "bench_latency.png").stat().st_size > 1000

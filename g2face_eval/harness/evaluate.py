@@ -646,11 +646,23 @@ def format_summary(agg: pd.DataFrame) -> str:
     w = summary_table(agg)
     if w.empty:
         return "(no results)"
+    kinds = pd.DataFrame()                       # each cell's aggregation: a rate is written as the tables write it
+    if "aggregation" in agg:
+        a = agg[(agg["dataset"] != "all") & agg["metric"].isin(SUMMARY_METRICS)]
+        kinds = a.pivot_table(index=["dataset", "method"], columns="metric", values="aggregation", aggfunc="first")
+
+    def cell(x, i, c) -> str:
+        if pd.isna(x):
+            return "–"
+        if c in ("n_images", "n_failed"):
+            return f"{int(x)}"
+        rate = c in kinds.columns and i in kinds.index and kinds.at[i, c] == "rate"
+        return tables.rate_text(x) if rate else f"{x:.3f}"
+
+    text = pd.DataFrame({c: [cell(x, i, c) for i, x in w[c].items()] for c in w.columns}, index=w.index)
+    text.columns.name = w.columns.name
     with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_rows", 500):
-        counts = {c: (lambda x: f"{int(x)}") for c in ("n_images", "n_failed") if c in w}    # (NaN: na_rep)
-        rates = ({c: tables.rate_text for c in set(agg.loc[agg["aggregation"] == "rate", "metric"]) if c in w}
-                 if "aggregation" in agg else {})
-        return w.to_string(float_format=lambda x: f"{x:.3f}", formatters={**rates, **counts}, na_rep="–")
+        return text.to_string()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -361,11 +361,11 @@ class FusionMask(nn.Module):
                 inj_folded: tuple[HidingInjection, torch.Tensor] | None = None) -> torch.Tensor:
         """``inj_folded`` = (injection, its ``codes(bits)``) replaces ``inj`` by ``HidingInjection.folded_term``
         (binary bits only; the inference fast path, see ``G2FaceGenerator.forward``)."""
-        parts = [gen, pyr] if inj is None else [gen, pyr, inj]
         dt = pyr.dtype
         bias = self.conv.bias if torch.is_grad_enabled() else None          # removed by the norm (ConvNormAct)
         w = self.conv.weight
         if inj_folded is None:
+            parts = [gen, pyr] if inj is None else [gen, pyr, inj]
             y = F.conv2d(torch.cat([t.to(dt) for t in parts], 1), w, bias)
         else:
             c = gen.shape[1] + pyr.shape[1]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -105,8 +107,8 @@ class _FusedBlock(nn.Module):
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         self.pre = _Affine(b.bn1)
-        self.conv1 = fuse_conv_bn_eval(b.conv1, b.bn2)
-        self.prelu = b.prelu
+        self.conv1 = fuse_conv_bn_eval(b.conv1, b.bn2)          # (the fuse functions return new modules)
+        self.prelu = copy.deepcopy(b.prelu)
         self.conv2 = fuse_conv_bn_eval(b.conv2, b.bn3)
         ds = b.downsample
         self.downsample = None if ds is None else fuse_conv_bn_eval(ds[0], ds[1])
@@ -127,26 +129,25 @@ class FusedIResNet(nn.Module):
 
     def __init__(self, net: IResNet):
         super().__init__()
-        import copy
-
-        from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+        from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_weights
 
         if net.training:
             raise ValueError("FusedIResNet folds eval-mode BatchNorm statistics: call net.eval() first")
-        net = copy.deepcopy(net)
         self.stem = fuse_conv_bn_eval(net.conv1, net.bn1)
-        self.prelu = net.prelu
+        self.prelu = copy.deepcopy(net.prelu)
         self.blocks = nn.Sequential(*(_FusedBlock(b) for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
                                       for b in layer))
-        # bn2 (per channel of the 512x7x7 map) then fc on the NCHW flattening: fc(a*x + c) = (W*a) x + (W c + b)
+        # bn2 (per channel of the 512x7x7 map) then fc on the NCHW flattening: fc(a*x + c) = (W*a) x + (W c + b),
+        # then the features BatchNorm1d
         scale, shift = _bn_affine(net.bn2)
         hw = net.fc.in_features // scale.numel()
-        fc = copy.deepcopy(net.fc)
+        w, f = net.fc.weight, net.features
         with torch.no_grad():
-            a = scale.repeat_interleave(hw)
-            fc.bias.copy_(fc.bias + net.fc.weight @ shift.repeat_interleave(hw))
-            fc.weight.copy_(net.fc.weight * a)
-        self.fc = fuse_linear_bn_eval(fc, net.features)
+            weight, bias = fuse_linear_bn_weights(w * scale.repeat_interleave(hw),
+                                                  net.fc.bias + w @ shift.repeat_interleave(hw), f.running_mean,
+                                                  f.running_var, f.eps, f.weight, f.bias)
+        self.fc = nn.Linear(net.fc.in_features, net.fc.out_features, device="meta")
+        self.fc.weight, self.fc.bias = weight, bias
         self.requires_grad_(False)
         self.to(memory_format=torch.channels_last)
         self.eval()

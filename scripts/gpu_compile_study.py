@@ -20,7 +20,8 @@ Official config (256 px, random weights, official payload), tensor API (``BenchP
    ``--batch-big``; then anonymize at ``--batch-big`` with inductor ``freezing`` (+ graphs).
 ``--steps`` picks the groups (``matmul_rate``, the floor's denominator, only when asked); a ``--grid`` cell may
 name presets as a third field, joined by ``+``: inductor settings (``INDUCTOR_PRESETS``, e.g. ``stencil:cl:cdt``)
-or pipeline settings (``PIPELINE_PRESETS``: ``unfused``, ``nofold``, the forms before session 16; ``gemm``), and its
+or pipeline settings (``PIPELINE_PRESETS``: ``unfused``, ``nofold``, the forms before session 16; ``gemm``, ``pad8``),
+and its
 batch after ``@`` (``stencil:cl:cdt@64``; default ``--batch``); ``--graph-each`` adds each grid cell's CUDA-graph
 cell right after it. (Session 15's ``ov`` cells ran a pipeline preset, the identity prior on a side stream beside
 the geometry prior, with the switch of commit b44cf5c; not adopted, removed: docs/BENCH.md.)
@@ -50,9 +51,10 @@ INDUCTOR_PRESETS = {"cdt": {"coordinate_descent_tuning": True},
 #   unfused: the ArcFace identity prior as the plain network (``ArcFaceIdentity.fused = False``, the form before
 #            session 16); its fp32 reference is made in that form too, as the hidden bits depend on it
 #   nofold:  the hiding injections materialised and concatenated (``g2face.FOLD_BINARY_BITS``; before session 16)
-#   gemm:    the 3-channel convolutions as im2col + GEMM (``g2face.SMALL_CIN_CONV``; default "pad8")
+#   gemm:    the 3-channel convolutions as im2col + GEMM (``g2face.SMALL_CIN_CONV``)
+#   pad8:    ... zero-padded to 8 channels for cuDNN (the default; the fp32 references' form)
 PIPELINE_PRESETS = {"unfused": ("identity", "fused", False), "nofold": ("g2face", "FOLD_BINARY_BITS", False),
-                    "gemm": ("g2face", "SMALL_CIN_CONV", "gemm")}
+                    "gemm": ("g2face", "SMALL_CIN_CONV", "gemm"), "pad8": ("g2face", "SMALL_CIN_CONV", "pad8")}
 
 
 def kernel_breakdown(prof, calls: int) -> dict:
@@ -205,14 +207,8 @@ def main() -> int:
             p.amp_dtype, p.channels_last = None, False
             set_memory_format(p.model, torch.contiguous_format)
             try:
-                official = [(w, pipeline_setting(w, v)) for w, v in ((("g2face", "FOLD_BINARY_BITS"), False),
-                                                                      (("g2face", "SMALL_CIN_CONV"), "pad8"))]
-                try:
-                    with torch.no_grad():
-                        refs[key] = tuple(t.clone() for t in p.anonymize(*batch_inputs[b]))
-                finally:
-                    for w, old in official:
-                        pipeline_setting(w, old)
+                with torch.no_grad(), pipeline("nofold+pad8"):
+                    refs[key] = tuple(t.clone() for t in p.anonymize(*batch_inputs[b]))
             finally:
                 p.amp_dtype, p.channels_last = amp, cl
                 set_memory_format(p.model, torch.channels_last if cl else torch.contiguous_format)

@@ -628,13 +628,20 @@ SUMMARY_METRICS = (
 )
 
 
-def summary_table(agg: pd.DataFrame) -> pd.DataFrame:
-    """Wide view: one row per (method, dataset), the headline metrics as columns (value only)."""
-    lat = agg[agg["metric"] == "latency_ms_per_image"].set_index("method")["value"]
+def _summary_pivot(agg: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``column`` of the headline metrics' rows, one row per (dataset, method), one column per metric."""
     a = agg[(agg["dataset"] != "all") & agg["metric"].isin(SUMMARY_METRICS)]
     if a.empty:
         return pd.DataFrame()
-    w = a.pivot_table(index=["dataset", "method"], columns="metric", values="value", aggfunc="first")
+    return a.pivot_table(index=["dataset", "method"], columns="metric", values=column, aggfunc="first")
+
+
+def summary_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """Wide view: one row per (method, dataset), the headline metrics as columns (value only)."""
+    lat = agg[agg["metric"] == "latency_ms_per_image"].set_index("method")["value"]
+    w = _summary_pivot(agg, "value")
+    if w.empty:
+        return w
     w["latency_ms_per_image"] = [lat.get(m, np.nan) for _, m in w.index]
     cols = [c for c in SUMMARY_METRICS if c in w.columns and w[c].notna().any()]
     return w[cols]
@@ -646,10 +653,8 @@ def format_summary(agg: pd.DataFrame) -> str:
     w = summary_table(agg)
     if w.empty:
         return "(no results)"
-    kinds = pd.DataFrame()                       # each cell's aggregation: a rate is written as the tables write it
-    if "aggregation" in agg:
-        a = agg[(agg["dataset"] != "all") & agg["metric"].isin(SUMMARY_METRICS)]
-        kinds = a.pivot_table(index=["dataset", "method"], columns="metric", values="aggregation", aggfunc="first")
+    # each cell's aggregation: a rate is written as the tables write it
+    kinds = _summary_pivot(agg, "aggregation") if "aggregation" in agg else pd.DataFrame()
 
     def cell(x, i, c) -> str:
         if pd.isna(x):

@@ -28,16 +28,26 @@ def write_via(path: str | Path, writer: Callable[[str], None], *, durable: bool 
         writer(tmp)
         os.chmod(tmp, 0o644)
         if durable:
-            _fsync(tmp, os.O_RDONLY)
+            fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     if durable:
-        with contextlib.suppress(OSError):  # directories cannot be opened for fsync on every platform
-            _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fsync_dir(path.parent)
     return path
+
+
+def fsync_file(path: str | Path) -> None:
+    """A file's content to the disk."""
+    _fsync(path, os.O_RDONLY)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """A directory's entries (a rename into it) to the disk, where the platform lets a directory be opened."""
+    with contextlib.suppress(OSError):
+        _fsync(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
 def _fsync(path: str | Path, flags: int) -> None:

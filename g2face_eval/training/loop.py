@@ -25,7 +25,6 @@ with W*A micro-batches (same samples, same draws, gradients averaged).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from g2face_eval import settings
+from g2face_eval import atomic, settings
 from g2face_eval.training import ddp
 from g2face_eval.training.data import ShardedBatches, generator, load_train_images
 from g2face_eval.training.losses import (
@@ -585,11 +584,7 @@ class Trainer:
                                                     indent=1))
         for f in tmp.iterdir():  # durable before the swap: a checkpoint marks work as done
             os.chmod(f, 0o644)
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            atomic.fsync_file(f)
         # swap without a window where no complete checkpoint exists: old -> <name>.old, tmp -> name, drop old
         old = path.with_name(path.name + ".old")
         if path.exists():
@@ -600,12 +595,7 @@ class Trainer:
         crashpoints.hit("ckpt_swap")
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
-        with contextlib.suppress(OSError):  # the rename itself (directories cannot be opened on every platform)
-            fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        atomic.fsync_dir(path.parent)  # the rename itself
         return path
 
     def _provenance(self) -> dict:
@@ -731,8 +721,6 @@ class Trainer:
             if prov.get("git_hash"):
                 tags["mlflow.source.git.commit"] = prov["git_hash"]
             run = mlflow.start_run(run_name=f"{self.cfg.mode}-{self.cfg.size}px-step{self.step}", tags=tags)
-            from g2face_eval import atomic
-
             atomic.write_json(Path(self.cfg.out) / MLFLOW_RUN_FILE, {"run_id": run.info.run_id, "uri": uri})
             flat = {k: v for k, v in self.cfg.to_dict().items() if k != "weights"}
             flat.update({f"w_{k}": v for k, v in self.cfg.weights.to_dict().items()})

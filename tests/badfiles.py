@@ -229,6 +229,16 @@ def make_corpus(root: str | Path) -> dict[str, BadFile]:
     gk[8:24, 8:24] = 90
     exp_gk = np.where(gk[..., None] == 0, 255, 90).repeat(3, axis=2).astype(np.uint8)
     save("gray_colour_key.png", Image.fromarray(gk), "PNG", transparency=0, check=lambda a: _close(a, exp_gk, 0))
+    # the key matched on the stored values: 16-bit grayscale (key 4660 of 0..65535) and 1-bit
+    g16 = np.full((32, 32), 4660, np.uint16)
+    g16[8:24, 8:24] = 32896                                   # -> 128 in 8 bit
+    exp_g16 = np.where(g16[..., None] == 4660, 255, 128).repeat(3, axis=2).astype(np.uint8)
+    save("gray16_colour_key.png", Image.fromarray(g16), "PNG", transparency=4660,
+         check=lambda a: _close(a, exp_g16, 0))
+    b1 = np.zeros((32, 32), bool)
+    b1[:, 16:] = True
+    save("bilevel_colour_key.png", Image.fromarray(b1), "PNG", transparency=0,
+         check=lambda a: _close(a, np.full((32, 32, 3), 255), 0))   # black keyed -> white, white stays white
     i32 = np.full((32, 32), 65535, np.int32)
     save("int32.tif", Image.fromarray(i32), "TIFF", check=lambda a: _close(a, np.full((32, 32, 3), 255), 0))
     for name, v in (("int32_70000.tif", 70000), ("int32_negative.tif", -1)):

@@ -53,6 +53,8 @@ CORPUS_NAMES = [
     "float_0_255.tif",
     "rgb_colour_key.png",
     "gray_colour_key.png",
+    "gray16_colour_key.png",
+    "bilevel_colour_key.png",
     "int32.tif",
     "int32_70000.tif",
     "int32_negative.tif",
@@ -243,6 +245,42 @@ def test_utkface_malformed_names_are_failures(tmp_path):
     assert out[names[4]].meta["age_band"] == "60+" and out[names[4]].meta["race"] == "Others"
     for n in names[1:4]:
         assert isinstance(out[n], ds.Failure) and "malformed UTKFace" in out[n].reason
+
+
+def test_a_file_that_cannot_be_read_keeps_its_labels(tmp_path):
+    """A corrupt UTKFace file: its labels (in the file name) ride on the load error and reach the failure
+    record, so the failure counts in its demographic group (found by a review: the failure had no labels)."""
+    from g2face_eval.harness.prepare import DatasetSource, load_prepare
+
+    img = tmp_path / "utkface" / "images"
+    img.mkdir(parents=True)
+    name = "35_1_2_20170101000000001.jpg.chip.jpg"
+    (img / name).write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    d = ds.open_dataset("utkface", tmp_path)
+    with pytest.raises(ImageLoadError) as e:
+        d.load(name)
+    assert e.value.meta["gender"] == "female" and e.value.meta["race"] == "Asian"
+    src = DatasetSource("utkface", {"datasets_root": str(tmp_path), "dataset_options": {}})
+    items, fails = load_prepare(src, None, [name])
+    assert not items and fails[0][0] == name and fails[0][1].startswith("load failed: ")
+    assert fails[0][2]["gender"] == "female" and fails[0][2]["age_band"] == "20-39"
+
+
+def test_celeba_id_lists_image_files_only(tmp_path):
+    """Hidden files (macOS ``._*``), hidden folders and folders named like images are not photos: they take no
+    gallery or probe slot (found by a review: ``._a.jpg`` took a gallery slot and ``sub.jpg/`` a probe's)."""
+    arr = np.full((32, 32, 3), 120, np.uint8)
+    person = tmp_path / "celeba_id" / "images" / "p1"
+    person.mkdir(parents=True)
+    for n in ("a.jpg", "b.jpg", "c.jpg", "._a.jpg"):
+        Image.fromarray(arr).save(person / n, "JPEG")
+    (person / "sub.jpg").mkdir()
+    hidden = tmp_path / "celeba_id" / "images" / ".trash"
+    hidden.mkdir()
+    Image.fromarray(arr).save(hidden / "x.jpg", "JPEG")
+    d = ds.open_dataset("celeba_id", tmp_path)
+    assert d.ids() == ["p1/a.jpg", "p1/b.jpg", "p1/c.jpg"]
+    assert [d.load(i).meta["role"] for i in d.ids()] == ["gallery", "gallery", "probe"]
 
 
 def test_age_bands():

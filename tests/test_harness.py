@@ -542,3 +542,34 @@ def test_latency_is_reused_only_from_the_same_device_and_runs(tmp_path):
     p = tmp_path / "latency.json"
     p.write_text(json.dumps(old))
     assert E._reusable_latency(S, p) == {"a": ok}
+
+
+def test_identification_gallery_failures_are_reported(tmp_path, datasets_root):
+    """A gallery photo that cannot be used is listed in gallery.json (with the gallery's size) and warned about,
+    instead of silently shrinking the gallery the ranks are computed against (found by a review); the dataset's
+    own ``split`` option is refused in an evaluation (it crashed the run with a KeyError on the other role)."""
+    import shutil
+
+    from evalhelpers import cheap_config
+
+    from g2face_eval.data.datasets import DatasetOptionsError
+
+    src = datasets_root / "celeba_id" / "images"
+    root = tmp_path / "data"
+    for person in sorted(p.name for p in src.iterdir() if p.is_dir())[:2]:
+        (root / "celeba_id" / "images" / person).mkdir(parents=True)
+        for f in sorted((src / person).iterdir())[:4]:   # 3 gallery photos + 1 probe each
+            shutil.copy(f, root / "celeba_id" / "images" / person / f.name)
+    first = sorted((root / "celeba_id" / "images").iterdir())[0]
+    bad = sorted(first.iterdir())[0]
+    bad.write_bytes(b"not an image")
+    cfg = cheap_config(tmp_path, tmp_path / "cache", methods=["identity"], datasets=["celeba_id"], limit=None,
+                       datasets_root=str(root), gallery_per_identity=2, batch_size=4)
+    res = E.evaluate(cfg, progress=False, quiet=True)
+    g = json.loads((res["run_dir"] / "gallery.json").read_text())["celeba_id"]
+    assert (g["n_photos"], g["n_used"], g["n_identities"], g["n_failed"]) == (4, 3, 2, 1)
+    assert g["failures"][0]["id"] == f"{first.name}/{bad.name}" and "load failed" in g["failures"][0]["reason"]
+    rank1 = res["aggregate"].query("method == 'identity' and metric == 'id_rank1_sface'")
+    assert len(rank1) == 1 and float(rank1.value.iloc[0]) == 1.0
+    with pytest.raises(DatasetOptionsError, match="celeba_id.split is not supported"):
+        E._dataset_source("celeba_id", {**cfg, "dataset_options": {"celeba_id": {"split": "probe"}}})

@@ -153,6 +153,22 @@ def test_an_image_unreadable_on_resume_is_that_images_failure(tmp_path):
     assert pix.reason.iloc[1].startswith("reload failed: not an image") and "face1.jpg" in pix.reason.iloc[1]
 
 
+def test_an_image_replaced_by_another_face_before_resume_is_that_images_failure(tmp_path):
+    """The same, with the file replaced by another readable face: its stored embeddings and mesh belong to the
+    first image, so the reread (other pixels than the prepared ones) is that image's failure, not a score of the
+    new image against the old one's references; the unchanged images are scored."""
+    root = _folder(tmp_path, 4)
+    cfg = _cfg(tmp_path, methods=["blur_s1", "pixelate_8"], datasets=["folder"], limit=None, batch_size=3,
+               dataset_options={"folder": {"root": str(root)}})
+    with pytest.raises(E.Interrupted):
+        E.evaluate(cfg, progress=False, quiet=True, _interrupt_after=1)
+    shutil.copy(root / "face3.jpg", root / "face1.jpg")
+    rec = E.evaluate(cfg, progress=False, quiet=True)["records"]
+    pix = rec[rec.method == "pixelate_8"].set_index("id").loc[["face0.jpg", "face1.jpg", "face2.jpg"]]
+    assert list(pix.status) == ["ok", "failed", "ok"]
+    assert pix.reason.iloc[1] == "reload failed: the image (or its mask) changed since it was prepared"
+
+
 # ------------------------------------------------------------------------------------------------------- 4
 def test_a_dataset_without_images_is_a_configuration_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
@@ -253,6 +269,33 @@ def test_a_reused_run_name_keeps_no_leftovers_of_the_earlier_methods(tmp_path):
     assert logged == ["samples/blur_s1__embedded.png"]
     (child,) = json.loads((run_dir / "mlflow.json").read_text())["children"].values()
     assert lat["blur_s1"]["method_hash"] == client.get_run(child).data.params["method.hash"]
+
+
+# ---------------------------------------------------------------------------------------- review 2026-11-28
+def test_embeddings_and_runs_follow_the_recognizers_weights(tmp_path, monkeypatch):
+    """Embeddings cached with other weight files under the same recognizer name are not reused, and a run with
+    them is another run (its prepared embeddings are never resumed): the recognizer's fingerprint (weights
+    sha256, embedding code version) keys the embedding cache and enters the configuration hash (found by a
+    review: both were keyed by the recognizer's name only)."""
+    from g2face_eval.oracles import recognizers as R
+
+    calls = []
+    real = R.SFaceRecognizer.embed_aligned
+
+    def counted(self, crops):
+        calls.append(len(crops))
+        return real(self, crops)
+
+    monkeypatch.setattr(R.SFaceRecognizer, "embed_aligned", counted)
+    cfg = _cfg(tmp_path)
+    first = E.evaluate(cfg, progress=False, quiet=True)
+    assert sum(calls) > 0
+    calls.clear()
+    again = E.evaluate({**cfg, "results_dir": str(tmp_path / "results2")}, progress=False, quiet=True)
+    assert sum(calls) == 0 and again["run_dir"].name == first["run_dir"].name   # same weights: all cached
+    monkeypatch.setattr(R.SFaceRecognizer, "fingerprint", property(lambda self: "sface-otherweights"))
+    other = E.evaluate({**cfg, "results_dir": str(tmp_path / "results3")}, progress=False, quiet=True)
+    assert sum(calls) > 0 and other["run_dir"].name != first["run_dir"].name
 
 
 # ------------------------------------------------------------------------------------------------------- 9

@@ -50,6 +50,18 @@ def test_tie_goes_to_attacker():
     assert r[0] == 1
 
 
+def test_a_tie_in_exact_arithmetic_is_a_tie_despite_round_off():
+    """Three identities at cosine exactly 0 with the probe, the true one among them: their float64 products
+    differ by ~1e-17, which must not rank the true identity below the others (found by a review)."""
+    p = np.array([[0.1, 0.7, 0.2]])
+    g = np.array([[0.7, -0.1, 0.0], [0.0, 0.2, -0.7], [-0.2, 0.0, 0.1]])   # each orthogonal to p
+    sims = (p / np.linalg.norm(p)) @ (g / np.linalg.norm(g, axis=1, keepdims=True)).T
+    assert np.abs(sims).max() < 1e-15 and sims[0, 1] < min(sims[0, 0], sims[0, 2])   # round-off orders them
+    assert I.identification_ranks(p, ["b"], g, ["a", "b", "c"])[0] == 1
+    with pytest.raises(ValueError, match="non-empty gallery"):
+        I.identification_ranks(p, ["a"], np.zeros((0, 3)), np.array([], dtype=str))
+
+
 def test_success_rates_and_ber():
     sim = np.array([0.1, 0.5, 0.29, 0.3])
     np.testing.assert_array_equal(I.protection_success(sim, 0.3), [True, False, True, False])

@@ -54,6 +54,30 @@ def test_shipped_thresholds_match_the_published_accuracies():
         assert r["far_measured"] <= 1e-3 and 0 < r["threshold"] < 1, name
 
 
+def test_thresholds_hold_for_the_weights_they_were_measured_with(monkeypatch, tmp_path):
+    """A threshold recorded with other weight files is not used (None: the de-identification rate is then
+    reported unavailable), and the LFW embedding cache of other weights is another file (found by a review: a
+    recognizer with new weights reused the old embeddings and threshold)."""
+    import json
+
+    from g2face_eval.oracles import recognizers as R
+
+    r = R.get_recognizer("sface")
+    shipped = json.loads(R.THRESHOLDS_FILE.read_text())
+    assert shipped["recognizers"]["sface"]["weights_sha256"] == r.weights_sha256   # the shipped entries record them
+    assert r.threshold == shipped["recognizers"]["sface"]["threshold"]
+    other = json.loads(json.dumps(shipped))
+    other["recognizers"]["sface"]["weights_sha256"] = {"sface": "0" * 64}
+    monkeypatch.setattr(R, "load_thresholds", lambda: other)
+    assert r.threshold is None
+    assert R.fingerprint("sface") == r.fingerprint != R.fingerprint("sface", {"sface": "0" * 64})
+    monkeypatch.setenv("G2FACE_CACHE_DIR", str(tmp_path))
+    stem = V._cache_names(["sface"])["sface"]
+    assert r.fingerprint in stem
+    monkeypatch.setattr(R, "EMBED_VERSION", R.EMBED_VERSION + 1)   # new embedding code: new cache file
+    assert V._cache_names(["sface"])["sface"] != stem
+
+
 def test_read_pairs(datasets_root):
     pairs = V.read_pairs(V.lfw_root(datasets_root))
     assert len(pairs) == 6000 and sum(p.same for p in pairs) == 3000

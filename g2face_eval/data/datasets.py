@@ -118,12 +118,18 @@ class Dataset:
         return None
 
     def load(self, id: str) -> Sample:
+        """The sample; a file that cannot be read raises with the sample's labels as the exception's ``meta``
+        (a failure still counts in its demographic group)."""
         p = self.path(id)
         meta = self._meta(id)
-        image = load_image(p)
-        mask = self._mask(id, meta)
-        if mask is not None and mask.shape != image.shape[:2]:
-            raise ImageLoadError(f"mask shape {mask.shape} does not match image {image.shape[:2]}", p)
+        try:
+            image = load_image(p)
+            mask = self._mask(id, meta)
+            if mask is not None and mask.shape != image.shape[:2]:
+                raise ImageLoadError(f"mask shape {mask.shape} does not match image {image.shape[:2]}", p)
+        except (ImageLoadError, OSError, ValueError) as e:
+            e.meta = meta
+            raise
         return Sample(id=id, image=image, mask=mask, meta=meta)
 
     def iter(self) -> Iterator[Sample | Failure]:
@@ -435,15 +441,19 @@ class CelebAIdDataset(Dataset):
         self.split = split
         self._role: dict[str, str] = {}
         files: dict[str, Path] = {}
-        for d in sorted(p for p in (self.root / "images").iterdir() if p.is_dir()):
-            imgs = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        # the same listing as every folder dataset (no hidden files or folders, files only, escaped ids)
+        found = _image_files(self.root / "images", "*/*")
+        by_identity: dict[str, list[str]] = {}
+        for i in sorted(found):
+            by_identity.setdefault(i.split("/", 1)[0], []).append(i)
+        for ident in sorted(by_identity):
+            imgs = by_identity[ident]
             n_probe = max(1, len(imgs) // 3) if len(imgs) >= 2 else 0
-            for k, p in enumerate(imgs):
+            for k, i in enumerate(imgs):
                 role = "probe" if k >= len(imgs) - n_probe else "gallery"
-                i = safe_id(f"{d.name}/{p.name}")
                 self._role[i] = role
                 if split in ("all", role):
-                    files[i] = p
+                    files[i] = found[i]
         super().__init__(files, limit=limit, subset=subset)
 
     def _meta(self, id: str) -> dict[str, Any]:

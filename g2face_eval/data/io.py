@@ -10,12 +10,14 @@ convention, see ``g2face_eval/imaging.py``), whatever the file holds:
   ``F`` (float) images are taken as [0, 1] when their maximum is <= 1, else as [0, 255], and rounded; a NaN or
   infinite pixel, or a value outside [0, 255] (beyond rounding; e.g. a float image in 0..65535), is refused
   (there is no honest value to give it: clipping made such an image white);
-* images with alpha (``RGBA``, ``LA``, ``PA``, a palette, RGB or grayscale image with a transparency entry --
-  PNG's ``tRNS`` colour key) are **composited on white**:
+* images with alpha (``RGBA``, ``LA``, ``PA``, a palette, RGB or grayscale image -- 1, 8 or 16 bit -- with a
+  transparency entry: PNG's ``tRNS`` colour key, matched on the stored values) are **composited on white**:
   ``rgb * a + 255 * (1 - a)``. Dropping the alpha instead would expose whatever colour values happen to sit
   under fully transparent pixels (often black or junk), which detectors read as a hard dark border; white
   is the usual background of cut-out portraits;
 * palette (``P``) images are expanded through their palette;
+* the colour key of a 16-bit RGB PNG is ignored with a warning (Pillow reduces its pixels to 8 bit before they can
+  be matched against the 16-bit key);
 * CMYK JPEGs (including Adobe's inverted CMYK, which Pillow undoes when reading) are converted with Pillow's
   CMYK -> RGB conversion; when the file carries an ICC profile it is converted through that profile to sRGB
   instead (falls back to the plain conversion if the profile is unusable);
@@ -174,7 +176,14 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def _to_rgb_uint8(img: Image.Image, p: Path | None = None) -> np.ndarray:
     mode = img.mode
-    keyed = "transparency" in img.info and mode in ("RGB", "L", "P")   # a colour key (PNG tRNS, GIF)
+    key = img.info.get("transparency")
+    keyed = key is not None and mode in ("RGB", "L", "1", "P")   # a colour key (PNG tRNS, GIF)
+    if keyed and mode == "RGB" and isinstance(key, tuple) and max(key) > 255:
+        # a 16-bit RGB PNG: Pillow has already reduced the pixels to 8 bit, so the 16-bit key can no longer be
+        # matched exactly (pixels that differ from it in the low byte would match too)
+        warnings.warn(f"{p}: ignoring the colour key {key} of a 16-bit RGB image (its pixels are already reduced "
+                      "to 8 bit); transparent pixels keep their stored colour", stacklevel=3)
+        keyed = False
     if mode == "RGB" and not keyed:
         return np.asarray(img, dtype=np.uint8)
     if mode == "CMYK":
@@ -196,7 +205,10 @@ def _to_rgb_uint8(img: Image.Image, p: Path | None = None) -> np.ndarray:
                 f"integer pixel values {a.min():.0f}..{a.max():.0f} outside 0..65535 (mode {mode}; read as 16 bit)",
                 p,
             )
+        transparent = (a == float(key)) if isinstance(key, (int, float)) else None   # tRNS on the 16-bit values
         a = np.clip(np.rint(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        if transparent is not None:
+            a[transparent] = 255                                 # composited on white, like every alpha
         return np.repeat(a[..., None], 3, axis=2)
     if mode == "F":
         a = np.asarray(img, dtype=np.float64)

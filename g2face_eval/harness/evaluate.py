@@ -119,7 +119,8 @@ class Oracles:
         for n, t in self.thresholds.items():
             if n in self.recognizers and t is None:
                 self.unavailable[f"deid_success_rate_{n}"] = (
-                    f"{n}: no validated FAR-1e-3 threshold (run `g2face-eval validate`); similarities only"
+                    f"{n}: no FAR-1e-3 threshold validated with these weight files (run `g2face-eval validate`); "
+                    "similarities only"
                 )
         # the realism reference-feature cache lives in the run's cache folder (config key ``cache_dir``)
         self.cache_dir = C.cache_root(cfg)
@@ -148,6 +149,9 @@ class Oracles:
         interrupted run and its rerun starts a new run instead of mixing records with and without it."""
         return {
             "recognizers": dict(sorted(self.thresholds.items())),
+            # the weight files (and embedding code version) of each recognizer: prepared embeddings of a run are
+            # never resumed with other weights under the same recognizer name
+            "recognizer_fingerprints": {n: r.fingerprint for n, r in sorted(self.recognizers.items())},
             "detectors": sorted(self.detectors),
             "face_mesh": self.mesh is not None,
             "lpips": ["alex"] if self.lpips is not None else [],
@@ -168,7 +172,7 @@ class Oracles:
         keys = []
         if ns is not None and ids is not None:
             for i, (img, f) in enumerate(zip(images, faces, strict=False)):
-                k = digest(rec, ns, ids[i], img.tobytes(), np.asarray(f.landmarks5, np.float64).tobytes())
+                k = digest(r.fingerprint, ns, ids[i], img.tobytes(), np.asarray(f.landmarks5, np.float64).tobytes())
                 keys.append(k)
                 out[i] = self.cache.get(f"emb_{rec}", k)
         todo = [i for i, o in enumerate(out) if o is None]
@@ -1079,6 +1083,9 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
         write_table(demo, run_dir / "demographics.csv")
         atomic_write_json(run_dir / "set_metrics.json", set_metrics)
         atomic_write_json(run_dir / "unavailable.json", S.oracles.unavailable)
+        galleries = {d: ix.gallery for d, ix in indexes.items() if ix.gallery is not None}
+        if galleries:  # the identification galleries' size and the photos left out of them
+            atomic_write_json(run_dir / "gallery.json", galleries)
         summary = format_summary(agg)
         from g2face_eval import atomic
 
@@ -1229,6 +1236,7 @@ class DatasetIndex:
     failures: list[tuple[str, str, dict]]
     real: dict[str, Any]  # extractor -> realism.RealismAccumulator of the originals
     head: list[Item]
+    gallery: dict | None = None  # Gallery.summary() of the identification gallery (celeba_id), else None
 
 
 LATENCY_BATCH = 8  # images per timed anonymize call
@@ -1272,12 +1280,17 @@ def index_dataset(S: Setup, prep: PrepStore, dname: str, n_head: int) -> Dataset
 
     src = S.sources[dname]
     bs = int(S.cfg["batch_size"])
-    labels = None
+    labels = gallery = None
     if src.gallery_ids:
         gallery = prepare_gallery(src, S.preparer, S.oracles, prep, S.chash, bs)
         labels = set(gallery.labels.tolist())
+        if gallery.failures:
+            log.warning("%s: %d of %d gallery photos could not be used (gallery.json lists them); the "
+                        "identification ranks are against the other %d", dname, len(gallery.failures),
+                        len(gallery.failures) + len(gallery.labels), len(gallery.labels))
     exts = S.oracles.extractors
-    ix = DatasetIndex([], [], {e: realism.RealismAccumulator(x.dim) for e, x in exts.items()}, [])
+    ix = DatasetIndex([], [], {e: realism.RealismAccumulator(x.dim) for e, x in exts.items()}, [],
+                      gallery.summary() if gallery is not None else None)
     for i, ids in enumerate(src.chunks(src.ids, bs)):
         chunk, arrays = prepare_chunk(src, S.preparer, S.oracles, prep, S.chash, i, ids, labels)
         ix.failures += chunk.failures

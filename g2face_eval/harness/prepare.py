@@ -17,6 +17,7 @@ embeddings and identity labels are kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ class Item:
     src_landmarks: np.ndarray | None = None  # (5,2) on the raw image (unaligned datasets): the crop
     image: np.ndarray | None = None  # (S,S,3) uint8 RGB
     mask: np.ndarray | None = None  # (S,S) float32 face region (from a parsing mask) or None
+    pixels: str | None = None  # pixels_digest of the prepared image and mask (None: an entry from before it)
 
 
 @dataclass
@@ -91,6 +93,13 @@ class Chunk:
 class Gallery:
     embeddings: dict[str, np.ndarray]  # recognizer -> (n, d)
     labels: np.ndarray  # (n,) identity labels
+    failures: list[tuple[str, str, dict]] = field(default_factory=list)  # photos left out: (id, reason, meta)
+
+    def summary(self) -> dict:
+        """How many gallery photos the identification ranks use, of how many, and why the others are out."""
+        return {"n_photos": len(self.labels) + len(self.failures), "n_used": len(self.labels),
+                "n_identities": len(set(self.labels.tolist())), "n_failed": len(self.failures),
+                "failures": [{"id": i, "reason": r} for i, r, _ in self.failures]}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -245,10 +254,30 @@ class Preparer:
         face = subject_on_prepared(faces, img.shape, expected)
         if face is None:
             return "the subject's face is not detected in the prepared image (only other faces)"
-        return Item(sample.id, face, norm_meta(dict(sample.meta or {})), src, img, fm)
+        return Item(sample.id, face, norm_meta(dict(sample.meta or {})), src, img, fm, pixels_digest(img, fm))
 
     def reload(self, sample, aligned: bool, item: Item) -> None:
-        item.image, item.mask = self._image(sample, aligned, item.src_landmarks)
+        """The item's image and mask again, from the sample; ``ImageLoadError`` when they are not the pixels it
+        was prepared from (its file replaced by another readable image since, e.g. before a resume)."""
+        from g2face_eval.data.io import ImageLoadError
+
+        img, fm = self._image(sample, aligned, item.src_landmarks)
+        if item.pixels is not None and pixels_digest(img, fm) != item.pixels:
+            raise ImageLoadError("the image (or its mask) changed since it was prepared")
+        item.image, item.mask = img, fm
+
+
+def pixels_digest(img: np.ndarray, mask: np.ndarray | None) -> str:
+    """A digest of a prepared image (and its face mask): what ``Preparer.reload`` checks a reread against."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in (img, mask):
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.data)
+        else:
+            h.update(b"none")
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,6 +311,9 @@ class DatasetSource:
         if name == "celeba_id":
             if self.repeat > 1:
                 raise ValueError("dataset_options.celeba_id.repeat is not supported (identification split)")
+            if "split" in opts:  # the run takes probes and gallery photos from both of the dataset's roles
+                raise ValueError("dataset_options.celeba_id.split is not supported in an evaluation: the run "
+                                 "evaluates the probes against the gallery photos of the dataset's own split")
             self.ds = D.open_dataset(name, root=root, **opts)
             ids, self.gallery_ids = _identification_split(D, root, opts, int(cfg["gallery_per_identity"]), limit)
         elif self.repeat > 1:  # the dataset's images repeated under distinct ids, then ``limit`` of them
@@ -346,11 +378,9 @@ def load_prepare(src: DatasetSource, preparer: Preparer, ids: list[str], role: s
     for sid in ids:
         try:
             s = src.load(sid)
-        except ImageLoadError as e:
-            fails.append((sid, f"load failed: {getattr(e, 'reason', e)}", {}))
-            continue
-        except (OSError, ValueError) as e:
-            fails.append((sid, f"load failed: {e}", {}))
+        except (ImageLoadError, OSError, ValueError) as e:  # the sample's labels ride on the error (Dataset.load)
+            reason = e.reason if isinstance(e, ImageLoadError) else e
+            fails.append((sid, f"load failed: {reason}", norm_meta(dict(getattr(e, "meta", None) or {}))))
             continue
         try:
             r = preparer.prepare(s, src.aligned)
@@ -424,6 +454,7 @@ def _entry(items: list[Item], failures: list[tuple[str, str, dict]]) -> pd.DataF
                 "landmarks5": np.asarray(f.landmarks5, np.float64).tolist(),
                 "score": float(f.score),
                 "src": None if it.src_landmarks is None else np.asarray(it.src_landmarks, np.float64).tolist(),
+                "pixels": it.pixels,
             }),
         ))
     for sid, reason, meta in failures:
@@ -443,7 +474,7 @@ def _from_entry(df: pd.DataFrame) -> tuple[list[Item], list[tuple[str, str, dict
         f = json.loads(r.face)
         face = Face(np.asarray(f["box"], np.float64), np.asarray(f["landmarks5"], np.float64), float(f["score"]))
         src = None if f["src"] is None else np.asarray(f["src"], np.float64)
-        items.append(Item(r.id, face, meta, src))
+        items.append(Item(r.id, face, meta, src, pixels=f.get("pixels")))
     return items, fails
 
 
@@ -454,6 +485,7 @@ def prepare_gallery(src: DatasetSource, preparer: Preparer, oracles, store: Prep
     then every rank reads the whole gallery from the store); the returned gallery then holds that share."""
     embs: dict[str, list[np.ndarray]] = {r: [] for r in oracles.recognizers}
     labels: list[str] = []
+    failures: list[tuple[str, str, dict]] = []
     rank, world = shard
     for i, ids in enumerate(src.chunks(src.gallery_ids, chunk_size)):
         if i % world != rank:
@@ -461,7 +493,7 @@ def prepare_gallery(src: DatasetSource, preparer: Preparer, oracles, store: Prep
         key = chunk_key(chash, "gallery", src.name, ids)
         if store is not None and store.done(src.name, key):
             df, arrays = store.load(src.name, key)
-            items, _ = _from_entry(df)
+            items, fails = _from_entry(df)
         else:
             items, fails = load_prepare(src, preparer, ids, "gallery")
             arrays = {f"emb_{r}": _embed(oracles, r, src.name, items) for r in oracles.recognizers}
@@ -472,7 +504,8 @@ def prepare_gallery(src: DatasetSource, preparer: Preparer, oracles, store: Prep
         for r in oracles.recognizers:
             embs[r].append(arrays[f"emb_{r}"])
         labels += [it.meta["identity"] for it in items]
-    return Gallery({r: _cat(v) for r, v in embs.items()}, np.asarray(labels))
+        failures += fails
+    return Gallery({r: _cat(v) for r, v in embs.items()}, np.asarray(labels), failures)
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:

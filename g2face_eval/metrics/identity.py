@@ -13,7 +13,8 @@ Per-sample outputs (numpy) feed ``bootstrap.ci``; the harness logs them under
   closed-set identification by cosine similarity. Ranking is per identity: an identity's score is its best
   gallery image's similarity; a probe's rank is 1 + the number of *other* identities scoring strictly higher
   than its true identity (ties go to the attacker, i.e. are counted as hits — the conservative choice for a
-  privacy benchmark). With one gallery image per identity this is the usual CMC rank.
+  privacy benchmark; scores within ``RANK_TIE_TOL`` = 1e-12, the products' round-off, are ties). With one
+  gallery image per identity this is the usual CMC rank.
 * ``identification_ranks(...)`` -> (N,) int ranks (1-based).
 * ``bit_error_rate(sent, decoded)`` -> (N,) fraction of differing bits per row.
 """
@@ -67,6 +68,9 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+RANK_TIE_TOL = 1e-12  # cosine similarities closer than this count as equal in identification_ranks
+
+
 def identification_ranks(probe, probe_labels, gallery, gallery_labels, *, chunk: int = 1024) -> np.ndarray:
     p = _normalise(_f64(probe))
     g = _normalise(_f64(gallery))
@@ -76,6 +80,8 @@ def identification_ranks(probe, probe_labels, gallery, gallery_labels, *, chunk:
         raise ValueError(f"expected (N,D) probe and (M,D) gallery, got {p.shape} and {g.shape}")
     if len(pl) != len(p) or len(gl) != len(g):
         raise ValueError("labels must have one entry per embedding")
+    if len(p) and not len(g):
+        raise ValueError("closed-set identification needs a non-empty gallery")
     ids, g_idx = np.unique(
         gl, return_inverse=True
     )  # identities sorted; g_idx: identity index per gallery row
@@ -91,7 +97,9 @@ def identification_ranks(probe, probe_labels, gallery, gallery_labels, *, chunk:
         sim = p[s : s + chunk] @ g[order].T  # (n, M) gallery sorted by identity
         per_id = np.maximum.reduceat(sim, starts, axis=1)  # (n, K) best score per identity
         true = per_id[np.arange(len(sim)), pos_c[s : s + chunk]]
-        ranks[s : s + chunk] = 1 + (per_id > true[:, None]).sum(1)
+        # strictly better identities only (a tie goes to the attacker), with the float64 products' round-off
+        # (~1e-16) not counted as better: a score equal in exact arithmetic is a tie
+        ranks[s : s + chunk] = 1 + (per_id > true[:, None] + RANK_TIE_TOL).sum(1)
     return ranks
 
 

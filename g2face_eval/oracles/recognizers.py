@@ -14,11 +14,18 @@
   template scaled to 160, standardised (x - 127.5) / 128.
 
 ``Recognizer.threshold`` is the cosine-similarity threshold at FAR 1e-3 measured on LFW View 2 by
-``g2face-eval validate`` and stored in ``oracles/thresholds.json`` (None when never validated).
+``g2face-eval validate`` and stored in ``oracles/thresholds.json`` with the sha256 of the weight files it was
+measured with (None when never validated, or validated with other weight files).
+
+``Recognizer.fingerprint`` names what an embedding depends on besides the image and its landmarks: the
+recognizer, ``EMBED_VERSION`` and its weight files' sha256. The caches of embeddings (the evaluation's, LFW
+validation's) and the evaluation's configuration hash use it, so other weights never reuse stale embeddings.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -30,6 +37,9 @@ from .alignment import align_arcface
 from .detectors import Face
 
 THRESHOLDS_FILE = Path(__file__).resolve().parent / "thresholds.json"
+# part of every recognizer's fingerprint: raise it when a change of the alignment or network code changes
+# embeddings beyond float round-off, so that cached embeddings are not reused
+EMBED_VERSION = 1
 DEFAULT_RECOGNIZERS = ("sface", "dlib")
 
 
@@ -38,6 +48,19 @@ def load_thresholds() -> dict:
         return json.loads(THRESHOLDS_FILE.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def weights_sha256(weights: tuple[str, ...]) -> dict[str, str]:
+    return {w: zoo.digest(zoo.path(w)) for w in weights}
+
+
+def fingerprint(name: str, weights_digests: dict[str, str] | None = None) -> str:
+    """``Recognizer.fingerprint`` of the recognizer ``name`` (its weight files hashed unless given), without
+    building the network."""
+    if weights_digests is None:
+        weights_digests = weights_sha256(RECOGNIZERS.get(name).weights)
+    blob = json.dumps([name, EMBED_VERSION, sorted(weights_digests.items())])
+    return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -57,6 +80,15 @@ class Recognizer:
     def embed_aligned(self, crops: list[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 
+    @functools.cached_property
+    def weights_sha256(self) -> dict[str, str]:
+        """sha256 of each weight file (zoo name -> digest), the files this recognizer was built from."""
+        return weights_sha256(self.weights)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.name, self.weights_sha256)
+
     def embed(self, images: list[np.ndarray], faces: list[Face]) -> np.ndarray:
         if len(images) != len(faces):
             raise ValueError(f"{len(images)} images but {len(faces)} faces")
@@ -74,8 +106,15 @@ class Recognizer:
 
     @property
     def threshold(self) -> float | None:
+        """The validated threshold, or None: never validated, or validated with weight files other than these
+        (an entry without ``weights_sha256`` predates the record and is taken as it is)."""
         entry = load_thresholds().get("recognizers", {}).get(self.name)
-        return None if entry is None else float(entry["threshold"])
+        if entry is None:
+            return None
+        measured_with = entry.get("weights_sha256")
+        if measured_with is not None and measured_with != self.weights_sha256:
+            return None
+        return float(entry["threshold"])
 
     def __repr__(self) -> str:
         return f"<Recognizer {self.name} dim={self.dim}>"

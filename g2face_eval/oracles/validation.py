@@ -214,10 +214,21 @@ def _process(path: str, names: list[str]):
     return path, fallback, face.landmarks5, out
 
 
+def _cache_names(names: list[str]) -> dict[str, str]:
+    """The cache file stem of each recognizer: its fingerprint (name, code version, weight files) and the
+    detector's weights, so that other weights or code never reuse the embeddings of these."""
+    from .. import zoo
+    from .recognizers import fingerprint
+
+    det = zoo.digest(zoo.path("yunet"))[:12]
+    return {n: f"yunet-{det}_{fingerprint(n)}" for n in names}
+
+
 def compute_embeddings(lfw: Path, rels: list[str], names: list[str], workers: int = 1, progress: bool = True):
     """{recognizer: {rel: embedding}}, fallbacks set, using and extending the on-disk cache."""
-    caches = {n: _load_cache(_cache_path(lfw, f"emb_yunet_{n}")) for n in names}
-    fbs = {n: _load_cache(_cache_path(lfw, f"fallback_yunet_{n}")) for n in names}
+    stems = _cache_names(names)
+    caches = {n: _load_cache(_cache_path(lfw, f"emb_{stems[n]}")) for n in names}
+    fbs = {n: _load_cache(_cache_path(lfw, f"fallback_{stems[n]}")) for n in names}
     keys = {r: _key(lfw, r) for r in rels}
     todo = [r for r in rels if any(keys[r] not in caches[n] or keys[r] not in fbs[n] for n in names)]
     if todo:
@@ -230,8 +241,8 @@ def compute_embeddings(lfw: Path, rels: list[str], names: list[str], workers: in
 
         def save():
             for n in names:
-                _save_cache(_cache_path(lfw, f"emb_yunet_{n}"), caches[n])
-                _save_cache(_cache_path(lfw, f"fallback_yunet_{n}"), fbs[n])
+                _save_cache(_cache_path(lfw, f"emb_{stems[n]}"), caches[n])
+                _save_cache(_cache_path(lfw, f"fallback_{stems[n]}"), fbs[n])
 
         args = [str(lfw / r) for r in todo]
         rel_of = {str(lfw / r): r for r in todo}
@@ -320,6 +331,8 @@ def validate(
         ),
         "recognizers": {},
     }
+    from .recognizers import RECOGNIZERS, weights_sha256
+
     for n in recognizers:
         a = np.stack([emb[n][p.a] for p in pairs])
         b = np.stack([emb[n][p.b] for p in pairs])
@@ -340,6 +353,7 @@ def validate(
             "folds": results["folds"],
             "fallback_centre_crop": len(fallbacks),
             "n_images": len(rels),
+            "weights_sha256": weights_sha256(RECOGNIZERS.get(n).weights),  # the threshold holds for these only
         }
     results["seconds"] = round(time.time() - t0, 1)
     return results

@@ -147,3 +147,18 @@ def test_atomic_write_recreates_a_folder_removed_under_it(tmp_path, monkeypatch)
     atomic.write_bytes(target, b"data")
     assert target.read_bytes() == b"data" and len(calls) == 2
     assert not [p for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x93NUMPY junk", b"not an array at all"])
+def test_a_damaged_array_entry_is_a_miss_and_is_removed(tmp_path, damage):
+    """Cache writes are not fsynced: a power loss can leave an empty entry. np.load raises EOFError on it, which
+    the cache did not catch, so every image of the batch became a permanent 'method error' (found by a review).
+    Any unreadable entry is a miss, removed, and the next put writes it again."""
+    c = ArrayCache(tmp_path)
+    key = digest("k")
+    c.put("emb_sface", key, np.arange(4, dtype=np.float32))
+    p = c._path("emb_sface", key)
+    p.write_bytes(damage)
+    assert c.get("emb_sface", key) is None and not p.exists()
+    c.put("emb_sface", key, np.arange(4, dtype=np.float32))
+    assert np.array_equal(c.get("emb_sface", key), np.arange(4, dtype=np.float32))

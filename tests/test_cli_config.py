@@ -162,11 +162,52 @@ def test_reused_run_name_with_another_config_starts_new_mlflow_runs(tmp_path, ca
         ({"face_mesh": "false"}, "face_mesh must be true or false"),
         ({"device": "cuda:99"}, "device 'cuda:99'"),
         ({"device": "gpu"}, "not a torch device"),
+        # found by a review: each of these failed late (after every image was computed) or silently
+        ({"bootstrap_samples": 0}, "bootstrap_samples must be an integer >= 1"),
+        ({"image_size": 0}, "image_size must be an integer >= 16"),
+        ({"seed": "abc"}, "seed must be an integer >= 0"),
+        ({"latency_repeats": "x"}, "latency_repeats must be an integer >= 1"),
+        ({"fd_min_images": "two"}, "fd_min_images must be an integer >= 2"),
+        ({"samples_per_grid": -1}, "samples_per_grid must be an integer >= 0"),
+        ({"results_dir": 5}, "results_dir must be a folder path"),
+        ({"methods": ""}, "methods: no method named"),
+        ({"methods": []}, "methods: no method named"),
     ],
 )
 def test_config_refuses_what_it_would_ignore(overrides, message):
     with pytest.raises(ValueError, match=message):
         C.make_config(overrides)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("syntax.toml", "limit = = 3\n", r"config .*syntax.toml: not valid TOML"),
+        ("scalar.json", "5\n", r"config .*scalar.json: expected a table of settings"),
+        ("twice.toml", "limit = 3\n[evaluate]\nlimit = 4\n", "limit given both at the top level and in"),
+    ],
+)
+def test_config_files_refused_with_their_name(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        C.make_config({}, tmp_path / name)
+
+
+def test_setup_errors_exit_2_in_one_line(tmp_path, capsys):
+    """Options a method refuses and a results folder that is a file: one line, exit 2, nothing computed
+    (both were tracebacks; found by a review)."""
+    from evalhelpers import cheap_config
+
+    (tmp_path / "afile").write_text("")
+    cfg = cheap_config(tmp_path, tmp_path / "cache", methods=["blur_s4"],
+                       method_options={"blur_s4": {"nonsense": 1}})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    assert E.cli(["--config", str(tmp_path / "cfg.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("g2face-eval evaluate: method_options.blur_s4 = {'nonsense': 1}: ") and "\n" not in err
+    assert "unknown option(s) nonsense" in err and not (tmp_path / "results").exists()
+    assert E.cli(["--config", str(tmp_path / "cfg.json"), "--results-dir", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_config_normalises_names_and_keeps_known_unavailable_ones(tmp_path):

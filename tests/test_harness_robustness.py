@@ -269,6 +269,12 @@ def test_a_reused_run_name_keeps_no_leftovers_of_the_earlier_methods(tmp_path):
     assert logged == ["samples/blur_s1__embedded.png"]
     (child,) = json.loads((run_dir / "mlflow.json").read_text())["children"].values()
     assert lat["blur_s1"]["method_hash"] == client.get_run(child).data.params["method.hash"]
+    # neither the per-method tables nor the report's figures keep the dropped method (found by a review)
+    assert sorted(p.name for p in (run_dir / "methods").iterdir()) == ["blur_s1"]
+    figs = sorted(p.name for p in (tmp_path / "reports" / "rn" / "figures").iterdir())
+    assert "samples_blur_s1__embedded.png" in figs and not any("pixelate_8" in f for f in figs)
+    logged = [a.path for a in client.list_artifacts(res["parent_run_id"], "report/figures")]
+    assert logged and not any("pixelate_8" in f for f in logged)
 
 
 # ---------------------------------------------------------------------------------------- review 2026-11-28
@@ -389,3 +395,29 @@ def test_a_file_system_error_reading_a_unit_leaves_it_in_place(tmp_path, monkeyp
     with pytest.raises(PermissionError):
         store.load("m", "d", "k")
     assert store.done("m", "d", "k") and not list(tmp_path.rglob("*.corrupt"))
+
+
+def test_an_interrupted_mlflow_store_creation_leaves_no_half_made_store(tmp_path, monkeypatch):
+    """The first run in a results folder creates MLflow's sqlite store (seconds of schema migrations); killed
+    then, it left a half-migrated database that every later run there failed on (found by a review). The store
+    is made in a temporary file renamed into place when complete: an interruption leaves no store, and the
+    next run creates it and completes."""
+    import mlflow
+
+    from g2face_eval.harness import tracking as T
+
+    real = mlflow.MlflowClient.search_experiments
+
+    def killed_before_the_rename(self, *a, **kw):
+        real(self, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow.MlflowClient, "search_experiments", killed_before_the_rename)
+    results = tmp_path / "results"
+    with pytest.raises(KeyboardInterrupt):
+        T._create_sqlite_store(T.tracking_uri(results))
+    assert not (results / "mlflow.db").exists() and list(results.glob(".mlflow.db.creating-*"))
+    monkeypatch.setattr(mlflow.MlflowClient, "search_experiments", real)
+    res = E.evaluate(_cfg(tmp_path), progress=False, quiet=True)
+    assert (results / "mlflow.db").is_file() and not list(results.glob(".mlflow.db.creating-*"))
+    assert mlflow.MlflowClient(res["tracking_uri"]).get_run(res["parent_run_id"]).info.status == "FINISHED"

@@ -72,7 +72,9 @@ SHARED_KEYS = (
 )
 
 # Keys that do not identify a run's results: excluded from the config hash (so a rerun with another batch size,
-# device or output folder resumes the same run). Batch size and device change values only at float-rounding level
+# device or output folder continues the same run; another batch size recomputes its prepared chunks and batches,
+# whose keys are built from each chunk's ids, from the cache). Batch size and device change values only at
+# float-rounding level
 # (batched inference is not bit-identical across batch sizes: similarities by up to 1e-4; README), and each
 # invocation records its own (invocations.json). ``datasets_root`` is listed because its spelling does not
 # matter: the folders it resolves to enter the hash through ``data_locations``.
@@ -106,19 +108,29 @@ def defaults() -> dict[str, Any]:
 def load_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     text = p.read_text()
-    if p.suffix == ".toml":
-        import tomllib
-
-        data = tomllib.loads(text)
-    elif p.suffix == ".json":
-        data = json.loads(text)
-    elif p.suffix in (".yaml", ".yml"):
-        import yaml  # optional
-
-        data = yaml.safe_load(text) or {}
-    else:
+    if p.suffix not in (".toml", ".json", ".yaml", ".yml"):
         raise ValueError(f"config {p}: unknown format {p.suffix!r} (use .toml, .json or .yaml)")
+    try:  # a syntax error names the file (the parsers' messages give only the position)
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml  # optional
+
+            data = yaml.safe_load(text) or {}
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - TOMLDecodeError, JSONDecodeError, YAMLError
+        raise ValueError(f"config {p}: not valid {p.suffix[1:].upper()}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config {p}: expected a table of settings at the top level, got {type(data).__name__}")
     if "evaluate" in data and isinstance(data["evaluate"], dict):  # allow an [evaluate] table
+        twice = sorted(set(data) & set(data["evaluate"]))
+        if twice:
+            raise ValueError(f"config {p}: {', '.join(twice)} given both at the top level and in [evaluate]")
         data = {**{k: v for k, v in data.items() if k != "evaluate"}, **data["evaluate"]}
     unknown = set(data) - set(defaults())
     if unknown:
@@ -207,6 +219,19 @@ def validate(cfg: dict[str, Any]) -> None:
     if cfg["limit"] == 0:
         cfg["limit"] = None
     _check_int(cfg, "gallery_per_identity", 1)
+    # checked here, not where they are used: most are read only after every image is computed
+    _check_int(cfg, "image_size", 16)  # the loaders' smallest image side (data.io.MIN_SIDE)
+    _check_int(cfg, "bootstrap_samples", 1)
+    _check_int(cfg, "seed", 0)
+    _check_int(cfg, "latency_repeats", 1)
+    _check_int(cfg, "fd_min_images", 2)
+    _check_int(cfg, "samples_per_grid", 0)
+    for key in ("results_dir", "cache_dir", "reports_dir", "datasets_root"):
+        if cfg.get(key) is not None and not isinstance(cfg[key], (str, Path)):
+            raise ValueError(f"{key} must be a folder path, got {cfg[key]!r}")
+    for key in ("results_dir", "cache_dir", "reports_dir"):
+        if cfg.get(key) and Path(cfg[key]).expanduser().exists() and not Path(cfg[key]).expanduser().is_dir():
+            raise ValueError(f"{key} {str(cfg[key])!r} is a file, not a folder")
     if not cfg["datasets"]:
         raise ValueError("datasets: no dataset named")
     _check_names("datasets", cfg["datasets"], D.DATASETS.names(), "dataset")
@@ -214,6 +239,8 @@ def validate(cfg: dict[str, Any]) -> None:
         not isinstance(cfg["methods"], list) or not all(isinstance(m, str) for m in cfg["methods"])
     ):
         raise ValueError(f"methods must be a list of method names, got {cfg['methods']!r}")
+    if cfg["methods"] is not None and not cfg["methods"]:  # "" or []: a mistake, not "every default method"
+        raise ValueError("methods: no method named (leave the setting out for every default method)")
     _check_names("recognizers", cfg["recognizers"], R.RECOGNIZERS.names(), "recognizer")
     _check_names("detectors", cfg["detectors"], Dt.DETECTORS.names(), "detector")
     _check_names("feature_extractors", cfg["feature_extractors"], list(FEATURE_EXTRACTORS), "feature extractor")
@@ -344,7 +371,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--methods", help="comma-separated method names (default: all default methods)")
     ap.add_argument("--datasets", help=f"comma-separated dataset names (default: {','.join(d['datasets'])})")
     ap.add_argument("--limit", type=int, help="images per dataset: a fixed sample spread over the dataset (ids ranked "
-                    "by sha256), not the first N (default: all)")
+                    "by sha256), not the first N; for celeba_id, the first N identities (sorted), and with a "
+                    "dataset's repeat option, the first N of the repeated ids (default: all)")
     ap.add_argument("--batch-size", type=int, help=f"default {d['batch_size']}")
     ap.add_argument("--results-dir", help=f"default {d['results_dir']} ($G2FACE_RESULTS_DIR)")
     ap.add_argument("--reports-dir", help=f"default {d['reports_dir']} ($G2FACE_REPORTS_DIR)")

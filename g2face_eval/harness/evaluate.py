@@ -16,6 +16,7 @@ disk; metrics are computed per image; the batch's records are persisted and skip
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -82,6 +83,11 @@ ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class ConfigurationError(ValueError):
+    """A setting the run cannot use, found while setting it up (options a method refuses, no recognizer whose
+    weights are here): the CLI prints it in one line and exits 2; nothing was computed."""
+
+
 class RunAborted(RuntimeError):
     """An environment error (``ENVIRONMENT_ERRORS``) stopped the run; the batch it hit was not persisted, every
     batch persisted before is kept, and rerunning the same command resumes."""
@@ -113,7 +119,7 @@ class Oracles:
             except Exception as e:  # noqa: BLE001 - missing weights: reported, not faked
                 self.unavailable[f"recognizer_{n}"] = str(e)
         if not self.recognizers:
-            raise RuntimeError(f"no recognizer available: {self.unavailable}")
+            raise ConfigurationError(f"no recognizer available: {self.unavailable}")
         # decided here, from the thresholds in force, not as a side effect of scoring a batch: a rerun that
         # finds every batch done reports the same unavailable metrics (unavailable.json, MLflow tag)
         for n, t in self.thresholds.items():
@@ -726,7 +732,13 @@ def build_method(name: str, cfg: dict, device: str):
     A method that has ``to`` but cannot move there is an error naming it (not a silent CPU fallback)."""
     from g2face_eval import methods as M
 
-    method = M.METHODS.get(name)(**cfg.get("method_options", {}).get(name, {}))
+    opts = cfg.get("method_options", {}).get(name, {})
+    try:
+        method = M.METHODS.get(name)(**opts)
+    except (TypeError, ValueError) as e:
+        if not opts:
+            raise
+        raise ConfigurationError(f"method_options.{name} = {opts}: {e}") from e
     if hasattr(method, "to"):
         try:
             method.to(device)
@@ -1262,17 +1274,25 @@ def _grid_path(S: Setup, method: str, dataset: str) -> Path:
 
 
 def _prune_grids(S: Setup, current: set[Path]) -> None:
-    """Remove sample grids of methods or datasets this configuration does not run (left by an earlier
-    configuration under the same ``--run-name``): the report shows every grid in ``samples/``."""
-    folder = S.run_dir / "samples"
-    if not folder.is_dir():
-        return
-    for g in folder.glob("*__*.png"):
+    """Remove sample grids of methods or datasets this configuration does not run, and the per-method tables
+    (``methods/<method>/``) of methods it does not run (left by an earlier configuration under the same
+    ``--run-name``): the report shows every grid in ``samples/``."""
+
+    def remove(f: Path) -> None:
+        try:
+            f.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not remove the stale %s: %s", f, e)
+
+    for g in (S.run_dir / "samples").glob("*__*.png"):
         if g not in current:
-            try:
-                g.unlink()
-            except OSError as e:
-                log.warning("could not remove the stale sample grid %s: %s", g, e)
+            remove(g)
+    for m in (S.run_dir / "methods").glob("*"):
+        if m.is_dir() and m.name not in S.runners:
+            for f in ("records.parquet", "aggregate.csv"):
+                remove(m / f)
+            with contextlib.suppress(OSError):  # only once empty: nothing but the harness's own files is removed
+                m.rmdir()
 
 
 def index_dataset(S: Setup, prep: PrepStore, dname: str, n_head: int) -> DatasetIndex:
@@ -1592,7 +1612,7 @@ def cli(argv: list[str] | None = None) -> int:
                 evaluate(cfg, progress=not ns.no_progress)
     except KeyboardInterrupt:  # Ctrl-C: said by say_how_to_resume
         return 130
-    except (DatasetNotFoundError, DatasetOptionsError, EmptyDatasetError) as e:  # missing, malformed, empty: exit 2
+    except (DatasetNotFoundError, DatasetOptionsError, EmptyDatasetError, ConfigurationError) as e:  # exit 2
         print(f"g2face-eval evaluate: {e}", file=sys.stderr)
         return 2
     except RunLockedError as e:  # another process works on this run: nothing was done

@@ -19,6 +19,7 @@ and mask) and embeddings by (recognizer, dataset, image id, content digest). Onl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -110,7 +111,9 @@ class ArrayCache:
             return None
         try:
             return np.load(p, allow_pickle=False)
-        except (OSError, ValueError):
+        except Exception:  # noqa: BLE001 - a damaged entry (e.g. an empty file after a power loss: EOFError) is a
+            with contextlib.suppress(OSError):  # miss: removed, recomputed and written again by the caller
+                p.unlink()
             return None
 
     def put(self, namespace: str, key: str, arr: np.ndarray) -> None:

@@ -43,6 +43,31 @@ def tracking_uri(results_dir: Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
+def _create_sqlite_store(uri: str) -> None:
+    """A new ``sqlite:///`` store is created and migrated (MLflow's ~40 schema migrations, seconds) in a temporary
+    file that is renamed into place when complete: an interruption mid-migration (Ctrl-C, a kill) left a half-
+    migrated database that every later run in the results folder failed on ("duplicate column name", "table ...
+    already exists"; found by a review). Call under ``_results_lock``."""
+    import mlflow
+
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    if db.exists():
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # a name of its own per attempt: MLflow caches a store (and its engine) per URI within a process
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{os.urandom(4).hex()}")
+    for leftover in db.parent.glob(f".{db.name}.creating-*"):  # an interrupted creation's: never complete
+        leftover.unlink(missing_ok=True)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp}")
+    client.search_experiments()  # creates and migrates the tables
+    engine = getattr(getattr(getattr(client, "_tracking_client", None), "store", None), "engine", None)
+    if engine is not None:
+        engine.dispose()  # no open connection to the file that is renamed
+    os.replace(tmp, db)
+
+
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on ``uri``, with this interpreter (``mlflow`` is installed in the
     project's environment, e.g. nox's, which need not be on PATH)."""
@@ -201,6 +226,7 @@ class Tracker:
         # the client's store creates (or migrates) a new sqlite store's tables, and the experiment is created when
         # missing: two processes starting at once on one results folder (two runs) raced on both and one crashed
         with _results_lock(self.results_dir):
+            _create_sqlite_store(self.uri)
             self.client = mlflow.MlflowClient(self.uri)
             exp = self.client.get_experiment_by_name(EXPERIMENT)
             if exp is None:

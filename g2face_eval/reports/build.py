@@ -75,6 +75,24 @@ def _read(run_dir: Path, name: str) -> pd.DataFrame:
     return pd.DataFrame()
 
 
+# what a report writes besides report.{md,html} and tables.tex; a file of these names that the current build did
+# not write is a leftover of an earlier configuration (another --run-name use, a dropped dataset) and is removed
+# (nothing else in the folder is touched)
+_TABLE_FILES = ("table_*.md", "table_*.tex")
+_FIGURE_FILES = ("privacy_utility_*.png", "metrics_*.png", "latency.png", "demographics_*.png", "samples_*.png")
+
+
+def _remove_stale(out: Path, fig_dir: Path, tables_written: set[str], figures_written: set[str]) -> None:
+    for folder, patterns, keep in ((out, _TABLE_FILES, tables_written), (fig_dir, _FIGURE_FILES, figures_written)):
+        for pat in patterns:
+            for f in folder.glob(pat):
+                if f.name not in keep:
+                    try:
+                        f.unlink()
+                    except OSError:
+                        pass
+
+
 def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) -> Path:
     run_dir = Path(run_dir)
     out = Path(out) if out else default_out(run_dir)
@@ -114,21 +132,25 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
     sections.append(("Results (value [95% CI])", tparts))
     # figures
     fparts = []
+    figures_written: set[str] = set()
     for d in datasets:
         for p, cap in (
             (figures.privacy_utility(agg, d, fig_dir), f"privacy-utility trade-off, {d}"),
             (figures.metric_bars(agg, d, fig_dir), f"metrics with 95% CIs, {d}"),
         ):
             if p is not None:
+                figures_written.add(p.name)
                 fparts.append(html.figure(p, cap))
                 md.append(f"![{cap}](figures/{p.name})\n")
     lp = figures.latency(agg, fig_dir, lat_info)
     if lp is not None:
+        figures_written.add(lp.name)
         fparts.append(html.figure(lp, f"latency per method ({figures.latency_note(lat_info)})"))
         md.append(f"![latency](figures/{lp.name})\n")
     sections.append(("Figures", fparts))
     dparts = []
     for p in figures.demographics(demo, fig_dir):
+        figures_written.add(p.name)
         dparts.append(html.figure(p, p.stem.replace("_", " ")))
         md.append(f"![{p.stem}](figures/{p.name})\n")
     if not demo.empty:
@@ -153,6 +175,7 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
     for p in samples:
         q = fig_dir / f"samples_{p.name}"
         q.write_bytes(p.read_bytes())
+        figures_written.add(q.name)
         gparts.append(html.figure(q, p.stem.replace("__", " on ")))
     gparts.append("</div>")
     if samples:
@@ -181,6 +204,7 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
         *prov,
     ]
     (out / "report.html").write_text(html.page(f"g2face-eval report — {run_dir.name}", sections, meta))
+    _remove_stale(out, fig_dir, {*(f"table_{d}.{x}" for d in datasets for x in ("md", "tex"))}, figures_written)
     if not quiet:
         print(f"report: {(out / 'report.html').resolve()}")
     return out

@@ -239,6 +239,19 @@ def make_corpus(root: str | Path) -> dict[str, BadFile]:
     b1[:, 16:] = True
     save("bilevel_colour_key.png", Image.fromarray(b1), "PNG", transparency=0,
          check=lambda a: _close(a, np.full((32, 32, 3), 255), 0))   # black keyed -> white, white stays white
+    # 2-bit grey, key 1: Pillow scales the pixels (x 85) but not the key; left half keyed -> white, right 2 -> 170
+    row2 = bytes([0b01010101] * 4 + [0b10101010] * 4)
+    exp2 = np.full((32, 32, 3), 255, np.uint8)
+    exp2[:, 16:] = 170
+    add("gray2_colour_key.png", _png_keyed([row2] * 32, 32, 32, 2, 0, struct.pack(">H", 1)), "ok",
+        check=lambda a: _close(a, exp2, 0))
+    # 16-bit RGB with a key whose components are <= 255 (stored value 100, i.e. 8-bit 0): Pillow reduces the pixels
+    # to 8 bit first, so the key is ignored (with a warning) rather than matched against pixels of 8-bit value 100
+    row16 = b"".join(struct.pack(">HHH", v, v, v) for v in [100] * 16 + [25700] * 16)
+    exp_rgb16k = np.zeros((32, 32, 3), np.uint8)
+    exp_rgb16k[:, 16:] = 100
+    add("rgb16_colour_key.png", _png_keyed([row16] * 32, 32, 32, 16, 2, struct.pack(">HHH", 100, 100, 100)), "ok",
+        check=lambda a: _close(a, exp_rgb16k, 0))
     i32 = np.full((32, 32), 65535, np.int32)
     save("int32.tif", Image.fromarray(i32), "TIFF", check=lambda a: _close(a, np.full((32, 32, 3), 255), 0))
     for name, v in (("int32_70000.tif", 70000), ("int32_negative.tif", -1)):
@@ -254,6 +267,13 @@ def _png_of(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "PNG")
     return buf.getvalue()
+
+
+def _png_keyed(rows: list[bytes], w: int, h: int, bit_depth: int, colour_type: int, trns: bytes) -> bytes:
+    """A PNG of the given packed rows with a tRNS colour key (what Pillow cannot write: 16-bit RGB, 2-bit grey)."""
+    ihdr = struct.pack(">IIBBBBB", w, h, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"tRNS", trns)
+            + _png_chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + r for r in rows))) + _png_chunk(b"IEND", b""))
 
 
 def _png16_rgb(arr8: np.ndarray) -> bytes:

@@ -447,7 +447,7 @@ def test_an_exception_in_preparation_is_that_images_failure(monkeypatch):
         name, aligned = "folder", True
 
         def load(self, sid):
-            return SimpleNamespace(id=sid, image=_face(), mask=None, meta={})
+            return SimpleNamespace(id=sid, image=_face(), mask=None, meta={}, source=None)
 
     preparer = P.Preparer(256)
     real = preparer.prepare

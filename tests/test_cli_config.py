@@ -166,8 +166,8 @@ def test_reused_run_name_with_another_config_starts_new_mlflow_runs(tmp_path, ca
         ({"bootstrap_samples": 0}, "bootstrap_samples must be an integer >= 1"),
         ({"image_size": 0}, "image_size must be an integer >= 16"),
         ({"seed": "abc"}, "seed must be an integer >= 0"),
-        ({"latency_repeats": "x"}, "latency_repeats must be an integer >= 1"),
-        ({"fd_min_images": "two"}, "fd_min_images must be an integer >= 2"),
+        ({"latency_repeats": "x"}, "latency_repeats must be an integer >= 0"),
+        ({"fd_min_images": "two"}, "fd_min_images must be an integer >= 0"),
         ({"samples_per_grid": -1}, "samples_per_grid must be an integer >= 0"),
         ({"results_dir": 5}, "results_dir must be a folder path"),
         ({"methods": ""}, "methods: no method named"),
@@ -185,6 +185,7 @@ def test_config_refuses_what_it_would_ignore(overrides, message):
         ("syntax.toml", "limit = = 3\n", r"config .*syntax.toml: not valid TOML"),
         ("scalar.json", "5\n", r"config .*scalar.json: expected a table of settings"),
         ("twice.toml", "limit = 3\n[evaluate]\nlimit = 4\n", "limit given both at the top level and in"),
+        ("twice.json", '{"limit": 3, "limit": 4}', "key 'limit' given twice"),
     ],
 )
 def test_config_files_refused_with_their_name(tmp_path, name, text, message):

@@ -55,6 +55,8 @@ CORPUS_NAMES = [
     "gray_colour_key.png",
     "gray16_colour_key.png",
     "bilevel_colour_key.png",
+    "gray2_colour_key.png",
+    "rgb16_colour_key.png",
     "int32.tif",
     "int32_70000.tif",
     "int32_negative.tif",

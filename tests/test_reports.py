@@ -416,3 +416,22 @@ def test_report_demographic_table_writes_rates_as_the_tables_do(tmp_path):
     out = build.build_report(run, tmp_path / "out", quiet=True)
     page = (out / "report.html").read_text()
     assert "0.99996" in page and "0.9996" in page and "0.1235" in page
+
+
+def test_a_rebuild_removes_only_its_own_earlier_files(tmp_path):
+    """A rebuild of a run removes what its previous build wrote and this one did not (a dropped dataset's table,
+    a dropped method's grid); a user's files and another run's report in the same folder stay (found by a
+    review: the first version removed every file of the report's names)."""
+    from g2face_eval.reports import build as B
+
+    (tmp_path / "figures").mkdir()
+    for rel in ("table_a.md", "table_b.md", "notes.md", "figures/samples_x__a.png", "figures/samples_y__a.png",
+                "figures/mine.png", "table_other.md", "figures/latency.png"):
+        (tmp_path / rel).write_text("x")
+    B._remove_stale(tmp_path, "other", {"table_other.md", "figures/latency.png"})
+    B._remove_stale(tmp_path, "run", {"table_a.md", "table_b.md", "figures/samples_x__a.png",
+                                      "figures/samples_y__a.png", "figures/latency.png"})
+    B._remove_stale(tmp_path, "run", {"table_a.md", "figures/samples_x__a.png"})   # b and y dropped
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == [".report_files.json", "figures/latency.png", "figures/mine.png", "figures/samples_x__a.png",
+                    "notes.md", "table_a.md", "table_other.md"]

@@ -77,6 +77,7 @@ class Sample:
     image: np.ndarray  # uint8 (H, W, 3) RGB
     mask: np.ndarray | None = None  # uint8 (H, W) {0, 1} face region, when the dataset has one
     meta: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # digest of the image file's bytes and the mask's values (what was read)
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,13 @@ class Dataset:
             mask = self._mask(id, meta)
             if mask is not None and mask.shape != image.shape[:2]:
                 raise ImageLoadError(f"mask shape {mask.shape} does not match image {image.shape[:2]}", p)
+            h = hashlib.blake2b(p.read_bytes(), digest_size=16)
         except (ImageLoadError, OSError, ValueError) as e:
             e.meta = meta
             raise
-        return Sample(id=id, image=image, mask=mask, meta=meta)
+        if mask is not None:
+            h.update(np.ascontiguousarray(mask).data)
+        return Sample(id=id, image=image, mask=mask, meta=meta, source=h.hexdigest())
 
     def iter(self) -> Iterator[Sample | Failure]:
         for id in self.ids():

@@ -10,7 +10,7 @@ convention, see ``g2face_eval/imaging.py``), whatever the file holds:
   ``F`` (float) images are taken as [0, 1] when their maximum is <= 1, else as [0, 255], and rounded; a NaN or
   infinite pixel, or a value outside [0, 255] (beyond rounding; e.g. a float image in 0..65535), is refused
   (there is no honest value to give it: clipping made such an image white);
-* images with alpha (``RGBA``, ``LA``, ``PA``, a palette, RGB or grayscale image -- 1, 8 or 16 bit -- with a
+* images with alpha (``RGBA``, ``LA``, ``PA``, a palette, RGB or grayscale image -- 1 to 16 bit -- with a
   transparency entry: PNG's ``tRNS`` colour key, matched on the stored values) are **composited on white**:
   ``rgb * a + 255 * (1 - a)``. Dropping the alpha instead would expose whatever colour values happen to sit
   under fully transparent pixels (often black or junk), which detectors read as a hard dark border; white
@@ -174,16 +174,27 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         img.close()
 
 
-def _to_rgb_uint8(img: Image.Image, p: Path | None = None) -> np.ndarray:
+def _png_rawmode(img: Image.Image) -> str | None:
+    """How a PNG stores its pixels ("RGB;16B", "L;2", ...: Pillow's raw mode), read before decoding; else None."""
+    if img.format != "PNG" or not img.tile:
+        return None
+    args = img.tile[0][3]
+    return args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else None
+
+
+def _to_rgb_uint8(img: Image.Image, p: Path | None = None, stored: str | None = None) -> np.ndarray:
     mode = img.mode
     key = img.info.get("transparency")
     keyed = key is not None and mode in ("RGB", "L", "1", "P")   # a colour key (PNG tRNS, GIF)
-    if keyed and mode == "RGB" and isinstance(key, tuple) and max(key) > 255:
+    if keyed and mode == "RGB" and (stored or "").startswith("RGB;16"):
         # a 16-bit RGB PNG: Pillow has already reduced the pixels to 8 bit, so the 16-bit key can no longer be
         # matched exactly (pixels that differ from it in the low byte would match too)
         warnings.warn(f"{p}: ignoring the colour key {key} of a 16-bit RGB image (its pixels are already reduced "
                       "to 8 bit); transparent pixels keep their stored colour", stacklevel=3)
         keyed = False
+    if keyed and mode == "L" and stored in ("L;2", "L;4") and isinstance(key, int):
+        # 2- and 4-bit grey: Pillow scales the pixels to 0..255 (x 85, x 17) but not the key
+        img.info["transparency"] = key * (85 if stored == "L;2" else 17)
     if mode == "RGB" and not keyed:
         return np.asarray(img, dtype=np.uint8)
     if mode == "CMYK":
@@ -238,12 +249,13 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     img = _open_checked(p)
     try:
+        stored = _png_rawmode(img)
         img = _decode(img, p)
         try:
             img = ImageOps.exif_transpose(img)
         except Exception as e:  # malformed EXIF must not lose an otherwise good image
             warnings.warn(f"{p}: ignoring unreadable EXIF orientation ({e})", stacklevel=2)
-        arr = _to_rgb_uint8(img, p)
+        arr = _to_rgb_uint8(img, p, stored)
     finally:
         img.close()
     return np.ascontiguousarray(arr)

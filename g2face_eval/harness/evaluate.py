@@ -114,12 +114,16 @@ class Oracles:
         self.thresholds: dict[str, float | None] = {}
         for n in names:
             try:
-                self.recognizers[n] = R.get_recognizer(n)
-                self.thresholds[n] = self.recognizers[n].threshold  # snapshot: fixed for the whole run
+                r = R.get_recognizer(n)
+                threshold = r.threshold  # snapshot: fixed for the whole run
             except Exception as e:  # noqa: BLE001 - missing weights: reported, not faked
                 self.unavailable[f"recognizer_{n}"] = str(e)
+            else:  # both or neither: a recognizer without its threshold entry would fail while scoring
+                self.recognizers[n], self.thresholds[n] = r, threshold
         if not self.recognizers:
-            raise ConfigurationError(f"no recognizer available: {self.unavailable}")
+            missing = self.unavailable or {"recognizers": f"none of {', '.join(R.DEFAULT_RECOGNIZERS)} has its "
+                                                          "weights here (g2face-eval weights list)"}
+            raise ConfigurationError(f"no recognizer available: {missing}")
         # decided here, from the thresholds in force, not as a side effect of scoring a batch: a rerun that
         # finds every batch done reports the same unavailable metrics (unavailable.json, MLflow tag)
         for n, t in self.thresholds.items():
@@ -733,11 +737,16 @@ def build_method(name: str, cfg: dict, device: str):
     from g2face_eval import methods as M
 
     opts = cfg.get("method_options", {}).get(name, {})
+    factory = M.METHODS.get(name)
     try:
-        method = M.METHODS.get(name)(**opts)
+        method = factory(**opts)
     except (TypeError, ValueError) as e:
         if not opts:
             raise
+        try:  # the options' fault only if the method builds without them (else a real error: its traceback)
+            factory()
+        except Exception:  # noqa: BLE001
+            raise e from None
         raise ConfigurationError(f"method_options.{name} = {opts}: {e}") from e
     if hasattr(method, "to"):
         try:
@@ -1098,6 +1107,8 @@ def _evaluate_locked(S: Setup, prov: dict, started: float, progress: bool, _inte
         galleries = {d: ix.gallery for d, ix in indexes.items() if ix.gallery is not None}
         if galleries:  # the identification galleries' size and the photos left out of them
             atomic_write_json(run_dir / "gallery.json", galleries)
+        else:  # none in this configuration: not an earlier one's under a reused --run-name
+            (run_dir / "gallery.json").unlink(missing_ok=True)
         summary = format_summary(agg)
         from g2face_eval import atomic
 

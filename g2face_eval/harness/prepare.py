@@ -70,7 +70,8 @@ class Item:
     src_landmarks: np.ndarray | None = None  # (5,2) on the raw image (unaligned datasets): the crop
     image: np.ndarray | None = None  # (S,S,3) uint8 RGB
     mask: np.ndarray | None = None  # (S,S) float32 face region (from a parsing mask) or None
-    pixels: str | None = None  # pixels_digest of the prepared image and mask (None: an entry from before it)
+    pixels: str | None = None  # pixels_digest of the prepared image and mask
+    source: str | None = None  # Sample.source: the file's bytes (and mask) it was prepared from
 
 
 @dataclass
@@ -254,17 +255,27 @@ class Preparer:
         face = subject_on_prepared(faces, img.shape, expected)
         if face is None:
             return "the subject's face is not detected in the prepared image (only other faces)"
-        return Item(sample.id, face, norm_meta(dict(sample.meta or {})), src, img, fm, pixels_digest(img, fm))
+        return Item(sample.id, face, norm_meta(dict(sample.meta or {})), src, img, fm, pixels_digest(img, fm),
+                    sample.source)
 
     def reload(self, sample, aligned: bool, item: Item) -> None:
-        """The item's image and mask again, from the sample; ``ImageLoadError`` when they are not the pixels it
-        was prepared from (its file replaced by another readable image since, e.g. before a resume)."""
+        """The item's image and mask again, from the sample. ``ImageLoadError`` when its file (or mask) is not the
+        one it was prepared from (replaced by another readable image since, e.g. before a resume); the same file
+        decoded or resampled to other pixels (another Pillow / OpenCV version since) is warned about once and
+        used: its stored references (embeddings, mesh) come from the first decoding."""
         from g2face_eval.data.io import ImageLoadError
 
         img, fm = self._image(sample, aligned, item.src_landmarks)
-        if item.pixels is not None and pixels_digest(img, fm) != item.pixels:
+        if item.source is not None and sample.source != item.source:
             raise ImageLoadError("the image (or its mask) changed since it was prepared")
+        if item.pixels is not None and pixels_digest(img, fm) != item.pixels and not _warned["pixels"]:
+            _warned["pixels"] = True
+            log.warning("%s: the same file gives other pixels than when it was prepared (another Pillow or OpenCV "
+                        "version since?); its stored embeddings and mesh are from the first decoding", item.id)
         item.image, item.mask = img, fm
+
+
+_warned = {"pixels": False}  # said once per process
 
 
 def pixels_digest(img: np.ndarray, mask: np.ndarray | None) -> str:
@@ -311,9 +322,10 @@ class DatasetSource:
         if name == "celeba_id":
             if self.repeat > 1:
                 raise ValueError("dataset_options.celeba_id.repeat is not supported (identification split)")
-            if "split" in opts:  # the run takes probes and gallery photos from both of the dataset's roles
+            if opts.get("split", "all") != "all":  # the run takes probes and gallery photos from both roles
                 raise ValueError("dataset_options.celeba_id.split is not supported in an evaluation: the run "
                                  "evaluates the probes against the gallery photos of the dataset's own split")
+            opts.pop("split", None)
             self.ds = D.open_dataset(name, root=root, **opts)
             ids, self.gallery_ids = _identification_split(D, root, opts, int(cfg["gallery_per_identity"]), limit)
         elif self.repeat > 1:  # the dataset's images repeated under distinct ids, then ``limit`` of them
@@ -455,6 +467,7 @@ def _entry(items: list[Item], failures: list[tuple[str, str, dict]]) -> pd.DataF
                 "score": float(f.score),
                 "src": None if it.src_landmarks is None else np.asarray(it.src_landmarks, np.float64).tolist(),
                 "pixels": it.pixels,
+                "source": it.source,
             }),
         ))
     for sid, reason, meta in failures:
@@ -474,7 +487,7 @@ def _from_entry(df: pd.DataFrame) -> tuple[list[Item], list[tuple[str, str, dict
         f = json.loads(r.face)
         face = Face(np.asarray(f["box"], np.float64), np.asarray(f["landmarks5"], np.float64), float(f["score"]))
         src = None if f["src"] is None else np.asarray(f["src"], np.float64)
-        items.append(Item(r.id, face, meta, src, pixels=f.get("pixels")))
+        items.append(Item(r.id, face, meta, src, pixels=f.get("pixels"), source=f.get("source")))
     return items, fails
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 import socket
 import time
 from pathlib import Path
@@ -111,9 +112,11 @@ class ArrayCache:
             return None
         try:
             return np.load(p, allow_pickle=False)
-        except Exception:  # noqa: BLE001 - a damaged entry (e.g. an empty file after a power loss: EOFError) is a
-            with contextlib.suppress(OSError):  # miss: removed, recomputed and written again by the caller
-                p.unlink()
+        except OSError:  # unreadable now (a vanished file, an I/O error): a miss, the entry left alone
+            return None
+        except (EOFError, ValueError, pickle.UnpicklingError):  # damaged content (an empty file after a power
+            with contextlib.suppress(OSError):                 # loss: EOFError) is a miss, removed, and written
+                p.unlink()                                     # again by the caller
             return None
 
     def put(self, namespace: str, key: str, arr: np.ndarray) -> None:

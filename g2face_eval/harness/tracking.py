@@ -13,6 +13,7 @@ batch size, device, folders, ...) are tags ``g2face.setting.<key>`` of the lates
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -36,11 +38,12 @@ log = logging.getLogger(__name__)
 _USER_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
-def tracking_uri(results_dir: Path) -> str:
-    env = _USER_URI
-    if env:
-        return env
+def _own_store_uri(results_dir: Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def tracking_uri(results_dir: Path) -> str:
+    return _USER_URI or _own_store_uri(results_dir)
 
 
 def _create_sqlite_store(uri: str) -> None:
@@ -58,14 +61,22 @@ def _create_sqlite_store(uri: str) -> None:
     db.parent.mkdir(parents=True, exist_ok=True)
     # a name of its own per attempt: MLflow caches a store (and its engine) per URI within a process
     tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{os.urandom(4).hex()}")
-    for leftover in db.parent.glob(f".{db.name}.creating-*"):  # an interrupted creation's: never complete
-        leftover.unlink(missing_ok=True)
-    client = mlflow.MlflowClient(f"sqlite:///{tmp}")
-    client.search_experiments()  # creates and migrates the tables
-    engine = getattr(getattr(getattr(client, "_tracking_client", None), "store", None), "engine", None)
-    if engine is not None:
-        engine.dispose()  # no open connection to the file that is renamed
-    os.replace(tmp, db)
+    for leftover in db.parent.glob(f".{db.name}.creating-*"):  # an interrupted creation's (it takes seconds)
+        with contextlib.suppress(OSError):
+            if time.time() - leftover.stat().st_mtime > 600:
+                leftover.unlink()
+    try:
+        client = mlflow.MlflowClient(f"sqlite:///{tmp}")
+        client.search_experiments()  # creates and migrates the tables
+        engine = getattr(getattr(getattr(client, "_tracking_client", None), "store", None), "engine", None)
+        if engine is not None:
+            engine.dispose()  # no open connection to the file that is renamed
+        try:
+            os.link(tmp, db)  # never replaces a store another process completed meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def ui_command(uri: str) -> str:
@@ -226,7 +237,8 @@ class Tracker:
         # the client's store creates (or migrates) a new sqlite store's tables, and the experiment is created when
         # missing: two processes starting at once on one results folder (two runs) raced on both and one crashed
         with _results_lock(self.results_dir):
-            _create_sqlite_store(self.uri)
+            if self.uri == _own_store_uri(self.results_dir):  # not a store the user pointed MLflow at
+                _create_sqlite_store(self.uri)
             self.client = mlflow.MlflowClient(self.uri)
             exp = self.client.get_experiment_by_name(EXPERIMENT)
             if exp is None:

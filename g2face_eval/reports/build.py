@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from g2face_eval import settings
+from g2face_eval import atomic, settings
 from g2face_eval.reports import figures, html, tables
 
 
@@ -75,22 +75,29 @@ def _read(run_dir: Path, name: str) -> pd.DataFrame:
     return pd.DataFrame()
 
 
-# what a report writes besides report.{md,html} and tables.tex; a file of these names that the current build did
-# not write is a leftover of an earlier configuration (another --run-name use, a dropped dataset) and is removed
-# (nothing else in the folder is touched)
-_TABLE_FILES = ("table_*.md", "table_*.tex")
-_FIGURE_FILES = ("privacy_utility_*.png", "metrics_*.png", "latency.png", "demographics_*.png", "samples_*.png")
+MANIFEST = ".report_files.json"  # run name -> the files the last build of that run into the folder wrote
 
 
-def _remove_stale(out: Path, fig_dir: Path, tables_written: set[str], figures_written: set[str]) -> None:
-    for folder, patterns, keep in ((out, _TABLE_FILES, tables_written), (fig_dir, _FIGURE_FILES, figures_written)):
-        for pat in patterns:
-            for f in folder.glob(pat):
-                if f.name not in keep:
-                    try:
-                        f.unlink()
-                    except OSError:
-                        pass
+def _remove_stale(out: Path, run: str, written: set[str]) -> None:
+    """Remove the files the previous build of ``run`` into ``out`` wrote (the folder's manifest) that this build
+    did not write again: leftovers of an earlier configuration under a reused --run-name (a dropped dataset or
+    method). Nothing a build of this run did not write is touched (a user's files; another run's report built
+    into the same folder, unless this run's build had overwritten it), then the manifest is updated."""
+    manifest = out / MANIFEST
+    try:
+        runs = {k: set(v) for k, v in json.loads(manifest.read_text()).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        runs = {}
+    others = set().union(*(v for k, v in runs.items() if k != run))
+    for rel in sorted(runs.get(run, set()) - written - others):
+        f = out / rel
+        if f.parent in (out, out / "figures") and f.suffix in (".md", ".tex", ".png"):
+            try:
+                f.unlink(missing_ok=True)
+            except OSError:
+                pass
+    runs[run] = written
+    atomic.write_text(manifest, json.dumps({k: sorted(v) for k, v in sorted(runs.items())}, indent=0))
 
 
 def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) -> Path:
@@ -204,7 +211,8 @@ def build_report(run_dir: Path, out: Path | None = None, quiet: bool = False) ->
         *prov,
     ]
     (out / "report.html").write_text(html.page(f"g2face-eval report — {run_dir.name}", sections, meta))
-    _remove_stale(out, fig_dir, {*(f"table_{d}.{x}" for d in datasets for x in ("md", "tex"))}, figures_written)
+    _remove_stale(out, run_dir.name, {*(f"table_{d}.{x}" for d in datasets for x in ("md", "tex")),
+                        *(f"figures/{f}" for f in figures_written)})
     if not quiet:
         print(f"report: {(out / 'report.html').resolve()}")
     return out

@@ -48,7 +48,7 @@ def tracking_uri(results_dir: Path) -> str:
 
 def _create_sqlite_store(uri: str) -> None:
     """A new ``sqlite:///`` store is created and migrated (MLflow's ~40 schema migrations, seconds) in a temporary
-    file that is renamed into place when complete: an interruption mid-migration (Ctrl-C, a kill) left a half-
+    file that is linked into place when complete: an interruption mid-migration (Ctrl-C, a kill) left a half-
     migrated database that every later run in the results folder failed on ("duplicate column name", "table ...
     already exists"; found by a review). Call under ``_results_lock``."""
     import mlflow
@@ -75,6 +75,9 @@ def _create_sqlite_store(uri: str) -> None:
             os.link(tmp, db)  # never replaces a store another process completed meanwhile
         except FileExistsError:
             pass
+        except OSError:  # a file system without hard links
+            if not db.exists():
+                os.replace(tmp, db)
     finally:
         tmp.unlink(missing_ok=True)
 

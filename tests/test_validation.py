@@ -91,6 +91,14 @@ def test_missing_dataset_root(tmp_path):
     assert V.cli(["--datasets-root", str(tmp_path)]) == 2
 
 
+def test_a_malformed_pairs_file_is_one_line_exit_2(tmp_path, capsys):
+    """A View 1 pairs file (a one-number header) was an uncaught traceback; the parser is the dataset's now."""
+    (tmp_path / "lfw" / "lfw-deepfunneled").mkdir(parents=True)
+    (tmp_path / "lfw" / "pairs.txt").write_text("1100\nAaron_Peirsol 1 2\n")
+    assert V.cli(["--datasets-root", str(tmp_path), "--no-write"]) == 2
+    assert "expected a header '<folds> <pairs per class>'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_lfw_fold_accuracy(datasets_root, tmp_path, monkeypatch):
     monkeypatch.setenv("G2FACE_CACHE_DIR", str(tmp_path / "cache"))  # cold: measures the real cost
@@ -115,3 +123,18 @@ def test_write_thresholds_merges_per_recognizer(tmp_path):
     out = json.loads(path.read_text())
     assert out["recognizers"]["sface"]["threshold"] == 0.3 and out["recognizers"]["dlib"]["n_pairs"] == 3000
     assert "n_pairs" not in out and out["protocol"] == "p"
+
+
+def test_a_partial_run_too_small_for_the_far_writes_no_threshold(monkeypatch, capsys):
+    """``--write-partial`` from one fold (300 negatives) would store a threshold above every negative under
+    "far": 0.001 and every evaluation would use it; it is refused below 1/FAR negatives (found by a review)."""
+    res = {"recognizers": {"sface": {"accuracy": 99.0, "published_accuracy": 99.4, "threshold": 0.4,
+                                     "n_negatives": 300}}}
+    monkeypatch.setattr(V, "validate", lambda *a, **kw: res)
+    monkeypatch.setattr(V, "write_thresholds", lambda r: pytest.fail("must not write"))
+    assert V.cli(["--folds", "0", "--write-partial"]) == 2
+    assert "needs at least 1000 different-person pairs" in capsys.readouterr().err
+    res["recognizers"]["sface"]["n_negatives"] = 1200
+    written = []
+    monkeypatch.setattr(V, "write_thresholds", lambda r: written.append(r) or "t.json")
+    assert V.cli(["--folds", "0,1,2,3", "--write-partial"]) == 0 and written == [res]

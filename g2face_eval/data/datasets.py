@@ -275,7 +275,7 @@ def parse_lfw_pairs(pairs_file: str | Path, images_dir: str | Path) -> list[LFWP
     ``<images_dir>/<name>/<name>_<i:04d>.jpg``. Raises ``ValueError`` on a malformed file."""
     images_dir = Path(images_dir)
     lines = [ln.split() for ln in Path(pairs_file).read_text().splitlines() if ln.strip()]
-    if not lines or len(lines[0]) != 2:
+    if not lines or len(lines[0]) != 2 or not all(x.isdigit() for x in lines[0]):
         raise ValueError(f"{pairs_file}: expected a header '<folds> <pairs per class>'")
     folds, n = int(lines[0][0]), int(lines[0][1])
     body = lines[1:]

@@ -59,26 +59,16 @@ def lfw_root(datasets_root: str | os.PathLike | None = None) -> Path:
     return lfw
 
 
-def _img(name: str, idx: str) -> str:
-    return f"lfw-deepfunneled/{name}/{name}_{int(idx):04d}.jpg"
-
-
 def read_pairs(lfw: Path) -> list[Pair]:
-    lines = (lfw / "pairs.txt").read_text().split("\n")
-    n_folds, n = (int(x) for x in lines[0].split())
-    rows = [ln.split() for ln in lines[1:] if ln.strip()]
-    if len(rows) != n_folds * 2 * n:
-        raise ValueError(f"pairs.txt: expected {n_folds * 2 * n} pairs, found {len(rows)}")
-    pairs = []
-    for i, r in enumerate(rows):
-        fold = i // (2 * n)
-        if len(r) == 3:
-            pairs.append(Pair(_img(r[0], r[1]), _img(r[0], r[2]), True, fold))
-        elif len(r) == 4:
-            pairs.append(Pair(_img(r[0], r[1]), _img(r[2], r[3]), False, fold))
-        else:
-            raise ValueError(f"pairs.txt line {i + 2}: {' '.join(r)!r}")
-    return pairs
+    """The View 2 pairs of ``lfw/pairs.txt`` (parsed and checked by ``datasets.parse_lfw_pairs``), as image paths
+    relative to ``lfw``; ValueError on a malformed file."""
+    from g2face_eval.data.datasets import parse_lfw_pairs
+
+    def rel(p: Path) -> str:
+        return p.relative_to(lfw).as_posix()
+
+    return [Pair(rel(q.path1), rel(q.path2), q.same, q.fold)
+            for q in parse_lfw_pairs(lfw / "pairs.txt", lfw / "lfw-deepfunneled")]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,7 +388,7 @@ def cli(argv: list[str] | None = None) -> int:
     folds = [int(x) for x in args.folds.split(",")] if args.folds else None
     try:
         res = validate(args.datasets_root, args.recognizers.split(","), folds, workers=args.workers)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # no LFW here, a malformed pairs.txt
         print(f"g2face-eval validate: {e}", file=sys.stderr)
         return 2
     print(json.dumps(res, indent=2))
@@ -412,5 +402,10 @@ def cli(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
     if not args.no_write and (folds is None or args.write_partial):
+        few = {n: r["n_negatives"] for n, r in res["recognizers"].items() if r["n_negatives"] * FAR < 1}
+        if few:  # FAR 1e-3 over fewer than 1,000 negatives is a threshold above every negative (FAR 0 measured)
+            print(f"g2face-eval validate: not writing thresholds.json: FAR {FAR:g} needs at least {round(1 / FAR)} "
+                  f"different-person pairs, these folds have {few} (4 or more folds have enough)", file=sys.stderr)
+            return 2
         print(f"wrote {write_thresholds(res)}", file=sys.stderr)
     return 0 if ok else 1

@@ -13,6 +13,8 @@ fail-safe choice for an anonymizer (``info["no_face"]`` lists those images).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -84,12 +86,26 @@ def detect_face_masks(images: torch.Tensor, margin: float = 0.1) -> tuple[torch.
     return torch.from_numpy(np.stack(masks))[:, None].to(images.device), missing
 
 
+def check_param(name: str, value, *, minimum: float = 0.0, maximum: float = math.inf, integer: bool = False):
+    """A baseline's numeric option, checked where it is given: a finite number in [minimum, maximum] (an integer
+    where asked), else a ValueError naming it (NaN, inf, 7.9 blocks, a negative margin)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not (math.isfinite(v) and minimum <= v <= maximum) or (integer and v != int(v)):
+        kind = "an integer" if integer else "a finite number"
+        top = "" if maximum == math.inf else f" and <= {maximum:g}"
+        raise ValueError(f"{name} must be {kind} >= {minimum:g}{top}, got {value!r}")
+    return int(v) if integer else v
+
+
 def face_region(
     images: torch.Tensor, face_masks: torch.Tensor | None, margin: float = 0.1
 ) -> tuple[torch.Tensor, dict]:
     """The (B,1,H,W) {0,1} region to modify, and diagnostics for ``Output.info``."""
     if face_masks is not None:
-        m = (face_masks > 0.5).to(images.dtype).to(images.device)
+        m = (face_masks >= 0.5).to(images.dtype).to(images.device)  # >= 0.5: face (Anonymizer.anonymize)
         return m, {"region": "face_mask"}
     m, missing = detect_face_masks(images, margin)
     return m.to(images.dtype), {"region": "yunet_box", "no_face": missing}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from baselines._region import composite, face_region
+from baselines._region import check_param, composite, face_region
 from g2face_eval.anonymizer import Anonymizer, Key, Output
 
 
@@ -50,10 +50,9 @@ class GaussianBlur(Anonymizer):
     cache_outputs = False  # a closed-form image operation: recomputed, not cached (Anonymizer.cache_outputs)
 
     def __init__(self, sigma: float = 8.0, *, name: str | None = None, box_margin: float = 0.1) -> None:
-        if sigma < 0:
-            raise ValueError("sigma must be >= 0")
-        self.sigma = float(sigma)
-        self.box_margin = float(box_margin)
+        # beyond ~10x any image side the blur is the image's mean; a huge sigma would only build huge matrices
+        self.sigma = check_param("sigma", sigma, maximum=1e4)
+        self.box_margin = check_param("box_margin", box_margin)
         self.name = name or f"blur_s{sigma:g}"
 
     def config(self) -> dict:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from baselines._region import composite, face_region
+from baselines._region import check_param, composite, face_region
 from g2face_eval.anonymizer import Anonymizer, Key, Output
 
 
@@ -25,7 +25,7 @@ class SolidMask(Anonymizer):
         if len(c) != 3 or not all(0.0 <= v <= 1.0 for v in c):
             raise ValueError("color must be one value or an RGB triple in [0, 1]")
         self.color = c
-        self.box_margin = float(box_margin)
+        self.box_margin = check_param("box_margin", box_margin)
         self.name = name or "mask_" + "_".join(f"{v:g}" for v in c)
 
     def config(self) -> dict:

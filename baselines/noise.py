@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from baselines._region import composite, face_region
+from baselines._region import check_param, composite, face_region
 from g2face_eval.anonymizer import Anonymizer, Key, Output, key_seed
 
 
@@ -19,10 +19,8 @@ class AdditiveNoise(Anonymizer):
     cache_outputs = False  # a closed-form image operation: recomputed, not cached (Anonymizer.cache_outputs)
 
     def __init__(self, sigma: float = 0.3, *, name: str | None = None, box_margin: float = 0.1) -> None:
-        if sigma < 0:
-            raise ValueError("sigma must be >= 0")
-        self.sigma = float(sigma)
-        self.box_margin = float(box_margin)
+        self.sigma = check_param("sigma", sigma)
+        self.box_margin = check_param("box_margin", box_margin)
         self.name = name or f"noise_s{sigma:g}"
 
     def config(self) -> dict:

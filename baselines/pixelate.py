@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from baselines._region import bbox_of, composite, face_region
+from baselines._region import bbox_of, check_param, composite, face_region
 from g2face_eval.anonymizer import Anonymizer, Key, Output
 
 
@@ -29,11 +29,9 @@ class Pixelate(Anonymizer):
     cache_outputs = False  # a closed-form image operation: recomputed, not cached (Anonymizer.cache_outputs)
 
     def __init__(self, blocks: int = 16, *, name: str | None = None, box_margin: float = 0.1) -> None:
-        if blocks < 1:
-            raise ValueError("blocks must be >= 1")
-        self.blocks = int(blocks)
-        self.box_margin = float(box_margin)
-        self.name = name or f"pixelate_{blocks}"
+        self.blocks = check_param("blocks", blocks, minimum=1, integer=True)
+        self.box_margin = check_param("box_margin", box_margin)
+        self.name = name or f"pixelate_{self.blocks}"
 
     def config(self) -> dict:
         return {"name": self.name, "family": "pixelate", "blocks": self.blocks, "box_margin": self.box_margin}

@@ -1,9 +1,10 @@
 """The one anonymizer interface, shared by classic baselines and learned models (DeepPrivacy2 style).
 
 Every method is a registry entry ``METHODS[name] = factory(**config) -> Anonymizer``. Inputs and outputs are
-``(B, 3, H, W)`` float32 RGB batches in [0, 1] (see ``g2face_eval.imaging``). Randomness is per image: the
-harness derives one key per image from the run's key and the image id, so results do not depend on batching
-or on how images are sharded across processes.
+``(B, 3, H, W)`` float RGB batches in [0, 1] (see ``g2face_eval.imaging``), computed in float32 and returned in the
+caller's float dtype. Randomness is per image: the harness derives one key per image from the run's key and the
+image id, so the random draws do not depend on batching or on how images are sharded across processes (the
+learned methods' batched network arithmetic does, at float-rounding level, ~1e-6: README).
 """
 
 from __future__ import annotations
@@ -97,19 +98,21 @@ class Anonymizer(abc.ABC):
             if bool(none.any()):
                 empty = torch.nonzero(none).flatten().tolist()
                 face_masks = torch.where(none[:, None, None, None], torch.ones_like(face_masks), face_masks)
-        out = self._anonymize(images, keys, face_masks)
+        dtype = images.dtype
+        out = self._anonymize(images.float(), keys, face_masks)
         self._check_output(out, images)
         if empty:
             out.info["empty_face_mask"] = empty
-        return out
+        return _in_dtype(out, dtype)
 
     def recover(self, images: torch.Tensor, keys: Sequence[Key]) -> Output:
         if not self.reversible:
             raise NotImplementedError(f"{self.name} is not reversible")
         self._check(images, keys, None)
-        out = self._recover(images, keys)
+        dtype = images.dtype
+        out = self._recover(images.float(), keys)
         self._check_output(out, images)
-        return out
+        return _in_dtype(out, dtype)
 
     def _check_output(self, out: Output, images: torch.Tensor) -> None:
         """An output batch must be the input's shape (B,3,H,W), with one ``ok`` / ``bits`` row per image: an
@@ -155,6 +158,14 @@ class Anonymizer(abc.ABC):
                 if not (lo >= 0.0 and hi <= 1.0):                  # NaN fails both comparisons
                     raise ValueError(f"{self.name}: face_masks must be finite and lie in [0, 1], got "
                                      f"[{lo:.3g}, {hi:.3g}]")
+
+
+def _in_dtype(out: Output, dtype: torch.dtype) -> Output:
+    """Every method computes in float32 (the same values whatever the caller's float dtype: a float64 batch does
+    not draw another noise stream, a bf16 one is not blurred in bf16); the output is cast back to the caller's."""
+    if out.images.dtype != dtype:
+        out.images = out.images.to(dtype)
+    return out
 
 
 def check_options(method: str, given: Iterable[str], accepted: Iterable[str]) -> None:

@@ -180,3 +180,44 @@ def test_face_region_classes_are_the_harness_definition():
     parsing = np.arange(19, dtype=np.uint8).reshape(1, 19)
     assert np.array_equal(parsing_to_face_mask(parsing), datasets.face_region_mask(parsing).astype(np.float32))
     assert parsing_to_face_mask(parsing)[0, list(datasets.EAR_CLASSES)].sum() == 0
+
+
+# ------------------------------------------------------------------------------------------ review 2026-11-28
+_KEYS = derive_keys("review", ["a", "b"])
+
+def test_a_mask_value_of_one_half_is_face_for_every_method():
+    """The interface says a mask value >= 0.5 is face, and the empty-mask rule uses it; the region code used
+    > 0.5, so a mask of 0.5 passed as "has a face" and came back unchanged (found by a review)."""
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    half = torch.full((2, 1, 64, 64), 0.5)
+    for name in ("blur_s16", "pixelate_8", "mask_black", "noise_s0.2"):
+        out = M.build(name).anonymize(x, _KEYS, face_masks=half)
+        changed = (out.images != x).flatten(1).float().mean(1)
+        assert bool((changed > 0.5).all()), (name, changed)   # most pixels of every image are changed
+        assert "empty_face_mask" not in out.info
+
+
+def test_every_method_computes_in_float32_whatever_the_callers_float_dtype():
+    """A float64 batch drew another noise stream (max difference 1.0 from the float32 output) and a bf16 one
+    was blurred in bf16: each method now computes in float32 and returns the caller's dtype."""
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    fm = torch.ones(2, 1, 64, 64)
+    for name in ("noise_s0.2", "blur_s4", "pixelate_8"):
+        m = M.build(name)
+        ref = m.anonymize(x, _KEYS, face_masks=fm).images
+        out = m.anonymize(x.double(), _KEYS, face_masks=fm).images
+        assert out.dtype == torch.float64 and torch.equal(out.float(), ref), name
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    (lambda: M.build("blur_s4", box_margin=float("nan")), "box_margin must be a finite number >= 0"),
+    (lambda: M.build("pixelate_8", box_margin=-0.4), "box_margin must be a finite number >= 0"),
+    (lambda: __import__("baselines.blur", fromlist=["x"]).GaussianBlur(float("inf")), "sigma must be a finite"),
+    (lambda: __import__("baselines.pixelate", fromlist=["x"]).Pixelate(7.9), "blocks must be an integer >= 1"),
+    (lambda: __import__("baselines.noise", fromlist=["x"]).AdditiveNoise(-0.1), "sigma must be a finite"),
+])
+def test_classic_options_are_checked_where_they_are_given(factory, message):
+    """NaN / inf sigma crashed at the first batch, 7.9 blocks ran as 7 under the name pixelate_7.9, a negative
+    margin silently shrank or inverted the region (found by a review)."""
+    with pytest.raises(ValueError, match=message):
+        factory()

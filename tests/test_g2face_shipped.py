@@ -93,3 +93,19 @@ def test_right_key_recovers_wrong_key_rejected(g2face, faces):
         torch.testing.assert_close(mixed.images[0], good.images[0], rtol=1e-4, atol=1e-4)
     finally:
         model.hiding_extractor = real
+
+
+def test_g2face_config_records_the_priors_precision_and_takes_dtype_names():
+    """``amp_priors`` changes every hidden bit but was not in ``config()`` (two methods shared one method hash
+    and output-cache namespace), and ``amp_dtype = "bfloat16"`` from a configuration file crashed at the first
+    batch (found by a review)."""
+    import torch
+
+    from g2face_eval import methods as M
+
+    a = M.build("g2face", amp_dtype="bfloat16", amp_priors=False)
+    b = M.build("g2face", amp_dtype=torch.bfloat16, amp_priors=True)
+    assert a.config()["amp_dtype"] == b.config()["amp_dtype"] == "torch.bfloat16"
+    assert a.config() != b.config() and a.config()["amp_priors"] is False
+    with pytest.raises(ValueError, match="amp_dtype must be"):
+        M.build("g2face", amp_dtype="float32x")

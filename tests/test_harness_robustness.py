@@ -345,7 +345,8 @@ def test_method_hashes_follow_the_methods_code(tmp_path, monkeypatch):
 
     pkg = Path(g2face_eval.__file__).resolve().parent
     assert C.code_fingerprint() == C.source_fingerprint(
-        [pkg / "anonymizer.py", pkg / "imaging.py", pkg / "models", Path(baselines.__path__[0]).resolve()])
+        [pkg / "anonymizer.py", pkg / "imaging.py", pkg / "models", pkg / "oracles" / "detectors.py",
+         Path(baselines.__path__[0]).resolve()])
 
     cfg = C.make_config(_cfg(tmp_path))
     one = E.setup(cfg)

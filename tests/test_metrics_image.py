@@ -203,3 +203,12 @@ def test_data_outside_the_given_range_is_refused():
         with pytest.raises(ValueError, match="do not match data_range=1"):
             fn(a - 0.5, b, 1.0)
         assert torch.isfinite(fn(a, b, 1.0)).all() and torch.isfinite(fn(a * 255, b * 255, 255.0)).all()
+
+
+def test_uint8_psnr_needs_the_8_bit_range():
+    """uint8 batches with data_range 1 gave -21 dB without a word (found by a review)."""
+    a = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    b = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="data_range must be 255"):
+        M.psnr(a, b, 1.0)
+    assert float(M.psnr(a, b, 255)) == pytest.approx(float(M.psnr(a.float(), b.float(), 255.0)), abs=1e-9)

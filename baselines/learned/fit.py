@@ -101,7 +101,9 @@ class FIT(LearnedBaseline):
 
 
 class FITAnonymizer(ModelAnonymizer):
-    """The FIT-style model as an ``Anonymizer`` at its own size: password = ``n_bits`` bits from the key."""
+    """The FIT-style model as an ``Anonymizer`` at its own size: password = ``n_bits`` bits from the key.
+    Recovery is not authenticated (``ok`` is None): ``recover`` returns a "recovered" image for any input, one
+    that was never anonymized included, and a wrong key gives another image, not a refusal."""
 
     name = "fit"
     reversible = True

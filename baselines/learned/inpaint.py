@@ -137,7 +137,7 @@ class InpaintAnonymizer(ModelAnonymizer):
     def _anonymize(self, images: torch.Tensor, keys: Sequence[Key], face_masks: torch.Tensor | None
                    ) -> Output:
         x = self.to_model(images)
-        fm = None if face_masks is None else (face_masks.to(self.device) > 0.5).float()
+        fm = None if face_masks is None else (face_masks.to(self.device) >= 0.5).float()
         mask, cond = self.model.condition(x, fm)
         y = self.model.generate(x, mask, cond, per_key_normal(keys, self.model.z_dim, "inpaint").to(self.device))
         region = "face_mask" if face_masks is not None else "landmark_ellipse"
@@ -153,7 +153,7 @@ class ResizedInpaint(Resized):
                    ) -> Output:
         x_small = self._down(images)
         if face_masks is not None:
-            region = (face_masks > 0.5).to(images.dtype)
+            region = (face_masks >= 0.5).to(images.dtype)
         else:
             m, _ = self.inner.model.condition(x_small.to(self.inner.device) * 2 - 1)
             region = torch.nn.functional.interpolate(m.to(images), size=images.shape[-2:], mode="nearest")

@@ -353,14 +353,15 @@ def source_fingerprint(paths: list[Path]) -> str:
 @functools.cache
 def code_fingerprint() -> str:
     """Fingerprint (``source_fingerprint``) of the code that produces the methods' outputs: ``anonymizer.py``,
-    ``imaging.py``, ``models/`` of the package and the ``baselines`` package. Computed once per process; part of
-    every method hash (``method_hash``)."""
+    ``imaging.py``, ``models/`` of the package, ``oracles/detectors.py`` (YuNet's settings decide the classic
+    baselines' face box where no face mask is given) and the ``baselines`` package. Computed once per process;
+    part of every method hash (``method_hash``)."""
     import baselines
     import g2face_eval
 
     pkg = Path(g2face_eval.__file__).resolve().parent
     return source_fingerprint([pkg / "anonymizer.py", pkg / "imaging.py", pkg / "models",
-                               Path(next(iter(baselines.__path__))).resolve()])
+                               pkg / "oracles" / "detectors.py", Path(next(iter(baselines.__path__))).resolve()])
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

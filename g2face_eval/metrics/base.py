@@ -200,7 +200,8 @@ _add(
     "rank-5 identification of anonymized probes against the original gallery (lower: better privacy)",
 )
 _add("recovery_psnr", True, "mean", "dB", "PSNR between recovered and original image, over the recoveries that "
-     "authenticated (a failed-closed recovery returns its input: not counted; see recovery_ok_rate)")
+     "authenticated (a failed-closed recovery returns its input: not counted; see recovery_ok_rate); an exact "
+     "recovery counts as 100 dB (PSNR_CAP_DB), which the mean averages in")
 _add("recovery_ssim", True, "mean", "", "SSIM (gaussian, sigma 1.5) between recovered and original image, over the "
      "recoveries that authenticated")
 _add("recovery_lpips_alex", False, "mean", "", "LPIPS (AlexNet) between recovered and original image, over the "
@@ -270,7 +271,8 @@ _add(
 # ---- image similarity of the anonymized face to its original, and harness outcome rates ----------------------
 # (PSNR/SSIM/LPIPS of the *anonymized* image against the original are utility metrics -- how much of the
 # input survives, the x axis of the privacy-utility plots -- so "better" means closer to the input.)
-_add("psnr", True, "mean", "dB", "utility: PSNR between anonymized and original image")
+_add("psnr", True, "mean", "dB", "utility: PSNR between anonymized and original image (identical images: 100 dB, "
+     "PSNR_CAP_DB)")
 _add("ssim", True, "mean", "", "utility: SSIM between anonymized and original image: mean over the R, G, B "
      "channels (not luminance) of gaussian-window SSIM (11x11, sigma 1.5, K1 0.01, K2 0.03, population covariance, "
      "5-px border cropped), i.e. skimage structural_similarity(gaussian_weights=True, sigma=1.5, "

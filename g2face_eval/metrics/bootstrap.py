@@ -7,6 +7,10 @@ indices are drawn as an (chunk, N) matrix, chunked so that at most ~4M indices l
 values) the Wilson score interval: a percentile bootstrap of 999 successes in 999 trials is the zero-width
 [1, 1], which would claim a perfect rate without uncertainty; Wilson gives [0.9962, 1]. Non-finite values are
 refused (the harness decides what a failed sample counts as before calling this).
+
+The 95 % of a percentile bootstrap is nominal: for small samples it covers less (a review measured 88 % at n=10
+and 92.5 % at n=34 for normal data, 80 % and 88 % for lognormal; 93.5 % and 92 % at n=200), as is known of the
+method; read the intervals of small sets (the embedded default's 34 faces) as narrower than 95 %.
 """
 
 from __future__ import annotations

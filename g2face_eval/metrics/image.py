@@ -56,6 +56,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
         if a.dtype != b.dtype or a.ndim != 4 or a.shape[1] != 3 or a.shape != b.shape:
             raise ValueError(f"expected two uint8 (B,3,H,W) batches of one shape, got {a.dtype} {tuple(a.shape)} "
                              f"and {b.dtype} {tuple(b.shape)}")
+        if r != 255.0:  # 8-bit values span 0..255: another range gives a wrong number (1 gave -21 dB)
+            raise ValueError(f"uint8 batches span 0..255: data_range must be 255, got {data_range!r}")
         d = a.detach().cpu().to(torch.int32) - b.detach().cpu().to(torch.int32)
         mse = d.mul_(d).flatten(1).sum(1, dtype=torch.int64).double() / max(1, a[0:1].numel())
     else:

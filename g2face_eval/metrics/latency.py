@@ -26,6 +26,11 @@ counted, on either device; ``memory_baseline_mb`` keeps that starting level (bas
     effect the first timed call faults those pages in again (one slower run, which the median of three or
     more runs ignores).
     Buffers kept across calls (persistent scratch pads, caches filled during warm-up) are in the baseline.
+    Read it as the RSS growth over the ``runs`` calls, an upper bound of one call's working set: where freed
+    blocks are not reused from one call to the next (heap fragmentation), it grows with ``runs`` and depends on
+    what the process did before (a review measured 25, 75 and 150 MiB at 1, 3 and 6 runs of a function with a
+    25 MiB working set, and 50-75 MiB for 8 repeats at 3 runs in one process); compare methods measured the
+    same way only.
   * CPU where that is impossible (no ``/proc``: macOS, Windows; ``clear_refs`` not writable: restricted
     container; kernel < 4.0): ``peak_memory_mb`` is NaN, ``memory_kind = "unavailable"`` and ``memory_note``
     says why -- never the process-lifetime peak (``getrusage().ru_maxrss``), which only grows and would give

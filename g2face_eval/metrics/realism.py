@@ -26,12 +26,14 @@ Statistics
 * ``frechet_distance_features(f1, f2)``: same value from feature sets; exact low-rank shortcut (nuclear norm
   of A1 A2^T) when a set has no more samples than dimensions.
 * ``kid(f1, f2, subsets=100, subset_size=1000, real_ids=None, fake_ids=None, ...)`` -> (mean, std): MMD^2 with
-  the polynomial kernel (x.y/d + 1)^3 over random subsets drawn exactly like torch-fidelity
-  (``np.random.RandomState(seed)``, seed 2020, without replacement, features_1 then features_2 per subset).
+  the polynomial kernel (x.y/d + 1)^3 over random subsets drawn like torch-fidelity
+  (``np.random.RandomState(seed)``, without replacement, features_1 then features_2 per subset; seed 2020 here
+  by default as there, the harness passes the run's ``seed``).
   Id-aware estimator: the cross term averages k(x_i, y_j) over the pairs whose ids differ. The harness compares
   the originals with the anonymized versions of the SAME faces; torch-fidelity's estimator (all of K_XY) then
   counts the matched k(original, output) and is biased downward (negative for output == input). Leaving out
-  the same-id pairs makes it unbiased when different faces are independent, and 0 for identical sets; every
+  the same-id pairs makes it unbiased when different faces are independent, and 0 for identical sets when each
+  subset is the whole set (at most ``subset_size`` samples; with larger sets the subsets differ); every
   sample of both sets is kept (the same reference set for every method, as for FD). Without shared ids (or
   without ids) it is torch-fidelity's estimator exactly. When a set has fewer samples than ``subset_size``
   the subset size is reduced to the smaller set size (torch-fidelity would refuse); the effective size is

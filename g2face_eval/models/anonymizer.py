@@ -169,8 +169,14 @@ class G2FaceAnonymizer(Anonymizer):
         if noise not in ("keyed", "random"):
             raise ValueError("noise must be 'keyed' or 'random'")
         self.noise = noise
+        if isinstance(amp_dtype, str):  # a configuration file's "bfloat16" / "float16"
+            if amp_dtype not in ("bfloat16", "float16"):
+                raise ValueError(f"amp_dtype must be 'bfloat16', 'float16' or absent, got {amp_dtype!r}")
+            amp_dtype = getattr(torch, amp_dtype)
+        if amp_dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"amp_dtype must be torch.bfloat16, torch.float16 or None, got {amp_dtype!r}")
         self.amp_dtype = amp_dtype
-        self.amp_priors = amp_priors
+        self.amp_priors = bool(amp_priors)
         self.input_size = self.cfg.size
         # official widths: ~30 s per 256 px image in fp32 on a loaded 2-core CPU (bf16 on CPU is slower still)
         self.needs_gpu = self.cfg.channel_base >= 512
@@ -245,7 +251,8 @@ class G2FaceAnonymizer(Anonymizer):
                 **{f"payload_{k}": v for k, v in getattr(self.payload, "options", dict)().items()},
                 "noise": self.noise, "size": self.cfg.size,
                 "id_dim": self.cfg.id_dim, "identity": getattr(self.identity, "name", type(self.identity).__name__),
-                "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None, "fast": self.fast,
+                "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None, "amp_priors": self.amp_priors,
+                "fast": self.fast,
                 "channels_last": self.channels_last, "compile": self.compile, "cuda_graphs": self.cuda_graphs}
 
     def _amp(self, prior: bool = False):

@@ -446,3 +446,11 @@ def test_an_interrupted_mlflow_store_creation_leaves_no_half_made_store(tmp_path
     res = E.evaluate(_cfg(tmp_path), progress=False, quiet=True)
     assert (results / "mlflow.db").is_file() and not list(results.glob(".mlflow.db.creating-*"))
     assert mlflow.MlflowClient(res["tracking_uri"]).get_run(res["parent_run_id"]).info.status == "FINISHED"
+
+
+def test_every_set_metric_of_a_missing_extractor_is_reported_unavailable():
+    """kid_effnet_lite0 was missing from unavailable.json when its extractor was disabled (found by a review)."""
+    unavailable: dict = {}
+    E._feature_extractors(unavailable, "cpu", ["inception_fid"])
+    assert {"fd_effnet_lite0", "kid_effnet_lite0", "fid", "kid"} <= set(unavailable)
+    assert unavailable["kid_effnet_lite0"].startswith("disabled by the configuration")

@@ -221,33 +221,37 @@ def _lpips(unavailable: dict):
         return None
 
 
+# the set metrics each feature extractor gives (reported unavailable together when it cannot run)
+_EXTRACTOR_METRICS = {"effnet_lite0": ("fd_effnet_lite0", "kid_effnet_lite0"), "inception_fid": ("fid", "kid")}
+
+
 def _feature_extractors(unavailable: dict, device: str = "cpu", names: list[str] | None = None) -> dict:
     """name -> metrics.realism FeatureExtractor (float batch -> (B,D) features), for the Fréchet metrics:
-    "effnet_lite0" (offline, metric fd_effnet_lite0) always; "inception_fid" (FID/KID) when its weights
-    exist."""
+    "effnet_lite0" (offline, metrics fd_effnet_lite0 / kid_effnet_lite0) always; "inception_fid" (FID/KID) when
+    its weights exist."""
     out = {}
-    known = ("effnet_lite0", "inception_fid")
+    known = tuple(_EXTRACTOR_METRICS)
     if names is not None and set(names) - set(known):
         raise ValueError(f"feature_extractors: unknown {sorted(set(names) - set(known))}; known: {list(known)}")
+
+    def unavailable_for(name: str, reason: str) -> None:
+        for metric in _EXTRACTOR_METRICS[name]:
+            unavailable[metric] = reason
+
     try:
         from g2face_eval.metrics import realism
     except Exception as e:  # noqa: BLE001
-        unavailable["fd_effnet_lite0"] = f"metrics.realism not importable: {e}"
-        unavailable["fid"] = unavailable["kid"] = unavailable["fd_effnet_lite0"]
+        for name in known:
+            unavailable_for(name, f"metrics.realism not importable: {e}")
         return out
     for name in known:
         if names is not None and name not in names:
-            metric = "fd_effnet_lite0" if name == "effnet_lite0" else "fid"
-            unavailable[metric] = f"disabled by the configuration (feature_extractors = {list(names)})"
+            unavailable_for(name, f"disabled by the configuration (feature_extractors = {list(names)})")
             continue
         try:
             out[name] = realism.get_extractor(name, device)
         except Exception as e:  # noqa: BLE001 - MetricUnavailable
-            reason = getattr(e, "reason", str(e))
-            if name == "effnet_lite0":
-                unavailable["fd_effnet_lite0"] = reason
-            else:
-                unavailable["fid"] = unavailable["kid"] = reason
+            unavailable_for(name, getattr(e, "reason", str(e)))
     return out
 
 

@@ -186,6 +186,8 @@ def test_config_refuses_what_it_would_ignore(overrides, message):
         ("scalar.json", "5\n", r"config .*scalar.json: expected a table of settings"),
         ("twice.toml", "limit = 3\n[evaluate]\nlimit = 4\n", "limit given both at the top level and in"),
         ("twice.json", '{"limit": 3, "limit": 4}', "key 'limit' given twice"),
+        ("twice.yaml", "limit: 3\nlimit: 4\n", "key 'limit' given twice"),
+        ("nested.yml", "method_options:\n  blur_s4: {sigma: 2, sigma: 3}\n", "key 'sigma' given twice"),
     ],
 )
 def test_config_files_refused_with_their_name(tmp_path, name, text, message):

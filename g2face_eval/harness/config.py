@@ -115,6 +115,22 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
+def _yaml_load(text: str) -> Any:
+    """PyYAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last silently)."""
+    import yaml  # optional
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        own = [k for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]  # a `<<` merge may be overridden
+        _no_duplicate_keys([(loader.construct_object(k, deep=deep), None) for k in own])
+        return loader.construct_mapping(node, deep=deep)
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     text = p.read_text()
@@ -128,9 +144,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
         elif p.suffix == ".json":
             data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
         else:
-            import yaml  # optional
-
-            data = yaml.safe_load(text) or {}
+            data = _yaml_load(text) or {}
     except ImportError:
         raise
     except Exception as e:  # noqa: BLE001 - TOMLDecodeError, JSONDecodeError, YAMLError

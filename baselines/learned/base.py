@@ -245,7 +245,7 @@ class Resized(ResizedG2Face):
 @dataclass
 class BaselineConfig(TrainConfig):
     """``TrainConfig`` (data, optimiser, schedule, checkpoints, logging) + the baseline's ``model`` kwargs.
-    Defaults = the shipped G2Face's budget: 64 px, batch 8, 300 steps, flips, SFace identity, no warm-up."""
+    Defaults = the first shipped G2Face's budget: 64 px, batch 8, 300 steps, flips, SFace identity, no warm-up."""
 
     mode: str = "fit"
     size: int = 64

@@ -1,5 +1,5 @@
 """FIT-style reversible anonymizer (after Gu et al., ECCV 2020, *Password-conditioned Anonymization and
-Deanonymization with Face Identity Transformers*), trained by this project at the shipped G2Face's budget.
+Deanonymization with Face Identity Transformers*), trained by this project at the first shipped G2Face's budget.
 
 One encoder-decoder ``G(x, p)`` (a small U-Net, residual in tanh space)
 conditioned on an ``n_bits`` password ``p`` (broadcast as input channels and as a FiLM code at the bottleneck).

@@ -7,7 +7,7 @@ Resume:               add ``--resume auto`` (``<out>/last``) or ``--resume <chec
 Export:               python -m baselines.learned.train export /tmp/fit/last --export-to /tmp/fit.safetensors
                       (the shipped file, g2face_eval/checkpoints/fit.safetensors, is replaced only when named)
 
-Defaults are the shipped G2Face's budget (celebahq256 train split at 64 px, batch 8, 300 steps, flips).
+Defaults are the first shipped G2Face's budget (celebahq256 train split at 64 px, batch 8, 300 steps, flips).
 Model options: ``--model key=value`` (JSON values), e.g. ``--model width=24 --model weights='{"id": 2}'``.
 """
 

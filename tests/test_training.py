@@ -314,7 +314,7 @@ def test_steps_per_epoch_beyond_the_data(datasets_root, tmp_path):
     with pytest.raises(ValueError, match="data epoch"):
         tr.data.batch(0, 4)
     for bad in ({"steps_per_epoch": 0}, {"steps_per_epoch": -3}, {"batch": 0}, {"accum": 0}, {"ckpt_every": -1},
-                {"log_every": 0}):
+                {"log_every": 0}, {"keep_every": -2}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TrainConfig(**bad)
     # the learned baselines' trainer still walks the data by its schedule epoch: refused before the first step
@@ -342,6 +342,27 @@ def test_final_checkpoint_always_saved(datasets_root, tmp_path):
         again = Trainer(_cfg(datasets_root, out, steps=steps + 1), images=imgs, log=lambda *_: None)
         again.load(out / "last")
         assert again.step == steps
+
+
+def test_keep_every_keeps_verified_step_checkpoints(datasets_root, tmp_path):
+    """keep_every=2 over 5 steps with no other cadence: step_2 and step_4 kept beside last (step 5), each a whole
+    verified checkpoint of its own step that a run resumes from; keep_every may change on resume."""
+    from g2face_eval.training.loop import verify_checkpoint
+    from g2face_eval.training.train import build_parser, config_from_args
+
+    imgs = _images(datasets_root)
+    out = tmp_path / "keep"
+    Trainer(_cfg(datasets_root, out, steps=5, keep_every=2), images=imgs, log=lambda *_: None).fit()
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["last", "step_2", "step_4"]
+    for name, step in (("step_2", 2), ("step_4", 4), ("last", 5)):
+        verify_checkpoint(out / name, log=lambda *_: None)
+        assert json.loads((out / name / "config.json").read_text())["step"] == step
+    again = Trainer(_cfg(datasets_root, tmp_path / "again", steps=6, keep_every=3), images=imgs,
+                    log=lambda *_: None)
+    again.load(out / "step_4")
+    assert again.step == 4
+    args = build_parser().parse_args(["--preset", "tiny", "--keep-every", "100"])
+    assert config_from_args(args).keep_every == 100
 
 
 def test_train_cli_refuses_overwrite_tampering_and_bad_settings(datasets_root, tmp_path, monkeypatch, capsys):

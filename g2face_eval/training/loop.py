@@ -71,8 +71,8 @@ PAYLOADS = ("keyed", "official")
 # TrainConfig fields a resume may change (run length, cadence, output, logging, the machine; ``init_generator``
 # only initialises weights that the checkpoint replaces). Every other field defines the run - its data order,
 # random draws, model, losses or optimiser - and must match the checkpoint (``Trainer.load``).
-RESUME_MAY_CHANGE = frozenset({"steps", "ckpt_every", "log_every", "sample_every", "out", "mlflow", "mlflow_uri",
-                               "experiment", "device", "data_root", "init_generator"})
+RESUME_MAY_CHANGE = frozenset({"steps", "ckpt_every", "keep_every", "log_every", "sample_every", "out", "mlflow",
+                               "mlflow_uri", "experiment", "device", "data_root", "init_generator"})
 # G2Face-mode fields added after checkpoints were written, with the value those checkpoints trained with
 LEGACY_G2FACE_DEFAULTS = {"payload": "official"}
 
@@ -114,6 +114,7 @@ class TrainConfig:
     flip: bool = True
     out: str = "results/train/g2face"
     ckpt_every: int = 1000
+    keep_every: int = 0  # also keep the checkpoint of every multiple of this step as <out>/step_<N> (0: none)
     log_every: int = 50
     sample_every: int = 1000
     mlflow: bool = True
@@ -136,7 +137,7 @@ class TrainConfig:
         if self.steps_per_epoch is not None and not (isinstance(self.steps_per_epoch, int)
                                                      and self.steps_per_epoch >= 1):
             bad.append(f"steps_per_epoch={self.steps_per_epoch!r} (must be None or an integer >= 1)")
-        for name in ("steps", "ckpt_every"):
+        for name in ("steps", "ckpt_every", "keep_every"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 bad.append(f"{name}={getattr(self, name)!r} (must be an integer >= 0)")
         if self.payload not in PAYLOADS:
@@ -809,11 +810,28 @@ class Trainer:
                                                     step=s)
                 if self._mlflow and (s % self.cfg.sample_every == 0 or s == steps):
                     self._log_samples()
-            # every ckpt_every steps (0: never in between) and always at the last step of the run
-            if s == steps or (self.cfg.ckpt_every and s % self.cfg.ckpt_every == 0):
+            # every ckpt_every steps (0: never in between) and always at the last step of the run; a step that
+            # is a multiple of keep_every is also kept as step_<N> (the hiding accuracy is not monotone in the
+            # step, so a release is picked among kept snapshots on held-out faces: the shipped model card)
+            keep = bool(self.cfg.keep_every) and s % self.cfg.keep_every == 0
+            if s == steps or keep or (self.cfg.ckpt_every and s % self.cfg.ckpt_every == 0):
                 if self.info.is_main:
-                    self.save(ckpt_dir / "last")
+                    last = self.save(ckpt_dir / "last")
+                    if keep:
+                        _copy_dir_atomic(last, ckpt_dir / f"step_{s}")
                 ddp.barrier(self.info)
+
+
+def _copy_dir_atomic(src: Path, dst: Path) -> None:
+    """``dst`` = a copy of the folder ``src``, replaced whole (copied to a temporary sibling, then renamed)."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    for f in tmp.iterdir():
+        atomic.fsync_file(f)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    atomic.fsync_dir(dst.parent)
 
 
 class TrainSetupError(ValueError):

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "training's MLflow store mlflow.db goes too)")
     ap.add_argument("--resume", help="'auto' (<out>/last if present) or a checkpoint dir")
     ap.add_argument("--ckpt-every", type=int)
+    ap.add_argument("--keep-every", type=int,
+                    help="also keep the checkpoint of every multiple of this step as <out>/step_<N> (default 0: "
+                         "only <out>/last); e.g. to pick a release step on held-out faces afterwards")
     ap.add_argument("--log-every", type=int)
     ap.add_argument("--sample-every", type=int)
     ap.add_argument("--no-mlflow", dest="mlflow", action="store_false", default=None)

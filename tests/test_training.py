@@ -346,8 +346,13 @@ def test_final_checkpoint_always_saved(datasets_root, tmp_path):
 
 def test_keep_every_keeps_verified_step_checkpoints(datasets_root, tmp_path):
     """keep_every=2 over 5 steps with no other cadence: step_2 and step_4 kept beside last (step 5), each a whole
-    verified checkpoint of its own step that a run resumes from; keep_every may change on resume."""
-    from g2face_eval.training.loop import verify_checkpoint
+    recorded and verified checkpoint of its own step that a run resumes from; keep_every may change on resume; a
+    folder with kept steps only is refused to a new run, and a kept step is not resumed into a folder whose last
+    checkpoint is later (found by a review)."""
+    import shutil
+
+    from g2face_eval import zoo
+    from g2face_eval.training.loop import TrainSetupError, run, verify_checkpoint
     from g2face_eval.training.train import build_parser, config_from_args
 
     imgs = _images(datasets_root)
@@ -355,6 +360,7 @@ def test_keep_every_keeps_verified_step_checkpoints(datasets_root, tmp_path):
     Trainer(_cfg(datasets_root, out, steps=5, keep_every=2), images=imgs, log=lambda *_: None).fit()
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["last", "step_2", "step_4"]
     for name, step in (("step_2", 2), ("step_4", 4), ("last", 5)):
+        assert zoo.recorded_sha256(out / name / "model.safetensors") is not None
         verify_checkpoint(out / name, log=lambda *_: None)
         assert json.loads((out / name / "config.json").read_text())["step"] == step
     again = Trainer(_cfg(datasets_root, tmp_path / "again", steps=6, keep_every=3), images=imgs,
@@ -363,6 +369,15 @@ def test_keep_every_keeps_verified_step_checkpoints(datasets_root, tmp_path):
     assert again.step == 4
     args = build_parser().parse_args(["--preset", "tiny", "--keep-every", "100"])
     assert config_from_args(args).keep_every == 100
+    # a folder holding only kept steps is a run's folder; resuming a kept step into it would overwrite later work
+    shutil.rmtree(out / "last")
+    with pytest.raises(TrainSetupError, match="already holds a checkpoint"):
+        run(_cfg(datasets_root, out, steps=6), log=lambda *_: None)
+    shutil.copytree(out / "step_4", out / "last")
+    (out / "last" / "config.json").write_text(json.dumps({**json.loads((out / "last" / "config.json").read_text()),
+                                                          "step": 5}))
+    with pytest.raises(TrainSetupError, match="whose last checkpoint is at step 5"):
+        run(_cfg(datasets_root, out, steps=6), resume=str(out / "step_2"), log=lambda *_: None)
 
 
 def test_train_cli_refuses_overwrite_tampering_and_bad_settings(datasets_root, tmp_path, monkeypatch, capsys):

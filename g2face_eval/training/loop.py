@@ -812,26 +812,23 @@ class Trainer:
                     self._log_samples()
             # every ckpt_every steps (0: never in between) and always at the last step of the run; a step that
             # is a multiple of keep_every is also kept as step_<N> (the hiding accuracy is not monotone in the
-            # step, so a release is picked among kept snapshots on held-out faces: the shipped model card)
+            # step, so a release is picked among kept snapshots on held-out faces: the shipped model card).
+            # step_<N> is written before last: a run stopped in between resumes from the previous last and
+            # writes step_<N> again when it gets there
             keep = bool(self.cfg.keep_every) and s % self.cfg.keep_every == 0
             if s == steps or keep or (self.cfg.ckpt_every and s % self.cfg.ckpt_every == 0):
                 if self.info.is_main:
-                    last = self.save(ckpt_dir / "last")
                     if keep:
-                        _copy_dir_atomic(last, ckpt_dir / f"step_{s}")
+                        self.save(ckpt_dir / f"step_{s}")
+                    self.save(ckpt_dir / "last")
                 ddp.barrier(self.info)
 
 
-def _copy_dir_atomic(src: Path, dst: Path) -> None:
-    """``dst`` = a copy of the folder ``src``, replaced whole (copied to a temporary sibling, then renamed)."""
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    for f in tmp.iterdir():
-        atomic.fsync_file(f)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
-    atomic.fsync_dir(dst.parent)
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        return int(json.loads((path / "config.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class TrainSetupError(ValueError):
@@ -895,9 +892,11 @@ def run(cfg: TrainConfig, resume: str | None = None, log=print, trainer_cls: typ
     """Entry used by the CLIs (one process or a torchrun rank): build ``trainer_cls`` (default ``Trainer``; the
     learned baselines pass theirs), optionally resume (``auto`` = ``<out>/last``), train."""
     last = Path(cfg.out) / "last"
-    if not resume and (last.exists() or last.with_name("last.old").is_dir()):
-        raise TrainSetupError(f"{cfg.out} already holds a checkpoint ({last}): pass --resume auto to continue "
-                              "it, or another --out for a new run (it would be overwritten)")
+    kept = sorted(Path(cfg.out).glob("step_*")) if Path(cfg.out).is_dir() else []
+    if not resume and (last.exists() or last.with_name("last.old").is_dir() or kept):
+        raise TrainSetupError(f"{cfg.out} already holds a checkpoint ({last if not kept or last.exists() else kept[0]})"
+                              ": pass --resume auto to continue it, or another --out for a new run (it would be "
+                              "overwritten)")
     from g2face_eval.zoo import WeightError
 
     info = ddp.init(cfg.device)
@@ -910,6 +909,11 @@ def run(cfg: TrainConfig, resume: str | None = None, log=print, trainer_cls: typ
                     rp = rp.with_name(rp.name + ".old")  # killed mid-swap: the previous complete checkpoint
                 if rp.exists():
                     tr.load(rp)
+                    later = _checkpoint_step(last) if rp.resolve() != last.resolve() else None
+                    if later is not None and later > tr.step:
+                        raise ValueError(f"--resume {rp} (step {tr.step}) into {cfg.out}, whose last checkpoint is at "
+                                         f"step {later}: continuing would overwrite it and the later kept steps; "
+                                         "pass another --out")
                     if info.is_main:
                         log(f"[train] resumed from {rp} at step {tr.step}")
                 elif resume != "auto":

@@ -373,6 +373,8 @@ def test_keep_every_keeps_verified_step_checkpoints(datasets_root, tmp_path):
     shutil.rmtree(out / "last")
     with pytest.raises(TrainSetupError, match="already holds a checkpoint"):
         run(_cfg(datasets_root, out, steps=6), log=lambda *_: None)
+    with pytest.raises(TrainSetupError, match="no last checkpoint but holds kept steps"):
+        run(_cfg(datasets_root, out, steps=6), resume="auto", log=lambda *_: None)
     shutil.copytree(out / "step_4", out / "last")
     (out / "last" / "config.json").write_text(json.dumps({**json.loads((out / "last" / "config.json").read_text()),
                                                           "step": 5}))

@@ -918,6 +918,10 @@ def run(cfg: TrainConfig, resume: str | None = None, log=print, trainer_cls: typ
                         log(f"[train] resumed from {rp} at step {tr.step}")
                 elif resume != "auto":
                     raise FileNotFoundError(f"--resume {rp}: no checkpoint there")
+                elif kept:  # auto would start from step 0 and rewrite the kept steps
+                    raise FileNotFoundError(f"--resume auto: {cfg.out} has no last checkpoint but holds kept steps "
+                                            f"({', '.join(p.name for p in kept)}): resume one of them with --resume "
+                                            "<dir> into another --out")
         except (ValueError, OSError, WeightError) as e:
             raise TrainSetupError(str(e)) from e
         tr.fit()

@@ -12,7 +12,7 @@ from badfiles import make_corpus  # tests/ is on sys.path (rootdir-less test mod
 from PIL import Image, ImageFile
 
 from g2face_eval.data import datasets as ds
-from g2face_eval.data.io import MAX_PIXELS, ImageLoadError, image_size, load_image, load_mask
+from g2face_eval.data.io import MAX_PIXELS, ImageLoadError, image_size, load_image, load_image_and_bytes, load_mask
 
 # ---------------------------------------------------------------------------------------------- io / corpus
 
@@ -86,6 +86,26 @@ def test_corpus_file(corpus, name):
         assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3 and arr.flags.c_contiguous
         if bf.check:
             bf.check(arr)
+
+
+@pytest.mark.parametrize("name", CORPUS_NAMES)
+def test_load_from_read_bytes_equals_load_from_file(corpus, name):
+    """``load_image_and_bytes`` (one read, decoded from memory: what ``Dataset.load`` digests) gives what
+    ``load_image`` gives from the file, refusals included, and the file's bytes."""
+    import warnings
+
+    path = corpus[1][name].path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            want = load_image(path)
+        except ImageLoadError as e:
+            with pytest.raises(ImageLoadError) as ei:
+                load_image_and_bytes(path)
+            assert ei.value.reason == e.reason
+            return
+        arr, data = load_image_and_bytes(path)
+    assert np.array_equal(arr, want) and data == path.read_bytes()
 
 
 def test_corrupt_jpeg_scan_data_with_end_marker_is_refused(tmp_path):

@@ -47,7 +47,7 @@ import numpy as np
 from g2face_eval import settings
 from g2face_eval.registry import Registry
 
-from .io import IMAGE_EXTENSIONS, ImageLoadError, load_image, load_mask
+from .io import IMAGE_EXTENSIONS, ImageLoadError, load_image_and_bytes, load_mask
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 
@@ -124,11 +124,11 @@ class Dataset:
         p = self.path(id)
         meta = self._meta(id)
         try:
-            image = load_image(p)
+            image, data = load_image_and_bytes(p)
             mask = self._mask(id, meta)
             if mask is not None and mask.shape != image.shape[:2]:
                 raise ImageLoadError(f"mask shape {mask.shape} does not match image {image.shape[:2]}", p)
-            h = hashlib.blake2b(p.read_bytes(), digest_size=16)
+            h = hashlib.blake2b(data, digest_size=16)
         except (ImageLoadError, OSError, ValueError) as e:
             e.meta = meta
             raise

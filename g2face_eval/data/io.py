@@ -82,8 +82,9 @@ class ImageLoadError(Exception):
         super().__init__(reason if path is None else f"{path}: {reason}")
 
 
-def _open_checked(path: str | os.PathLike) -> Image.Image:
-    """Open lazily (header only) and apply every check that does not need the pixels."""
+def _open_checked(path: str | os.PathLike, data: bytes | None = None) -> Image.Image:
+    """Open lazily (header only) and apply every check that does not need the pixels; ``data``: the file's bytes,
+    already read (decoded from memory instead of the file)."""
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -100,7 +101,7 @@ def _open_checked(path: str | os.PathLike) -> Image.Image:
             # Pillow warns above Image.MAX_IMAGE_PIXELS and raises above twice that; both are refusals
             # here. The warning is recorded (not raised) so that our own, clearer size message comes first.
             warnings.simplefilter("always", Image.DecompressionBombWarning)
-            img = Image.open(p)
+            img = Image.open(p if data is None else _io.BytesIO(data))
         bomb = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     except Image.DecompressionBombError as e:
         raise ImageLoadError(f"too large (decompression bomb guard: {e})", p) from None
@@ -246,8 +247,24 @@ def _to_rgb_uint8(img: Image.Image, p: Path | None = None, stored: str | None = 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Load any supported image file as uint8 (H, W, 3) RGB; see the module docstring for the conversions
     and the refusals (``ImageLoadError``)."""
+    return _load_image(Path(path), None)
+
+
+def load_image_and_bytes(path: str | os.PathLike) -> tuple[np.ndarray, bytes]:
+    """``load_image`` and the file's bytes, read once: a digest of the bytes describes exactly what was decoded."""
     p = Path(path)
-    img = _open_checked(p)
+    try:
+        data = p.read_bytes() if p.is_file() else None
+    except OSError:
+        data = None  # unreadable: _open_checked reports it as load_image does
+    arr = _load_image(p, data)
+    if data is None:  # decoded from the file although reading it failed just before: no bytes to give
+        raise ImageLoadError("cannot read file", p)
+    return arr, data
+
+
+def _load_image(p: Path, data: bytes | None) -> np.ndarray:
+    img = _open_checked(p, data)
     try:
         stored = _png_rawmode(img)
         img = _decode(img, p)
